@@ -1,0 +1,28 @@
+"""Errors a user can cause. Each renders as one line; the CLI prints it and exits 2."""
+
+
+class PsecError(Exception):
+    """Any failure caused by user input or state: bad spec, bad file, bad store."""
+
+    def __str__(self) -> str:
+        return " ".join(super().__str__().split())
+
+
+class SpecError(PsecError):
+    """A spec, stream or search file has a bad field; the message names the field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class StoreError(PsecError):
+    """Unknown or duplicate name, checksum mismatch, or a store that cannot be written."""
+
+
+class ShapeError(PsecError):
+    """Dimensions of a dataset, skill or composer do not match the base they belong to."""
+
+
+class DataError(PsecError):
+    """A dataset file is truncated, inconsistent or in an unknown layout."""
