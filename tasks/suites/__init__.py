@@ -34,4 +34,11 @@ def get_suite(name: str) -> Suite:
     if name not in _REGISTRY:
         raise SpecError("suite", f"unknown suite {name!r}; known: {', '.join(SUITES)}")
     module_name, class_name = _REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        # e.g. pybullet missing: `pip install -e .[safety]` (see pyproject.toml).
+        raise SpecError(
+            "suite", f"suite {name!r} needs module {error.name!r}, which is not installed"
+        ) from None
+    return getattr(module, class_name)()

@@ -1,0 +1,621 @@
+"""Task and stream specs: the one typed road from a YAML file to what the pipeline runs.
+
+A *task* says which environment, which data, and what to fit (a base policy, or a LoRA
+skill on a base plus composers that blend stored skills with it). A *stream* is an
+ordered list of tasks plus named *scales* (at least `smoke` and `paper`) that override
+step and episode counts, so one file serves a two-minute test and the paper's runs.
+
+Everything is validated on load. Every failure is a `library.errors.SpecError` whose
+message starts with the path of the bad field, e.g. `tasks[1].lora.rank: must be >= 1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from library.errors import PsecError, SpecError
+from library.names import BASE, check_name
+from tasks.suites import SUITES, get_suite
+
+Policy = Literal["expert", "medium", "random", "medium-replay", "medium-expert", "scripted"]
+ImportFormat = Literal["d4rl", "dsrl", "minari", "parquet"]
+Objective = Literal["bc", "advantage", "feasibility", "reward+feasibility"]
+CRITIC_OBJECTIVES = ("advantage", "feasibility", "reward+feasibility")
+REQUIRED_SCALES = ("smoke", "paper")
+
+
+class _FieldError(ValueError):
+    """A validator's complaint about a field below the model being validated.
+
+    Pydantic reports a model validator's ValueError at the model's own location; this
+    carries the rest of the path (e.g. `("data", "path")`) so the message can name it.
+    """
+
+    def __init__(self, field: str | Sequence[str | int], message: str):
+        super().__init__(message)
+        self.field: tuple[str | int, ...] = (field,) if isinstance(field, str) else tuple(field)
+        self.message = message
+
+
+def _from_psec(error: PsecError, field: str | None = None) -> _FieldError:
+    """Re-raise a SpecError/StoreError from suites or the name rule inside a validator."""
+    message = str(error)
+    if isinstance(error, SpecError) and message.startswith(f"{error.field}: "):
+        message = message[len(error.field) + 2 :]
+        field = field or error.field
+    return _FieldError(tuple((field or "").split(".")) if field else (), message)
+
+
+def _store_name(value: Any) -> str:
+    """`value` if it satisfies library.names.check_name, else a ValueError saying why."""
+    try:
+        return check_name(value)
+    except PsecError as error:
+        raise ValueError(str(error)) from None
+
+
+class _Spec(BaseModel):
+    """Shared config: unknown keys are errors, defaults are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Dynamics(_Spec):
+    """Scales applied to the simulator's physics (1.0 = unchanged)."""
+
+    friction: float = Field(1.0, gt=0, description="Multiplies every geom's friction.")
+    gravity: float = Field(1.0, gt=0, description="Multiplies the gravity vector.")
+    thigh_size: float = Field(
+        1.0, gt=0, description="Multiplies the thigh geoms' length and radius (mass follows)."
+    )
+
+    @property
+    def is_default(self) -> bool:
+        """True when nothing is changed."""
+        return self.friction == 1.0 and self.gravity == 1.0 and self.thigh_size == 1.0
+
+
+# Which DataSpec fields belong to which source, and which of them must be given.
+_DATA_FIELDS = {
+    "generate": ("policy", "episodes", "action_noise", "seed", "envs"),
+    "import": ("format", "path"),
+    "store": ("dataset",),
+}
+_DATA_REQUIRED = {
+    "generate": ("policy", "episodes"),
+    "import": ("format", "path"),
+    "store": ("dataset",),
+}
+
+
+class DataSpec(_Spec):
+    """Where a task's offline dataset comes from.
+
+    `generate` rolls out a policy in the task's env (or in each of `envs`, e.g. a multi-task
+    Meta-World pretraining set), `import` converts a D4RL/DSRL/Minari/Parquet file, `store`
+    reuses a dataset already in the skill store. Fields of the other sources must be absent.
+    """
+
+    source: Literal["generate", "import", "store"] = Field(description="generate | import | store.")
+    policy: Policy | None = Field(
+        None, description="generate: which data-collecting policy (expert, medium, ...)."
+    )
+    episodes: int | None = Field(
+        None, ge=1, description="generate: episodes to collect (per env when `envs` is given)."
+    )
+    action_noise: float | None = Field(
+        None, ge=0, description="generate: std of Gaussian noise added to actions (default 0)."
+    )
+    seed: int | None = Field(None, ge=0, description="generate: seed of the rollouts (default 0).")
+    envs: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="generate: envs of the same suite to collect from instead of the task's "
+        "env; the dataset is their union (a multi-task base). Checked by the suite.",
+    )
+    format: ImportFormat | None = Field(None, description="import: d4rl | dsrl | minari | parquet.")
+    path: str | None = Field(
+        None, description="import: file path/URI, or a Minari dataset id for format minari."
+    )
+    dataset: str | None = Field(None, description="store: name of a dataset in the skill store.")
+    max_transitions: int | None = Field(
+        None,
+        ge=1,
+        description="Keep only the first N transitions of the dataset (any source); the cut "
+        "transition becomes a timeout. E.g. D4RL-shift's 10k-transition target sets.",
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_name(cls, value: str | None) -> str | None:
+        return None if value is None else _store_name(value)
+
+    @model_validator(mode="after")
+    def _fields_match_source(self) -> DataSpec:
+        for field in _DATA_REQUIRED[self.source]:
+            if getattr(self, field) is None:
+                raise _FieldError(field, f"required when source is {self.source!r}")
+        for source, fields in _DATA_FIELDS.items():
+            if source == self.source:
+                continue
+            for field in fields:
+                if getattr(self, field) is not None:
+                    raise _FieldError(field, f"only allowed when source is {source!r}")
+        if self.source == "generate":
+            # Defaults of the generate-only fields live here, once.
+            if self.action_noise is None:
+                self.action_noise = 0.0
+            if self.seed is None:
+                self.seed = 0
+        return self
+
+
+class LoraSpec(_Spec):
+    """Shape of the task's new skill adapter."""
+
+    rank: int = Field(8, ge=1, description="LoRA rank n of every adapted layer.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    kind: Literal["lora", "full"] = Field(
+        "lora", description="lora (B A) or full (full-rank delta: PSEC(MLP) baseline)."
+    )
+
+
+class AlphaSpec(_Spec):
+    """How the context network's outputs become composition weights α(s)."""
+
+    output: Literal["raw", "softmax", "sigmoid"] = Field(
+        "raw", description="raw (unbounded, as in the paper), softmax or sigmoid."
+    )
+    scale: float = Field(1.0, gt=0, description="Multiplies the weights after `output`.")
+    init: Literal["uniform", "newest", "zero"] = Field(
+        "uniform",
+        description="Initial α: equal weights, the newest (task's own) skill alone, or zero.",
+    )
+
+
+class ComposerSpec(_Spec):
+    """A composer blending stored skills with the task's own new skill (added last)."""
+
+    name: str = Field(description="Store name of the composer (letters, digits, '_', '-').")
+    skills: list[str] = Field(
+        min_length=1,
+        description="Stored skills to compose (names of earlier skill tasks) or 'base'.",
+    )
+    mode: Literal["parameter", "noise", "action", "fixed"] = Field(
+        "parameter",
+        description="parameter (PSEC), noise (NSEC), action (ASEC) or fixed (constant α).",
+    )
+    alpha: AlphaSpec = Field(default_factory=AlphaSpec, description="α(s) parameterisation.")
+    steps: int = Field(10_000, ge=1, description="Training steps of α(s).")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return _store_name(value)
+
+    @field_validator("skills")
+    @classmethod
+    def _skill_names(cls, skills: list[str]) -> list[str]:
+        for index, skill in enumerate(skills):
+            if skill != BASE:
+                try:
+                    check_name(skill)
+                except PsecError as error:
+                    raise _FieldError((index,), str(error)) from None
+            if skill in skills[:index]:
+                raise _FieldError((index,), f"{skill!r} is listed twice")
+        return skills
+
+
+class CriticSpec(_Spec):
+    """IQL / feasibility critics used by the advantage and feasibility objectives."""
+
+    expectile: float = Field(0.7, gt=0, lt=1, description="IQL expectile τ of V.")
+    beta: float = Field(3.0, gt=0, description="Inverse temperature of the advantage weights.")
+    discount: float = Field(0.99, gt=0, le=1, description="Discount γ of the critics.")
+    steps: int = Field(100_000, ge=1, description="Critic training steps.")
+
+
+class TrainSpec(_Spec):
+    """How the task's policy (base or skill) is fitted."""
+
+    steps: int = Field(100_000, ge=1, description="Gradient steps.")
+    batch_size: int = Field(1024, ge=1, description="Transitions per gradient step (all workers).")
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate.")
+    workers: int | Literal["auto"] = Field(
+        "auto", description="Ray Train workers, or 'auto' to size from the cluster's free CPUs."
+    )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        # Checked here so a bad value reads as one message, not one per union member.
+        if value == "auto" or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        ):
+            return value
+        raise ValueError(f"must be an integer >= 1 or 'auto', got {value!r}")
+
+
+class EvalSpec(_Spec):
+    """How a fitted policy is evaluated."""
+
+    episodes: int = Field(10, ge=1, description="Episodes per seed.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Eval seeds.")
+    n_candidates: int = Field(
+        1, ge=1, description="IDQL: candidate actions per state, ranked by the critic when present."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="Cap on steps per episode (default: the task's horizon)."
+    )
+    cost_threshold: float = Field(
+        10.0, gt=0, description="Safety cost budget per episode (normalised cost = cost / this)."
+    )
+
+
+class TaskSpec(_Spec):
+    """One task of a stream: its env, its data, and what to fit on it."""
+
+    name: str = Field(description="Store name of what this task fits (base or skill).")
+    suite: str = Field(description=f"Benchmark suite: one of {', '.join(SUITES)}.")
+    env: str = Field(description="Env name inside the suite, e.g. walker-walk or hammer-v3.")
+    dynamics: Dynamics = Field(default_factory=Dynamics, description="Physics overrides.")
+    data: DataSpec = Field(description="Where the offline dataset comes from.")
+    role: Literal["base", "skill"] = Field(
+        "skill", description="base: train a diffusion policy; skill: a LoRA on a frozen base."
+    )
+    base: str | None = Field(
+        None, description="skill: name of its base task (default: the stream's latest base)."
+    )
+    objective: Objective = Field("bc", description="Sample weighting of the diffusion loss.")
+    critic: CriticSpec = Field(
+        default_factory=CriticSpec, description="Critics for advantage/feasibility objectives."
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="The new skill's adapter.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Fitting of base or skill.")
+    composers: list[ComposerSpec] = Field(
+        default_factory=list, description="skill: composers of stored skills + this skill."
+    )
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation settings.")
+    horizon: int | None = Field(
+        None, ge=1, description="Episode length (default: the suite's default for the env)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return _store_name(value)
+
+    @field_validator("base")
+    @classmethod
+    def _base_name(cls, value: str | None) -> str | None:
+        return None if value is None else _store_name(value)
+
+    @field_validator("suite")
+    @classmethod
+    def _known_suite(cls, value: str) -> str:
+        if value not in SUITES:
+            raise ValueError(f"unknown suite {value!r}; known: {', '.join(SUITES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        suite = get_suite(self.suite)
+        try:
+            suite.check_env(self.env)
+        except PsecError as error:
+            raise _from_psec(error, "env") from None
+        for index, env in enumerate(self.data.envs or ()):
+            try:
+                suite.check_env(env)
+            except PsecError as error:
+                raise _from_psec(error, f"data.envs.{index}") from None
+        try:
+            suite.check_dynamics(self.dynamics)
+        except PsecError as error:
+            raise _from_psec(error) from None
+        if self.role == "base":
+            if self.base is not None:
+                raise _FieldError("base", "a base task has no base of its own")
+            if self.composers:
+                raise _FieldError("composers", "only skill tasks have composers")
+        names = [self.name]
+        for index, composer in enumerate(self.composers):
+            if composer.name in names:
+                raise _FieldError(("composers", index, "name"), f"{composer.name!r} is used twice")
+            if self.name in composer.skills:
+                raise _FieldError(
+                    ("composers", index, "skills"),
+                    f"{self.name!r} is this task's own skill, always composed last; do not list it",
+                )
+            names.append(composer.name)
+        return self
+
+    @property
+    def needs_critic(self) -> bool:
+        """Whether the objective (or IDQL selection) needs critics trained on the data."""
+        return self.objective in CRITIC_OBJECTIVES
+
+    def composer_skills(self, composer: ComposerSpec) -> list[str]:
+        """The full ordered skill list of `composer`: its stored skills, then this task's."""
+        return [*composer.skills, self.name]
+
+    def stored_names(self) -> list[str]:
+        """Every store name this task produces: its policy/skill, then its composers."""
+        return [self.name, *(composer.name for composer in self.composers)]
+
+
+class Scale(_Spec):
+    """Named overrides of a stream's sizes (unset fields leave the tasks' values alone)."""
+
+    train_steps: int | None = Field(None, ge=1, description="train.steps of every skill task.")
+    base_steps: int | None = Field(None, ge=1, description="train.steps of every base task.")
+    composer_steps: int | None = Field(None, ge=1, description="steps of every composer.")
+    critic_steps: int | None = Field(None, ge=1, description="critic.steps of every task.")
+    batch_size: int | None = Field(None, ge=1, description="train.batch_size of every task.")
+    data_episodes: int | dict[str, int] | None = Field(
+        None,
+        description="data.episodes of every generating task, or per task name ({name: n}).",
+    )
+    eval_episodes: int | None = Field(None, ge=1, description="eval.episodes of every task.")
+    eval_seeds: list[int] | None = Field(
+        None, min_length=1, description="eval.seeds of every task."
+    )
+    max_steps: int | None = Field(None, ge=1, description="eval.max_steps of every task.")
+
+    @field_validator("data_episodes", mode="before")
+    @classmethod
+    def _episodes(cls, value: Any) -> Any:
+        def positive(number: Any) -> bool:
+            return isinstance(number, int) and not isinstance(number, bool) and number >= 1
+
+        if value is None or positive(value):
+            return value
+        if isinstance(value, dict):
+            for key, number in value.items():
+                if not isinstance(key, str) or not positive(number):
+                    raise _FieldError(
+                        (str(key),), f"must map a task name to an integer >= 1, got {number!r}"
+                    )
+            return value
+        raise ValueError(f"must be an integer >= 1 or a mapping task -> integer, got {value!r}")
+
+    def episodes_for(self, task: str) -> int | None:
+        """The data_episodes override for `task`, or None."""
+        if isinstance(self.data_episodes, dict):
+            return self.data_episodes.get(task)
+        return self.data_episodes
+
+
+class StreamSpec(_Spec):
+    """An ordered list of tasks run one after another, with named scales."""
+
+    name: str = Field(description="Stream name (store-safe); prefixes run names.")
+    continual: StrictBool = Field(
+        True, description="Re-evaluate every earlier task after each new one (forgetting)."
+    )
+    seed: int = Field(
+        0, ge=0, description="Root seed; per-task and per-worker seeds derive from it."
+    )
+    tasks: list[TaskSpec] = Field(min_length=1, description="Tasks in order.")
+    scales: dict[str, Scale] = Field(description="Named scales; must define smoke and paper.")
+    applied_scale: str | None = Field(
+        None, description="Set by at_scale(): the scale already applied (None = as written)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return _store_name(value)
+
+    @field_validator("scales")
+    @classmethod
+    def _required_scales(cls, scales: dict[str, Scale]) -> dict[str, Scale]:
+        missing = [name for name in REQUIRED_SCALES if name not in scales]
+        if missing:
+            raise ValueError(f"must define {' and '.join(missing)} (defined: {', '.join(scales)})")
+        return scales
+
+    @model_validator(mode="after")
+    def _stream_checks(self) -> StreamSpec:
+        produced: dict[str, int] = {}  # store name -> index of the task producing it
+        latest_base: str | None = None
+        for index, task in enumerate(self.tasks):
+            here = ("tasks", index)
+            fields = [("name",)] + [("composers", c, "name") for c in range(len(task.composers))]
+            for name, field in zip(task.stored_names(), fields):
+                if name in produced:
+                    raise _FieldError(
+                        (*here, *field), f"{name!r} is already produced by tasks[{produced[name]}]"
+                    )
+            if task.role == "skill":
+                if task.base is None:
+                    if latest_base is None:
+                        raise _FieldError((*here, "base"), "no earlier base task in the stream")
+                    task.base = latest_base
+                else:
+                    earlier = produced.get(task.base)
+                    if earlier is None or self.tasks[earlier].role != "base":
+                        raise _FieldError(
+                            (*here, "base"), f"{task.base!r} is not an earlier base task"
+                        )
+            for c_index, composer in enumerate(task.composers):
+                for s_index, skill in enumerate(composer.skills):
+                    if skill == BASE:
+                        continue
+                    where = (*here, "composers", c_index, "skills", s_index)
+                    earlier = produced.get(skill)
+                    if earlier is None or self.tasks[earlier].name != skill:
+                        raise _FieldError(where, f"{skill!r} is not an earlier skill task")
+                    source = self.tasks[earlier]
+                    if source.role != "skill":
+                        raise _FieldError(where, f"{skill!r} is a base, not a skill; use 'base'")
+                    if source.base != task.base:
+                        raise _FieldError(
+                            where,
+                            f"{skill!r} sits on base {source.base!r}, this task on {task.base!r}",
+                        )
+            for name in task.stored_names():
+                produced[name] = index
+            if task.role == "base":
+                latest_base = task.name
+        names = {task.name: task for task in self.tasks}
+        for scale_name, scale in self.scales.items():
+            if isinstance(scale.data_episodes, dict):
+                for task_name in scale.data_episodes:
+                    field = ("scales", scale_name, "data_episodes", task_name)
+                    if task_name not in names:
+                        raise _FieldError(field, f"no task named {task_name!r}")
+                    if names[task_name].data.source != "generate":
+                        raise _FieldError(field, f"task {task_name!r} does not generate its data")
+        return self
+
+    def task(self, name: str) -> TaskSpec:
+        """The task called `name` (SpecError on field `tasks` if there is none)."""
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise SpecError("tasks", f"no task named {name!r} in stream {self.name!r}")
+
+    def at_scale(self, name: str) -> StreamSpec:
+        """A validated copy with scale `name` applied; SpecError listing the defined scales."""
+        if name not in self.scales:
+            raise SpecError("scale", f"unknown scale {name!r}; defined: {', '.join(self.scales)}")
+        scale = self.scales[name]
+        data = self.model_dump(mode="json")
+        for task in data["tasks"]:
+            steps = scale.base_steps if task["role"] == "base" else scale.train_steps
+            _set(task["train"], "steps", steps)
+            _set(task["train"], "batch_size", scale.batch_size)
+            _set(task["critic"], "steps", scale.critic_steps)
+            for composer in task["composers"]:
+                _set(composer, "steps", scale.composer_steps)
+            if task["data"]["source"] == "generate":
+                _set(task["data"], "episodes", scale.episodes_for(task["name"]))
+            _set(task["eval"], "episodes", scale.eval_episodes)
+            _set(task["eval"], "seeds", scale.eval_seeds)
+            _set(task["eval"], "max_steps", scale.max_steps)
+        data["applied_scale"] = name
+        return parse_stream(data)
+
+
+def _set(target: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        target[key] = value
+
+
+def _field_path(loc: Sequence[str | int]) -> str:
+    """('tasks', 1, 'lora', 'rank') -> 'tasks[1].lora.rank'."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part:
+            path += f".{part}" if path else str(part)
+    return path or "<root>"
+
+
+_MESSAGES = {
+    "missing": "required field is missing",
+    "extra_forbidden": "unknown field",
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "literal_error": "must be one of {expected}",
+    "too_short": "must have at least {min_length} item(s)",
+}
+
+
+def _spec_error(error: ValidationError) -> SpecError:
+    """One SpecError (one line) from pydantic's list of errors: the first, plus a count."""
+    errors = error.errors()
+    first = errors[0]
+    loc = list(first["loc"])
+    ctx = first.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, _FieldError):
+        loc += list(cause.field)
+        message = cause.message
+    elif first["type"] in _MESSAGES:
+        message = _MESSAGES[first["type"]].format(**ctx)
+        if first["type"] not in ("missing", "extra_forbidden"):
+            message += f", got {first['input']!r}"
+    elif isinstance(cause, Exception):
+        message = str(cause)
+    else:
+        message = f"{first['msg'][:1].lower()}{first['msg'][1:]}, got {first['input']!r}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return SpecError(_field_path(loc), message)
+
+
+def parse_task(data: Any) -> TaskSpec:
+    """Validate a task spec given as plain data (e.g. YAML or JSON already parsed)."""
+    try:
+        return TaskSpec.model_validate(data)
+    except ValidationError as error:
+        raise _spec_error(error) from None
+
+
+def parse_stream(data: Any) -> StreamSpec:
+    """Validate a stream given as plain data."""
+    try:
+        return StreamSpec.model_validate(data)
+    except ValidationError as error:
+        raise _spec_error(error) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; SpecError naming the file if missing or malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(str(path), "no such file") from None
+    except OSError as error:
+        raise SpecError(str(path), f"cannot read: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise SpecError(str(path), f"invalid YAML at {where}{problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError(str(path), f"must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_stream(path: str | Path, scale: str | None = None) -> StreamSpec:
+    """Load and validate a stream file; apply `scale` (e.g. "smoke") when given."""
+    stream = parse_stream(read_yaml(path))
+    return stream if scale is None else stream.at_scale(scale)
+
+
+def load_task(path: str | Path) -> TaskSpec:
+    """Load and validate a single task spec file (what `psec submit` sends)."""
+    return parse_task(read_yaml(path))
+
+
+def dump(spec: BaseModel) -> dict[str, Any]:
+    """Plain JSON-safe data that `parse_task` / `parse_stream` turn back into `spec`."""
+    return spec.model_dump(mode="json")
+
+
+def dump_yaml(spec: BaseModel) -> str:
+    """`dump(spec)` as YAML text, keys in field order."""
+    return yaml.safe_dump(dump(spec), sort_keys=False)
