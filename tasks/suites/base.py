@@ -80,8 +80,23 @@ class Suite(ABC):
             instance.close()
 
     @abstractmethod
-    def score(self, env: str, episode_return: float, episode_cost: float | None = None) -> float:
-        """The benchmark's normalised score of one episode (D4RL score, success, ...)."""
+    def score(
+        self,
+        env: str,
+        episode_return: float,
+        episode_cost: float | None = None,
+        success: bool | None = None,
+    ) -> float:
+        """The benchmark's normalised score of one episode (D4RL score, success, ...).
+
+        `success` is whether `self.success(info)` held at any step; suites whose score is a
+        success rate (Meta-World) need it, the others ignore it."""
+
+    def normalized_cost(self, env: str, episode_cost: float, threshold: float) -> float:
+        """Episode cost over the safety budget, as DSRL reports it (<= 1 means safe)."""
+        if threshold <= 0:
+            raise ValueError(f"cost threshold must be > 0, got {threshold}")
+        return episode_cost / threshold
 
     @abstractmethod
     def default_horizon(self, env: str) -> int:
