@@ -1,0 +1,622 @@
+"""Soft Actor-Critic from state, resumable: the expert trainer behind our generated data.
+
+One file in the CleanRL manner — networks, replay buffer, update and loop — with what a
+run of hours on shared CPUs needs on top: a checkpoint (networks, optimisers, temperature,
+counters, every RNG state and the replay buffer) written every `checkpoint_every` steps to
+a folder outside the repository, from which a killed run continues exactly where it
+stopped; an evaluation log; an actor snapshot per evaluation (the medium policy is picked
+from these later); and export of the best actor to `tasks/experts/`.
+
+    python -m tasks.generators.sac --env walker-stand --steps 500000 --threads 1
+
+Algorithm (Haarnoja et al. 2018, v2): tanh-Gaussian actor, twin Q with target networks
+updated by Polyak averaging, temperature tuned to a target entropy of -act_dim, one
+gradient step per environment step after `learning_starts` uniformly random steps.
+
+All periodic work (evaluation, checkpoint, the stop test) happens at episode boundaries:
+an environment mid-episode cannot be saved generically, and at a boundary nothing but our
+own state has to be. Episodes are reset with seeds derived from (seed, episode index), so
+a resumed run meets the same initial states as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from library.errors import SpecError
+from tasks.suites import get_suite
+
+DEFAULT_CACHE = Path(os.environ.get("PSEC_CACHE", Path.home() / ".cache" / "psec")) / "sac"
+
+
+@dataclass
+class SACConfig:
+    """Everything that defines one SAC run; saved as `config.json` in the run folder."""
+
+    env: str = "walker-stand"
+    """Environment name within `suite`, e.g. "walker-stand"."""
+    suite: str = "dmc"
+    """Suite that builds the environment ("dmc", or any suite in tasks.suites)."""
+    steps: int = 500_000
+    """Environment steps to train for (may be raised when resuming)."""
+    seed: int = 0
+    """Seeds network init, exploration, replay sampling and episode initial states."""
+    horizon: int | None = None
+    """Episode length override; None keeps the suite's default."""
+    cost_penalty: float = 0.0
+    """λ in the training reward r − λ·c (safe-RL suites report the cost c in info["cost"])."""
+    hidden: int = 256
+    """Width of every hidden layer of actor and critics."""
+    layers: int = 2
+    """Hidden layers of actor and critics."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak factor of the target critics."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log(temperature)."""
+    init_alpha: float = 0.1
+    """Initial temperature; 0.1 suits DMC's per-step rewards in [0, 1]."""
+    learning_starts: int = 5_000
+    """Uniformly random environment steps before the first gradient step."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions."""
+    eval_every: int = 5_000
+    """Evaluate (and snapshot the actor) every this many steps, at the next episode end."""
+    eval_episodes: int = 5
+    """Episodes per evaluation, deterministic actor, fixed seeds."""
+    checkpoint_every: int = 20_000
+    """Write a resumable checkpoint every this many steps, at the next episode end."""
+
+    # Fields a resumed run may change without changing what it learns.
+    RESUMABLE_CHANGES = ("steps",)
+
+    def validate(self) -> None:
+        """Raise SpecError on a field no run can use."""
+        positive = ("steps", "hidden", "layers", "batch_size", "buffer_size", "eval_every",
+                    "eval_episodes", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SpecError(name, f"must be >= 1, got {getattr(self, name)!r}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise SpecError("gamma", f"must be in (0, 1], got {self.gamma!r}")
+        if not 0.0 < self.tau <= 1.0:
+            raise SpecError("tau", f"must be in (0, 1], got {self.tau!r}")
+        if self.learning_starts < self.batch_size:
+            raise SpecError("learning_starts", f"must be >= batch_size ({self.batch_size})")
+        if self.cost_penalty < 0:
+            raise SpecError("cost_penalty", f"must be >= 0, got {self.cost_penalty!r}")
+        get_suite(self.suite).check_env(self.env)
+
+    def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def command(self) -> str:
+        """The command line that (re)trains this run."""
+        parts = ["python -m tasks.generators.sac"]
+        defaults = SACConfig()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("env", "steps") or value != getattr(defaults, f.name):
+                parts.append(f"--{f.name.replace('_', '-')} {value}")
+        return " ".join(parts)
+
+
+def default_run_dir(config: SACConfig) -> Path:
+    """`~/.cache/psec/sac/<env>/` — plus the seed and λ when they differ from 0."""
+    name = config.env
+    if config.seed:
+        name += f"__seed{config.seed}"
+    if config.cost_penalty:
+        name += f"__lambda{config.cost_penalty:g}"
+    return DEFAULT_CACHE / name
+
+
+# ---------------------------------------------------------------------------------------
+# Networks
+
+
+def mlp(d_in: int, d_out: int, hidden: int, layers: int) -> nn.Sequential:
+    """`layers` ReLU hidden layers of width `hidden`, then a linear output."""
+    dims = [d_in] + [hidden] * layers
+    modules: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        modules += [nn.Linear(a, b), nn.ReLU()]
+    modules.append(nn.Linear(dims[-1], d_out))
+    return nn.Sequential(*modules)
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy; `act(obs)` is the deterministic action tanh(mean)."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2):
+        super().__init__()
+        self.obs_dim, self.act_dim, self.hidden, self.layers = obs_dim, act_dim, hidden, layers
+        self.net = mlp(obs_dim, 2 * act_dim, hidden, layers)
+
+    def arch(self) -> dict[str, int]:
+        """The constructor arguments (stored beside exported weights)."""
+        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden": self.hidden,
+                "layers": self.layers}
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # obs: [B, S] -> mean, log_std: [B, A]
+        mean, raw = self.net(obs).chunk(2, dim=-1)
+        # tanh keeps log_std in range with a gradient everywhere (CleanRL's choice).
+        log_std = self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(raw) + 1)
+        return mean, log_std
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised action [B, A] in (-1, 1) and its log-probability [B]."""
+        mean, log_std = self(obs)
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        u = mean + log_std.exp() * eps
+        log_prob = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # log|d tanh(u)/du| = log(1 - tanh(u)^2), written in a form that never hits log(0).
+        log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+        return torch.tanh(u), log_prob
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action tanh(mean): [B, S] -> [B, A]."""
+        return torch.tanh(self(obs)[0])
+
+
+class EnsembleLinear(nn.Module):
+    """`n` independent linear layers applied in one batched matmul."""
+
+    def __init__(self, n: int, d_in: int, d_out: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(d_in)  # nn.Linear's default init range
+        self.weight = nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [n, B, d_in] -> [n, B, d_out]
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class TwinQ(nn.Module):
+    """Two Q networks evaluated together; returns Q: [2, B]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2):
+        super().__init__()
+        dims = [obs_dim + act_dim] + [hidden] * layers
+        modules: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            modules += [EnsembleLinear(2, a, b), nn.ReLU()]
+        modules.append(EnsembleLinear(2, dims[-1], 1))
+        self.net = nn.Sequential(*modules)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1)                     # [B, S+A]
+        return self.net(x.expand(2, *x.shape)).squeeze(-1)   # [2, B]
+
+
+# ---------------------------------------------------------------------------------------
+# Replay buffer
+
+BUFFER_FIELDS = ("obs", "actions", "rewards", "costs", "next_obs", "terminals", "timeouts")
+
+
+class ReplayBuffer:
+    """Transitions in insertion order (a ring once full); saved as an uncompressed .npz.
+
+    `terminals` marks true ends (no bootstrap), `timeouts` episodes cut by the horizon;
+    together they delimit episodes, so the buffer can be turned back into a dataset.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int):
+        self.capacity = capacity
+        self.data = {
+            "obs": np.zeros((capacity, obs_dim), np.float32),
+            "actions": np.zeros((capacity, act_dim), np.float32),
+            "rewards": np.zeros(capacity, np.float32),
+            "costs": np.zeros(capacity, np.float32),
+            "next_obs": np.zeros((capacity, obs_dim), np.float32),
+            "terminals": np.zeros(capacity, np.float32),
+            "timeouts": np.zeros(capacity, np.float32),
+        }
+        self.pos = 0    # next row to write
+        self.size = 0   # rows filled
+        self.added = 0  # transitions ever added (pos == added % capacity)
+
+    def add(self, **transition) -> None:
+        for key in BUFFER_FIELDS:
+            self.data[key][self.pos] = transition[key]
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+        self.added += 1
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        idx = rng.integers(0, self.size, size=batch_size)
+        return {k: torch.from_numpy(v[idx]) for k, v in self.data.items()}
+
+    def save(self, path: Path) -> None:
+        np.savez(path, pos=self.pos, size=self.size, added=self.added,
+                 **{k: v[: self.size] for k, v in self.data.items()})
+
+    def load(self, path: Path) -> None:
+        with np.load(path) as f:
+            self.pos, self.size, self.added = int(f["pos"]), int(f["size"]), int(f["added"])
+            if self.size > self.capacity:
+                raise SpecError("buffer_size", f"checkpoint holds {self.size} transitions, more than the capacity")
+            for key in BUFFER_FIELDS:
+                self.data[key][: self.size] = f[key]
+
+
+# ---------------------------------------------------------------------------------------
+# The agent: networks, optimisers, temperature, one update
+
+
+class SAC:
+    """SAC's learnable state and its update; `state_dict()` holds only tensors and numbers."""
+
+    def __init__(self, obs_dim: int, act_dim: int, config: SACConfig):
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.actor = Actor(obs_dim, act_dim, config.hidden, config.layers)
+        self.critic = TwinQ(obs_dim, act_dim, config.hidden, config.layers)
+        self.critic_target = TwinQ(obs_dim, act_dim, config.hidden, config.layers)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), requires_grad=True)
+        self.target_entropy = -float(act_dim)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        # One generator for every sample the agent draws, so its state can be checkpointed.
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One gradient step on critics, actor and temperature; returns named loss terms."""
+        cfg = self.config
+        obs, act, next_obs = batch["obs"], batch["actions"], batch["next_obs"]
+        reward = batch["rewards"] - cfg.cost_penalty * batch["costs"]            # [B]
+        alpha = self.log_alpha.exp().detach()
+
+        with torch.no_grad():
+            next_act, next_logp = self.actor.sample(next_obs, self.generator)
+            next_q = self.critic_target(next_obs, next_act).min(0).values - alpha * next_logp
+            target = reward + cfg.gamma * (1.0 - batch["terminals"]) * next_q    # [B]
+        q = self.critic(obs, act)                                                 # [2, B]
+        critic_loss = (q - target).pow(2).mean(-1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+
+        # The actor's loss reaches the critic's weights; freezing them skips those grads.
+        self.critic.requires_grad_(False)
+        new_act, logp = self.actor.sample(obs, self.generator)
+        actor_loss = (alpha * logp - self.critic(obs, new_act).min(0).values).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.critic.requires_grad_(True)
+
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        with torch.no_grad():
+            for p_target, p in zip(self.critic_target.parameters(), self.critic.parameters()):
+                p_target.lerp_(p, cfg.tau)
+        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
+                "alpha": alpha.item(), "entropy": -logp.mean().item(), "q": q.mean().item()}
+
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "alpha_opt": self.alpha_opt.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        self.generator.set_state(state["generator"])
+
+
+# ---------------------------------------------------------------------------------------
+# Run folder: checkpoint, logs, snapshots
+
+
+def episode_seed(seed: int, stream: int, index: int) -> int:
+    """A reset seed for episode `index` of `stream` (0 = training, 1 = evaluation)."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines log; an absent file has none."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_jsonl(path: Path, max_step: int) -> None:
+    # Rows logged after the checkpoint we resume from are about to be produced again.
+    rows = [r for r in read_jsonl(path) if r["step"] <= max_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Progress:
+    """Counters that, with the agent, the buffer and the RNGs, make a run resumable."""
+
+    step: int = 0
+    """Environment steps taken."""
+    episode: int = 0
+    """Episodes finished."""
+    updates: int = 0
+    """Gradient steps taken."""
+    next_eval: int = 0
+    """Step at or after which the next evaluation runs."""
+    next_checkpoint: int = 0
+    """Step at or after which the next checkpoint is written."""
+    best_return: float = -math.inf
+    """Best mean evaluation return so far."""
+    rng_state: dict = field(default_factory=dict)
+    """State of the numpy generator (warm-up actions, replay sampling)."""
+
+
+class RunDir:
+    """The folder of one run: config.json, latest.json -> checkpoint-<step>/, logs, actors/."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.actors = self.path / "actors"
+        self.eval_log = self.path / "eval.jsonl"
+        self.train_log = self.path / "train.jsonl"
+
+    def latest(self) -> Path | None:
+        """The checkpoint folder named by latest.json, or None for a fresh run."""
+        pointer = self.path / "latest.json"
+        if not pointer.exists():
+            return None
+        return self.path / json.loads(pointer.read_text())["checkpoint"]
+
+    def save_checkpoint(self, agent: SAC, buffer: ReplayBuffer, progress: Progress) -> Path:
+        previous = self.latest()
+        name = f"checkpoint-{progress.step}"
+        tmp = self.path / ".checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(agent.state_dict(), tmp / "agent.pt")
+        buffer.save(tmp / "replay.npz")
+        _write_json(tmp / "progress.json", dataclasses.asdict(progress))
+        final = self.path / name
+        if final.exists():  # a run killed between rename and pointer update
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_json(self.path / "latest.json", {"checkpoint": name, "step": progress.step})
+        if previous is not None and previous != final:
+            shutil.rmtree(previous, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, agent: SAC, buffer: ReplayBuffer) -> Progress | None:
+        folder = self.latest()
+        if folder is None:
+            return None
+        # weights_only: the file holds tensors, numbers and dicts, never pickled objects.
+        agent.load_state_dict(torch.load(folder / "agent.pt", weights_only=True))
+        buffer.load(folder / "replay.npz")
+        progress = Progress(**json.loads((folder / "progress.json").read_text()))
+        _truncate_jsonl(self.eval_log, progress.step)
+        _truncate_jsonl(self.train_log, progress.step)
+        return progress
+
+    def check_config(self, config: SACConfig) -> None:
+        """Write config.json for a new run, or refuse to resume a run with other settings."""
+        path = self.path / "config.json"
+        if path.exists():
+            # A field added since the run began counts as having had its default value.
+            saved = {**SACConfig().to_dict(), **json.loads(path.read_text())}
+            for key, value in config.to_dict().items():
+                if key not in SACConfig.RESUMABLE_CHANGES and saved[key] != value:
+                    raise SpecError(
+                        key, f"{value!r} differs from {saved[key]!r} of the run in {self.path}; "
+                        "use another --run-dir or the same setting")
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_json(path, config.to_dict())
+
+
+# ---------------------------------------------------------------------------------------
+# Training loop
+
+
+def make_env(config: SACConfig, seed: int) -> gym.Env:
+    """The environment of `config` built by its suite."""
+    return get_suite(config.suite).make_env(config.env, None, seed, config.horizon)
+
+
+def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int) -> list[float]:
+    """Undiscounted returns of the deterministic actor over `episodes` seeded episodes."""
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=episode_seed(seed, 1, i))
+        total, done = 0.0, False
+        while not done:
+            action = actor.act(torch.from_numpy(obs)[None])[0].numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += reward
+            done = terminated or truncated
+        returns.append(total)
+    return returns
+
+
+def save_actor(actor: Actor, path: Path, metadata: dict | None = None) -> None:
+    """Actor weights as safetensors; the architecture and `metadata` go in its header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"arch": json.dumps(actor.arch()), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in actor.state_dict().items()}, tmp, metadata=header)
+    os.replace(tmp, path)
+
+
+def train(config: SACConfig, run_dir: Path | None = None,
+          on_eval: Callable[[SAC, dict], None] | None = None,
+          log: Callable[[str], None] = print) -> Progress:
+    """Train (or resume) the run in `run_dir` until `config.steps`; returns the final counters.
+
+    `on_eval(agent, row)` is called after every evaluation (the CLI exports experts there).
+    """
+    config.validate()
+    run = RunDir(run_dir or default_run_dir(config))
+    run.check_config(config)
+    env = make_env(config, config.seed)
+    eval_env = make_env(config, config.seed + 1)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    agent = SAC(obs_dim, act_dim, config)
+    # The capacity never depends on `steps`, which a resumed run may raise; numpy's zeros
+    # are allocated lazily, so an unfilled capacity costs no memory.
+    buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size)
+    rng = np.random.default_rng(config.seed)
+
+    progress = run.load_checkpoint(agent, buffer)
+    if progress is None:
+        progress = Progress(next_eval=config.eval_every, next_checkpoint=config.checkpoint_every)
+        log(f"sac: new run in {run.path}")
+    else:
+        rng.bit_generator.state = progress.rng_state
+        log(f"sac: resumed {run.path} at step {progress.step}")
+
+    started, updates_at_start = time.time(), progress.updates
+    losses: dict[str, float] = {}
+    while progress.step < config.steps:
+        obs, _ = env.reset(seed=episode_seed(config.seed, 0, progress.episode))
+        episode_return, episode_cost, done = 0.0, 0.0, False
+        while not done:
+            if progress.step < config.learning_starts:
+                action = rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
+            else:
+                with torch.no_grad():
+                    action = agent.actor.sample(torch.from_numpy(obs)[None], agent.generator)[0][0].numpy()
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            cost = float(info.get("cost", 0.0))
+            buffer.add(obs=obs, actions=action, rewards=reward, costs=cost, next_obs=next_obs,
+                       terminals=float(terminated), timeouts=float(truncated))
+            obs, done = next_obs, terminated or truncated
+            episode_return += reward
+            episode_cost += cost
+            progress.step += 1
+            if progress.step >= config.learning_starts:
+                losses = agent.update(buffer.sample(config.batch_size, rng))
+                progress.updates += 1
+        progress.episode += 1
+        _append_jsonl(run.train_log, {"step": progress.step, "episode": progress.episode,
+                                      "return": episode_return, "cost": episode_cost})
+
+        if progress.step >= progress.next_eval:
+            returns = evaluate(agent.actor, eval_env, config.eval_episodes, config.seed)
+            elapsed = time.time() - started
+            row = {"step": progress.step, "return_mean": float(np.mean(returns)),
+                   "return_std": float(np.std(returns)), "returns": returns,
+                   "actor": f"actors/step-{progress.step}.safetensors",
+                   "updates_per_s": (progress.updates - updates_at_start) / max(elapsed, 1e-9),
+                   "losses": losses}
+            save_actor(agent.actor, run.path / row["actor"], {"step": progress.step})
+            _append_jsonl(run.eval_log, row)
+            progress.best_return = max(progress.best_return, row["return_mean"])
+            progress.next_eval += config.eval_every
+            log(f"sac: {config.env} step {progress.step} eval {row['return_mean']:.1f} "
+                f"± {row['return_std']:.1f} (best {progress.best_return:.1f}, "
+                f"{row['updates_per_s']:.1f} updates/s)")
+            if on_eval is not None:
+                on_eval(agent, row)
+
+        if progress.step >= progress.next_checkpoint or progress.step >= config.steps:
+            progress.next_checkpoint = progress.step + config.checkpoint_every
+            progress.rng_state = rng.bit_generator.state
+            run.save_checkpoint(agent, buffer, progress)
+    return progress
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[SACConfig, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="python -m tasks.generators.sac", description=__doc__.split("\n")[0])
+    for f in dataclasses.fields(SACConfig):
+        default = f.default
+        kind = {"int": int, "float": float, "str": str}.get(type(default).__name__, int)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default)
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="checkpoint folder (default ~/.cache/psec/sac/<env>/); resumed if present")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--no-export", action="store_true",
+                        help="do not export new best actors to tasks/experts/")
+    args = parser.parse_args(argv)
+    config = SACConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SACConfig)})
+    return config, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from library.errors import PsecError
+    from tasks.generators.experts import export_if_better
+
+    config, args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    def on_eval(agent: SAC, row: dict) -> None:
+        if not args.no_export:
+            export_if_better(agent.actor, config, row)
+
+    try:
+        train(config, args.run_dir, on_eval=on_eval, log=lambda m: print(m, flush=True))
+    except PsecError as e:
+        print(f"psec: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
