@@ -124,7 +124,8 @@ class DMCSuite(Suite):
             return DMCEnv(env, seed, horizon)
         return DMCEnv(env, seed, horizon, friction=dynamics.friction, gravity=dynamics.gravity)
 
-    def score(self, env: str, episode_return: float, episode_cost: float | None = None) -> float:
+    def score(self, env: str, episode_return: float, episode_cost: float | None = None,
+              success: bool | None = None) -> float:
         """DMC returns are already normalised to [0, 1000]; the score is the return."""
         self.check_env(env)
         return float(episode_return)
