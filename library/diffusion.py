@@ -1,0 +1,298 @@
+"""The base policy π0: an ε-prediction DDPM over actions, conditioned on the state.
+
+T = 5 noise steps on a variance-preserving schedule, a noise predictor made only of
+`nn.Linear` layers (so every one of them can carry skills), ancestral sampling clipped to
+[-1, 1] at every step as in IDQL, and IDQL's candidate selection for evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from library.errors import DataError, ShapeError, SpecError
+
+EpsFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""A noise predictor: (a_t [B, A], normalised state [B, S], step t [B] in 1..T) -> ε [B, A].
+
+`DiffusionPolicy.loss` and `.sample` take one to replace the policy's own network, which is
+how noise-level composition (Σ α_i ε_i) reuses the same noising and sampling code.
+"""
+
+ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU}
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Shape of a diffusion policy. Skills and composers on a base share its config."""
+
+    obs_dim: int
+    """State dimension S."""
+    act_dim: int
+    """Action dimension A; actions live in [-1, 1]."""
+    hidden: int = 256
+    """Width of the residual MLP."""
+    n_blocks: int = 3
+    """Number of LayerNorm residual blocks."""
+    time_dim: int = 16
+    """Size of the (Fourier) time embedding; even."""
+    T: int = 5
+    """Number of diffusion steps."""
+    beta_min: float = 0.1
+    """VP schedule β_min."""
+    beta_max: float = 10.0
+    """VP schedule β_max."""
+    activation: str = "mish"
+    """Nonlinearity inside the network: "mish" or "relu"."""
+
+    def __post_init__(self) -> None:
+        positive = {"obs_dim": 1, "act_dim": 1, "hidden": 1, "n_blocks": 0, "time_dim": 2, "T": 1}
+        for name, minimum in positive.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise SpecError(name, f"must be an integer >= {minimum}, got {value!r}")
+        if self.time_dim % 2:
+            raise SpecError("time_dim", f"must be even, got {self.time_dim}")
+        for name in ("beta_min", "beta_max"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise SpecError(name, f"must be a positive number, got {value!r}")
+        if self.beta_max < self.beta_min:
+            raise SpecError("beta_max", f"must be >= beta_min ({self.beta_min}), got {self.beta_max}")
+        if self.activation not in ACTIVATIONS:
+            raise SpecError("activation", f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PolicyConfig:
+        """Build from a dict (e.g. a stored config); unknown or missing fields are errors."""
+        if not isinstance(data, dict):
+            raise SpecError("policy", f"must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"policy.{unknown[0]}", "unknown field")
+        for required in ("obs_dim", "act_dim"):
+            if required not in data:
+                raise SpecError(f"policy.{required}", "missing")
+        return cls(**data)
+
+
+def vp_betas(T: int, beta_min: float, beta_max: float) -> Tensor:
+    """β_t = 1 − exp(−β_min/T − ½(β_max−β_min)(2t−1)/T²) for t = 1..T: [T] (index t−1)."""
+    t = torch.arange(1, T + 1, dtype=torch.float64)
+    betas = 1.0 - torch.exp(-beta_min / T - 0.5 * (beta_max - beta_min) * (2 * t - 1) / T**2)
+    return betas.float()
+
+
+class StateNormalizer(nn.Module):
+    """(s − mean) / std, clamped to ±10, with statistics fixed at the base's pretraining data.
+
+    Dimensions that are (near) constant in that data get std 1 rather than their tiny std:
+    otherwise a later task that moves such a dimension would feed values in the thousands
+    to every skill on this base (the "normalisation trap").
+    """
+
+    CLAMP = 10.0
+
+    def __init__(self, mean: Tensor, std: Tensor):
+        super().__init__()
+        mean = torch.as_tensor(mean, dtype=torch.float32)
+        std = torch.as_tensor(std, dtype=torch.float32)
+        if mean.dim() != 1 or mean.shape != std.shape:
+            raise ShapeError(f"normaliser mean {list(mean.shape)} and std {list(std.shape)} must be equal [S]")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()) or (std <= 0).any():
+            raise DataError("normaliser statistics must be finite with std > 0")
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+
+    @classmethod
+    def from_data(cls, obs: Tensor) -> StateNormalizer:
+        """Statistics of `obs` [N, S]; dims with std < 1e-3·max(1, |mean|) get std 1."""
+        obs = torch.as_tensor(obs, dtype=torch.float32)
+        if obs.dim() != 2 or obs.shape[0] < 1:
+            raise ShapeError(f"normaliser data must be [N, S] with N >= 1, got {list(obs.shape)}")
+        if not torch.isfinite(obs).all():
+            raise DataError("normaliser data contains non-finite values")
+        mean = obs.mean(dim=0)
+        std = obs.std(dim=0, unbiased=False)
+        constant = std < 1e-3 * mean.abs().clamp(min=1.0)
+        return cls(mean, torch.where(constant, torch.ones_like(std), std))
+
+    @classmethod
+    def identity(cls, obs_dim: int) -> StateNormalizer:
+        return cls(torch.zeros(obs_dim), torch.ones(obs_dim))
+
+    @property
+    def obs_dim(self) -> int:
+        return self.mean.shape[0]
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return ((obs - self.mean) / self.std).clamp(-self.CLAMP, self.CLAMP)
+
+
+class ResidualBlock(nn.Module):
+    """x + fc2(act(fc1(LN(x))))."""
+
+    def __init__(self, hidden: int, activation: str):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.act = ACTIVATIONS[activation]()
+        self.fc2 = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class NoisePredictor(nn.Module):
+    """ε_θ(a_t, s, t): a LayerNorm residual MLP over [a_t, s_norm, emb(t)].
+
+    emb(t) is a fixed sinusoidal (Fourier) feature of the integer step followed by a small
+    learned MLP, as in IDQL. Every learned map is an nn.Linear so skills can adapt all.
+    """
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        half = cfg.time_dim // 2
+        # Log-spaced frequencies from 1 to 1/100 rad per step: distinct features for t = 1..T.
+        freqs = torch.exp(-math.log(100.0) * torch.arange(half, dtype=torch.float32) / max(half - 1, 1))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.time_in = nn.Linear(cfg.time_dim, 2 * cfg.time_dim)
+        self.time_act = ACTIVATIONS[cfg.activation]()
+        self.time_out = nn.Linear(2 * cfg.time_dim, cfg.time_dim)
+        self.input = nn.Linear(cfg.act_dim + cfg.obs_dim + cfg.time_dim, cfg.hidden)
+        self.blocks = nn.ModuleList(ResidualBlock(cfg.hidden, cfg.activation) for _ in range(cfg.n_blocks))
+        self.out_norm = nn.LayerNorm(cfg.hidden)
+        self.output = nn.Linear(cfg.hidden, cfg.act_dim)
+
+    def forward(self, a_t: Tensor, s_norm: Tensor, t: Tensor) -> Tensor:
+        # a_t: [B, A], s_norm: [B, S], t: [B] integer steps in 1..T
+        phase = t.to(a_t.dtype).unsqueeze(-1) * self.freqs  # [B, time_dim/2]
+        emb = self.time_out(self.time_act(self.time_in(torch.cat([phase.sin(), phase.cos()], -1))))
+        x = self.input(torch.cat([a_t, s_norm, emb], dim=-1))  # [B, hidden]
+        for block in self.blocks:
+            x = block(x)
+        return self.output(self.out_norm(x))  # [B, A]
+
+
+class DiffusionPolicy(nn.Module):
+    """π(a | s) as a T-step DDPM; the network sees the normalised state."""
+
+    def __init__(self, cfg: PolicyConfig, normalizer: StateNormalizer | None = None):
+        super().__init__()
+        normalizer = normalizer if normalizer is not None else StateNormalizer.identity(cfg.obs_dim)
+        if normalizer.obs_dim != cfg.obs_dim:
+            raise ShapeError(f"normaliser has {normalizer.obs_dim} state dims, the policy {cfg.obs_dim}")
+        self.config = cfg
+        self.normalizer = normalizer
+        self.net = NoisePredictor(cfg)
+        betas = vp_betas(cfg.T, cfg.beta_min, cfg.beta_max)
+        alphas = 1.0 - betas
+        # Derived from the config, so not part of the state dict. Index t−1 for step t.
+        self.register_buffer("betas", betas, persistent=False)
+        self.register_buffer("alphas", alphas, persistent=False)
+        self.register_buffer("alpha_bars", torch.cumprod(alphas, dim=0), persistent=False)
+
+    def _check(self, obs: Tensor, actions: Tensor | None = None) -> None:
+        cfg = self.config
+        if obs.dim() != 2 or obs.shape[1] != cfg.obs_dim:
+            raise ShapeError(f"obs must be [B, {cfg.obs_dim}], got {list(obs.shape)}")
+        if actions is not None and (actions.dim() != 2 or actions.shape != (obs.shape[0], cfg.act_dim)):
+            raise ShapeError(f"actions must be [{obs.shape[0]}, {cfg.act_dim}], got {list(actions.shape)}")
+
+    def loss(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        weights: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        eps_fn: EpsFn | None = None,
+    ) -> dict[str, Tensor]:
+        """Paper Eq. 3: E_t,ε w(s, a)·‖ε − ε_θ(a_t, s, t)‖² (per-sample mean over action dims).
+
+        obs [B, S] raw, actions [B, A], weights [B] or None (all 1). Returns {"loss": the
+        weighted mean, "mse": the unweighted mean}.
+        """
+        self._check(obs, actions)
+        batch = obs.shape[0]
+        if weights is not None and weights.shape != (batch,):
+            raise ShapeError(f"loss weights must be [{batch}], got {list(weights.shape)}")
+        eps_fn = eps_fn or self.net
+        t = torch.randint(1, self.config.T + 1, (batch,), generator=generator, device=obs.device)
+        noise = torch.randn(actions.shape, generator=generator, device=obs.device, dtype=actions.dtype)
+        alpha_bar = self.alpha_bars[t - 1].unsqueeze(-1)  # [B, 1]
+        a_t = alpha_bar.sqrt() * actions + (1.0 - alpha_bar).sqrt() * noise
+        mse = (eps_fn(a_t, self.normalizer(obs), t) - noise).pow(2).mean(dim=-1)  # [B]
+        loss = mse.mean() if weights is None else (weights.detach() * mse).mean()
+        return {"loss": loss, "mse": mse.detach().mean()}
+
+    @torch.no_grad()
+    def sample(
+        self, obs: Tensor, generator: torch.Generator | None = None, eps_fn: EpsFn | None = None
+    ) -> Tensor:
+        """Ancestral DDPM from N(0, I): obs [B, S] raw -> actions [B, A] in [-1, 1].
+
+        σ_t² = β_t and every x_t is clipped to [-1, 1], as in IDQL (on which PSEC builds).
+        """
+        self._check(obs)
+        eps_fn = eps_fn or self.net
+        s_norm = self.normalizer(obs)
+        batch = obs.shape[0]
+        shape = (batch, self.config.act_dim)
+        x = torch.randn(shape, generator=generator, device=obs.device, dtype=obs.dtype)
+        for step in range(self.config.T, 0, -1):
+            t = torch.full((batch,), step, dtype=torch.long, device=obs.device)
+            beta, alpha, alpha_bar = (self.betas[step - 1], self.alphas[step - 1], self.alpha_bars[step - 1])
+            eps = eps_fn(x, s_norm, t)
+            x = (x - beta / (1.0 - alpha_bar).sqrt() * eps) / alpha.sqrt()
+            if step > 1:
+                noise = torch.randn(shape, generator=generator, device=obs.device, dtype=obs.dtype)
+                x = x + beta.sqrt() * noise
+            x = x.clamp(-1.0, 1.0)
+        return x
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.sample(obs)
+
+
+@torch.no_grad()
+def select_action(
+    sample_fn: Callable[[Tensor], Tensor],
+    obs: Tensor,
+    n_candidates: int,
+    q_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    minimize: bool = False,
+) -> Tensor:
+    """IDQL-style evaluation: N candidates per state, keep argmax Q (argmin Q_c if minimize).
+
+    obs [B, S] -> actions [B, A]. Without a critic there is nothing to choose by, so one
+    sample per state is drawn whatever `n_candidates` says. q_fn(obs [M, S], a [M, A]) -> [M].
+    """
+    if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
+        raise SpecError("n_candidates", f"must be a positive integer, got {n_candidates!r}")
+    if q_fn is None or n_candidates == 1:
+        return sample_fn(obs)
+    batch = obs.shape[0]
+    obs_rep = obs.repeat_interleave(n_candidates, dim=0)  # [B·N, S], candidates of a state adjacent
+    candidates = sample_fn(obs_rep)  # [B·N, A]
+    scores = q_fn(obs_rep, candidates).reshape(batch, n_candidates)
+    best = scores.argmin(dim=1) if minimize else scores.argmax(dim=1)  # [B]
+    return candidates.view(batch, n_candidates, -1)[torch.arange(batch, device=obs.device), best]
+
+
+__all__ = [
+    "EpsFn",
+    "PolicyConfig",
+    "StateNormalizer",
+    "NoisePredictor",
+    "DiffusionPolicy",
+    "select_action",
+    "vp_betas",
+]

@@ -1,0 +1,450 @@
+"""Skills as adapters on a frozen base: LoRA (`W0 + (alpha/r)·B A`) and full-rank (`W0 + ΔW`).
+
+The layer is shaped like HuggingFace peft's `tuners/lora/layer.py`: `LoraLinear` wraps a
+`base_layer: nn.Linear`, and every adapter lives in `nn.ModuleDict`s keyed by the skill name
+(`lora_A[name]`, `lora_B[name]`, or `full_delta[name]` for the full-rank PSEC(MLP) baseline),
+so a state dict reads `net.blocks.0.fc1.lora_A.walk.weight` as in peft.
+
+What peft lacks and this module adds: *continuous, per-sample* weights for any number of
+skills. Inside `with use_skills(model, names, weights):` every wrapped layer computes
+
+    y = W0 x + b + Σ_i w_i · s_i · B_i A_i x          (w: [k] or per sample [B, k])
+
+in one batched pass: the active A's are stacked into one [R, in] matrix (R = Σ r_i) and the
+B's into one [out, R] matrix, so a layer costs two small matmuls whatever k is, and no
+weight matrix is ever materialised per sample. Stacks of frozen adapters are cached and
+keyed on the tensors' identities and `_version` counters, so an in-place change (an
+optimiser step, `load_state_dict`) invalidates them.
+
+Outside `use_skills` a wrapped layer computes the base alone (plus any merged skills).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from library.errors import DataError, ShapeError, SpecError, StoreError
+from library.names import BASE, check_name
+
+KINDS = ("lora", "full")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """How one skill's adapter is shaped; identical in every wrapped layer of a model."""
+
+    kind: str
+    """"lora" (low-rank B A) or "full" (a dense ΔW, the PSEC(MLP) baseline)."""
+    rank: int
+    """LoRA rank r; 0 for "full" adapters."""
+    alpha: float
+    """LoRA alpha; the update is scaled by alpha / rank. 1 for "full" adapters."""
+
+    @property
+    def scaling(self) -> float:
+        """The factor applied to B A (peft's `scaling[name]`)."""
+        return self.alpha / self.rank if self.kind == "lora" else 1.0
+
+
+@dataclass(frozen=True)
+class _ActiveSet:
+    """The skills a `use_skills` block switched on, prepared once for every layer.
+
+    Zero-weight skills (at inference) and the "base" zero adapter are already removed, and
+    the per-skill weights are expanded to one weight per LoRA rank column with the scaling
+    folded in, so a layer only multiplies.
+    """
+
+    lora_names: tuple[str, ...]
+    """LoRA skills in stacking order."""
+    lora_cols: Tensor | None
+    """Weight per stacked rank column, w_i · s_i repeated r_i times: [R] or per sample [B, R]."""
+    full_names: tuple[str, ...]
+    """Full-rank skills in stacking order."""
+    full_weights: Tensor | None
+    """Weight per full-rank skill: [k_f] or per sample [B, k_f]."""
+
+
+class LoraLinear(nn.Module):
+    """An `nn.Linear` with any number of named adapters; the wrapped layer is frozen.
+
+    Merging writes an adapter into `base_layer.weight` for adapter-free inference. The first
+    merge keeps a copy of the untouched weight and `unmerge` restores from that copy (then
+    re-applies the adapters still merged, in their merge order), so merge followed by
+    unmerge gives back the base weight bit for bit — subtracting B A again would not,
+    because float addition does not round-trip.
+    """
+
+    def __init__(self, base_layer: nn.Linear):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"LoraLinear wraps nn.Linear, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.base_layer.requires_grad_(False)
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.full_delta = nn.ModuleDict()
+        self.adapters: dict[str, AdapterSpec] = {}
+        self.merged_adapters: list[str] = []
+        self._unmerged_weight: Tensor | None = None
+        self._active: _ActiveSet | None = None
+        # names -> (key, A stack [R, in], B stack [out, R]) or (key, ΔW stack [k·out, in], None)
+        self._stack_cache: dict[tuple[str, ...], tuple[tuple, Tensor, Tensor | None]] = {}
+
+    # ------------------------------------------------------------------ adapters
+    def add_adapter(
+        self, name: str, spec: AdapterSpec, generator: torch.Generator | None = None
+    ) -> None:
+        """Add a zero-effect adapter: B (or ΔW) starts at zero, A kaiming-uniform as in peft."""
+        weight = self.base_layer.weight
+        factory = {"dtype": weight.dtype, "device": weight.device}
+        if spec.kind == "lora":
+            a = nn.Linear(self.in_features, spec.rank, bias=False, **factory)
+            b = nn.Linear(spec.rank, self.out_features, bias=False, **factory)
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5), generator=generator)
+                nn.init.zeros_(b.weight)
+            self.lora_A[name] = a
+            self.lora_B[name] = b
+        else:
+            delta = nn.Linear(self.in_features, self.out_features, bias=False, **factory)
+            with torch.no_grad():
+                nn.init.zeros_(delta.weight)
+            self.full_delta[name] = delta
+        self.adapters[name] = spec
+        self._stack_cache.clear()
+
+    def remove_adapter(self, name: str) -> None:
+        if name in self.merged_adapters:
+            self.unmerge(name)
+        if self.adapters.pop(name).kind == "lora":
+            del self.lora_A[name]
+            del self.lora_B[name]
+        else:
+            del self.full_delta[name]
+        self._stack_cache.clear()
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        if self.adapters[name].kind == "lora":
+            return [self.lora_A[name].weight, self.lora_B[name].weight]
+        return [self.full_delta[name].weight]
+
+    def delta_weight(self, name: str) -> Tensor:
+        """The dense update this adapter adds to the base weight: [out, in]."""
+        spec = self.adapters[name]
+        if spec.kind == "lora":
+            return (self.lora_B[name].weight @ self.lora_A[name].weight) * spec.scaling
+        return self.full_delta[name].weight
+
+    # ------------------------------------------------------------------ merging
+    @torch.no_grad()
+    def merged_weight(self, name: str) -> Tensor:
+        """What `base_layer.weight` becomes once `name` is merged (nothing is written)."""
+        return self.base_layer.weight + self.delta_weight(name).to(self.base_layer.weight.dtype)
+
+    @torch.no_grad()
+    def merge(self, name: str) -> None:
+        if name in self.merged_adapters:
+            raise StoreError(f"skill {name!r} is already merged")
+        new_weight = self.merged_weight(name)
+        if self._unmerged_weight is None:
+            self._unmerged_weight = self.base_layer.weight.detach().clone()
+        self.base_layer.weight.copy_(new_weight)
+        self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self, name: str) -> None:
+        if name not in self.merged_adapters:
+            raise StoreError(f"skill {name!r} is not merged")
+        self.merged_adapters.remove(name)
+        assert self._unmerged_weight is not None
+        self.base_layer.weight.copy_(self._unmerged_weight)
+        for other in self.merged_adapters:
+            self.base_layer.weight.copy_(self.merged_weight(other))
+        if not self.merged_adapters:
+            self._unmerged_weight = None
+
+    # ------------------------------------------------------------------ forward
+    def _stacks(self, names: tuple[str, ...], full: bool) -> tuple[Tensor, Tensor | None]:
+        """Stacked adapter matrices for `names`, cached while none of them is being trained."""
+        if full:
+            weights = [self.full_delta[n].weight for n in names]
+        else:
+            weights = [self.lora_A[n].weight for n in names] + [self.lora_B[n].weight for n in names]
+        if len(names) == 1:
+            # Nothing to stack: use the parameters themselves (gradients flow, no copy).
+            return (weights[0], None) if full else (weights[0], weights[1])
+        tracked = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+        key = tuple((id(w), w._version) for w in weights)
+        if not tracked:
+            cached = self._stack_cache.get(names)
+            if cached is not None and cached[0] == key:
+                return cached[1], cached[2]
+        if full:
+            # ΔW stack: [k·out, in]
+            stacks: tuple[Tensor, Tensor | None] = (torch.cat(weights, dim=0), None)
+        else:
+            k = len(names)
+            # A stack: [R, in]; B stack: [out, R]
+            stacks = (torch.cat(weights[:k], dim=0), torch.cat(weights[k:], dim=1))
+        if not tracked:
+            self._stack_cache[names] = (key, stacks[0].detach(), _detach(stacks[1]))
+        return stacks
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [B, in] (per-sample weights index the leading dim) or [..., in] for [k] weights
+        y = self.base_layer(x)
+        active = self._active
+        if active is None:
+            return y
+        if active.lora_names:
+            a_stack, b_stack = self._stacks(active.lora_names, full=False)
+            h = F.linear(x, a_stack) * active.lora_cols  # [B, R]
+            y = y + F.linear(h, b_stack)
+        if active.full_names:
+            d_stack, _ = self._stacks(active.full_names, full=True)
+            w = active.full_weights
+            if w.dim() == 1:
+                # One combined ΔW for the whole batch: [out, in]
+                delta = (w.view(-1, 1, 1) * d_stack.view(len(w), self.out_features, -1)).sum(0)
+                y = y + F.linear(x, delta)
+            else:
+                # Per sample: all k ΔW x at once, then weight them. h: [B, k, out]
+                h = F.linear(x, d_stack).view(x.shape[0], w.shape[1], self.out_features)
+                y = y + torch.bmm(w.unsqueeze(1).to(h.dtype), h).squeeze(1)
+        return y
+
+    def extra_repr(self) -> str:
+        skills = ", ".join(f"{n}:{s.kind}" + (f"(r={s.rank})" if s.kind == "lora" else "")
+                           for n, s in self.adapters.items())
+        return f"in={self.in_features}, out={self.out_features}, skills=[{skills}]"
+
+
+def _detach(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach()
+
+
+# ---------------------------------------------------------------------- model level
+def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
+    """Every wrapped layer of `model`, by module path, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
+
+
+def _layers_or_raise(model: nn.Module) -> list[LoraLinear]:
+    layers = list(lora_layers(model).values())
+    if not layers:
+        raise StoreError("the model has no skills: add one with add_skill first")
+    return layers
+
+
+def skill_names(model: nn.Module) -> list[str]:
+    """Names of the skills added to `model`, in the order they were added."""
+    layers = list(lora_layers(model).values())
+    return list(layers[0].adapters) if layers else []
+
+
+def skill_spec(model: nn.Module, name: str) -> AdapterSpec:
+    """The shape (kind, rank, alpha) of one skill of `model`."""
+    layers = _layers_or_raise(model)
+    _check_known(layers[0], [name])
+    return layers[0].adapters[name]
+
+
+def _check_known(layer: LoraLinear, names: Sequence[str], allow_base: bool = False) -> None:
+    for name in names:
+        if name in layer.adapters or (allow_base and name == BASE):
+            continue
+        known = ", ".join(layer.adapters) or "none"
+        raise StoreError(f"unknown skill {name!r} (known: {known})")
+
+
+def add_skill(
+    model: nn.Module,
+    name: str,
+    rank: int = 8,
+    alpha: float = 16.0,
+    kind: str = "lora",
+    generator: torch.Generator | None = None,
+) -> None:
+    """Add skill `name` to every linear layer of `model`, wrapping each nn.Linear once.
+
+    The new adapter changes no output until it is trained (B or ΔW start at zero) and is
+    inactive outside `use_skills`. Give `generator` to make A's initialisation reproducible.
+    """
+    check_name(name)
+    if kind not in KINDS:
+        raise SpecError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "lora" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise SpecError("rank", f"must be a positive integer, got {rank!r}")
+    if kind == "lora" and not (isinstance(alpha, int | float) and math.isfinite(alpha)):
+        raise SpecError("alpha", f"must be a finite number, got {alpha!r}")
+    if name in skill_names(model):
+        raise StoreError(f"skill {name!r} already exists on this model")
+    spec = AdapterSpec(kind=kind, rank=rank, alpha=float(alpha)) if kind == "lora" else (
+        AdapterSpec(kind="full", rank=0, alpha=1.0))
+    _wrap_linears(model)
+    layers = _layers_or_raise(model)
+    for layer in layers:
+        layer.add_adapter(name, spec, generator)
+
+
+def _wrap_linears(model: nn.Module) -> None:
+    """Replace every bare nn.Linear in `model` by a LoraLinear.
+
+    The walk does not enter a LoraLinear, whose base layer and adapters are Linears too.
+    """
+    targets: list[tuple[nn.Module, str, nn.Linear]] = []
+
+    def visit(parent: nn.Module) -> None:
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                targets.append((parent, child_name, child))
+            elif not isinstance(child, LoraLinear):
+                visit(child)
+
+    if isinstance(model, nn.Linear):
+        raise ShapeError("add_skill needs a model that contains linear layers, not a bare nn.Linear")
+    visit(model)
+    if not targets and not lora_layers(model):
+        raise ShapeError(f"{type(model).__name__} has no nn.Linear layer to attach a skill to")
+    for parent, child_name, child in targets:
+        setattr(parent, child_name, LoraLinear(child))
+
+
+def remove_skill(model: nn.Module, name: str) -> None:
+    """Remove skill `name` (unmerging it first if it is merged)."""
+    layers = _layers_or_raise(model)
+    _check_known(layers[0], [name])
+    for layer in layers:
+        layer.remove_adapter(name)
+
+
+def trainable_only(model: nn.Module, name: str) -> list[nn.Parameter]:
+    """Freeze everything in `model` except skill `name`; return that skill's parameters."""
+    layers = _layers_or_raise(model)
+    _check_known(layers[0], [name])
+    model.requires_grad_(False)
+    params = [p for layer in layers for p in layer.adapter_parameters(name)]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _apply_merge(model: nn.Module, name: str, merge_it: bool, safe: bool) -> None:
+    layers = _layers_or_raise(model)
+    _check_known(layers[0], [name])
+    if merge_it and safe:
+        # Check every layer before writing any, so a failure leaves the model untouched.
+        for path, layer in lora_layers(model).items():
+            if not torch.isfinite(layer.merged_weight(name)).all():
+                raise DataError(f"skill {name!r} would make non-finite weights in layer {path}")
+    for layer in layers:
+        if merge_it:
+            layer.merge(name)
+        else:
+            layer.unmerge(name)
+
+
+def merge(model: nn.Module, name: str) -> None:
+    """Write skill `name` into the base weights (outside `use_skills` the model is then it)."""
+    _apply_merge(model, name, merge_it=True, safe=False)
+
+
+def safe_merge(model: nn.Module, name: str) -> None:
+    """Like `merge`, but refuses (DataError) before writing if any merged weight is non-finite."""
+    _apply_merge(model, name, merge_it=True, safe=True)
+
+
+def unmerge(model: nn.Module, name: str) -> None:
+    """Undo `merge`: the base weights come back bit for bit."""
+    _apply_merge(model, name, merge_it=False, safe=False)
+
+
+def merged_skills(model: nn.Module) -> list[str]:
+    layers = list(lora_layers(model).values())
+    return list(layers[0].merged_adapters) if layers else []
+
+
+def _as_weights(names: Sequence[str], weights: object) -> Tensor:
+    k = len(names)
+    if weights is None:
+        return torch.ones(k)
+    w = weights if isinstance(weights, Tensor) else torch.as_tensor(weights, dtype=torch.float32)
+    if w.dim() not in (1, 2) or w.shape[-1] != k:
+        raise ShapeError(f"skill weights must be [{k}] or [B, {k}] for {k} skills, got {list(w.shape)}")
+    return w
+
+
+def prepare_active(
+    spec_of: dict[str, AdapterSpec], names: Sequence[str], weights: object, dtype: torch.dtype,
+    device: torch.device,
+) -> _ActiveSet | None:
+    """Turn (names, weights) into what each layer needs; None when only the base remains."""
+    w = _as_weights(names, weights).to(device=device, dtype=dtype)
+    keep = [i for i, n in enumerate(names) if n != BASE]
+    if not (torch.is_grad_enabled() and w.requires_grad) and keep:
+        # At inference a skill weighted 0 for every sample contributes exactly nothing, so it
+        # is skipped; this is also why a one-hot composition reproduces its skill bit for bit.
+        nonzero = (w != 0).reshape(-1, len(names)).any(dim=0).tolist()
+        keep = [i for i in keep if nonzero[i]]
+    lora = [i for i in keep if spec_of[names[i]].kind == "lora"]
+    full = [i for i in keep if spec_of[names[i]].kind == "full"]
+    if not lora and not full:
+        return None
+    lora_cols = None
+    if lora:
+        scale = torch.tensor([spec_of[names[i]].scaling for i in lora], dtype=w.dtype, device=device)
+        repeats = torch.tensor([spec_of[names[i]].rank for i in lora], device=device)
+        lora_cols = (w[..., lora] * scale).repeat_interleave(repeats, dim=-1)
+    full_weights = w[..., full] if full else None
+    return _ActiveSet(
+        lora_names=tuple(names[i] for i in lora),
+        lora_cols=lora_cols,
+        full_names=tuple(names[i] for i in full),
+        full_weights=full_weights,
+    )
+
+
+@contextmanager
+def use_skills(
+    model: nn.Module, names: Sequence[str], weights: Tensor | Sequence[float] | None = None
+) -> Iterator[None]:
+    """Switch on skills `names` in every layer of `model` for the duration of the block.
+
+    weights: None (all 1), [k] (one weight per skill for the whole batch) or [B, k] (per
+    sample; B must be the leading dim of every input inside the block). "base" may appear in
+    `names` and is the zero adapter. Blocks nest; the previous state is restored on exit.
+    """
+    names = list(names)
+    if len(set(names)) != len(names):
+        raise StoreError(f"skill names repeat in {names}")
+    layers = list(lora_layers(model).values())
+    if not layers:
+        if any(n != BASE for n in names):
+            raise StoreError(f"unknown skills {[n for n in names if n != BASE]}: the model has none")
+        yield
+        return
+    first = layers[0]
+    _check_known(first, names, allow_base=True)
+    merged = [n for n in names if n in first.merged_adapters]
+    if merged:
+        raise StoreError(f"skills {merged} are merged into the base; unmerge before use_skills")
+    weight = first.base_layer.weight
+    active = prepare_active(first.adapters, names, weights, weight.dtype, weight.device)
+    previous = [layer._active for layer in layers]
+    for layer in layers:
+        layer._active = active
+    try:
+        yield
+    finally:
+        for layer, prev in zip(layers, previous):
+            layer._active = prev
