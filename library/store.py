@@ -1,0 +1,588 @@
+"""The skill store: bases, skills and composers, their datasets and their results.
+
+A store is a folder on any pyarrow filesystem (a local path, `file://…`, `s3://bucket/prefix`):
+
+    items/<name>/adapter_config.json          the item's config (peft's file name)
+    items/<name>/adapter_model.safetensors    its tensors (peft's file name, keys without the name)
+    manifest/<name>.json                      one ManifestEntry per item, written LAST
+    datasets/<name>.parquet                   canonical datasets (schema metadata kept)
+    results/<time>-<uuid>.parquet             one file per `append_results` call
+    .locks/<name>.lock                        local stores only: per-name advisory locks
+
+The manifest entry is the commit point. An item exists iff its entry exists, so files left
+by a crash between the weights and the entry are invisible, and the next registration of
+that name writes over them. Every entry is its own file, so processes registering different
+names never touch a shared file.
+
+Concurrency on the SAME name. On a local filesystem every write to a name happens under an
+exclusive `flock` on `.locks/<name>.lock` (released by the kernel if the process dies, so a
+crash leaves no stale lock), and a new entry is created with `os.link`, which fails if the
+entry exists: of several processes registering one name exactly one wins and the others get
+"already exists". Reads take the shared lock, so `load` never sees the weights of one
+registration with the entry of another. Object stores have no exclusive create and no
+locks (a single PUT is atomic per object, nothing more): there the pipeline's store actor
+serialises registrations, and this class must not be used to write one name from two
+processes at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import safetensors.torch
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from library.errors import DataError, StoreError
+from library.names import check_name
+
+Kind = Literal["base", "skill", "composer"]
+KINDS: tuple[str, ...] = ("base", "skill", "composer")
+
+DEFAULT_URI = "./psec-store"
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+# How many names an "unknown name" error lists before "and N more".
+_HINT_NAMES = 5
+# The config summary in a manifest entry keeps scalars and short lists of scalars, flattened
+# with dotted keys, so `psec skills list` can show rank/dims/skills without opening the item.
+_SUMMARY_MAX_KEYS = 40
+_SUMMARY_MAX_LIST = 16
+
+
+class ManifestEntry(BaseModel):
+    """What the store knows about one item without opening its weights."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
+
+    name: str
+    """The item's name (`library.names.check_name` rule); also its folder and entry file name."""
+    kind: Kind
+    """`base` (a pretrained policy), `skill` (a LoRA on a base) or `composer` (α(s) over skills)."""
+    parent: str | None = None
+    """Name of the base a skill or composer is built on; None for a base."""
+    task_spec: dict[str, Any] | None = None
+    """The task spec the item was fitted for, as plain JSON; None if not given."""
+    dataset_fingerprint: str | None = None
+    """Fingerprint of the dataset the item was fitted on (`tasks.dataset.fingerprint`)."""
+    sha256: str
+    """Hex sha256 of the bytes of `adapter_model.safetensors`; `load` refuses a mismatch."""
+    size_bytes: int
+    """Size of `adapter_model.safetensors` in bytes."""
+    metrics: dict[str, Any] = {}
+    """Evaluation results and training figures; `update_metrics` merges into it."""
+    created: str
+    """When the item was registered: ISO 8601, UTC, microseconds."""
+    config_summary: dict[str, Any] = {}
+    """Scalars and short lists from the config, flattened with dotted keys (for listings)."""
+
+
+class SkillStore:
+    """Stores items peft-style on a pyarrow filesystem, with a manifest as the commit point."""
+
+    def __init__(self, uri: str = DEFAULT_URI):
+        if not isinstance(uri, str) or not uri:
+            raise StoreError(f"store URI must be a non-empty string, got {uri!r}")
+        if "://" in uri:
+            try:
+                fs, root = pafs.FileSystem.from_uri(uri)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise StoreError(f"cannot open store at {uri}: {e}") from e
+            self._uri = uri
+        else:
+            # from_uri refuses relative paths; and a Ray worker may run in another folder,
+            # so the store remembers the absolute path and hands that out as its URI.
+            fs, root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+            self._uri = root
+        self._fs: pafs.FileSystem = fs
+        self._root = root.rstrip("/") or root
+        self._local = isinstance(fs, pafs.LocalFileSystem)
+
+    def __reduce__(self):
+        # A pickled store is its URI: the filesystem is rebuilt where it is unpickled
+        # (a Ray worker), with that machine's credentials.
+        return (SkillStore, (self._uri,))
+
+    def __repr__(self) -> str:
+        return f"SkillStore({self._uri!r})"
+
+    @property
+    def uri(self) -> str:
+        """A URI that names this store from any process (absolute for local folders)."""
+        return self._uri
+
+    @property
+    def local_path(self) -> str | None:
+        """The store's folder on this machine, or None for a remote store."""
+        return self._root if self._local else None
+
+    # ------------------------------------------------------------------ items
+
+    def register(
+        self,
+        name: str,
+        kind: str,
+        config: Mapping[str, Any],
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        parent: str | None = None,
+        task_spec: Mapping[str, Any] | None = None,
+        dataset_fingerprint: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> ManifestEntry:
+        """Store an item and commit its manifest entry; validates everything before writing."""
+        check_name(name)
+        if kind not in KINDS:
+            raise StoreError(f"kind of {name!r} must be one of {', '.join(KINDS)}, got {kind!r}")
+        if kind == "base":
+            if parent is not None:
+                raise StoreError(f"base {name!r} cannot have a parent (got {parent!r})")
+        else:
+            if parent is None:
+                raise StoreError(f"{kind} {name!r} needs a parent base")
+            check_name(parent)
+            if not self.exists(parent):
+                raise StoreError(
+                    f"parent base {parent!r} of {kind} {name!r} is not in the store"
+                    f"{self._names_hint()}"
+                )
+            if (parent_kind := self.entry(parent).kind) != "base":
+                raise StoreError(
+                    f"parent {parent!r} of {kind} {name!r} is a {parent_kind}, not a base"
+                )
+        if not isinstance(config, Mapping):
+            raise StoreError(f"config of {name!r} must be a dict, got {type(config).__name__}")
+        config_json = _json_ready(dict(config), "config")
+        weights = _safetensors_bytes(name, tensors)
+        if dataset_fingerprint is not None and not isinstance(dataset_fingerprint, str):
+            raise StoreError(f"dataset_fingerprint of {name!r} must be a string")
+        entry = ManifestEntry(
+            name=name,
+            kind=kind,
+            parent=parent,
+            task_spec=None if task_spec is None else _json_ready(dict(task_spec), "task_spec"),
+            dataset_fingerprint=dataset_fingerprint,
+            sha256=hashlib.sha256(weights).hexdigest(),
+            size_bytes=len(weights),
+            metrics={} if metrics is None else _json_ready(dict(metrics), "metrics"),
+            created=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            config_summary=_summarise(config_json),
+        )
+        config_bytes = json.dumps(config_json, indent=2, sort_keys=True, allow_nan=False).encode()
+
+        with self._lock(name):
+            if not overwrite and self.exists(name):
+                raise StoreError(f"{name!r} is already in the store (pass overwrite to replace it)")
+            item = self._path("items", name)
+            self._write(f"{item}/{WEIGHTS_FILE}", weights)
+            self._write(f"{item}/{CONFIG_FILE}", config_bytes)
+            # The entry last: until it lands, the files above belong to no item.
+            try:
+                self._write(self._entry_path(name), _entry_bytes(entry), exclusive=not overwrite)
+            except _Exists:
+                raise StoreError(
+                    f"{name!r} was registered by another process at the same time"
+                ) from None
+        return entry
+
+    def load(self, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """Return `(config, tensors)` of an item, after checking the weights' sha256."""
+        with self._lock(name, shared=True):
+            entry = self.entry(name)
+            item = self._path("items", name)
+            weights = self._read(f"{item}/{WEIGHTS_FILE}")
+            config_bytes = self._read(f"{item}/{CONFIG_FILE}")
+        if weights is None or config_bytes is None:
+            missing = WEIGHTS_FILE if weights is None else CONFIG_FILE
+            raise StoreError(
+                f"{entry.kind} {name!r} is missing its {missing}: the store was modified by hand"
+            )
+        if hashlib.sha256(weights).hexdigest() != entry.sha256:
+            raise StoreError(
+                f"checksum mismatch for {entry.kind} {name!r}: stored file was modified or corrupted"
+            )
+        try:
+            config = json.loads(config_bytes)
+        except ValueError as e:
+            raise StoreError(f"{CONFIG_FILE} of {name!r} is not valid JSON: {e}") from e
+        return config, safetensors.torch.load(weights)
+
+    def entry(self, name: str) -> ManifestEntry:
+        """The manifest entry of `name`; StoreError naming what exists if there is none."""
+        check_name(name)
+        data = self._read(self._entry_path(name))
+        if data is None:
+            raise StoreError(f"no item named {name!r} in the store{self._names_hint()}")
+        return _parse_entry(data, self._entry_path(name))
+
+    def exists(self, name: str) -> bool:
+        """Whether `name` is committed (has a manifest entry)."""
+        check_name(name)
+        return self._fs.get_file_info(self._entry_path(name)).type == pafs.FileType.File
+
+    def list(self, kind: str | None = None) -> list[ManifestEntry]:
+        """Every committed entry, oldest first; only those of `kind` if given."""
+        if kind is not None and kind not in KINDS:
+            raise StoreError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        entries = []
+        for path in self._files("manifest", ".json"):
+            data = self._read(path)
+            if data is not None:  # removed between the listing and the read
+                entries.append(_parse_entry(data, path))
+        entries.sort(key=lambda e: (e.created, e.name))
+        return [e for e in entries if kind is None or e.kind == kind]
+
+    def manifest(self) -> list[dict[str, Any]]:
+        """The whole manifest as JSON-ready dicts, oldest first (`psec skills list --json`)."""
+        return [e.model_dump(mode="json") for e in self.list()]
+
+    def update_metrics(self, name: str, metrics: Mapping[str, Any]) -> ManifestEntry:
+        """Merge `metrics` into the entry's metrics (new keys win) and rewrite the entry."""
+        if not isinstance(metrics, Mapping):
+            raise StoreError(f"metrics for {name!r} must be a dict, got {type(metrics).__name__}")
+        new = _json_ready(dict(metrics), "metrics")
+        self.entry(name)  # an unknown name fails here, before a lock file is made for it
+        with self._lock(name):
+            entry = self.entry(name)
+            entry = entry.model_copy(update={"metrics": {**entry.metrics, **new}})
+            self._write(self._entry_path(name), _entry_bytes(entry))
+        return entry
+
+    def remove(self, name: str) -> None:
+        """Delete an item: its entry first (so it vanishes at once), then its files."""
+        self.entry(name)  # an unknown name fails here, before a lock file is made for it
+        with self._lock(name):
+            entry = self.entry(name)
+            children = [e.name for e in self.list() if e.parent == name]
+            if children:
+                raise StoreError(
+                    f"cannot remove {entry.kind} {name!r}: items built on it remain "
+                    f"({', '.join(children)}); remove them first"
+                )
+            self._guard(lambda: self._fs.delete_file(self._entry_path(name)))
+            item = self._path("items", name)
+            if self._fs.get_file_info(item).type == pafs.FileType.Directory:
+                self._guard(lambda: self._fs.delete_dir(item))
+
+    # --------------------------------------------------------------- datasets
+
+    def put_dataset(self, name: str, table: pa.Table, *, overwrite: bool = False) -> None:
+        """Store a dataset as `datasets/<name>.parquet`, schema metadata included."""
+        check_name(name)
+        if not isinstance(table, pa.Table):
+            raise StoreError(
+                f"dataset {name!r} must be a pyarrow.Table, got {type(table).__name__}"
+            )
+        if not overwrite and self.has_dataset(name):
+            raise StoreError(
+                f"dataset {name!r} is already in the store (pass overwrite to replace it)"
+            )
+        self._write_parquet(self._path("datasets", f"{name}.parquet"), table)
+
+    def get_dataset(self, name: str) -> pa.Table:
+        """The dataset stored under `name`; StoreError naming what exists if there is none."""
+        if not self.has_dataset(name):
+            names = [
+                os.path.basename(p)[: -len(".parquet")] for p in self._files("datasets", ".parquet")
+            ]
+            raise StoreError(f"no dataset named {name!r} in the store{_hint(names)}")
+        path = self._path("datasets", f"{name}.parquet")
+        try:
+            return pq.read_table(path, filesystem=self._fs)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"dataset {name!r} in the store is unreadable: {e}") from e
+
+    def has_dataset(self, name: str) -> bool:
+        """Whether a dataset is stored under `name`."""
+        check_name(name)
+        path = self._path("datasets", f"{name}.parquet")
+        return self._fs.get_file_info(path).type == pafs.FileType.File
+
+    # ---------------------------------------------------------------- results
+
+    def append_results(self, rows: list[dict[str, Any]]) -> None:
+        """Add result rows as a new file: appends from many processes never collide."""
+        if not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
+            raise StoreError("results must be a list of dicts, one per row")
+        if not rows:
+            return
+        try:
+            table = pa.Table.from_pylist([dict(r) for r in rows])
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise StoreError(f"result rows do not form a table: {e}") from e
+        # A time prefix makes file order = append order, so `results()` keeps rows in the
+        # order they were recorded; the uuid keeps simultaneous appends apart.
+        file = f"{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
+        self._write_parquet(self._path("results", file), table)
+
+    def results(self) -> pa.Table:
+        """All result rows in append order; columns missing from a file are null there."""
+        tables = []
+        for path in self._files("results", ".parquet"):
+            try:
+                tables.append(pq.read_table(path, filesystem=self._fs))
+            except (pa.ArrowInvalid, OSError) as e:
+                raise DataError(f"results file {path} is unreadable: {e}") from e
+        if not tables:
+            return pa.table({})
+        try:
+            return pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise StoreError(f"stored results have conflicting column types: {e}") from e
+
+    # ------------------------------------------------------------------ admin
+
+    def check_writable(self) -> None:
+        """Write and delete a probe file; StoreError in one line if the store cannot be written."""
+        if self._root and self._fs.get_file_info(self._root).type == pafs.FileType.File:
+            raise StoreError(
+                f"store at {self._uri} is not writable: {self._root} is a file, not a folder"
+            )
+        probe = self._path(f".probe-{uuid.uuid4().hex}")
+        self._write(probe, b"psec")
+        self._guard(lambda: self._fs.delete_file(probe))
+
+    # -------------------------------------------------------------- internals
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self._root, *parts]) if self._root else "/".join(parts)
+
+    def _entry_path(self, name: str) -> str:
+        return self._path("manifest", f"{name}.json")
+
+    def _files(self, folder: str, suffix: str) -> list[str]:
+        """Paths of committed files in a folder, sorted; temp files (dot-names) are skipped."""
+        selector = pafs.FileSelector(self._path(folder), allow_not_found=True)
+        return sorted(
+            info.path
+            for info in self._fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(suffix)
+            and not info.base_name.startswith(".")
+        )
+
+    def _names_hint(self) -> str:
+        names = [os.path.basename(p)[: -len(".json")] for p in self._files("manifest", ".json")]
+        return _hint(names)
+
+    def _read(self, path: str) -> bytes | None:
+        """A file's bytes, or None if it does not exist."""
+        try:
+            with self._fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            # Object stores report a missing key as a generic OSError.
+            if self._fs.get_file_info(path).type == pafs.FileType.NotFound:
+                return None
+            raise
+
+    def _guard(self, write) -> None:
+        """Run a write; a filesystem failure becomes the one-line 'not writable' StoreError."""
+        try:
+            write()
+        except StoreError:
+            raise
+        except OSError as e:
+            raise StoreError(f"store at {self._uri} is not writable: {e}") from e
+
+    def _write(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
+        """Replace `path` with `data` atomically; with `exclusive`, fail if it already exists."""
+        if self._local:
+            self._guard(lambda: _write_local(path, lambda tmp: _write_file(tmp, data), exclusive))
+            return
+
+        def put() -> None:
+            # Object stores: one PUT is atomic per object. Exclusive create cannot be had
+            # here; the store actor serialises writers, this check covers the sequential case.
+            if exclusive and self._fs.get_file_info(path).type != pafs.FileType.NotFound:
+                raise _Exists(path)
+            self._make_parent(path)
+            with self._fs.open_output_stream(path) as f:
+                f.write(data)
+
+        self._guard(put)
+
+    def _write_parquet(self, path: str, table: pa.Table) -> None:
+        if self._local:
+            self._guard(lambda: _write_local(path, lambda tmp: pq.write_table(table, tmp), False))
+            return
+
+        def put() -> None:
+            self._make_parent(path)
+            pq.write_table(table, path, filesystem=self._fs)
+
+        self._guard(put)
+
+    def _make_parent(self, path: str) -> None:
+        # Object stores need no folders, but HDFS-like filesystems do; "" is the mock root.
+        if "/" in path:
+            self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+
+    @contextlib.contextmanager
+    def _lock(self, name: str, *, shared: bool = False) -> Iterator[None]:
+        """Per-name advisory lock on a local store (exclusive for writes); a no-op remotely."""
+        check_name(name)
+        if not self._local:
+            yield
+            return
+        path = self._path(".locks", f"{name}.lock")
+        try:
+            if shared:
+                # Readers never create lock files. No lock file means the name was never
+                # written, or only its first registration is under way, which writes the
+                # entry last: either way there is nothing half-replaced to see.
+                fd = os.open(path, os.O_RDONLY)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            if shared:
+                yield
+                return
+            raise StoreError(f"store at {self._uri} is not writable: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            # Closing releases the lock. The lock file stays: unlinking it would let a
+            # waiter hold a lock on an orphaned inode while a newcomer locks a new file.
+            os.close(fd)
+
+
+class _Exists(Exception):
+    """An exclusive write found its target present (deliberately not an OSError)."""
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        # On disk before the rename, so a manifest entry never points at unwritten weights.
+        os.fsync(f.fileno())
+
+
+def _write_local(path: str, fill, exclusive: bool) -> None:
+    """Write via a temp file in the same folder, then rename (or hard-link if exclusive)."""
+    folder, base = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex}.tmp")
+    try:
+        fill(tmp)
+        if not exclusive:
+            os.replace(tmp, path)
+            return
+        try:
+            # link() fails if `path` exists: the atomic create-if-absent.
+            os.link(tmp, path)
+        except FileExistsError:
+            raise _Exists(path) from None
+        except OSError:
+            # A filesystem without hard links; the per-name lock still serialises writers.
+            if os.path.exists(path):
+                raise _Exists(path) from None
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _safetensors_bytes(name: str, tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """Checks keys, types and finiteness, then serialises (peft's metadata: format=pt)."""
+    if not isinstance(tensors, Mapping) or not tensors:
+        raise StoreError(f"{name!r} has no tensors to store")
+    clean: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        if not isinstance(key, str) or not key:
+            raise StoreError(f"tensor keys of {name!r} must be non-empty strings, got {key!r}")
+        if not isinstance(t, torch.Tensor):
+            raise StoreError(
+                f"tensor {key!r} of {name!r} is a {type(t).__name__}, not a torch.Tensor"
+            )
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            raise StoreError(f"tensor {key!r} of {name!r} holds NaN or inf values")
+        # A copy: safetensors refuses tensors that share storage (tied or sliced weights).
+        clean[key] = t.detach().to("cpu", copy=True).contiguous()
+    return safetensors.torch.save(clean, metadata={"format": "pt"})
+
+
+def _json_ready(value: Any, where: str) -> Any:
+    """`value` as plain JSON types; numpy/torch scalars unwrap, NaN/inf become null."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # JSON has no NaN
+    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
+        return _json_ready(value.tolist(), where)
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise StoreError(f"{where} has a non-string key {k!r}; JSON keys are strings")
+            out[k] = _json_ready(v, f"{where}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise StoreError(f"{where} is a {type(value).__name__}, which cannot be stored as JSON")
+
+
+def _summarise(config: dict[str, Any]) -> dict[str, Any]:
+    """Scalars and short scalar lists of a config, flattened to dotted keys, capped."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if len(out) >= _SUMMARY_MAX_KEYS:
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list):
+            if len(value) <= _SUMMARY_MAX_LIST and not any(
+                isinstance(v, (dict, list)) for v in value
+            ):
+                out[prefix] = value
+        else:
+            out[prefix] = value
+
+    walk("", config)
+    return out
+
+
+def _entry_bytes(entry: ManifestEntry) -> bytes:
+    return json.dumps(
+        entry.model_dump(mode="json"), indent=2, sort_keys=True, allow_nan=False
+    ).encode()
+
+
+def _parse_entry(data: bytes, path: str) -> ManifestEntry:
+    try:
+        return ManifestEntry.model_validate_json(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "entry"
+        raise StoreError(f"manifest entry {path} is unreadable: {where}: {first['msg']}") from e
+
+
+def _hint(names: list[str]) -> str:
+    if not names:
+        return " (it is empty)"
+    shown = ", ".join(names[:_HINT_NAMES])
+    more = f" and {len(names) - _HINT_NAMES} more" if len(names) > _HINT_NAMES else ""
+    return f" (it holds {shown}{more})"
