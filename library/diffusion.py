@@ -200,7 +200,7 @@ class DiffusionPolicy(nn.Module):
         self.register_buffer("alphas", alphas, persistent=False)
         self.register_buffer("alpha_bars", torch.cumprod(alphas, dim=0), persistent=False)
 
-    def _check(self, obs: Tensor, actions: Tensor | None = None) -> None:
+    def check_inputs(self, obs: Tensor, actions: Tensor | None = None) -> None:
         cfg = self.config
         if obs.dim() != 2 or obs.shape[1] != cfg.obs_dim:
             raise ShapeError(f"obs must be [B, {cfg.obs_dim}], got {list(obs.shape)}")
@@ -220,7 +220,7 @@ class DiffusionPolicy(nn.Module):
         obs [B, S] raw, actions [B, A], weights [B] or None (all 1). Returns {"loss": the
         weighted mean, "mse": the unweighted mean}.
         """
-        self._check(obs, actions)
+        self.check_inputs(obs, actions)
         batch = obs.shape[0]
         if weights is not None and weights.shape != (batch,):
             raise ShapeError(f"loss weights must be [{batch}], got {list(weights.shape)}")
@@ -241,7 +241,7 @@ class DiffusionPolicy(nn.Module):
 
         σ_t² = β_t and every x_t is clipped to [-1, 1], as in IDQL (on which PSEC builds).
         """
-        self._check(obs)
+        self.check_inputs(obs)
         eps_fn = eps_fn or self.net
         s_norm = self.normalizer(obs)
         batch = obs.shape[0]

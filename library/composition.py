@@ -1,0 +1,288 @@
+"""Composing stored skills with a context-aware weighting α(s; θ).
+
+`Composer` holds a frozen policy (base + skills) and trains only θ. The four modes share
+everything but the stage at which skills are combined (paper §4.3 and its baselines):
+
+* "parameter" (PSEC): every layer computes W0 + Σ_i α_i(s) s_i B_i A_i, per sample.
+* "fixed" (w/o context awareness): the same with one learnable constant α for all states.
+* "noise" (NSEC): ε(a_t, s, t) = Σ_i α_i(s) ε_i(a_t, s, t), each ε_i from skill i alone.
+* "action" (ASEC): a = Σ_i α_i(s) a_i, each a_i sampled by skill i alone.
+
+Any number of skills compose; "base" in the list is the base alone (the zero adapter).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from library.diffusion import DiffusionPolicy
+from library.errors import SpecError, StoreError
+from library.lora import skill_names, use_skills
+from library.names import BASE
+
+MODES = ("parameter", "noise", "action", "fixed")
+OUTPUTS = ("raw", "softmax", "sigmoid")
+INITS = ("uniform", "newest", "zero")
+
+# Logit gap that puts 99% of the weight where an initialisation asks for "all" of it and
+# 1% where it asks for "none": exact 1 and 0 are out of reach of softmax and sigmoid.
+_CONFIDENT = math.log(99.0)
+
+
+@dataclass(frozen=True)
+class AlphaConfig:
+    """How α(s) is parameterised: α = scale · u(z), z the network's (or constant's) output."""
+
+    output: str = "raw"
+    """u(z): "raw" (u = z, unbounded, as in the paper's code), "softmax" (u on the simplex)
+    or "sigmoid" (each u_i in (0, 1) independently)."""
+    scale: float = 1.0
+    """Multiplies u; e.g. softmax with scale 2 lets the weights sum to 2."""
+    init: str = "uniform"
+    """Where u starts, the same for every state: "uniform" (1/k each), "newest" (all on the
+    last skill in the list) or "zero" (the base alone; raw only). Softmax and sigmoid reach
+    "newest" and sigmoid "zero" approximately (99% / 1%)."""
+    hidden: int = 256
+    """Width of the two hidden layers of the context network."""
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise SpecError("alpha.output", f"must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+        if self.init not in INITS:
+            raise SpecError("alpha.init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.init == "zero" and self.output == "softmax":
+            raise SpecError("alpha.init", "'zero' is impossible with softmax weights (they sum to 1)")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not (
+            math.isfinite(self.scale) and self.scale > 0
+        ):
+            raise SpecError("alpha.scale", f"must be a positive number, got {self.scale!r}")
+        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
+            raise SpecError("alpha.hidden", f"must be a positive integer, got {self.hidden!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AlphaConfig:
+        if not isinstance(data, dict):
+            raise SpecError("alpha", f"must be a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SpecError(f"alpha.{unknown[0]}", "unknown field")
+        return cls(**data)
+
+    def initial_logits(self, k: int) -> Tensor:
+        """z that gives the initial u for k skills: [k]."""
+        if self.output == "raw":
+            target = {"uniform": torch.full((k,), 1.0 / k), "zero": torch.zeros(k)}.get(self.init)
+            if target is None:  # newest
+                target = torch.zeros(k)
+                target[-1] = 1.0
+            return target
+        if self.output == "softmax":
+            z = torch.zeros(k)
+            if self.init == "newest" and k > 1:
+                z[-1] = _CONFIDENT + math.log(k - 1)
+            return z
+        # sigmoid
+        if self.init == "uniform":
+            p = min(1.0 / k, 0.99)
+            return torch.full((k,), math.log(p / (1.0 - p)))
+        z = torch.full((k,), -_CONFIDENT)
+        if self.init == "newest":
+            z[-1] = _CONFIDENT
+        return z
+
+    def weights(self, z: Tensor) -> Tensor:
+        """α = scale · u(z): [..., k] -> [..., k]."""
+        if self.output == "softmax":
+            u = torch.softmax(z, dim=-1)
+        elif self.output == "sigmoid":
+            u = torch.sigmoid(z)
+        else:
+            u = z
+        return self.scale * u
+
+
+def _init_linear(layer: nn.Linear, generator: torch.Generator | None) -> None:
+    """nn.Linear's default initialisation, drawn from `generator` for reproducibility."""
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    bound = 1.0 / math.sqrt(layer.in_features)
+    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+
+class ContextNet(nn.Module):
+    """α(s; θ): normalised state [B, S] -> weights [B, k].
+
+    The output layer starts at zero weight and the bias of `AlphaConfig.initial_logits`,
+    so every state starts at the configured initial α; it still learns, because the hidden
+    features feeding it are not zero.
+    """
+
+    def __init__(
+        self, obs_dim: int, k: int, config: AlphaConfig, generator: torch.Generator | None = None
+    ):
+        super().__init__()
+        self.config = config
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, config.hidden), nn.Mish(),
+            nn.Linear(config.hidden, config.hidden), nn.Mish(),
+            nn.Linear(config.hidden, k),
+        )
+        with torch.no_grad():
+            _init_linear(self.net[0], generator)
+            _init_linear(self.net[2], generator)
+            self.net[4].weight.zero_()
+            self.net[4].bias.copy_(config.initial_logits(k))
+
+    def forward(self, s_norm: Tensor) -> Tensor:
+        return self.config.weights(self.net(s_norm))
+
+
+class Composer(nn.Module):
+    """Composes skills of a frozen `policy` with α(s); only θ (or `fixed`'s constant) trains.
+
+    Training signal per mode: "parameter", "fixed" and "noise" use the policy's weighted
+    ε-loss (paper Eq. 3) on the composed noise predictor. "action" cannot: the composition
+    happens after sampling, where no ε-loss applies, so α is trained by the weighted
+    squared error between the composed action Σ α_i(s) a_i and the dataset action, with
+    each a_i drawn from skill i alone (no gradient through the frozen skills' sampling).
+    """
+
+    def __init__(
+        self,
+        policy: DiffusionPolicy,
+        skills: list[str],
+        mode: str = "parameter",
+        alpha: AlphaConfig | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise SpecError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+        skills = list(skills)
+        if not skills:
+            raise SpecError("skills", "at least one skill is needed")
+        if len(set(skills)) != len(skills):
+            raise SpecError("skills", f"names repeat in {skills}")
+        known = skill_names(policy)
+        unknown = [s for s in skills if s != BASE and s not in known]
+        if unknown:
+            raise StoreError(f"unknown skills {unknown} (known: {', '.join(known) or 'none'})")
+        self.policy = policy.requires_grad_(False)
+        self.skills = skills
+        self.mode = mode
+        self.alpha_config = alpha or AlphaConfig()
+        k = len(skills)
+        if mode == "fixed":
+            self.logits = nn.Parameter(self.alpha_config.initial_logits(k))
+            self.context = None
+        else:
+            self.logits = None
+            self.context = ContextNet(policy.config.obs_dim, k, self.alpha_config, generator)
+
+    # ------------------------------------------------------------------ weights
+    def alpha(self, obs: Tensor) -> Tensor:
+        """α(s) for raw states obs [B, S]: [B, k]."""
+        if self.logits is not None:
+            return self.alpha_config.weights(self.logits).expand(obs.shape[0], -1)
+        return self.context(self.policy.normalizer(obs))
+
+    def _layer_weights(self, obs: Tensor) -> Tensor:
+        # "fixed" hands the layers one [k] vector (a cheaper path than [B, k] copies of it).
+        if self.logits is not None:
+            return self.alpha_config.weights(self.logits)
+        return self.alpha(obs)
+
+    def _live(self, alpha: Tensor) -> tuple[list[str], Tensor]:
+        """Skills that can matter: at inference, those with a non-zero weight somewhere.
+
+        Skipping the others saves work and makes a one-hot α reproduce its skill exactly.
+        While α is being trained every skill stays, since each has a gradient.
+        """
+        if torch.is_grad_enabled() and alpha.requires_grad:
+            return self.skills, alpha
+        live = (alpha != 0).any(dim=0).tolist()
+        keep = [i for i, on in enumerate(live) if on] or [0]
+        return [self.skills[i] for i in keep], alpha[:, keep]
+
+    # ------------------------------------------------------------------ one batched pass
+    def _per_skill(self, names: list[str], batch: int):
+        """One-hot layer weights that run skill i on the i-th copy of a batch: [k·B, k]."""
+        k = len(names)
+        return torch.eye(k, device=self.policy.betas.device).repeat_interleave(batch, dim=0)
+
+    def _composed_eps(self, alpha: Tensor, names: list[str]):
+        """ε(a_t, s, t) = Σ_i α_i ε_i, all ε_i from one pass over k stacked copies of the batch.
+
+        Must run inside `use_skills(policy, names, self._per_skill(names, B))`.
+        """
+        k = len(names)
+        net = self.policy.net
+
+        def eps(a_t: Tensor, s_norm: Tensor, t: Tensor) -> Tensor:
+            if k == 1:
+                return alpha[:, :1] * net(a_t, s_norm, t)
+            batch = a_t.shape[0]
+            e = net(a_t.repeat(k, 1), s_norm.repeat(k, 1), t.repeat(k)).view(k, batch, -1)
+            return torch.einsum("bk,kba->ba", alpha, e)  # [B, A]
+
+        return eps
+
+    def _skill_actions(self, obs: Tensor, names: list[str], generator) -> Tensor:
+        """a_i sampled by each skill alone, in one pass: [k, B, A]."""
+        k = len(names)
+        if k == 1:
+            with use_skills(self.policy, names):
+                return self.policy.sample(obs, generator).unsqueeze(0)
+        with use_skills(self.policy, names, self._per_skill(names, obs.shape[0])):
+            return self.policy.sample(obs.repeat(k, 1), generator).view(k, obs.shape[0], -1)
+
+    # ------------------------------------------------------------------ loss and sampling
+    def loss(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        weights: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Weighted loss of the composed policy on raw obs [B, S], actions [B, A], weights [B]."""
+        if self.mode in ("parameter", "fixed"):
+            with use_skills(self.policy, self.skills, self._layer_weights(obs)):
+                return self.policy.loss(obs, actions, weights, generator)
+        alpha = self.alpha(obs)  # [B, k]
+        if self.mode == "noise":
+            names, alpha = self._live(alpha)
+            with use_skills(self.policy, names, self._per_skill(names, obs.shape[0])):
+                return self.policy.loss(
+                    obs, actions, weights, generator, eps_fn=self._composed_eps(alpha, names)
+                )
+        self.policy.check_inputs(obs, actions)
+        with torch.no_grad():
+            skill_actions = self._skill_actions(obs, self.skills, generator)  # [k, B, A]
+        composed = torch.einsum("bk,kba->ba", alpha, skill_actions)
+        mse = (composed - actions).pow(2).mean(dim=-1)  # [B]
+        loss = mse.mean() if weights is None else (weights.detach() * mse).mean()
+        return {"loss": loss, "mse": mse.detach().mean()}
+
+    @torch.no_grad()
+    def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Actions of the composed policy: raw obs [B, S] -> [B, A] in [-1, 1]."""
+        if self.mode in ("parameter", "fixed"):
+            with use_skills(self.policy, self.skills, self._layer_weights(obs)):
+                return self.policy.sample(obs, generator)
+        names, alpha = self._live(self.alpha(obs))
+        if self.mode == "noise":
+            with use_skills(self.policy, names, self._per_skill(names, obs.shape[0])):
+                return self.policy.sample(obs, generator, eps_fn=self._composed_eps(alpha, names))
+        skill_actions = self._skill_actions(obs, names, generator)  # [k, B, A]
+        if len(names) == 1:
+            return (alpha[:, :1] * skill_actions[0]).clamp(-1.0, 1.0)
+        return torch.einsum("bk,kba->ba", alpha, skill_actions).clamp(-1.0, 1.0)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.sample(obs)
