@@ -182,7 +182,7 @@ def dataset_meta(table: pa.Table) -> dict[str, Any]:
 
 
 def to_arrays(table: pa.Table) -> dict[str, np.ndarray]:
-    """Column name -> numpy array ([N, dim] float32 for obs/actions/next_obs)."""
+    """Column name -> writable numpy array ([N, dim] float32 for obs/actions/next_obs)."""
     missing = [key for key in REQUIRED if key not in table.column_names]
     if missing:
         raise DataError(f"dataset is missing column(s) {', '.join(missing)}")
@@ -196,11 +196,12 @@ def to_arrays(table: pa.Table) -> dict[str, np.ndarray]:
                 raise DataError(f"column {key} must be a fixed-size list, got {column.type}")
             # flatten() honours slicing offsets, unlike .values
             flat = column.flatten().to_numpy(zero_copy_only=False)
-            arrays[key] = flat.reshape(len(column), column.type.list_size)
+            # A writable copy: zero-copy views of Arrow buffers are read-only.
+            arrays[key] = np.array(flat.reshape(len(column), column.type.list_size))
         else:
             if column.null_count:
                 raise DataError(f"column {key} has {column.null_count} missing value(s)")
-            arrays[key] = column.to_numpy(zero_copy_only=False)
+            arrays[key] = np.array(column.to_numpy(zero_copy_only=False))
     return arrays
 
 

@@ -15,7 +15,9 @@ around every call so episodes are reproducible and other code's randomness is un
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,24 @@ HORIZONS = {
     "SafetyDroneCircle-v0": 300,
     "SafetyAntCircle-v0": 500,
 }
+
+
+@contextlib.contextmanager
+def _process_stdio():
+    """Run with sys.stdout/stderr set to the process's own streams.
+
+    Building a bullet env silences pybullet's banner by flushing the C stream named after
+    `sys.stdout.name` ("<stdout>" -> libc's `stdout`); under a replaced stream (pytest's
+    capture, a notebook) that name is no C symbol and the build fails. The process's
+    streams still write to whatever fd 1/2 point at, so captured output stays captured.
+    """
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.__stdout__ or saved[0]
+    sys.stderr = sys.__stderr__ or saved[1]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 class _OwnGlobalRNG(gym.Wrapper):
@@ -107,7 +127,7 @@ class BulletSafetySuite(Suite):
         self.check_env(env)
         self.check_dynamics(dynamics)
         horizon = horizon or self.default_horizon(env)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _process_stdio():
             # Its Box(-1000, 1000, float64) spaces make gymnasium warn about casts.
             warnings.simplefilter("ignore", RuntimeWarning)
             inner = gym.make(env, max_episode_steps=horizon, disable_env_checker=True)
