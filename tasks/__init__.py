@@ -1,0 +1,5 @@
+"""What a task is: specs (`tasks.spec`), environments and scores (`tasks.suites`),
+datasets (`tasks.dataset`, `tasks.importers`, `tasks.generators`) and rollouts
+(`tasks.evaluation`). No Ray here, and importing this package imports no simulator:
+a suite's module (mujoco, metaworld, pybullet, dm_control) loads on first `get_suite`.
+"""
