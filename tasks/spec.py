@@ -56,7 +56,8 @@ def _from_psec(error: PsecError, field: str | None = None) -> _FieldError:
     if isinstance(error, SpecError) and message.startswith(f"{error.field}: "):
         message = message[len(error.field) + 2 :]
         field = field or error.field
-    return _FieldError(tuple((field or "").split(".")) if field else (), message)
+    parts = [int(part) if part.isdigit() else part for part in field.split(".")] if field else []
+    return _FieldError(parts, message)
 
 
 def _store_name(value: Any) -> str:

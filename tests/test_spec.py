@@ -118,7 +118,7 @@ BAD_FIELDS = [
     (_set("tasks.0.data.policy", "oracle"), "tasks[0].data.policy", "'expert'"),
     (_set("tasks.0.data.episodes", 0), "tasks[0].data.episodes", ">= 1"),
     (_set("tasks.0.data.action_noise", -0.1), "tasks[0].data.action_noise", ">= 0"),
-    (_set("tasks.0.data.envs", ["Ant-v5"]), "tasks[0].data.envs.0", "known:"),
+    (_set("tasks.0.data.envs", ["Ant-v5"]), "tasks[0].data.envs[0]", "known:"),
     (_set("tasks.0.data.source", "web"), "tasks[0].data.source", "'generate'"),
     (_set("tasks.2.data.dataset", "x/y"), "tasks[2].data.dataset", "invalid name"),
     (_set("tasks.0.data.max_transitions", 0), "tasks[0].data.max_transitions", ">= 1"),
