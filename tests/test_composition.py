@@ -1,0 +1,160 @@
+"""Composers: one-hot equals the skill, only θ trains, any number of skills, four modes."""
+
+import pytest
+import torch
+from library_builders import ACT_DIM, add_trained_looking_skill, observations, tiny_policy
+
+from library.composition import AlphaConfig, Composer
+from library.errors import SpecError, StoreError
+from library.lora import use_skills
+
+torch.set_num_threads(1)
+
+SKILLS = ["a", "b", "c"]
+
+
+def policy_with_skills():
+    policy = tiny_policy()
+    add_trained_looking_skill(policy, "a", seed=1, rank=2)
+    add_trained_looking_skill(policy, "b", seed=2, rank=6)
+    add_trained_looking_skill(policy, "c", seed=3, kind="full")
+    return policy
+
+
+def one_hot_composer(policy, skills, mode, index):
+    """A composer whose α(s) is exactly e_index for every state."""
+    composer = Composer(policy, skills, mode, AlphaConfig(output="raw", init="zero"))
+    with torch.no_grad():
+        if mode == "fixed":
+            composer.logits[index] = 1.0
+        else:
+            composer.context.net[-1].bias[index] = 1.0
+    return composer
+
+
+@pytest.mark.parametrize("mode", ["parameter", "noise", "action", "fixed"])
+@pytest.mark.parametrize("index", [0, 1, 2, 3])
+def test_one_hot_composition_equals_the_single_skill_exactly(mode, index):
+    policy = policy_with_skills()
+    skills = [*SKILLS, "base"]
+    composer = one_hot_composer(policy, skills, mode, index)
+    obs = observations(9)
+    alpha = composer.alpha(obs)
+    assert torch.equal(alpha, torch.eye(4)[index].expand(9, -1))
+    composed = composer.sample(obs, torch.Generator().manual_seed(4))
+    with use_skills(policy, [skills[index]]):
+        single = policy.sample(obs, torch.Generator().manual_seed(4))
+    assert torch.equal(composed, single)
+
+
+def test_mixed_one_hot_rows_match_their_skills():
+    """Per-sample one-hot α sends each state to its own skill (batched path, float tolerance)."""
+    policy = policy_with_skills()
+    composer = Composer(policy, SKILLS, "parameter", AlphaConfig(output="raw", init="zero"))
+    obs = observations(6)
+    pick = torch.tensor([0, 1, 2, 2, 1, 0])
+    a_t = torch.randn(6, ACT_DIM, generator=torch.Generator().manual_seed(0))
+    s = policy.normalizer(obs)
+    t = torch.full((6,), 3)
+    with use_skills(policy, SKILLS, torch.eye(3)[pick]):
+        batched = policy.net(a_t, s, t)
+    for row, skill in enumerate(pick.tolist()):
+        with use_skills(policy, [SKILLS[skill]]):
+            single = policy.net(a_t[row : row + 1], s[row : row + 1], t[row : row + 1])
+        torch.testing.assert_close(batched[row : row + 1], single, rtol=1e-5, atol=1e-5)
+    assert composer.alpha(obs).shape == (6, 3)
+
+
+def test_noise_mode_is_the_weighted_sum_of_skill_noises():
+    policy = policy_with_skills()
+    composer = Composer(policy, [*SKILLS, "base"], "noise", AlphaConfig(output="softmax"))
+    with torch.no_grad():
+        composer.context.net[-1].weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    obs = observations(5)
+    alpha = composer.alpha(obs).detach()
+
+    def separate_calls(a_t, s_norm, t):
+        eps = torch.zeros_like(a_t)
+        for i, skill in enumerate(composer.skills):
+            with use_skills(policy, [skill]):
+                eps += alpha[:, i : i + 1] * policy.net(a_t, s_norm, t)
+        return eps
+
+    expected = policy.sample(obs, torch.Generator().manual_seed(7), eps_fn=separate_calls)
+    composed = composer.sample(obs, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(composed, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["parameter", "noise", "action", "fixed"])
+def test_only_theta_trains(mode):
+    policy = policy_with_skills()
+    composer = Composer(policy, SKILLS, mode, AlphaConfig(output="softmax"), torch.Generator().manual_seed(0))
+    trainable = [p for p in composer.parameters() if p.requires_grad]
+    theta_ids = {id(p) for p in (composer.context.parameters() if composer.context else [composer.logits])}
+    assert {id(p) for p in trainable} == theta_ids
+    frozen = {n: p.clone() for n, p in policy.named_parameters()}
+    theta = [p.clone() for p in trainable]
+    opt = torch.optim.Adam(trainable, lr=1e-2)
+    obs = observations(16)
+    actions = torch.rand(16, ACT_DIM, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    for step in range(2):
+        terms = composer.loss(obs, actions, torch.rand(16), torch.Generator().manual_seed(step))
+        assert set(terms) >= {"loss", "mse"}
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+    for name, p in policy.named_parameters():
+        assert p.grad is None, name
+        assert torch.equal(p, frozen[name]), name
+    assert any(not torch.equal(p, before) for p, before in zip(trainable, theta))
+
+
+def test_any_number_of_skills():
+    policy = tiny_policy()
+    names = [f"s{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        add_trained_looking_skill(policy, name, seed=i)
+    obs = observations(4)
+    for mode in ["parameter", "noise", "action", "fixed"]:
+        composer = Composer(policy, names, mode, AlphaConfig(output="sigmoid"))
+        assert composer.alpha(obs).shape == (4, 6)
+        actions = composer.sample(obs, torch.Generator().manual_seed(0))
+        assert actions.shape == (4, ACT_DIM) and actions.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (AlphaConfig(output="raw", init="uniform"), [1 / 3] * 3),
+        (AlphaConfig(output="raw", init="newest", scale=2.0), [0.0, 0.0, 2.0]),
+        (AlphaConfig(output="raw", init="zero"), [0.0] * 3),
+        (AlphaConfig(output="softmax", init="uniform"), [1 / 3] * 3),
+        (AlphaConfig(output="softmax", init="newest"), [0.005, 0.005, 0.99]),
+        (AlphaConfig(output="sigmoid", init="uniform"), [1 / 3] * 3),
+        (AlphaConfig(output="sigmoid", init="newest"), [0.01, 0.01, 0.99]),
+        (AlphaConfig(output="sigmoid", init="zero"), [0.01] * 3),
+    ],
+)
+def test_alpha_initialisation(config, expected):
+    policy = policy_with_skills()
+    for mode in ["parameter", "fixed"]:
+        alpha = Composer(policy, SKILLS, mode, config).alpha(observations(7))
+        torch.testing.assert_close(alpha, torch.tensor(expected).expand(7, -1), rtol=1e-4, atol=1e-4)
+
+
+def test_composer_errors():
+    policy = policy_with_skills()
+    with pytest.raises(StoreError, match="unknown skills"):
+        Composer(policy, ["a", "zzz"])
+    with pytest.raises(SpecError, match="^mode:"):
+        Composer(policy, ["a"], mode="weights")
+    with pytest.raises(SpecError, match="^skills:"):
+        Composer(policy, ["a", "a"])
+    with pytest.raises(SpecError, match="^skills:"):
+        Composer(policy, [])
+    with pytest.raises(SpecError, match="^alpha.init:"):
+        AlphaConfig(output="softmax", init="zero")
+    with pytest.raises(SpecError, match="^alpha.scale:"):
+        AlphaConfig(scale=0.0)
+    with pytest.raises(SpecError, match="^alpha.depth: unknown"):
+        AlphaConfig.from_dict({"depth": 3})
