@@ -7,18 +7,31 @@ repository and every generator is reproducible without retraining.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from library.errors import DataError
-from tasks.generators.sac import DEFAULT_CACHE, Actor, SACConfig, save_actor
+from library.errors import DataError, PsecError
+from tasks.generators.rollouts import record as record_episodes
+from tasks.generators.sac import (
+    DEFAULT_CACHE,
+    Actor,
+    RunDir,
+    SACConfig,
+    default_run_dir,
+    read_jsonl,
+    save_actor,
+)
+from tasks.suites import get_suite
 
 EXPERTS_DIR = Path(__file__).resolve().parents[1] / "experts"
 REGISTRY = "experts.json"
@@ -61,6 +74,7 @@ def write_record(env: str, kind: str, record: dict, directory: Path = EXPERTS_DI
     """Set registry[env][kind] = record (atomically; the caller holds the lock)."""
     registry = read_registry(directory)
     registry.setdefault(env, {})[kind] = record
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / REGISTRY
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(registry, indent=1, sort_keys=True) + "\n")
@@ -77,12 +91,19 @@ def export_actor(actor: Actor, env: str, kind: str, record: dict,
     return path
 
 
+def kind_of(config: SACConfig) -> str:
+    """"expert" for a plain SAC run, "lambda<λ>" for one trained on r − λ·c."""
+    return "expert" if config.cost_penalty == 0 else f"lambda{config.cost_penalty:g}"
+
+
 def export_if_better(actor: Actor, config: SACConfig, row: dict,
                      directory: Path = EXPERTS_DIR) -> bool:
-    """Export `actor` as the expert of `config.env` if `row` beats the stored expert."""
+    """Export `actor` as the `kind_of(config)` actor of its env if `row` beats the stored one."""
+    kind = kind_of(config)
     with _locked():
-        current = read_registry(directory).get(config.env, {}).get("expert")
-        if current is not None and current["return_mean"] >= row["return_mean"]:
+        current = read_registry(directory).get(config.env, {}).get(kind)
+        objective = row.get("objective_mean", row["return_mean"])
+        if current is not None and current.get("objective_mean", current["return_mean"]) >= objective:
             return False
     record = {
         "suite": config.suite,
@@ -94,8 +115,20 @@ def export_if_better(actor: Actor, config: SACConfig, row: dict,
         "target": TARGETS.get(config.env),
         "command": config.command() + " --threads 1",
     }
-    export_actor(actor, config.env, "expert", record, directory)
+    if config.cost_penalty:
+        record.update(cost_penalty=config.cost_penalty, cost_mean=row["cost_mean"],
+                      objective_mean=objective)
+    export_actor(actor, config.env, kind, record, directory)
     return True
+
+
+def _read_actor(path: Path) -> Actor:
+    with safe_open(str(path), "pt") as f:
+        arch = json.loads(f.metadata()["arch"])
+    actor = Actor(**arch)
+    actor.load_state_dict(load_file(str(path)))
+    actor.eval()
+    return actor
 
 
 def load_actor(env: str, kind: str = "expert", directory: Path = EXPERTS_DIR) -> Actor:
@@ -106,22 +139,136 @@ def load_actor(env: str, kind: str = "expert", directory: Path = EXPERTS_DIR) ->
                 f"train the expert with `{train_command(env)}`, then run "
                 f"`python -m tasks.generators.experts export-medium --env {env}`")
         raise DataError(f"no {kind} actor for {env!r} in {directory}: {hint}")
-    with safe_open(str(path), "pt") as f:
-        arch = json.loads(f.metadata()["arch"])
-    actor = Actor(**arch)
-    actor.load_state_dict(load_file(str(path)))
-    actor.eval()
-    return actor
+    return _read_actor(path)
 
 
-def actor_policy(actor: Actor, noise: float = 0.0, generator: torch.Generator | None = None):
-    """obs [S] (numpy) -> action [A]: tanh(mean), plus Gaussian noise of std `noise`, clipped."""
+def actor_policy(actor: Actor):
+    """obs [S] (numpy) -> the deterministic action tanh(mean) [A] (numpy float32)."""
 
-    def policy(obs):
-        with torch.no_grad():
-            action = actor.act(torch.as_tensor(obs, dtype=torch.float32)[None])[0]
-            if noise > 0:
-                action = action + noise * torch.randn(action.shape, generator=generator)
-        return action.clamp(-1.0, 1.0).numpy()
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return actor.act(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
 
     return policy
+
+
+# ---------------------------------------------------------------------------------------
+# Medium policy and medium-replay data, picked from a finished (or running) SAC run
+
+MEDIUM_BAND = (1 / 3, 1 / 2)  # D4RL: a medium policy reaches about a third to half of expert
+
+
+def replay_path(env: str, directory: Path = EXPERTS_DIR) -> Path:
+    """Where the medium-replay transitions of `env` are stored."""
+    return directory / f"{env}-medium-replay.safetensors"
+
+
+def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
+                  max_episodes: int = 25, directory: Path = EXPERTS_DIR) -> dict:
+    """Export the run's actor snapshot closest to 5/12 of the expert return (within
+    MEDIUM_BAND) as `<env>-medium`, and the replay buffer up to that step — every
+    episode, or `max_episodes` of them spread evenly over it — as `<env>-medium-replay`.
+    Returns the medium record."""
+    run = RunDir(run_dir or default_run_dir(SACConfig(env=env, suite=suite)))
+    expert = read_registry(directory).get(env, {}).get("expert")
+    if expert is None:
+        raise DataError(f"no expert for {env!r} yet: train it with `{train_command(env, suite)}`")
+    reference = expert.get("check", expert)["return_mean"]
+    low, high = (f * reference for f in MEDIUM_BAND)
+    rows = [r for r in read_jsonl(run.eval_log) if low <= r["return_mean"] <= high]
+    if not rows:
+        raise DataError(f"no evaluation of {run.path} has a return in [{low:.0f}, {high:.0f}] "
+                        f"(1/3..1/2 of the expert's {reference:.0f})")
+    middle = sum(MEDIUM_BAND) / 2 * reference
+    row = min(rows, key=lambda r: (abs(r["return_mean"] - middle), r["step"]))
+    checkpoint = run.latest()
+    if checkpoint is None:
+        raise DataError(f"{run.path} has no checkpoint holding the replay buffer")
+    with np.load(checkpoint / "replay.npz") as f:
+        if int(f["added"]) > int(f["size"]):
+            raise DataError(f"the replay buffer of {run.path} has wrapped: its first transitions are gone")
+        replay = {k: f[k][: row["step"]] for k in ("obs", "actions", "rewards", "costs", "next_obs",
+                                                   "terminals", "timeouts")}
+    ends = np.flatnonzero(np.logical_or(replay["terminals"], replay["timeouts"]))
+    starts = np.r_[0, ends[:-1] + 1]
+    keep = np.unique(np.linspace(0, len(ends) - 1, min(max_episodes, len(ends))).round().astype(int))
+    rows_kept = np.concatenate([np.arange(starts[i], ends[i] + 1) for i in keep])
+    episode = np.concatenate([np.full(ends[i] + 1 - starts[i], n) for n, i in enumerate(keep)])
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v[rows_kept])) for k, v in replay.items()}
+    tensors["episode"] = torch.from_numpy(episode.astype(np.int64))
+    returns = [float(replay["rewards"][starts[i]: ends[i] + 1].sum()) for i in keep]
+
+    record = {"suite": suite, "steps": row["step"], "return_mean": row["return_mean"],
+              "return_std": row["return_std"], "episodes": len(row["returns"]),
+              "measured": "SAC evaluation during training: deterministic actor, fixed-seed episodes",
+              "expert_return": reference, "command": f"python -m tasks.generators.experts "
+              f"export-medium --env {env}" + (f" --suite {suite}" if suite != "dmc" else "")}
+    replay_record = {"suite": suite, "steps": row["step"], "episodes_in_buffer": int(len(ends)),
+                     "episodes": int(len(keep)), "transitions": int(len(rows_kept)),
+                     "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)),
+                     "return_max": float(np.max(returns)), "command": record["command"]}
+    export_actor(_read_actor(run.path / row["actor"]), env, "medium", record, directory)
+    with _locked():
+        path = replay_path(env, directory)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, tmp, metadata={"env": env, "steps": str(row["step"])})
+        os.replace(tmp, path)
+        write_record(env, "medium-replay", {"file": path.name, **replay_record}, directory)
+    return record
+
+
+def load_replay(env: str, directory: Path = EXPERTS_DIR) -> dict[str, np.ndarray]:
+    """The stored medium-replay transitions of `env` (arrays keyed like a dataset)."""
+    path = replay_path(env, directory)
+    if not path.exists():
+        raise DataError(f"no medium-replay data for {env!r} in {directory}: train the expert with "
+                        f"`{train_command(env)}`, then run "
+                        f"`python -m tasks.generators.experts export-medium --env {env}`")
+    return {k: v.numpy() for k, v in load_file(str(path)).items()}
+
+
+def measure(env: str, kind: str = "expert", episodes: int = 10, seed: int = 12345,
+            directory: Path = EXPERTS_DIR) -> dict:
+    """Evaluate a stored actor afresh (deterministic, seeds unlike training's) and record it."""
+    registry = read_registry(directory)
+    stored = registry.get(env, {}).get(kind)
+    if stored is None:
+        raise DataError(f"no {kind} actor for {env!r} in {directory}")
+    suite = get_suite(stored["suite"])
+    rec = record_episodes(suite.make_env(env, seed=seed), suite,
+                          actor_policy(load_actor(env, kind, directory)), episodes, seed)
+    check = {"episodes": episodes, "seed": seed, "return_mean": float(np.mean(rec.returns)),
+             "return_std": float(np.std(rec.returns)), "cost_mean": float(np.mean(rec.episode_costs))}
+    with _locked():
+        current = read_registry(directory)[env][kind]
+        write_record(env, kind, {**current, "check": check}, directory)
+    return check
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.generators.experts",
+                                     description="Manage the committed expert actors.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    medium = commands.add_parser("export-medium", help="export the medium actor and medium-replay data")
+    medium.add_argument("--env", required=True)
+    medium.add_argument("--suite", default="dmc")
+    medium.add_argument("--run-dir", type=Path, default=None)
+    medium.add_argument("--max-episodes", type=int, default=25)
+    check = commands.add_parser("measure", help="evaluate a stored actor and record the result")
+    check.add_argument("--env", required=True)
+    check.add_argument("--kind", default="expert")
+    check.add_argument("--episodes", type=int, default=10)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export-medium":
+            result = export_medium(args.env, args.suite, args.run_dir, args.max_episodes)
+        else:
+            result = measure(args.env, args.kind, args.episodes)
+    except PsecError as error:
+        print(f"psec: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

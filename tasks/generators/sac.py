@@ -406,7 +406,7 @@ class Progress:
     next_checkpoint: int = 0
     """Step at or after which the next checkpoint is written."""
     best_return: float = -math.inf
-    """Best mean evaluation return so far."""
+    """Best mean evaluation objective (return of r − λ·c) so far."""
     rng_state: dict = field(default_factory=dict)
     """State of the numpy generator (warm-up actions, replay sampling)."""
 
@@ -481,19 +481,21 @@ def make_env(config: SACConfig, seed: int) -> gym.Env:
     return get_suite(config.suite).make_env(config.env, None, seed, config.horizon)
 
 
-def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int) -> list[float]:
-    """Undiscounted returns of the deterministic actor over `episodes` seeded episodes."""
-    returns = []
+def evaluate(actor: Actor, env: gym.Env, episodes: int, seed: int) -> tuple[list[float], list[float]]:
+    """Undiscounted returns and costs of the deterministic actor over seeded episodes."""
+    returns, costs = [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=episode_seed(seed, 1, i))
-        total, done = 0.0, False
+        total, cost, done = 0.0, 0.0, False
         while not done:
             action = actor.act(torch.from_numpy(obs)[None])[0].numpy()
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, info = env.step(action)
             total += reward
+            cost += float(info.get("cost", 0.0))
             done = terminated or truncated
         returns.append(total)
-    return returns
+        costs.append(cost)
+    return returns, costs
 
 
 def save_actor(actor: Actor, path: Path, metadata: dict | None = None) -> None:
@@ -559,16 +561,19 @@ def train(config: SACConfig, run_dir: Path | None = None,
                                       "return": episode_return, "cost": episode_cost})
 
         if progress.step >= progress.next_eval:
-            returns = evaluate(agent.actor, eval_env, config.eval_episodes, config.seed)
+            returns, costs = evaluate(agent.actor, eval_env, config.eval_episodes, config.seed)
             elapsed = time.time() - started
+            # The objective SAC maximises here: the return of r − λ·c.
+            objective = float(np.mean(returns) - config.cost_penalty * np.mean(costs))
             row = {"step": progress.step, "return_mean": float(np.mean(returns)),
                    "return_std": float(np.std(returns)), "returns": returns,
+                   "cost_mean": float(np.mean(costs)), "objective_mean": objective,
                    "actor": f"actors/step-{progress.step}.safetensors",
                    "updates_per_s": (progress.updates - updates_at_start) / max(elapsed, 1e-9),
                    "losses": losses}
             save_actor(agent.actor, run.path / row["actor"], {"step": progress.step})
             _append_jsonl(run.eval_log, row)
-            progress.best_return = max(progress.best_return, row["return_mean"])
+            progress.best_return = max(progress.best_return, objective)
             progress.next_eval += config.eval_every
             log(f"sac: {config.env} step {progress.step} eval {row['return_mean']:.1f} "
                 f"± {row['return_std']:.1f} (best {progress.best_return:.1f}, "

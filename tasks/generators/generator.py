@@ -1,0 +1,161 @@
+"""`generate(task)`: a task's offline dataset, made by rolling out the policy its spec names.
+
+What `data.policy` means per suite (D4RL's definitions where they exist):
+
+| suite | policy | data |
+| --- | --- | --- |
+| dmc, mujoco | expert | the committed SAC expert, deterministic (+ `action_noise`) |
+| dmc, mujoco | medium | the committed mid-training actor, ≈ 1/3–1/2 of expert return |
+| dmc, mujoco | random | uniform actions |
+| dmc, mujoco | medium-replay | the SAC replay buffer up to the medium snapshot (stored episodes) |
+| dmc, mujoco | medium-expert | half the episodes medium, half expert, concatenated |
+| metaworld | scripted | Meta-World's hand-written expert (+ `action_noise` for mixed quality) |
+| metaworld | random | uniform actions |
+| bullet_safety | expert | a mixture of behaviour policies spanning the reward–cost frontier: one SAC actor per penalty λ on r − λ·c, episodes split evenly |
+| bullet_safety | random | uniform actions |
+
+With `data.envs` the dataset is the union over those envs, `episodes` each. The same
+spec and seed give the same table (same `tasks.dataset.fingerprint`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from library.errors import DataError, SpecError
+from tasks.dataset import concatenate, limit_transitions, to_table
+from tasks.generators import experts
+from tasks.generators.rollouts import Recording, derive_seed, noisy, random_policy, record
+from tasks.spec import TaskSpec
+from tasks.suites import get_suite
+from tasks.suites.base import Suite
+
+POLICIES = {
+    "dmc": ("expert", "medium", "random", "medium-replay", "medium-expert"),
+    "mujoco": ("expert", "medium", "random", "medium-replay", "medium-expert"),
+    "metaworld": ("scripted", "random"),
+    "bullet_safety": ("expert", "random"),
+}
+
+
+def check_policy(suite: str, policy: str) -> None:
+    """SpecError on `data.policy` if `suite` has no generator for `policy`."""
+    if policy not in POLICIES[suite]:
+        raise SpecError("data.policy", f"suite {suite} cannot generate {policy!r} data "
+                        f"(supported: {', '.join(POLICIES[suite])})")
+
+
+def behaviour_kinds(env: str, directory: Path = experts.EXPERTS_DIR) -> list[str]:
+    """Stored actor kinds of a safety env, by increasing cost penalty λ ("expert" is λ = 0)."""
+    stored = experts.read_registry(directory).get(env, {})
+    kinds = [k for k in stored if k == "expert" or k.startswith("lambda")]
+    return sorted(kinds, key=lambda k: stored[k].get("cost_penalty", 0.0))
+
+
+def _record_env(suite_name: str, suite: Suite, task: TaskSpec, env: str, episodes: int,
+                seed: int, directory: Path) -> tuple[Recording, dict]:
+    """Roll out the task's policy in `env`; returns the recording and extra metadata."""
+    data = task.data
+    policy, noise = data.policy, float(data.action_noise or 0.0)
+    instance = suite.make_env(env, task.dynamics, seed, task.horizon)
+    act_dim = instance.action_space.shape[0]
+    rng = np.random.default_rng(derive_seed(seed, 1))  # actions: uniform draws or noise
+
+    def actor(kind: str):
+        return noisy(experts.actor_policy(experts.load_actor(env, kind, directory)), noise, rng)
+
+    if policy == "random":
+        return record(instance, suite, random_policy(act_dim, rng), episodes, seed), {}
+    if policy == "scripted":
+        from tasks.suites.metaworld import scripted_policy
+
+        return record(instance, suite, noisy(scripted_policy(env), noise, rng), episodes, seed), {}
+    if policy in ("expert", "medium") and suite_name != "bullet_safety":
+        return record(instance, suite, actor(policy), episodes, seed), {}
+    if policy == "medium-expert":
+        # Actors load before any rollout, so a missing one fails before work is done.
+        medium, expert = actor("medium"), actor("expert")
+        rec = record(instance, suite, medium, (episodes + 1) // 2, derive_seed(seed, 2))
+        record(instance, suite, expert, episodes // 2, derive_seed(seed, 3), into=rec)
+        return rec, {"episode_policy": ["medium"] * ((episodes + 1) // 2) + ["expert"] * (episodes // 2)}
+    # bullet_safety expert: the behaviour-policy mixture
+    kinds = behaviour_kinds(env, directory)
+    if not kinds:
+        raise DataError(
+            f"no behaviour policies for {env!r} in {directory}: train them with "
+            f"`{experts.train_command(env, suite_name)} --cost-penalty L` for several L (e.g. 0, 0.5, 2)")
+    policies = [actor(kind) for kind in kinds]
+    rec, labels = Recording(), []
+    for index in range(episodes):  # round robin: every policy gets an equal share
+        kind = kinds[index % len(kinds)]
+        record(instance, suite, policies[index % len(kinds)], 1, derive_seed(seed, 4, index), into=rec)
+        labels.append(kind)
+    return rec, {"episode_policy": labels}
+
+
+def _medium_replay(task: TaskSpec, env: str, episodes: int, seed: int,
+                   directory: Path) -> dict[str, np.ndarray]:
+    """`episodes` of the stored medium-replay episodes (all if fewer), chosen by `seed`."""
+    if not task.dynamics.is_default:
+        raise SpecError("dynamics", "medium-replay data was recorded with the default dynamics")
+    if task.data.action_noise:
+        raise SpecError("data.action_noise", "medium-replay data is replayed, not rolled out")
+    replay = experts.load_replay(env, directory)
+    ids = np.unique(replay["episode"])
+    if episodes < len(ids):
+        ids = np.sort(np.random.default_rng(seed).choice(ids, episodes, replace=False))
+    keep = np.isin(replay["episode"], ids)
+    arrays = {k: v[keep] for k, v in replay.items() if k != "costs"}
+    arrays["episode"] = np.unique(arrays["episode"], return_inverse=True)[1].astype(np.int64)
+    if task.suite == "bullet_safety":
+        arrays["costs"] = replay["costs"][keep]
+    return arrays
+
+
+def generate(task: TaskSpec, episodes: int | None = None,
+             directory: Path = experts.EXPERTS_DIR) -> pa.Table:
+    """The canonical dataset table of `task` (its `data.source` must be `generate`).
+
+    `episodes` overrides `data.episodes` (per env); `directory` holds the expert actors.
+    """
+    data = task.data
+    if data.source != "generate":
+        raise SpecError("data.source", f"task {task.name!r} imports its data ({data.source!r}); "
+                        "only source 'generate' is generated")
+    check_policy(task.suite, data.policy)
+    episodes = data.episodes if episodes is None else episodes
+    if episodes < 1:
+        raise SpecError("data.episodes", f"must be >= 1, got {episodes}")
+    suite = get_suite(task.suite)
+    envs = data.envs or [task.env]
+    with_costs = task.suite == "bullet_safety"
+    common = {"suite": task.suite, "source": "generate", "generator": data.policy,
+              "seed": data.seed, "action_noise": data.action_noise,
+              "dynamics": task.dynamics.model_dump(), "horizon": task.horizon}
+    tables = []
+    for index, env in enumerate(envs):
+        seed = derive_seed(data.seed, index)
+        meta = {**common, "env": env, "episodes": episodes}
+        if data.policy == "medium-replay":
+            arrays = _medium_replay(task, env, episodes, seed, directory)
+            meta["episodes"] = int(arrays["episode"].max()) + 1
+        else:
+            rec, extra = _record_env(task.suite, suite, task, env, episodes, seed, directory)
+            arrays = rec.arrays(with_costs)
+            meta.update(return_mean=float(np.mean(rec.returns)), episode_returns=rec.returns, **extra)
+            if task.suite == "metaworld":
+                meta.update(success_rate=float(np.mean(rec.successes)), episode_success=rec.successes)
+            if with_costs:
+                meta.update(cost_mean=float(np.mean(rec.episode_costs)), episode_costs=rec.episode_costs)
+        tables.append(to_table(arrays, meta))
+    if len(tables) == 1:
+        table = tables[0]
+    else:
+        table = concatenate(tables, {**common, "env": task.env, "envs": envs,
+                                     "episodes_per_env": episodes})
+    if data.max_transitions is not None:
+        table = limit_transitions(table, data.max_transitions)
+    return table
