@@ -243,12 +243,10 @@ class FeasibilityCritic(_TwinCritic):
         return torch.where(costs > 0, self.config.violation_scale * costs, -torch.ones_like(costs))
 
     def _q_target(self, batch: dict[str, Tensor]) -> Tensor:
-        if "costs" not in batch:
-            raise ShapeError("the feasibility critic needs a dataset with a 'costs' column")
-        h = self.violation(batch["costs"].float())
+        h = self.violation(batch["costs"])
         gamma = self.config.discount
         bootstrapped = (1.0 - gamma) * h + gamma * torch.maximum(h, self.value(batch["next_obs"]))
-        return torch.where(batch["terminals"] > 0, h, bootstrapped)
+        return torch.where(batch["terminals"].bool(), h, bootstrapped)
 
     def _value_loss(self, q_target_net: Tensor, v: Tensor) -> Tensor:
         # diff = V − Q: weight τ where Q < V, so V settles on a lower expectile (≈ min).
