@@ -1,0 +1,150 @@
+"""The training loop every fit uses: a learner's loss, Adam, optional gradient clipping.
+
+Deterministic from `seed`: step k draws its batch and its loss noise (diffusion time
+steps and ε) from RNG states derived from (seed, k) alone. A run resumed at step k from
+(learner state, optimiser state) therefore repeats the uninterrupted run exactly, with
+no generator state to checkpoint. Distributed data parallelism is the caller's: give
+each worker its own seed and all-reduce gradients in `grad_hook`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from library.data import OfflineData
+from library.errors import ShapeError, SpecError
+
+if TYPE_CHECKING:
+    from library.learners import Learner
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to resume a run at `step` (the learner's state and Adam's)."""
+
+    step: int
+    """Optimisation steps completed."""
+    learner_state: dict[str, Tensor]
+    """`learner.state_dict()` after that step."""
+    optimizer_state: dict[str, Any]
+    """`torch.optim.Adam.state_dict()` after that step."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    steps: int
+    """Optimisation steps completed in total, counting those before `start_step`."""
+    terms: dict[str, float]
+    """Mean of every loss term over the last logging window."""
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    """(step, mean terms over the window ending there), one entry per log."""
+    optimizer_state: dict[str, Any] = field(default_factory=dict)
+    """Adam's state at the end, to continue training later."""
+    seconds: float = 0.0
+    """Wall-clock time of this call."""
+
+
+@contextmanager
+def step_rng(seed: int, step: int, device: torch.device) -> Iterator[torch.Generator]:
+    """A batch generator and a seeded global torch RNG for step `step` of run `seed`.
+
+    The global RNG of the CPU and of `device` (which losses use for noise) is restored on
+    exit, so training leaves no trace on the caller's random state.
+    """
+    batch_seed, noise_seed = np.random.SeedSequence([seed, step]).generate_state(2)
+    accelerators = [] if device.type == "cpu" else [device.index or 0]
+    with torch.random.fork_rng(devices=accelerators):
+        if device.type == "cpu":
+            # torch.manual_seed also queues seeds for every accelerator backend, which
+            # costs more than a small training step; the CPU generator is all we use.
+            torch.default_generator.manual_seed(int(noise_seed))
+        else:
+            torch.manual_seed(int(noise_seed))
+        yield torch.Generator().manual_seed(int(batch_seed))
+
+
+def train(
+    learner: Learner,
+    data: OfflineData,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    grad_hook: Callable[[list[torch.nn.Parameter]], None] | None = None,
+    start_step: int = 0,
+    optimizer_state: dict[str, Any] | None = None,
+    log_every: int = 100,
+    grad_clip: float | None = None,
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    checkpoint_every: int | None = None,
+) -> TrainResult:
+    """Run optimisation steps `start_step` .. `steps` − 1 of `learner` on `data`.
+
+    `on_step(step, mean terms)` is called every `log_every` steps and after the last;
+    `grad_hook(params)` right after backward (before clipping, so every worker clips the
+    same reduced gradient); `on_checkpoint(Checkpoint)` every `checkpoint_every` steps
+    and after the last. To resume, load `checkpoint.learner_state` into the learner and
+    pass `start_step=checkpoint.step, optimizer_state=checkpoint.optimizer_state`.
+    """
+    if (data.obs_dim, data.act_dim) != (learner.obs_dim, learner.act_dim):
+        raise ShapeError(
+            f"dataset has obs/act dims ({data.obs_dim}, {data.act_dim}) but the model "
+            f"expects ({learner.obs_dim}, {learner.act_dim})"
+        )
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
+        if value < 1:
+            raise SpecError(f"train.{name}", f"must be a positive integer, got {value}")
+    if not 0 <= start_step <= steps:
+        raise SpecError("train.start_step", f"must lie in [0, {steps}], got {start_step}")
+    params = learner.parameters()
+    device = params[0].device
+    optimizer = torch.optim.Adam(params, lr=lr)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+
+    started = time.perf_counter()
+    result = TrainResult(steps=start_step, terms={})
+    window: dict[str, list[Tensor]] = {}
+    for step in range(start_step, steps):
+        with step_rng(seed, step, device) as generator:
+            batch = {k: v.to(device) for k, v in data.sample(batch_size, generator).items()}
+            terms = learner.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if grad_hook is not None:
+            grad_hook(params)
+        if grad_clip is not None:
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        learner.after_step()
+
+        for key, value in terms.items():
+            window.setdefault(key, []).append(value.detach())
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            result.terms = {k: torch.stack(v).float().mean().item() for k, v in window.items()}
+            result.history.append((done, result.terms))
+            window = {}
+            if on_step is not None:
+                on_step(done, result.terms)
+        if on_checkpoint is not None and (
+            done == steps or (checkpoint_every is not None and done % checkpoint_every == 0)
+        ):
+            # Copies: Adam updates its state tensors in place as training goes on.
+            on_checkpoint(Checkpoint(done, learner.state_dict(), copy.deepcopy(optimizer.state_dict())))
+    result.steps = steps
+    result.optimizer_state = copy.deepcopy(optimizer.state_dict())
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,182 @@
+"""Learners and the training loop: what trains, what stays frozen, resuming, callbacks."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from learning_toys import toy_data
+
+from library.composition import AlphaConfig, Composer
+from library.critics import CriticConfig, FeasibilityConfig, FeasibilityCritic, IQLCritics
+from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
+from library.errors import ShapeError, SpecError
+from library.learners import BaseLearner, ComposerLearner, CriticLearner, SkillLearner
+from library.lora import add_skill, lora_layers
+from library.training import train
+
+torch.set_num_threads(1)
+S, A = 3, 2
+
+
+def random_data(n: int = 512, seed: int = 0, obs_dim: int = S):
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, obs_dim))
+    return toy_data(
+        obs, rng.uniform(-1, 1, (n, A)), next_obs=obs + 0.1, rewards=rng.normal(size=n),
+        costs=rng.random(n) < 0.2, terminals=rng.random(n) < 0.1,
+    )
+
+
+def small_policy(seed: int = 0) -> DiffusionPolicy:
+    torch.manual_seed(seed)
+    norm = StateNormalizer.from_data(random_data().obs)
+    return DiffusionPolicy(PolicyConfig(obs_dim=S, act_dim=A, hidden=16, n_blocks=1), norm)
+
+
+def with_old_skill(policy: DiffusionPolicy) -> DiffusionPolicy:
+    """The policy plus a stored skill "old" with non-zero weights."""
+    add_skill(policy, "old", rank=2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for layer in lora_layers(policy).values():
+            layer.lora_B["old"].weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
+    return policy
+
+
+def small_critics():
+    norm = StateNormalizer.from_data(random_data().obs)
+    torch.manual_seed(0)
+    return (
+        IQLCritics(CriticConfig(obs_dim=S, act_dim=A, hidden=16), norm),
+        FeasibilityCritic(FeasibilityConfig(obs_dim=S, act_dim=A, hidden=16), norm),
+    )
+
+
+# Each factory builds a fresh learner from identical starting weights.
+LEARNERS = {
+    "critic": lambda: CriticLearner(*small_critics()),
+    "base": lambda: BaseLearner(small_policy()),
+    "base-advantage": lambda: BaseLearner(small_policy(), "reward+feasibility", *small_critics()),
+    "skill": lambda: SkillLearner(
+        with_old_skill(small_policy()), "new", rank=2, generator=torch.Generator().manual_seed(3)
+    ),
+    "composer": lambda: ComposerLearner(
+        Composer(with_old_skill(small_policy()), ["base", "old"], "parameter", AlphaConfig(hidden=8),
+                 generator=torch.Generator().manual_seed(4))
+    ),
+    "composer-fixed": lambda: ComposerLearner(Composer(with_old_skill(small_policy()), ["old"], "fixed")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LEARNERS))
+def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(kind):
+    data = random_data()
+    run = {"batch_size": 32, "lr": 3e-3, "seed": 7, "log_every": 5}
+    whole = LEARNERS[kind]()
+    checkpoints = []
+    train(whole, data, steps=12, on_checkpoint=checkpoints.append, checkpoint_every=5, **run)
+    assert [c.step for c in checkpoints] == [5, 10, 12]
+
+    resumed = LEARNERS[kind]()
+    resumed.load_state_dict(checkpoints[0].learner_state)
+    torch.manual_seed(999)  # as in a fresh process: the run must not depend on global RNG state
+    result = train(resumed, data, steps=12, start_step=5,
+                   optimizer_state=checkpoints[0].optimizer_state, **run)
+    assert result.steps == 12
+    final, again = whole.state_dict(), resumed.state_dict()
+    assert final.keys() == again.keys()
+    for key in final:
+        assert torch.equal(final[key], again[key]), key
+    # The checkpoint is a snapshot: later steps did not change it.
+    assert any(not torch.equal(checkpoints[0].learner_state[k], final[k]) for k in final)
+
+
+def test_skill_learner_trains_its_skill_only():
+    policy = with_old_skill(small_policy())
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    learner = SkillLearner(policy, "new", rank=2)
+    assert learner.parameters() and all(".new." in n for n in learner.state_dict())
+    train(learner, random_data(), steps=5, batch_size=32, lr=1e-2, seed=0)
+    after = policy.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == set()  # the base and "old" bit for bit
+    assert any(".lora_B.new." in k and v.abs().sum() > 0 for k, v in after.items())
+
+
+def test_composer_learner_trains_alpha_only():
+    policy = with_old_skill(small_policy())
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    learner = ComposerLearner(Composer(policy, ["base", "old"], "parameter", AlphaConfig(hidden=8)))
+    assert all(k.startswith("context.") for k in learner.state_dict())
+    theta = copy.deepcopy(learner.state_dict())
+    result = train(learner, random_data(), steps=5, batch_size=32, lr=1e-2, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    assert any(not torch.equal(theta[k], v) for k, v in learner.state_dict().items())
+    assert {"alpha/base", "alpha/old"} <= result.terms.keys()
+
+
+def test_weighted_learner_freezes_its_critics():
+    iql, feas = small_critics()
+    learner = BaseLearner(small_policy(), "reward+feasibility", iql, feas)
+    critic_params = [p for critic in (iql, feas) for p in critic.parameters()]
+    assert not any(p.requires_grad for p in critic_params)
+    assert not {id(p) for p in critic_params} & {id(p) for p in learner.parameters()}
+    result = train(learner, random_data(), steps=3, batch_size=32, lr=1e-3, seed=0)
+    assert {"loss", "mse", "weight_mean", "weight_max"} <= result.terms.keys()
+
+
+def test_critic_learner_updates_targets_after_each_step():
+    iql, _ = small_critics()
+    learner = CriticLearner(iql=iql)
+    target = [p.clone() for p in iql.target_q_nets.parameters()]
+    assert not {id(p) for p in iql.target_q_nets.parameters()} & {id(p) for p in learner.parameters()}
+    result = train(learner, random_data(), steps=2, batch_size=32, lr=1e-3, seed=0)
+    assert any(not torch.equal(a, b) for a, b in zip(target, iql.target_q_nets.parameters()))
+    assert {"loss", "iql/v_loss", "iql/q_loss"} <= result.terms.keys()
+
+
+def test_callbacks_logging_and_grad_hook():
+    logged, hooked = [], []
+
+    def zero_grads(params):  # what an all-reduce would do, here: cancel every gradient
+        hooked.append(len(params))
+        for p in params:
+            p.grad.zero_()
+
+    learner = BaseLearner(small_policy())
+    before = copy.deepcopy(learner.state_dict())
+    result = train(learner, random_data(), steps=7, batch_size=16, lr=1e-2, seed=0, log_every=3,
+                   on_step=lambda step, terms: logged.append((step, terms)), grad_hook=zero_grads)
+    assert [step for step, _ in logged] == [3, 6, 7] == [step for step, _ in result.history]
+    assert all(isinstance(v, float) for _, terms in logged for v in terms.values())
+    assert hooked == [len(learner.parameters())] * 7
+    # The hook ran between backward and the optimiser step: with zero gradients Adam stays put.
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+
+
+def test_training_is_seeded_and_leaves_the_global_rng_alone():
+    def fitted(seed):
+        learner = BaseLearner(small_policy())
+        train(learner, random_data(), steps=3, batch_size=16, lr=1e-2, seed=seed)
+        return learner.state_dict()["net.output.weight"]
+
+    assert torch.equal(fitted(0), fitted(0))
+    assert not torch.equal(fitted(0), fitted(1))
+    learner = BaseLearner(small_policy())
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train(learner, random_data(), steps=2, batch_size=16, lr=1e-2, seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_bad_inputs_raise_one_line_errors():
+    learner = BaseLearner(small_policy())
+    with pytest.raises(ShapeError, match=r"dataset has obs/act dims \(4, 2\).*\(3, 2\)"):
+        train(learner, random_data(obs_dim=4), steps=1, batch_size=8, lr=1e-3, seed=0)
+    with pytest.raises(SpecError, match="train.steps"):
+        train(learner, random_data(), steps=0, batch_size=8, lr=1e-3, seed=0)
+    with pytest.raises(SpecError, match="train.start_step"):
+        train(learner, random_data(), steps=2, batch_size=8, lr=1e-3, seed=0, start_step=3)
+    with pytest.raises(ShapeError, match="checkpoint does not match"):
+        learner.load_state_dict({"nonsense": torch.zeros(1)})
