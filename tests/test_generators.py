@@ -15,6 +15,8 @@ from tasks.spec import parse_task
 torch.set_num_threads(1)
 
 HORIZON = 20
+RECORD = {"suite": "dmc", "return_mean": 0.0, "return_std": 0.0, "episodes": 5, "steps": 1,
+          "command": "python -m tasks.generators.sac --env walker-stand"}
 
 
 def task(policy, episodes=2, suite="dmc", env="walker-stand", dynamics=None, horizon=HORIZON,
@@ -29,8 +31,7 @@ def actors(tmp_path):
     """An experts folder holding an expert and a medium actor for walker-stand."""
     torch.manual_seed(0)
     for kind in ("expert", "medium"):
-        experts.export_actor(Actor(24, 6, hidden=16), "walker-stand", kind,
-                             {"suite": "dmc", "return_mean": 0.0}, tmp_path)
+        experts.export_actor(Actor(24, 6, hidden=16), "walker-stand", kind, RECORD, tmp_path)
     return tmp_path
 
 
@@ -108,7 +109,7 @@ def test_medium_export_needs_an_evaluation_in_the_band(tmp_path):
 
 
 def test_multi_env_union_and_max_transitions(actors):
-    experts.export_actor(Actor(24, 6, hidden=16), "walker-walk", "expert", {"suite": "dmc"}, actors)
+    experts.export_actor(Actor(24, 6, hidden=16), "walker-walk", "expert", RECORD, actors)
     table = generate(task("expert", envs=["walker-stand", "walker-walk"]), directory=actors)
     arrays = to_arrays(table)
     assert len(arrays["obs"]) == 4 * HORIZON and list(np.unique(arrays["episode"])) == [0, 1, 2, 3]
@@ -143,3 +144,15 @@ def test_bullet_safety_mixture_splits_episodes_over_penalties(tmp_path):
     table = generate(task("expert", episodes=3, suite="bullet_safety", env="SafetyBallRun-v0"),
                      directory=tmp_path)
     assert dataset_meta(table)["episode_policy"] == ["expert", "lambda1", "expert"]
+
+
+def test_measure_records_a_fresh_check_and_table_shows_it(actors):
+    experts.write_record("walker-stand", "expert", {
+        "suite": "dmc", "return_mean": 950.0, "return_std": 1.0, "episodes": 5, "steps": 100,
+        "target": 900.0, "command": "python -m tasks.generators.sac --env walker-stand"}, actors)
+    check = experts.measure("walker-stand", episodes=1, directory=actors)
+    assert check["episodes"] == 1 and 0 <= check["return_mean"] <= 1000
+    assert experts.read_registry(actors)["walker-stand"]["expert"]["check"] == check
+    row = next(line for line in experts.table(actors).splitlines() if "| expert |" in line)
+    # The fresh check, not the training-time evaluation, decides whether the target is met.
+    assert row.split(" | ")[6] == ("yes" if check["return_mean"] >= 900 else "no")

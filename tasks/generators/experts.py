@@ -244,6 +244,40 @@ def measure(env: str, kind: str = "expert", episodes: int = 10, seed: int = 1234
     return check
 
 
+def table(directory: Path = EXPERTS_DIR) -> str:
+    """The Markdown table of every stored actor (what docs/EXPERTS.md shows)."""
+    lines = ["| env | kind | SAC steps | return (mean ± std, episodes) | fresh check (mean ± std, episodes) "
+             "| target | reached | command |", "|" + " --- |" * 8]
+    for env, kinds in sorted(read_registry(directory).items()):
+        for kind, rec in sorted(kinds.items()):
+            if kind == "medium-replay":
+                ret = (f"{rec['return_mean']:.1f} (min {rec['return_min']:.1f}, max "
+                       f"{rec['return_max']:.1f}; {rec['episodes']} of {rec['episodes_in_buffer']} episodes)")
+            else:
+                ret = f"{rec['return_mean']:.1f} ± {rec['return_std']:.1f} ({rec['episodes']})"
+            check = rec.get("check")
+            fresh = (f"{check['return_mean']:.1f} ± {check['return_std']:.1f} ({check['episodes']})"
+                     if check else "—")
+            target = rec.get("target") if kind == "expert" else None
+            reached = "—" if target is None else (
+                "yes" if (check or rec)["return_mean"] >= target else "no")
+            lines.append(f"| {env} | {kind} | {rec['steps']} | {ret} | {fresh} | "
+                         f"{target if target is not None else '—'} | {reached} | `{rec['command']}` |")
+    return "\n".join(lines)
+
+
+def curve(env: str, suite: str = "dmc", run_dir: Path | None = None, every: int = 25_000) -> str:
+    """Evaluation returns of a run every `every` steps (plus the last), as a Markdown table."""
+    run = RunDir(run_dir or default_run_dir(SACConfig(env=env, suite=suite)))
+    rows = read_jsonl(run.eval_log)
+    if not rows:
+        raise DataError(f"no evaluations in {run.eval_log}")
+    picked = [r for r in rows if r["step"] % every == 0 or r is rows[-1] or r is rows[0]]
+    lines = [f"| {env} step | eval return (mean ± std) |", "| --- | --- |"]
+    lines += [f"| {r['step']} | {r['return_mean']:.1f} ± {r['return_std']:.1f} |" for r in picked]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.generators.experts",
                                      description="Manage the committed expert actors.")
@@ -257,16 +291,25 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--env", required=True)
     check.add_argument("--kind", default="expert")
     check.add_argument("--episodes", type=int, default=10)
+    commands.add_parser("table", help="print the Markdown table of stored actors")
+    learning = commands.add_parser("curve", help="print a run's evaluation returns")
+    learning.add_argument("--env", required=True)
+    learning.add_argument("--suite", default="dmc")
+    learning.add_argument("--run-dir", type=Path, default=None)
+    learning.add_argument("--every", type=int, default=25_000)
     args = parser.parse_args(argv)
     try:
         if args.command == "export-medium":
-            result = export_medium(args.env, args.suite, args.run_dir, args.max_episodes)
+            print(json.dumps(export_medium(args.env, args.suite, args.run_dir, args.max_episodes), indent=1))
+        elif args.command == "measure":
+            print(json.dumps(measure(args.env, args.kind, args.episodes), indent=1))
+        elif args.command == "table":
+            print(table())
         else:
-            result = measure(args.env, args.kind, args.episodes)
+            print(curve(args.env, args.suite, args.run_dir, args.every))
     except PsecError as error:
         print(f"psec: error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=1))
     return 0
 
 
