@@ -575,8 +575,10 @@ def train(config: SACConfig, run_dir: Path | None = None,
             _append_jsonl(run.eval_log, row)
             progress.best_return = max(progress.best_return, objective)
             progress.next_eval += config.eval_every
+            safety = (f", cost {row['cost_mean']:.1f}, objective {objective:.1f}"
+                      if config.cost_penalty else "")
             log(f"sac: {config.env} step {progress.step} eval {row['return_mean']:.1f} "
-                f"± {row['return_std']:.1f} (best {progress.best_return:.1f}, "
+                f"± {row['return_std']:.1f}{safety} (best {progress.best_return:.1f}, "
                 f"{row['updates_per_s']:.1f} updates/s)")
             if on_eval is not None:
                 on_eval(agent, row)
