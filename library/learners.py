@@ -3,7 +3,7 @@
 Every learner exposes the same small surface, which is all `library.training.train` and
 the pipeline's Ray Train stages touch:
 
-* `module` — the nn.Module that holds what trains (for `.to(device)`, DDP wrapping);
+* `module` — the nn.Module that holds what trains; `to(device)` moves it and the critics;
 * `parameters()` — the trainable parameters only, in a fixed order (the optimiser's);
 * `loss(batch) -> dict[str, Tensor]` — named terms; "loss" is the one minimised;
 * `after_step()` — bookkeeping after each optimiser step (critics: target networks);
@@ -69,6 +69,11 @@ class Learner(abc.ABC):
     @abc.abstractmethod
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Named loss terms of a batch (raw states); "loss" is minimised."""
+
+    def to(self, device: torch.device | str) -> Learner:
+        """Move what trains, and whatever the loss reads, to `device` (in place)."""
+        self.module.to(device)
+        return self
 
     def after_step(self) -> None:  # noqa: B027 - most learners have nothing to do here
         """Called once after every optimiser step."""
@@ -166,6 +171,12 @@ class _PolicyLearner(Learner):
         # Critics are read, never trained: keep them out of `module` so their tensors
         # stay out of the optimiser, the state dict and DDP's gradient buckets.
         self.critics = (iql, feasibility)
+
+    def to(self, device: torch.device | str) -> Learner:
+        for critic in self.critics:
+            if critic is not None:
+                critic.to(device)
+        return super().to(device)
 
     @property
     def obs_dim(self) -> int:

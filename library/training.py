@@ -10,6 +10,7 @@ each worker its own seed and all-reduce gradients in `grad_hook`.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from library.data import OfflineData
-from library.errors import ShapeError, SpecError
+from library.errors import DataError, ShapeError, SpecError
 
 if TYPE_CHECKING:
     from library.learners import Learner
@@ -106,13 +107,19 @@ def train(
     for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
         if value < 1:
             raise SpecError(f"train.{name}", f"must be a positive integer, got {value}")
+    for name, value in (("lr", lr), ("grad_clip", grad_clip)):
+        if value is not None and not value > 0:
+            raise SpecError(f"train.{name}", f"must be a positive number, got {value}")
     if not 0 <= start_step <= steps:
         raise SpecError("train.start_step", f"must lie in [0, {steps}], got {start_step}")
     params = learner.parameters()
     device = params[0].device
     optimizer = torch.optim.Adam(params, lr=lr)
     if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except ValueError as err:  # another learner's optimiser: parameter groups differ
+            raise ShapeError(f"optimizer checkpoint does not match the learner: {err}") from None
 
     started = time.perf_counter()
     result = TrainResult(steps=start_step, terms={})
@@ -137,6 +144,11 @@ def train(
             result.terms = {k: torch.stack(v).float().mean().item() for k, v in window.items()}
             result.history.append((done, result.terms))
             window = {}
+            if not math.isfinite(result.terms["loss"]):
+                raise DataError(
+                    f"training diverged: the loss is {result.terms['loss']} by step {done} "
+                    "(look for extreme values in the data, or lower train.lr)"
+                )
             if on_step is not None:
                 on_step(done, result.terms)
         if on_checkpoint is not None and (

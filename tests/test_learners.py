@@ -10,7 +10,7 @@ from learning_toys import toy_data
 from library.composition import AlphaConfig, Composer
 from library.critics import CriticConfig, FeasibilityConfig, FeasibilityCritic, IQLCritics
 from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
-from library.errors import ShapeError, SpecError
+from library.errors import DataError, ShapeError, SpecError
 from library.learners import BaseLearner, ComposerLearner, CriticLearner, SkillLearner
 from library.lora import add_skill, lora_layers
 from library.training import train
@@ -178,5 +178,13 @@ def test_bad_inputs_raise_one_line_errors():
         train(learner, random_data(), steps=0, batch_size=8, lr=1e-3, seed=0)
     with pytest.raises(SpecError, match="train.start_step"):
         train(learner, random_data(), steps=2, batch_size=8, lr=1e-3, seed=0, start_step=3)
+    with pytest.raises(SpecError, match="train.lr"):
+        train(learner, random_data(), steps=2, batch_size=8, lr=0.0, seed=0)
     with pytest.raises(ShapeError, match="checkpoint does not match"):
         learner.load_state_dict({"nonsense": torch.zeros(1)})
+    critic_run = train(CriticLearner(*small_critics()), random_data(), steps=1, batch_size=8, lr=1e-3, seed=0)
+    with pytest.raises(ShapeError, match="optimizer checkpoint does not match"):
+        train(learner, random_data(), steps=2, batch_size=8, lr=1e-3, seed=0, start_step=1,
+              optimizer_state=critic_run.optimizer_state)
+    with pytest.raises(DataError, match="training diverged: the loss is (nan|inf) by step"):
+        train(learner, random_data(), steps=20, batch_size=8, lr=1e30, seed=0, log_every=1)
