@@ -86,7 +86,10 @@ class FeasibilityConfig(CriticConfig):
     """A critic config with FISOR's defaults for the Hamilton–Jacobi cost critic."""
 
     expectile: float = 0.9
-    """τ of the *lower* expectile regression for V_h (FISOR's `cost_critic_hyperparam`)."""
+    """τ of the *lower* expectile regression for V_h (FISOR's `cost_critic_hyperparam`).
+    An expectile is only a soft minimum: with binary costs a state whose in-data actions are
+    a share p safe counts as feasible roughly when τ·p ≥ (1 − τ)·(1 − p)·scale, i.e.
+    p ≳ 0.74 at τ = 0.9 and scale 25. Raise τ towards 1 for a harder minimum."""
     violation_scale: float = 25.0
     """h = violation_scale·cost where cost > 0, else −1 (FISOR's `cost_scale`). It sets the
     HJ horizon: a violation k steps ahead makes V_h > 0 while γ^k·(scale + 1) > 1, about
