@@ -1,0 +1,267 @@
+"""`psec`: the command line (also `python -m pipeline`).
+
+Every command takes `--store` (a folder or any pyarrow filesystem URI). Every failure a
+user can cause is a `library.errors.PsecError`; it is printed as `psec: error: <one line>`
+and the exit status is 2. Commands check their input before they write anything, so a
+refused command leaves the store as it was.
+
+Commands that only read or edit the store (`skills`, `data`, `report`) never start Ray;
+`run`, `serve`, `submit` and `eval` do (or attach to one with `--address`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+
+from library.errors import PsecError, StoreError
+from library.store import DEFAULT_URI, SkillStore
+
+IMPORT_FORMATS = ("d4rl", "dsrl", "minari", "parquet")
+
+
+def _add_store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=DEFAULT_URI, metavar="URI",
+                        help=f"skill store: a folder or a pyarrow URI such as s3://bucket/prefix "
+                             f"(default {DEFAULT_URI})")
+
+
+def _add_address(parser: argparse.ArgumentParser, default_help: str) -> None:
+    parser.add_argument("--address", default=None,
+                        help=f"Ray cluster to use: 'auto', 'host:port' or 'ray://...' "
+                             f"({default_help})")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="psec",
+        description="PSEC: skill expansion and composition in parameter space, on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a stream end to end (resumes if run again)")
+    run.add_argument("stream", metavar="STREAM.yaml")
+    run.add_argument("--scale", default=None,
+                     help="a scale defined by the stream, e.g. smoke or paper "
+                          "(default: sizes as written)")
+    _add_store(run)
+    _add_address(run, "default: a private local instance, or RAY_ADDRESS under ray job submit")
+    run.add_argument("--concurrent-fits", type=_positive, default=2,
+                     help="fits sized to run side by side (default 2)")
+    run.add_argument("--max-failures", type=int, default=2,
+                     help="worker failures a fit recovers from (Ray Train FailureConfig)")
+    run.set_defaults(handler=_run)
+
+    serve = commands.add_parser("serve", help="keep a driver running that fits submitted tasks")
+    _add_store(serve)
+    _add_address(serve, "default: attach to a running cluster, else start a local one")
+    serve.add_argument("--max-tasks", type=_positive, default=None,
+                       help="stop after this many submissions")
+    serve.add_argument("--once", action="store_true",
+                       help="fit what is in the inbox now, then stop")
+    serve.add_argument("--poll", type=float, default=1.0, help="seconds between inbox polls")
+    serve.set_defaults(handler=_serve)
+
+    submit = commands.add_parser("submit", help="send a task spec to the serving driver")
+    submit.add_argument("spec", metavar="SPEC.yaml")
+    _add_store(submit)
+    _add_address(submit, "default: auto, the running cluster")
+    submit.add_argument("--wait", action="store_true",
+                        help="wait until the driver has fitted the task")
+    submit.set_defaults(handler=_submit)
+
+    skills = commands.add_parser("skills", help="list, show or remove stored items")
+    skill_commands = skills.add_subparsers(dest="skills_command", required=True,
+                                           metavar="ACTION")
+    listing = skill_commands.add_parser("list", help="every stored base, skill and composer")
+    listing.add_argument("--json", action="store_true", help="the manifest as JSON")
+    _add_store(listing)
+    listing.set_defaults(handler=_skills_list)
+    show = skill_commands.add_parser("show", help="one item's manifest entry")
+    show.add_argument("name")
+    _add_store(show)
+    show.set_defaults(handler=_skills_show)
+    remove = skill_commands.add_parser("remove", help="delete an item")
+    remove.add_argument("name")
+    _add_store(remove)
+    remove.set_defaults(handler=_skills_remove)
+
+    data = commands.add_parser("data", help="datasets in the store")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    importing = data_commands.add_parser("import", help="convert a dataset file into the store")
+    importing.add_argument("format", choices=IMPORT_FORMATS)
+    importing.add_argument("path", metavar="PATH")
+    importing.add_argument("--name", required=True, help="store name of the dataset")
+    _add_store(importing)
+    importing.set_defaults(handler=_data_import)
+    generate = data_commands.add_parser("generate", help="make a task's dataset")
+    generate.add_argument("spec", metavar="SPEC.yaml")
+    _add_store(generate)
+    generate.set_defaults(handler=_data_generate)
+
+    evaluate = commands.add_parser("eval", help="roll out a stored policy, print its score")
+    evaluate.add_argument("name")
+    evaluate.add_argument("--episodes", type=_positive, default=None,
+                          help="episodes per seed (default: the task's eval.episodes)")
+    evaluate.add_argument("--seeds", type=int, nargs="+", default=None,
+                          help="evaluation seeds (default: the task's eval.seeds)")
+    _add_store(evaluate)
+    _add_address(evaluate, "default: a private local instance")
+    evaluate.set_defaults(handler=_eval)
+
+    report = commands.add_parser("report", help="results tables (Markdown) and plots (PNG)")
+    report.add_argument("--out", default="docs", help="folder to write into (default docs)")
+    _add_store(report)
+    report.set_defaults(handler=_report)
+    return parser
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.driver import DriverOptions, run_stream_file
+
+    summary = run_stream_file(
+        args.stream, args.store, scale=args.scale, address=args.address,
+        options=DriverOptions(concurrent_fits=args.concurrent_fits,
+                              max_failures=args.max_failures))
+    print(summary.describe())
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pipeline.driver import DriverOptions, serve
+
+    served = serve(args.store, address=args.address, max_tasks=args.max_tasks,
+                   once=args.once, poll=args.poll, options=DriverOptions())
+    print(f"served {served} task(s)")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pipeline.driver import submit
+
+    submission = submit(args.spec, args.store, address=args.address, wait=args.wait)
+    if args.wait:
+        print(f"{submission.id}: {submission.status}: {submission.message}")
+        return 0 if submission.status == "done" else 1
+    print(f"submitted {submission.id}")
+    return 0
+
+
+def _skills_list(args: argparse.Namespace) -> int:
+    store = SkillStore(args.store)
+    if args.json:
+        print(json.dumps(store.manifest(), indent=2))
+        return 0
+    entries = store.list()
+    if not entries:
+        print(f"the store at {store.uri} is empty")
+        return 0
+    rows = [("NAME", "KIND", "PARENT", "SCORE", "CREATED")]
+    for entry in entries:
+        score = entry.metrics.get("score")
+        rows.append((entry.name, entry.kind, entry.parent or "-",
+                     "-" if score is None else f"{score:.3g}", entry.created[:19]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _skills_show(args: argparse.Namespace) -> int:
+    entry = SkillStore(args.store).entry(args.name)
+    print(json.dumps(entry.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _skills_remove(args: argparse.Namespace) -> int:
+    store = SkillStore(args.store)
+    store.check_writable()
+    store.remove(args.name)
+    print(f"removed {args.name}")
+    return 0
+
+
+def _data_import(args: argparse.Namespace) -> int:
+    from library.names import check_name
+    from tasks import importers
+
+    store = SkillStore(args.store)
+    check_name(args.name)
+    store.check_writable()
+    if store.has_dataset(args.name):
+        raise StoreError(f"dataset {args.name!r} is already in the store")
+    table = getattr(importers, f"import_{args.format}")(args.path)
+    store.put_dataset(args.name, table)
+    print(f"imported {table.num_rows} transitions as dataset {args.name!r}")
+    return 0
+
+
+def _data_generate(args: argparse.Namespace) -> int:
+    from pipeline.plan import dataset_name
+    from tasks.generators import generate
+    from tasks.spec import load_task
+
+    task = load_task(args.spec)
+    store = SkillStore(args.store)
+    store.check_writable()
+    if task.data.source != "generate":
+        raise PsecError(f"{args.spec}: data.source is {task.data.source!r}; "
+                        "only 'generate' datasets are made by this command")
+    name = dataset_name(task)
+    if store.has_dataset(name):
+        raise StoreError(f"dataset {name!r} is already in the store")
+    table = generate(task)
+    store.put_dataset(name, table)
+    print(f"generated {table.num_rows} transitions as dataset {name!r}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pipeline.evaluation import evaluate_stored
+    from pipeline.runtime import connect
+
+    store = SkillStore(args.store)
+    store.entry(args.name)  # an unknown name fails before Ray starts
+    connect(args.address)
+    summary = evaluate_stored(store.uri, args.name, episodes=args.episodes, seeds=args.seeds)
+    print(summary.describe())
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
+    store = SkillStore(args.store)
+    command = " ".join(["psec", "report", "--store", shlex.quote(args.store),
+                        "--out", shlex.quote(args.out)])
+    path = write_report(store.results(), args.out, command)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except PsecError as error:
+        print(f"psec: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("psec: interrupted (what was registered stays; run again to resume)",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,548 @@
+"""The driver: a stream (or a submitted task) becomes datasets, fits and evaluations on Ray.
+
+    check (no Ray, no writes) ──> datasets ──> fit units (DAG) ──> evaluations ──> results
+
+1. *Check before any work.* The stream is validated on load (SpecError), the store must
+   be writable, every task's data dims must match its base's (ShapeError naming both),
+   and every item the stream would register that is already in the store must come from
+   the same task spec. Any failure here leaves the store untouched.
+2. *Datasets.* A task whose dataset is not in the store gets a Ray task that generates
+   (tasks.generators) or imports (tasks.importers) it and stores it.
+3. *Fits.* Each fit unit (pipeline.plan) is a Ray task running one TorchTrainer
+   (pipeline.fit); it receives the refs of the units and dataset it waits for as
+   arguments, so Ray starts it once they are done: independent units run side by side.
+4. *Evaluations.* When all of a task's units are done its items are rolled out in
+   parallel (pipeline.evaluation); in a continual stream, once tasks 0..i are fitted,
+   every earlier task's own policy is rolled out again on its task (the continual
+   matrix). Rows go to the store's results table, scores to the items' metrics and to
+   TensorBoard.
+
+Progress lives in the store: a unit whose items are all registered is not started, a
+stage already registered is skipped inside its unit, an evaluation already in the results
+is not repeated, and a unit that was interrupted resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import ray
+from pydantic import BaseModel, ConfigDict
+
+from library.errors import PsecError, ShapeError, SpecError, StoreError
+from library.names import BASE
+from library.store import ManifestEntry, SkillStore
+from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
+from pipeline.fit import FitOptions, FitReport, fit_unit, size_job
+from pipeline.inbox import Submission, inbox_actor
+from pipeline.plan import StreamPlan, TaskPlan, plan_stream, plan_task
+from pipeline.progress import ProgressView
+from pipeline.results import ResultRow, existing_keys, now
+from pipeline.runtime import connect
+from pipeline.store_actor import StoreHandle
+from pipeline.tblog import RunLog, run_name
+from tasks.spec import TaskSpec, dump, load_stream, load_task, parse_task
+
+
+class DriverOptions(BaseModel):
+    """How a driver runs its work (the same for every task of a run)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    fit: FitOptions = FitOptions()
+    """Ray Train settings of every fit."""
+    concurrent_fits: int | None = None
+    """Shortcut for fit.concurrent_fits (the CLI's --concurrent-fits)."""
+    max_failures: int | None = None
+    """Shortcut for fit.max_failures (the CLI's --max-failures)."""
+    progress: bool | None = None
+    """Progress bars: None draws them when stderr is a terminal."""
+
+    def fit_options(self) -> FitOptions:
+        update = {}
+        if self.concurrent_fits is not None:
+            update["concurrent_fits"] = self.concurrent_fits
+        if self.max_failures is not None:
+            update["max_failures"] = self.max_failures
+        return self.fit.model_copy(update=update)
+
+
+@dataclass
+class ItemScore:
+    """The latest own-task evaluation of one item, for the summary."""
+
+    name: str
+    task: str
+    method: str
+    score: float
+    return_mean: float
+    episodes: int
+
+
+@dataclass
+class StreamSummary:
+    """What a run did; `describe()` is what `psec run` prints."""
+
+    stream: str
+    scale: str
+    store: str
+    fitted: list[str] = field(default_factory=list)
+    """Items registered by this run (a rerun of a finished stream fits nothing)."""
+    skipped: list[str] = field(default_factory=list)
+    """Items that were in the store already."""
+    evaluations: int = 0
+    """(item, eval task, seed) evaluations made by this run."""
+    scores: list[ItemScore] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Training seconds of each stage fitted now."""
+    unit_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of each fit unit (TorchTrainer start and stop included)."""
+    dataset_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds to generate or import each dataset made now."""
+    eval_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds from launching to summarising each evaluation."""
+    wall_seconds: float = 0.0
+
+    def describe(self) -> str:
+        lines = [f"stream {self.stream} ({self.scale}) into {self.store}: fitted "
+                 f"{len(self.fitted)}, already stored {len(self.skipped)}, "
+                 f"{self.evaluations} evaluation(s), {self.wall_seconds:.0f} s"]
+        for score in self.scores:
+            lines.append(f"  {score.name:<24} {score.method:<6} on {score.task:<16} "
+                         f"score {score.score:8.3f}  return {score.return_mean:9.1f}  "
+                         f"({score.episodes} episodes)")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------- checks, no Ray
+
+
+@dataclass
+class Checked:
+    """What the checks learned: dims per task and datasets imported for the run."""
+
+    dims: dict[str, tuple[int, int]]
+    imported: dict[str, pa.Table]
+
+
+def _entry_dims(entry: ManifestEntry) -> tuple[int, int] | None:
+    """(obs_dim, act_dim) of a stored item from its config summary, if recorded."""
+    found: dict[str, int] = {}
+    for key, value in entry.config_summary.items():
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf in ("obs_dim", "act_dim") and isinstance(value, int):
+            found.setdefault(leaf, value)
+    if len(found) == 2:
+        return found["obs_dim"], found["act_dim"]
+    return None
+
+
+def _task_dims(task: TaskSpec, dataset: str, store: SkillStore,
+               imported: dict[str, pa.Table]) -> tuple[int, int]:
+    from tasks.dataset import dataset_meta
+    from tasks.suites import get_suite
+
+    if store.has_dataset(dataset):
+        meta = dataset_meta(store.get_dataset(dataset))
+        return int(meta["obs_dim"]), int(meta["act_dim"])
+    if task.data.source == "store":
+        raise StoreError(f"task {task.name!r}: dataset {task.data.dataset!r} is not in the store")
+    if task.data.source == "import":
+        from tasks.dataset import dataset_meta as meta_of
+        from tasks.dataset import limit_transitions
+        from tasks.importers import import_dataset
+
+        table = import_dataset(task.data.format, task.data.path, suite=task.suite,
+                               env=task.env)
+        if task.data.max_transitions is not None:
+            table = limit_transitions(table, task.data.max_transitions)
+        imported[task.name] = table
+        meta = meta_of(table)
+        return int(meta["obs_dim"]), int(meta["act_dim"])
+    return get_suite(task.suite).dims(task.env, task.dynamics)
+
+
+def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
+    """Every check that can fail on user input, before anything is written."""
+    store.check_writable()
+    checked = Checked(dims={}, imported={})
+    stored = {entry.name: entry for entry in store.list()}
+    for task_plan in plan.tasks:
+        task = task_plan.task
+        spec = dump(task)
+        for name in task_plan.items:
+            entry = stored.get(name)
+            if entry is not None and entry.task_spec is not None and entry.task_spec != spec:
+                raise StoreError(
+                    f"{name!r} is in the store from a different spec of task {task.name!r} "
+                    f"(another scale or an edited stream): remove it or rename the task")
+        checked.dims[task.name] = _task_dims(task, task_plan.dataset, store, checked.imported)
+    for task_plan in plan.tasks:
+        task = task_plan.task
+        if task.role != "skill":
+            continue
+        base_dims = checked.dims.get(task.base)
+        if base_dims is None:
+            entry = stored.get(task.base)
+            if entry is None:
+                raise StoreError(f"base {task.base!r} of task {task.name!r} is not in the store")
+            if entry.kind != "base":
+                raise StoreError(f"{task.base!r} (base of task {task.name!r}) is a {entry.kind}")
+            base_dims = _entry_dims(entry)
+        dims = checked.dims[task.name]
+        if base_dims is not None and dims != base_dims:
+            raise ShapeError(
+                f"task {task.name!r}: dataset {task_plan.dataset!r} has obs/act dims "
+                f"{dims[0]}/{dims[1]} but base {task.base!r} has {base_dims[0]}/{base_dims[1]}")
+    produced = {name for unit in plan.units.values() for name in unit.produces()}
+    for unit in plan.units.values():
+        for name in unit.needs:
+            if name in produced or name == BASE:
+                continue
+            entry = stored.get(name)
+            if entry is None:
+                raise StoreError(f"unit {unit.name!r} needs {name!r}, which is not in the store")
+            if entry.kind == "skill" and entry.parent != unit.task.base:
+                raise StoreError(f"skill {name!r} sits on base {entry.parent!r}, task "
+                                 f"{unit.task.name!r} on {unit.task.base!r}")
+    return checked
+
+
+# ------------------------------------------------------------------------- datasets
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def make_dataset(task_json: dict[str, Any], name: str, store: StoreHandle,
+                 imported: pa.Table | None) -> float:
+    """Generate or take the imported dataset of a task and store it; returns seconds."""
+    from tasks.generators import generate
+
+    started = time.perf_counter()
+    if store.has_dataset(name):
+        return 0.0
+    task = parse_task(task_json)
+    table = imported if imported is not None else generate(task)
+    store.put_dataset(name, table)
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- driver
+
+
+class Driver:
+    """Runs one plan to the end (or to its first failure)."""
+
+    def __init__(self, plan: StreamPlan, store_uri: str, options: DriverOptions,
+                 checked: Checked, stream_seed: int = 0):
+        self.plan = plan
+        self.options = options
+        self.fit_options = options.fit_options()
+        self.checked = checked
+        self.stream_seed = stream_seed
+        self.store = StoreHandle(store_uri)
+        self.summary = StreamSummary(plan.stream, plan.scale, self.store.uri)
+
+    # ---- bookkeeping
+
+    def _task_fitted(self, task_plan: TaskPlan) -> bool:
+        return all(name in self.registered for name in task_plan.items)
+
+    def _eval_jobs(self, item: str, eval_plan: TaskPlan, row_plan: TaskPlan) -> list[EvalJob]:
+        """Seeds of (item on eval task, after row task) not yet in the results."""
+        task = eval_plan.task
+        seeds = [seed for seed in task.eval.seeds
+                 if (self.plan.stream, row_plan.task.name, item, task.name, seed)
+                 not in self.result_keys]
+        if not seeds:
+            return []
+        return [EvalJob(item=item, task=task, row_task=row_plan.task.name,
+                        position=row_plan.position, seeds=seeds)]
+
+    def _row(self, job: EvalJob, seed: int, stats: dict[str, float]) -> ResultRow:
+        stage = self.plan.stage(job.item)
+        entry_metrics = self.entries.get(job.item, {})
+        return ResultRow(
+            stream=self.plan.stream, task=job.row_task, position=job.position,
+            name=job.item, kind="composer" if stage.kind == "composer" else stage.kind,
+            method=stage.method, composer=job.item if stage.kind == "composer" else None,
+            skills=stage.skills, seed=seed, eval_task=job.task.name,
+            episodes=int(stats["episodes"]), return_mean=stats["return_mean"],
+            return_std=stats["return_std"], score=stats["score_mean"],
+            success=stats["success_rate"], cost=stats["cost_mean"], steps=stage.steps,
+            wall_s=float(entry_metrics.get("train_seconds") or 0.0), scale=self.plan.scale,
+            time=now())
+
+    def _record(self, job: EvalJob, per_seed: dict[int, dict[str, float]]) -> None:
+        rows = [self._row(job, seed, stats) for seed, stats in sorted(per_seed.items())]
+        self.store.append_results([row.model_dump(mode="json") for row in rows])
+        self.summary.evaluations += len(rows)
+        score = sum(row.score for row in rows) / len(rows)
+        returns = sum(row.return_mean for row in rows) / len(rows)
+        episodes = sum(row.episodes for row in rows)
+        stage = self.plan.stage(job.item)
+        if job.task.name == stage.task and job.row_task == stage.task:
+            # On its own task, right after its fit: the item's headline metrics.
+            self.store.update_metrics(job.item, {
+                "score": score, "return_mean": returns, "eval_episodes": episodes,
+                "success": sum(row.success for row in rows) / len(rows),
+                "cost": sum(row.cost for row in rows) / len(rows)})
+            self.summary.scores.append(ItemScore(job.item, job.task.name, stage.method, score,
+                                                 returns, episodes))
+        with RunLog(self.store.uri, run_name(job.item, stage.method, self.stream_seed)) as log:
+            log.scalars({f"{job.task.name}/score": score, f"{job.task.name}/return": returns},
+                        job.position, prefix="eval/")
+
+    # ---- the run
+
+    def run(self) -> StreamSummary:
+        started = time.perf_counter()
+        plan, store = self.plan, self.store
+        self.entries = {e.name: e.metrics for e in store.list()}
+        self.registered = set(self.entries)
+        self.result_keys = existing_keys(store.results())
+        view = ProgressView(len(plan.tasks), f"{plan.stream}", enabled=self.options.progress)
+        pending: dict[ray.ObjectRef, tuple[str, Any]] = {}
+        try:
+            self._launch(view, pending)
+            self._loop(view, pending)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True, recursive=True)
+            raise
+        finally:
+            view.close()
+        self.summary.wall_seconds = time.perf_counter() - started
+        return self.summary
+
+    def _launch(self, view: ProgressView, pending: dict) -> None:
+        plan, store = self.plan, self.store
+        resources = ray.cluster_resources()
+        unit_done = {name: all(item in self.registered for item in unit.produces())
+                     for name, unit in plan.units.items()}
+        data_refs: dict[str, ray.ObjectRef] = {}
+        for task_plan in plan.tasks:
+            needed = any(not unit_done[u] for u in task_plan.units)
+            if needed and not store.has_dataset(task_plan.dataset):
+                ref = make_dataset.remote(dump(task_plan.task), task_plan.dataset, store,
+                                          self.checked.imported.get(task_plan.task.name))
+                data_refs[task_plan.task.name] = ref
+                pending[ref] = ("data", task_plan.dataset)
+        unit_refs: dict[str, ray.ObjectRef] = {}
+        for name, unit in plan.units.items():
+            if unit_done[name]:
+                self.summary.skipped.extend(unit.produces())
+                continue
+            upstream = [unit_refs[after] for after in unit.after if after in unit_refs]
+            if unit.task.name in data_refs:
+                upstream.append(data_refs[unit.task.name])
+            job = size_job(unit, plan.stream, self.stream_seed, self.fit_options, resources)
+            ref = fit_unit.remote(job, store, view.board, *upstream)
+            unit_refs[name] = ref
+            pending[ref] = ("fit", name)
+        self.fitting = set(unit_refs)
+        self.evaluating: dict[tuple[str, str, str], EvalJob] = {}
+        self.chunks_left: dict[tuple[str, str, str], int] = defaultdict(int)
+        self.chunk_stats: dict[tuple[str, str, str], list] = defaultdict(list)
+        self.eval_started: dict[tuple[str, str, str], float] = {}
+        self.evaluated_tasks: set[str] = set()
+        self.continual_done: set[int] = set()
+
+    def _schedule_evaluations(self, view: ProgressView, pending: dict) -> None:
+        plan = self.plan
+        for task_plan in plan.tasks:
+            name = task_plan.task.name
+            if name in self.evaluated_tasks or not self._task_fitted(task_plan):
+                continue
+            self.evaluated_tasks.add(name)
+            for item in task_plan.items:
+                for job in self._eval_jobs(item, task_plan, task_plan):
+                    self._start_eval(job, pending)
+        if not plan.continual:
+            return
+        for index, row_plan in enumerate(plan.tasks):
+            if index in self.continual_done:
+                continue
+            if not all(self._task_fitted(t) for t in plan.tasks[: index + 1]):
+                break  # "after task i" needs tasks 0..i
+            self.continual_done.add(index)
+            for earlier in plan.tasks[:index]:
+                for job in self._eval_jobs(earlier.task.name, earlier, row_plan):
+                    self._start_eval(job, pending)
+
+    def _start_eval(self, job: EvalJob, pending: dict) -> None:
+        key = job.key()
+        self.evaluating[key] = job
+        self.eval_started[key] = time.perf_counter()
+        for ref in launch_evaluation(self.store, job, ray.cluster_resources()):
+            pending[ref] = ("eval", key)
+            self.chunks_left[key] += 1
+
+    def _loop(self, view: ProgressView, pending: dict) -> None:
+        self._schedule_evaluations(view, pending)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            view.refresh()
+            for ref in ready:
+                kind, key = pending.pop(ref)
+                try:
+                    value = ray.get(ref)
+                except ray.exceptions.RayTaskError as error:
+                    cause = _psec_root(error)
+                    if cause is not None:
+                        raise cause from None
+                    raise
+                if kind == "data":
+                    self.summary.dataset_seconds[key] = round(value, 3)
+                    view.event(f"dataset {key} stored ({value:.0f} s)")
+                elif kind == "fit":
+                    self._fit_done(view, value)
+                else:
+                    self._chunk_done(view, key, value)
+            self._schedule_evaluations(view, pending)
+
+    def _fit_done(self, view: ProgressView, report: FitReport) -> None:
+        self.fitting.discard(report.unit)
+        unit = self.plan.units[report.unit]
+        for name in unit.produces():
+            self.registered.add(name)
+        self.entries.update({e.name: e.metrics for e in self.store.list()})
+        self.summary.fitted.extend(report.registered)
+        self.summary.skipped.extend(report.skipped)
+        self.summary.stage_seconds.update(report.stage_seconds)
+        self.summary.unit_seconds[report.unit] = round(report.wall_seconds, 3)
+        view.event(f"fitted {', '.join(report.registered) or '(nothing new)'} in "
+                   f"{report.wall_seconds:.0f} s (unit {report.unit})")
+
+    def _chunk_done(self, view: ProgressView, key: tuple[str, str, str], stats: list) -> None:
+        self.chunk_stats[key].extend(stats)
+        self.chunks_left[key] -= 1
+        if self.chunks_left[key]:
+            return
+        job = self.evaluating.pop(key)
+        per_seed = summarise_job(job, self.chunk_stats.pop(key))
+        self._record(job, per_seed)
+        seconds = time.perf_counter() - self.eval_started.pop(key)
+        self.summary.eval_seconds["/".join(key)] = round(seconds, 3)
+        scores = [stats["score_mean"] for stats in per_seed.values()]
+        view.event(f"evaluated {job.item} on {job.task.name} after {job.row_task}: score "
+                   f"{sum(scores) / len(scores):.3f} ({seconds:.0f} s)")
+        row_plan = next(t for t in self.plan.tasks if t.task.name == job.row_task)
+        if not any(k[0] == job.row_task for k in self.evaluating) and \
+                self._task_fitted(row_plan):
+            view.task_done()
+
+
+def _psec_root(error: BaseException) -> PsecError | None:
+    from pipeline.fit import _psec_cause
+
+    return _psec_cause(error)
+
+
+# ------------------------------------------------------------------- entry points
+
+
+def run_plan(plan: StreamPlan, store_uri: str, options: DriverOptions | None = None,
+             stream_seed: int = 0, address: str | None = None) -> StreamSummary:
+    """Check, then run a plan (Ray is started or attached after the checks)."""
+    options = options or DriverOptions()
+    store = SkillStore(store_uri)
+    checked = check_plan(plan, store)
+    connect(address)
+    return Driver(plan, store.uri, options, checked, stream_seed).run()
+
+
+def run_stream_file(path: str, store_uri: str, scale: str | None = None,
+                    address: str | None = None,
+                    options: DriverOptions | None = None) -> StreamSummary:
+    """`psec run`: load and validate the stream, check, run, resume where it stopped."""
+    stream = load_stream(path, scale)
+    return run_plan(plan_stream(stream), store_uri, options, stream.seed, address)
+
+
+def _served_position(store: SkillStore) -> int:
+    results = store.results()
+    if results.num_rows == 0 or "stream" not in results.column_names:
+        return 0
+    streams = results.column("stream").to_pylist()
+    tasks = results.column("task").to_pylist()
+    return len({task for stream, task in zip(streams, tasks) if stream == "served"})
+
+
+def plan_submission(task: TaskSpec, store: SkillStore) -> StreamPlan:
+    """A submitted task as a one-task continuation of the store."""
+    if any(store.exists(name) for name in task.stored_names()):
+        taken = [name for name in task.stored_names() if store.exists(name)]
+        raise StoreError(f"{', '.join(map(repr, taken))} already in the store: "
+                         "a submitted task must bring new names")
+    bases = [entry.name for entry in store.list("base")]
+    return plan_task(task, bases, position=_served_position(store))
+
+
+def submit(spec_path: str, store_uri: str, address: str | None = None,
+           wait: bool = False, poll: float = 1.0) -> Submission:
+    """`psec submit`: validate the spec and check it against the store, then queue it."""
+    task = load_task(spec_path)
+    store = SkillStore(store_uri)
+    check_plan(plan_submission(task, store), store)
+    connect(address or "auto")
+    inbox = inbox_actor(store.uri)
+    submission_id = ray.get(inbox.put.remote(dump(task)))
+    submission = ray.get(inbox.get.remote(submission_id))
+    while wait and submission.status in ("pending", "running"):
+        time.sleep(poll)
+        submission = ray.get(inbox.get.remote(submission_id))
+    return submission
+
+
+def serve(store_uri: str, address: str | None = None, max_tasks: int | None = None,
+          once: bool = False, poll: float = 1.0,
+          options: DriverOptions | None = None) -> int:
+    """`psec serve`: take submissions from the store's inbox and run each; returns how many
+    were served. A submission that fails (bad against the store, a failed fit) is marked
+    failed with its one-line error and the server goes on."""
+    store = SkillStore(store_uri)
+    store.check_writable()
+    if address is None:
+        try:
+            connect("auto")
+        except PsecError:
+            connect("local")
+    else:
+        connect(address)
+    inbox = inbox_actor(store.uri)
+    served = 0
+    while max_tasks is None or served < max_tasks:
+        submission: Submission | None = ray.get(inbox.take.remote())
+        if submission is None:
+            if once:
+                break
+            time.sleep(poll)
+            continue
+        try:
+            task = parse_task(submission.spec)
+            plan = plan_submission(task, store)
+            summary = run_plan(plan, store.uri, options)
+        except PsecError as error:
+            ray.get(inbox.finish.remote(submission.id, False, str(error)))
+        except KeyboardInterrupt:
+            ray.get(inbox.requeue.remote(submission.id))
+            raise
+        except Exception as error:  # a crash in one fit must not stop the server
+            message = " ".join(f"{type(error).__name__}: {error}".split())[:500]
+            ray.get(inbox.finish.remote(submission.id, False, message))
+        else:
+            fitted = ", ".join(summary.fitted) or "nothing new"
+            scores = "; ".join(f"{s.name} {s.score:.3f}" for s in summary.scores
+                               if not math.isnan(s.score))
+            ray.get(inbox.finish.remote(submission.id, True, f"fitted {fitted}; {scores}"))
+        served += 1
+    return served
+
+
+__all__ = ["DriverOptions", "StreamSummary", "check_plan", "run_plan", "run_stream_file",
+           "serve", "submit", "SpecError"]

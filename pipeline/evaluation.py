@@ -1,0 +1,139 @@
+"""Parallel rollouts of stored policies: one Ray task per (episode chunk, seed).
+
+An evaluation of an item on a task with seeds [s1, s2] and 10 episodes per seed on a
+4-CPU cluster becomes 4 Ray tasks of 5 episodes each. Episode i of seed s is always
+reset with the same env seed, whatever the chunking, so adding CPUs changes the wall
+time, not the episodes. Each task loads the item through the store actor, builds the
+task's env (tasks.suites) and rolls out with `tasks.evaluation.rollout`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from tasks.evaluation import EpisodeStats
+from tasks.spec import TaskSpec, dump, parse_task
+
+EPISODE_SEED_STRIDE = 100_003
+"""Env reset seed of episode i of eval seed s: s * stride + i (chunks never overlap)."""
+
+
+@dataclass
+class EvalJob:
+    """Roll item `item` out on `task` for `seeds`, recorded as a row after `row_task`."""
+
+    item: str
+    task: TaskSpec
+    row_task: str
+    position: int
+    seeds: list[int]
+    episodes: int | None = None
+    """Episodes per seed (default: the task's eval.episodes)."""
+
+    def key(self) -> tuple[str, str, str]:
+        return (self.item, self.task.name, self.row_task)
+
+    @property
+    def episodes_per_seed(self) -> int:
+        return self.episodes or self.task.eval.episodes
+
+
+def chunks_per_seed(episodes: int, seeds: int, cpus: int) -> int:
+    """Split each seed's episodes so that all chunks together about fill the CPUs."""
+    return max(1, min(episodes, math.ceil(max(1, cpus) / max(1, seeds))))
+
+
+@ray.remote(num_cpus=1, max_retries=1)
+def rollout_chunk(store, item: str, task_json: dict[str, Any], seed: int, first: int,
+                  count: int) -> list[EpisodeStats]:
+    """Episodes first .. first+count-1 of eval seed `seed` of item on the task."""
+    import torch
+
+    from pipeline.stages import load_acting
+    from tasks.evaluation import rollout
+    from tasks.suites import get_suite
+
+    torch.set_num_threads(1)  # one CPU per rollout task
+    task = parse_task(task_json)
+    suite = get_suite(task.suite)
+    env = suite.make_env(task.env, task.dynamics, seed=seed, horizon=task.horizon)
+    try:
+        act = load_acting(store, item, n_candidates=task.eval.n_candidates,
+                          seed=seed * EPISODE_SEED_STRIDE + first)
+        return rollout(env, act, count, seed * EPISODE_SEED_STRIDE + first,
+                       horizon=task.eval.max_steps, suite=suite, env_name=task.env)
+    finally:
+        env.close()
+
+
+def launch_evaluation(store, job: EvalJob, resources: dict[str, float]) -> list[ray.ObjectRef]:
+    """Start the chunk tasks of `job`; their results are lists of EpisodeStats."""
+    episodes = job.episodes_per_seed
+    chunks = chunks_per_seed(episodes, len(job.seeds), int(resources.get("CPU", 1)))
+    size = math.ceil(episodes / chunks)
+    task_json = dump(job.task)
+    refs = []
+    for seed in job.seeds:
+        for first in range(0, episodes, size):
+            refs.append(rollout_chunk.remote(store, job.item, task_json, seed, first,
+                                             min(size, episodes - first)))
+    return refs
+
+
+def summarise_job(job: EvalJob, stats: list[EpisodeStats]) -> dict[int, dict[str, float]]:
+    """Per eval seed: means and spreads of the episodes (tasks.evaluation.summarise)."""
+    from tasks.evaluation import summarise
+    from tasks.suites import get_suite
+
+    suite = get_suite(job.task.suite)
+    by_seed: dict[int, list[EpisodeStats]] = {}
+    for episode in stats:
+        by_seed.setdefault(episode.seed // EPISODE_SEED_STRIDE, []).append(episode)
+    return {seed: summarise(episodes, suite, job.task.env, job.task.eval.cost_threshold)
+            for seed, episodes in by_seed.items()}
+
+
+@dataclass
+class EvalSummary:
+    """What `psec eval` prints."""
+
+    item: str
+    task: str
+    per_seed: dict[int, dict[str, float]]
+    seconds: float
+
+    def describe(self) -> str:
+        scores = [stats["score_mean"] for stats in self.per_seed.values()]
+        returns = [stats["return_mean"] for stats in self.per_seed.values()]
+        episodes = sum(int(stats["episodes"]) for stats in self.per_seed.values())
+        mean = sum(scores) / len(scores)
+        spread = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+        return (f"{self.item} on {self.task}: normalised score {mean:.3f} ± {spread:.3f} "
+                f"over {len(scores)} seed(s), return {sum(returns) / len(returns):.1f}, "
+                f"{episodes} episodes in {self.seconds:.0f} s")
+
+
+def evaluate_stored(store_uri: str, item: str, episodes: int | None = None,
+                    seeds: list[int] | None = None) -> EvalSummary:
+    """Roll a stored item out on the task it was fitted for (Ray must be connected)."""
+    from library.errors import StoreError
+    from pipeline.store_actor import StoreHandle
+
+    store = StoreHandle(store_uri)
+    entry = store.entry(item)
+    if entry.task_spec is None:
+        raise StoreError(f"{item!r} was stored without a task spec: nothing says where to "
+                         "roll it out")
+    task = parse_task(entry.task_spec)
+    job = EvalJob(item=item, task=task, row_task=task.name, position=0,
+                  seeds=seeds or list(task.eval.seeds), episodes=episodes)
+    started = time.perf_counter()
+    refs = launch_evaluation(store, job, ray.cluster_resources())
+    stats = [episode for chunk in ray.get(refs) for episode in chunk]
+    return EvalSummary(item, task.name, summarise_job(job, stats),
+                       time.perf_counter() - started)

@@ -1,0 +1,425 @@
+"""Fit units on Ray Train: one TorchTrainer per unit, sized from the cluster.
+
+`fit_unit` (a Ray task, so several units run at once) builds a `TorchTrainer` whose
+workers run `unit_loop`: every stage of the unit in order, through
+`library.training.train`. On each worker:
+
+* torch threads = the worker's CPUs (Ray sets OMP_NUM_THREADS, torch does not follow it);
+* with more than one worker, gradients are averaged with `torch.distributed.all_reduce`
+  in `train`'s `grad_hook`, each worker drawing its own batches (its own seed) of
+  batch_size / workers transitions;
+* every `checkpoint_every` steps each worker calls `ray.train.report`, rank 0 with a
+  checkpoint (stage index, step, learner and Adam state, critics fitted earlier in the
+  unit). `FailureConfig(max_failures)` restarts a failed worker group from it, and Ray
+  Train restores the latest checkpoint of a run by its name, so a driver that was killed
+  resumes a half-done unit too;
+* rank 0 writes: TensorBoard scalars and the registration through the store actor.
+
+Checkpoints live under `<store>/checkpoints/<stream>__<unit>/` (the RunConfig
+storage_path: a folder for a local store, the URI for a remote one) and are deleted when
+the unit is done: the store is then the record. A checkpoint of a different plan (the
+spec changed) is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from library.errors import PsecError
+from pipeline.plan import FitUnit
+from pipeline.progress import ProgressReporter
+from pipeline.runtime import FitResources, plan_fit_resources
+from pipeline.store_actor import StoreHandle
+
+CHECKPOINTS_FOLDER = "checkpoints"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+class FailurePoint(BaseModel):
+    """Where a fault test kills a worker on purpose (once per run)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    stage: str
+    """Name of the stage during which to fail."""
+    step: int
+    """Fail at the first progress report at or after this step of that stage."""
+
+
+class FitOptions(BaseModel):
+    """How the driver runs fits; the same for every unit of a run."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    concurrent_fits: int = 2
+    """Fits sized to run side by side (each gets 1/concurrent_fits of the cluster)."""
+    max_failures: int = 2
+    """Worker-group failures a fit recovers from (Ray Train FailureConfig)."""
+    checkpoints_per_stage: int = 5
+    """Checkpoints taken during a stage (plus one at its end)."""
+    checkpoint_every: int | None = None
+    """Steps between checkpoints; overrides checkpoints_per_stage when set."""
+    log_every: int = 100
+    """Steps between progress reports and TensorBoard points."""
+    cpus_per_worker: int | None = None
+    """CPUs per Ray Train worker (default: sized from the cluster)."""
+    fail_at: FailurePoint | None = None
+    """Fault tests only: kill a worker once at this point."""
+
+
+class FitJob(BaseModel):
+    """Everything `unit_loop` receives (as plain data, through train_loop_config)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    stream: str
+    """Stream name (run names, TensorBoard)."""
+    stream_seed: int
+    """Root seed of the stream (TensorBoard run names)."""
+    unit: FitUnit
+    """What to fit."""
+    workers: int
+    """Ray Train workers."""
+    cpus_per_worker: int
+    """CPUs (and torch threads) per worker."""
+    gpus_per_worker: float
+    """GPUs per worker (0 on CPU clusters)."""
+    options: FitOptions
+    """Checkpointing, logging and fault injection."""
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.stream}__{self.unit.name}"
+
+    def fingerprint(self) -> str:
+        """Identifies the plan of the unit; checkpoints of another plan are not resumed."""
+        data = self.unit.model_dump(mode="json")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class FitReport(BaseModel):
+    """What a finished unit hands back to the driver."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    unit: str
+    """Unit name."""
+    registered: list[str]
+    """Store names the unit registered (stages already stored before are not listed)."""
+    skipped: list[str]
+    """Stages that were already in the store."""
+    stage_seconds: dict[str, float]
+    """Wall seconds of each stage fitted now (steps only, without trainer start-up)."""
+    wall_seconds: float
+    """Seconds from submitting the TorchTrainer to its end (start-up and stop included)."""
+    start_seconds: float = 0.0
+    """TorchTrainer start-up: from `fit()` to the first line of the training loop."""
+    stop_seconds: float = 0.0
+    """TorchTrainer shut-down: from the end of the training loop to `fit()` returning."""
+    worker_started: float = 0.0
+    """Unix time at which rank 0 entered the training loop (this attempt)."""
+    worker_finished: float = 0.0
+    """Unix time at which rank 0 left it."""
+
+
+def checkpoint_root(store_uri: str) -> str:
+    """RunConfig.storage_path: a folder under a local store, the URI for a remote one."""
+    from library.store import SkillStore
+
+    store = SkillStore(store_uri)
+    local = store.local_path
+    if local is not None:
+        return os.path.join(local, CHECKPOINTS_FOLDER)
+    return f"{store.uri.rstrip('/')}/{CHECKPOINTS_FOLDER}"
+
+
+def _filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in uri_or_path:
+        return pafs.FileSystem.from_uri(uri_or_path)
+    return pafs.LocalFileSystem(), uri_or_path
+
+
+def remove_run(store_uri: str, run_name: str) -> None:
+    """Delete a finished unit's checkpoints (the store holds the results)."""
+    fs, root = _filesystem(checkpoint_root(store_uri))
+    path = f"{root}/{run_name}"
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+def size_job(unit: FitUnit, stream: str, stream_seed: int, options: FitOptions,
+             resources: dict[str, float]) -> FitJob:
+    """Size a unit from the cluster's resources (never more than exist)."""
+    requested = unit.task.train.workers
+    sized: FitResources = plan_fit_resources(
+        resources, concurrent_fits=options.concurrent_fits,
+        workers=None if requested == "auto" else requested,
+        cpus_per_worker=options.cpus_per_worker)
+    return FitJob(stream=stream, stream_seed=stream_seed, unit=unit, workers=sized.workers,
+                  cpus_per_worker=sized.cpus_per_worker, gpus_per_worker=sized.gpus_per_worker,
+                  options=options)
+
+
+# ------------------------------------------------------------------ the driver's side
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def fit_unit(job: FitJob, store: StoreHandle, board, *upstream: Any) -> FitReport:
+    """Run one unit's TorchTrainer. `upstream` are the refs of the units and datasets it
+    waits for: Ray starts this task only once they are done, which makes the DAG."""
+    return run_trainer(job, store, board)
+
+
+def run_trainer(job: FitJob, store: StoreHandle, board) -> FitReport:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    started, started_unix = time.perf_counter(), time.time()
+    resources = {"CPU": job.cpus_per_worker}
+    if job.gpus_per_worker:
+        resources["GPU"] = job.gpus_per_worker
+    trainer = TorchTrainer(
+        unit_loop,
+        train_loop_config={"job": job.model_dump(mode="json"), "store": store, "board": board},
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=job.run_name,
+            storage_path=checkpoint_root(store.uri),
+            failure_config=FailureConfig(max_failures=job.options.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as error:  # TrainingFailedError wraps the worker's exception
+        cause = _psec_cause(error)
+        if cause is not None:
+            raise cause from None
+        raise
+    if result.error is not None:
+        raise result.error
+    report = _read_report(result)
+    ended_unix = time.time()
+    remove_run(store.uri, job.run_name)
+    report.wall_seconds = time.perf_counter() - started
+    report.start_seconds = max(0.0, report.worker_started - started_unix)
+    report.stop_seconds = max(0.0, ended_unix - report.worker_finished)
+    if board is not None:
+        board.finish.remote(job.unit.name)
+    return report
+
+
+def _psec_cause(error: BaseException) -> PsecError | None:
+    """The PsecError at the root of a Ray/Train failure chain, if any (a user error)."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, PsecError):
+            return error
+        nested = getattr(error, "cause", None)
+        if isinstance(nested, BaseException):
+            error = nested
+        else:
+            for attr in ("worker_failures", "_worker_failures"):
+                failures = getattr(error, attr, None)
+                if isinstance(failures, dict) and failures:
+                    error = next(iter(failures.values()))
+                    break
+            else:
+                error = error.__cause__ or error.__context__
+        seen += 1
+    return None
+
+
+def _read_report(result) -> FitReport:
+    """The FitReport rank 0 wrote into the final checkpoint's metadata file."""
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        raise RuntimeError("the fit ended without a final checkpoint")
+    with checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, META_FILE)) as f:
+            meta = json.load(f)
+    return FitReport.model_validate(meta["report"])
+
+
+# ------------------------------------------------------------------ the workers' side
+
+
+def _allreduce_mean(params: list[torch.nn.Parameter]) -> None:
+    """Average gradients over workers: one flat all-reduce instead of one per tensor."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        if p.grad is None:
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+        else:
+            p.grad.copy_(flat[offset:offset + n].view_as(p))
+        offset += n
+
+
+class _Resume(BaseModel):
+    """What a checkpoint says about where the unit stood."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    stage_index: int
+    step: int
+    learner_state: dict[str, Any]
+    optimizer_state: dict[str, Any]
+    carry: dict[str, Any]
+    report: dict[str, Any]
+
+
+def _load_resume(fingerprint: str) -> _Resume | None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, META_FILE)) as f:
+            meta = json.load(f)
+        if meta.get("fingerprint") != fingerprint:
+            return None  # another plan with the same run name: start afresh
+        # weights_only: tensors and plain containers, never arbitrary pickled objects.
+        state = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
+    return _Resume(stage_index=meta["stage_index"], step=meta["step"],
+                   learner_state=state["learner"], optimizer_state=state["optimizer"],
+                   carry=state["carry"], report=meta["report"])
+
+
+def _report_checkpoint(rank: int, metrics: dict[str, float], meta: dict | None,
+                       state: dict | None) -> None:
+    """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
+    if rank != 0 or meta is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="psec-ckpt-") as folder:
+        torch.save(state, os.path.join(folder, STATE_FILE))
+        with open(os.path.join(folder, META_FILE), "w") as f:
+            json.dump(meta, f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _maybe_fail(options: FitOptions, stage: str, step: int, marker_root: str,
+                run_name: str) -> None:
+    """Fault tests: kill this worker process once, at the chosen stage and step."""
+    point = options.fail_at
+    if point is None or point.stage != stage or step < point.step:
+        return
+    fs, root = _filesystem(marker_root)
+    marker = f"{root}/{run_name}-failed-once"
+    if fs.get_file_info(marker).type != pafs.FileType.NotFound:
+        return
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(marker) as f:
+        f.write(f"{stage}:{step}".encode())
+    os._exit(17)  # a hard crash, as if the node went away
+
+
+def unit_loop(config: dict[str, Any]) -> None:
+    """train_loop_per_worker: every stage of the unit, resumable from a checkpoint."""
+    from library.training import train
+    from pipeline.stages import UnitContext
+    from pipeline.tblog import RunLog, run_name
+
+    worker_started = time.time()
+    job = FitJob.model_validate(config["job"])
+    store: StoreHandle = config["store"]
+    reporter = ProgressReporter(config["board"], job.unit.name)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(job.cpus_per_worker)
+    device = ray.train.torch.get_device() if job.gpus_per_worker > 0 else torch.device("cpu")
+
+    fingerprint = job.fingerprint()
+    resume = _load_resume(fingerprint)
+    unit_ctx = UnitContext(store, job.unit, device, rank=rank)
+    report = dict(resume.report) if resume is not None else {
+        "unit": job.unit.name, "registered": [], "skipped": [], "stage_seconds": {},
+        "wall_seconds": 0.0}
+    if resume is not None:
+        unit_ctx.restore_carry(resume.carry)
+    options = job.options
+    marker_root = checkpoint_root(store.uri)
+
+    for index, stage in enumerate(job.unit.stages):
+        if resume is not None and index < resume.stage_index:
+            continue  # finished in an earlier attempt (registered, or carried: critics)
+        if unit_ctx.already_stored(stage):
+            unit_ctx.skip(stage)
+            if stage.name not in report["skipped"]:
+                report["skipped"].append(stage.name)
+            continue
+        torch.manual_seed(stage.seed)  # identical initial weights on every worker
+        learner = unit_ctx.build(stage)
+        start, optimizer_state = 0, None
+        if resume is not None and index == resume.stage_index:
+            learner.load_state_dict(resume.learner_state)
+            start, optimizer_state = resume.step, resume.optimizer_state
+        learner.module.to(device)
+        every = options.checkpoint_every or max(
+            options.log_every, stage.steps // max(1, options.checkpoints_per_stage))
+        log = RunLog(store.uri, run_name(stage.name, stage.method, job.stream_seed),
+                     enabled=rank == 0)
+        stage_started = time.perf_counter()
+
+        def on_step(step: int, terms: dict[str, float], stage=stage, learner=learner,
+                    log=log) -> None:
+            _maybe_fail(options, stage.name, step, marker_root, job.run_name)
+            log.scalars(terms, step, prefix="train/")
+            log.scalars(unit_ctx.alpha_stats(stage, learner), step, prefix="alpha/")
+            if rank == 0:
+                reporter(stage.name, step, stage.steps)
+
+        def on_checkpoint(checkpoint, index=index, stage=stage) -> None:
+            meta = {"fingerprint": fingerprint, "stage_index": index, "step": checkpoint.step,
+                    "report": report}
+            state = {"learner": checkpoint.learner_state,
+                     "optimizer": checkpoint.optimizer_state, "carry": unit_ctx.carry()}
+            _report_checkpoint(rank, {"stage": index, "step": checkpoint.step}, meta, state)
+
+        result = train(
+            learner, unit_ctx.data, stage.steps, max(1, stage.batch_size // world), stage.lr,
+            seed=stage.seed + 7919 * rank, on_step=on_step,
+            grad_hook=_allreduce_mean if world > 1 else None, start_step=start,
+            optimizer_state=optimizer_state, log_every=min(options.log_every, stage.steps),
+            on_checkpoint=on_checkpoint, checkpoint_every=every)
+        seconds = time.perf_counter() - stage_started
+        log.close()
+        if stage.stored:
+            metrics = {"train_steps": result.steps, "train_seconds": round(seconds, 3),
+                       "resumed_from": start, "workers": world,
+                       **{f"train_{k}": v for k, v in result.terms.items() if "/" not in k}}
+            if rank == 0:
+                created = unit_ctx.register(stage, learner, metrics)
+                if created:
+                    report["registered"].append(stage.name)
+        unit_ctx.finished(stage, learner)
+        report["stage_seconds"][stage.name] = round(seconds, 3)
+        resume = None
+
+    report["worker_started"] = worker_started
+    report["worker_finished"] = time.time()
+    # A final checkpoint carries the report to the driver (Result.checkpoint); every
+    # stage is in the store by now, so resuming from it does nothing.
+    _report_checkpoint(rank, {"stage": len(job.unit.stages), "step": 0},
+                       {"fingerprint": fingerprint, "stage_index": len(job.unit.stages),
+                        "step": 0, "report": report},
+                       {"learner": {}, "optimizer": {}, "carry": {}})
+

@@ -1,0 +1,214 @@
+"""`psec report`: the store's results table as Markdown tables and PNG plots.
+
+For every stream in the results it writes
+
+* a table of the latest evaluation of every item on every task it was evaluated on
+  (mean ± std over seeds of the normalised score, and return, success, cost);
+* the continual matrix: after task i (rows), the score of task j's own policy on task j
+  (columns). Skills are frozen LoRA modules, so a row equal to the one above it means
+  nothing was forgotten;
+* `<stream>-scores.png` (bars per task and item) and `<stream>-continual.png` (the matrix).
+
+The Markdown starts with the command that regenerates it (STYLE habit 6).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from library.errors import StoreError
+
+REPORT_FILE = "results.md"
+
+
+@dataclass
+class Cell:
+    """Seeds of one (item, eval task) pair aggregated."""
+
+    name: str
+    method: str
+    skills: list[str]
+    eval_task: str
+    scores: list[float]
+    returns: list[float]
+    success: list[float]
+    cost: list[float]
+    steps: int
+
+    @property
+    def score(self) -> tuple[float, float]:
+        return _mean_std(self.scores)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / len(values)
+    return mean, math.sqrt(var)
+
+
+def _rows(table: pa.Table) -> list[dict]:
+    needed = {"stream", "task", "position", "name", "method", "eval_task", "seed", "score",
+              "return_mean"}
+    missing = needed - set(table.column_names)
+    if table.num_rows and missing:
+        raise StoreError(f"results table lacks columns {sorted(missing)}: not written by psec")
+    return table.to_pylist()
+
+
+def latest_cells(rows: Iterable[dict]) -> list[Cell]:
+    """Per (item, eval task): the seeds of its latest evaluation (highest stream position)."""
+    latest: dict[tuple[str, str], int] = {}
+    rows = list(rows)
+    for row in rows:
+        key = (row["name"], row["eval_task"])
+        latest[key] = max(latest.get(key, -1), int(row["position"]))
+    cells: dict[tuple[str, str], Cell] = {}
+    for row in rows:
+        key = (row["name"], row["eval_task"])
+        if int(row["position"]) != latest[key]:
+            continue
+        cell = cells.setdefault(key, Cell(
+            name=row["name"], method=row["method"], skills=list(row.get("skills") or []),
+            eval_task=row["eval_task"], scores=[], returns=[], success=[], cost=[],
+            steps=int(row.get("steps") or 0)))
+        cell.scores.append(float(row["score"]))
+        cell.returns.append(float(row["return_mean"]))
+        cell.success.append(float(row.get("success") or 0.0))
+        cell.cost.append(float(row.get("cost") or 0.0))
+    return sorted(cells.values(), key=lambda c: (c.eval_task, c.name))
+
+
+def continual_matrix(rows: Iterable[dict]) -> tuple[list[str], list[str], dict]:
+    """(row tasks in stream order, column tasks, {(row, col): mean score}) of each task's
+    own policy (the item named like the task) over the stream."""
+    order: dict[str, int] = {}
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for row in rows:
+        order[row["task"]] = int(row["position"])
+        if row["name"] == row["eval_task"]:
+            values[(row["task"], row["eval_task"])].append(float(row["score"]))
+    tasks = sorted(order, key=order.get)
+    columns = [task for task in tasks if any((r, task) in values for r in tasks)]
+    means = {key: sum(v) / len(v) for key, v in values.items()}
+    return tasks, columns, means
+
+
+def _fmt(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.3g}"
+
+
+def markdown(stream: str, rows: list[dict], command: str, plots: list[str]) -> str:
+    lines = [f"## Stream `{stream}`", ""]
+    scales = sorted({str(row.get("scale")) for row in rows})
+    lines += [f"Scale: {', '.join(scales)}. Regenerate with `{command}`.", ""]
+    lines += ["| eval task | item | method | skills | seeds | score | return | success | cost |"
+              " steps |",
+              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for cell in latest_cells(rows):
+        mean, std = cell.score
+        lines.append(
+            f"| {cell.eval_task} | {cell.name} | {cell.method} | {', '.join(cell.skills)} | "
+            f"{len(cell.scores)} | {_fmt(mean)} ± {_fmt(std)} | "
+            f"{_fmt(_mean_std(cell.returns)[0])} | {_fmt(_mean_std(cell.success)[0])} | "
+            f"{_fmt(_mean_std(cell.cost)[0])} | {cell.steps} |")
+    tasks, columns, means = continual_matrix(rows)
+    if len(tasks) > 1 and columns:
+        lines += ["", "Continual matrix: score of each task's own policy (columns) after each "
+                  "task of the stream (rows).", "",
+                  "| after \\ on | " + " | ".join(columns) + " |",
+                  "| --- |" + " ---: |" * len(columns)]
+        for task in tasks:
+            cells = [_fmt(means.get((task, column), math.nan)) for column in columns]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    for plot in plots:
+        lines += ["", f"![{plot}]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_scores(stream: str, rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = latest_cells(rows)
+    tasks = sorted({cell.eval_task for cell in cells})
+    names = sorted({cell.name for cell in cells})
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(tasks) + 1), 3.2))
+    for index, name in enumerate(names):
+        xs, means, stds = [], [], []
+        for x, task in enumerate(tasks):
+            for cell in cells:
+                if cell.name == name and cell.eval_task == task:
+                    mean, std = cell.score
+                    xs.append(x + (index - (len(names) - 1) / 2) * width)
+                    means.append(mean)
+                    stds.append(std)
+        ax.bar(xs, means, width, yerr=stds, label=name, capsize=2)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel("normalised score")
+    ax.set_title(f"{stream}: latest evaluation per item")
+    ax.legend(fontsize="small", ncols=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_continual(stream: str, rows: list[dict], path: str) -> bool:
+    tasks, columns, means = continual_matrix(rows)
+    if len(tasks) < 2 or not columns:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [[means.get((task, column), math.nan) for column in columns] for task in tasks]
+    fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 2, 0.6 * len(tasks) + 1.5))
+    image = ax.imshow(grid, cmap="viridis")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_xlabel("evaluated on")
+    ax.set_ylabel("after task")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if not math.isnan(value):
+                ax.text(j, i, f"{value:.2g}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(image, ax=ax, label="score")
+    ax.set_title(f"{stream}: continual matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(results: pa.Table, out: str, command: str) -> str:
+    """Write `results.md` and PNGs into `out`; returns the Markdown path."""
+    rows = _rows(results)
+    if not rows:
+        raise StoreError("the store holds no results yet: run a stream first (psec run ...)")
+    os.makedirs(out, exist_ok=True)
+    by_stream: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_stream[row["stream"]].append(row)
+    sections = ["# Results", ""]
+    for stream in sorted(by_stream):
+        stream_rows = by_stream[stream]
+        plots = [f"{stream}-scores.png"]
+        plot_scores(stream, stream_rows, os.path.join(out, plots[0]))
+        if plot_continual(stream, stream_rows, os.path.join(out, f"{stream}-continual.png")):
+            plots.append(f"{stream}-continual.png")
+        sections.append(markdown(stream, stream_rows, command, plots))
+    path = os.path.join(out, REPORT_FILE)
+    with open(path, "w") as f:
+        f.write("\n".join(sections))
+    return path

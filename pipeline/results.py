@@ -1,0 +1,83 @@
+"""The rows of the store's results table: one per (evaluated item, eval task, seed, moment).
+
+The driver appends them (`SkillStore.append_results`), `psec report` reads them back, and
+a stream that is run again looks them up to skip evaluations it already made.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+Method = Literal["psec", "nsec", "asec", "fixed", "mlp", "scratch", "skill", "base"]
+
+# Composer mode -> method name used in tables (the paper's names for the baselines).
+MODE_METHOD: dict[str, str] = {"parameter": "psec", "noise": "nsec", "action": "asec",
+                               "fixed": "fixed"}
+
+
+class ResultRow(BaseModel):
+    """One evaluation of one stored item on one task with one seed."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    stream: str
+    """Stream the evaluation belongs to (`served` for tasks that came through the inbox)."""
+    task: str
+    """The stream task after whose fit this evaluation ran (the continual-matrix row)."""
+    position: int
+    """Index of `task` in the stream (orders the continual matrix)."""
+    name: str
+    """Store name of the evaluated item."""
+    kind: str
+    """base | skill | composer."""
+    method: Method
+    """psec/nsec/asec/fixed (composer modes), mlp (full-rank adapters), scratch, skill, base."""
+    composer: str | None
+    """Composer name when the item is a composer, else None."""
+    skills: list[str]
+    """Skills the item composes (a skill: itself; a base: empty)."""
+    seed: int
+    """Evaluation seed."""
+    eval_task: str
+    """Task whose env the item was rolled out in (the continual-matrix column)."""
+    episodes: int
+    """Episodes rolled out."""
+    return_mean: float
+    """Mean undiscounted episode return."""
+    return_std: float
+    """Standard deviation of the episode return over the episodes."""
+    score: float
+    """Mean normalised score of the suite (D4RL-style score, success rate, ...)."""
+    success: float
+    """Fraction of episodes that reported success (0 for suites without success)."""
+    cost: float
+    """Mean episode safety cost (0 for suites without costs)."""
+    steps: int
+    """Training steps of the item (its own stage)."""
+    wall_s: float
+    """Wall-clock seconds of the item's fit (its own stage)."""
+    scale: str
+    """Scale the stream ran at (smoke, paper, ... or `as-written`)."""
+    time: str
+    """When the row was recorded, ISO 8601 UTC."""
+
+    def key(self) -> tuple[str, str, str, str, int]:
+        """What makes an evaluation unique: a rerun skips rows with a known key."""
+        return (self.stream, self.task, self.name, self.eval_task, self.seed)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def existing_keys(table: pa.Table) -> set[tuple[str, str, str, str, int]]:
+    """The keys of rows already in a results table (empty table: none)."""
+    needed = ("stream", "task", "name", "eval_task", "seed")
+    if table.num_rows == 0 or not all(column in table.column_names for column in needed):
+        return set()
+    columns = [table.column(column).to_pylist() for column in needed]
+    return {(s, t, n, e, int(seed)) for s, t, n, e, seed in zip(*columns)}

@@ -1,0 +1,114 @@
+"""Starting or attaching to Ray, and sizing work from what the cluster holds.
+
+Every entry point of the pipeline (the CLI, the benchmarks, the tests' helpers) goes
+through `connect`, so the choices below are made once:
+
+* Ray 2.60 turns token authentication on by default for a local instance. A local
+  machine, CI and `ray job submit` against a `ray start --head` started with
+  RAY_AUTH_MODE=disabled all need it off, so `connect` sets RAY_AUTH_MODE=disabled unless
+  the user chose a mode; a cluster with tokens keeps working with RAY_AUTH_MODE=token.
+* Without an address, `ray.init()` attaches to whatever local cluster was started last
+  (/tmp/ray/ray_current_cluster). On a shared machine that is somebody else's instance,
+  so `psec run` starts its own unless it is given `--address` or runs under
+  `ray job submit` (which sets RAY_ADDRESS).
+* A Ray Train run that asks for more CPUs than exist waits forever, so every fit is
+  sized from `ray.cluster_resources()` (`plan_fit_resources`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from library.errors import PsecError
+
+NAMESPACE = "psec"
+"""Ray namespace of every named actor of the pipeline (store actor, inbox, progress)."""
+
+AUTH_MODE_VAR = "RAY_AUTH_MODE"
+
+
+def disable_token_auth_unless_chosen() -> None:
+    """Set RAY_AUTH_MODE=disabled unless the user set a mode; must run before `ray.init`."""
+    os.environ.setdefault(AUTH_MODE_VAR, "disabled")
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Attach to the Ray cluster at `address` ("auto", "host:port", "ray://..."), or start a
+    private local instance when neither `address` nor RAY_ADDRESS is given.
+
+    Does nothing when Ray is already initialised in this process (tests start their own
+    `ray.init(num_cpus=2)`; Ray workers calling pipeline code are already connected).
+    """
+    disable_token_auth_unless_chosen()
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        address = "local"
+    try:
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            num_cpus=num_cpus if address == "local" else None,
+            # Train's controller and worker logs would bury the progress bars; errors
+            # still reach the driver as exceptions.
+            log_to_driver=os.environ.get("PSEC_RAY_LOGS", "0") == "1",
+            configure_logging=True,
+            logging_level=logging.WARNING,
+        )
+    except ConnectionError as error:
+        raise PsecError(f"cannot reach a Ray cluster at {address!r}: {error}") from None
+
+
+@dataclass(frozen=True)
+class FitResources:
+    """How one fit (one Ray Train run) is laid out on the cluster."""
+
+    workers: int
+    """Number of Ray Train workers (data-parallel replicas) of the fit."""
+    cpus_per_worker: int
+    """CPUs reserved by each worker; also its torch thread count."""
+    gpus_per_worker: float
+    """GPUs reserved by each worker (0 on CPU-only clusters; may be fractional)."""
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+def plan_fit_resources(
+    resources: dict[str, float],
+    concurrent_fits: int = 2,
+    workers: int | None = None,
+    cpus_per_worker: int | None = None,
+) -> FitResources:
+    """Size one fit so that `concurrent_fits` of them fit the cluster side by side.
+
+    `resources` is `ray.cluster_resources()`. Explicit `workers`/`cpus_per_worker` are
+    honoured but capped at what exists: a request beyond the cluster would never be
+    scheduled. On a 2-CPU machine the default is 1 worker with 1 CPU, so two fits (e.g.
+    two skills on the same base) run at once.
+    """
+    total_cpus = int(resources.get("CPU", 0))
+    total_gpus = float(resources.get("GPU", 0.0))
+    if total_cpus < 1:
+        raise PsecError("the Ray cluster has no CPU to run a fit on")
+    concurrent_fits = max(1, concurrent_fits)
+    share = max(1, total_cpus // concurrent_fits)  # CPUs one fit may take
+    if cpus_per_worker is None:
+        # Small diffusion MLPs stop scaling past a few threads; more workers scale better.
+        cpus_per_worker = min(4, share)
+    cpus_per_worker = max(1, min(cpus_per_worker, total_cpus))
+    if workers is None:
+        workers = max(1, share // cpus_per_worker)
+    workers = max(1, min(workers, total_cpus // cpus_per_worker))
+    gpus_per_worker = 0.0
+    if total_gpus > 0:
+        # One GPU per worker when there are enough for every concurrent fit; otherwise the
+        # fits share the GPUs fractionally (the networks are small).
+        gpus_per_worker = min(1.0, total_gpus / (workers * concurrent_fits))
+    return FitResources(workers=workers, cpus_per_worker=cpus_per_worker,
+                        gpus_per_worker=gpus_per_worker)

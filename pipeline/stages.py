@@ -1,0 +1,346 @@
+"""What each stage of a fit unit builds from the library, and how stored items act.
+
+This is the only place where the pipeline touches the algorithm: it turns a `Stage` into
+a `library.learners` learner (critics, base, skill, composer), turns the trained
+learner into a store item (`library.serialization`), and turns a stored item back into a
+policy that acts in an env (`load_acting`, used by the evaluation tasks).
+
+Critics are not an item kind of their own: they belong to the task whose data they were
+fitted on and are stored inside that task's base or skill item, their tensors under the
+prefix `critics.` and their configs under the item config's `critics` key (peft ignores
+both). A composer of that task, fitted in another unit, reads them from there; so does
+IDQL candidate selection at evaluation time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from library.composition import AlphaConfig, Composer
+from library.critics import CriticConfig, FeasibilityConfig, FeasibilityCritic, IQLCritics
+from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer, select_action
+from library.errors import StoreError
+from library.learners import BaseLearner, ComposerLearner, CriticLearner, Learner, SkillLearner
+from library.lora import use_skills
+from library.names import BASE
+from library.serialization import (
+    dump_base,
+    dump_composer,
+    dump_skill,
+    load_base,
+    load_composer,
+    load_skill,
+)
+from library.weighting import WeightingConfig
+from pipeline.plan import FitUnit, Stage
+from tasks.spec import TaskSpec, dump
+
+CRITIC_PREFIX = "critics."
+ALPHA_SAMPLE = 512
+"""States on which a composer's α(s) statistics are logged."""
+
+
+# ------------------------------------------------------------------- critics in items
+
+
+def _critic_configs(task: TaskSpec, obs_dim: int, act_dim: int) -> dict[str, Any]:
+    """The critics a task's objective needs, as CriticConfig / FeasibilityConfig."""
+    critic = task.critic
+    configs: dict[str, Any] = {}
+    if task.objective in ("advantage", "reward+feasibility"):
+        configs["iql"] = CriticConfig(obs_dim=obs_dim, act_dim=act_dim,
+                                      discount=critic.discount, expectile=critic.expectile)
+    if task.objective in ("feasibility", "reward+feasibility"):
+        configs["feasibility"] = FeasibilityConfig(obs_dim=obs_dim, act_dim=act_dim,
+                                                   discount=critic.discount)
+    return configs
+
+
+def _build_critics(configs: dict[str, Any], normalizer: StateNormalizer
+                   ) -> tuple[IQLCritics | None, FeasibilityCritic | None]:
+    iql = IQLCritics(configs["iql"], normalizer) if "iql" in configs else None
+    feasibility = (FeasibilityCritic(configs["feasibility"], normalizer)
+                   if "feasibility" in configs else None)
+    return iql, feasibility
+
+
+def _critic_tensors(iql: IQLCritics | None, feasibility: FeasibilityCritic | None
+                    ) -> dict[str, Tensor]:
+    """Critic weights without the normaliser, which travels with the base."""
+    tensors: dict[str, Tensor] = {}
+    for name, critic in (("iql", iql), ("feasibility", feasibility)):
+        if critic is None:
+            continue
+        for key, value in critic.state_dict().items():
+            if not key.startswith("normalizer."):
+                tensors[f"{CRITIC_PREFIX}{name}.{key}"] = value.detach().clone()
+    return tensors
+
+
+def _load_critic_state(critic: torch.nn.Module, name: str, tensors: dict[str, Tensor]) -> None:
+    prefix = f"{CRITIC_PREFIX}{name}."
+    own = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+    expected = {key for key in critic.state_dict() if not key.startswith("normalizer.")}
+    if set(own) != expected:
+        raise StoreError(f"stored {name} critic does not match its config: "
+                         f"{sorted(set(own) ^ expected)[:3]}")
+    critic.load_state_dict(own, strict=False)
+
+
+def split_item(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(the item's own tensors, its critics' tensors)."""
+    own = {k: v for k, v in tensors.items() if not k.startswith(CRITIC_PREFIX)}
+    critics = {k: v for k, v in tensors.items() if k.startswith(CRITIC_PREFIX)}
+    return own, critics
+
+
+def critics_from_item(config: dict, tensors: dict[str, Tensor], normalizer: StateNormalizer
+                      ) -> tuple[IQLCritics | None, FeasibilityCritic | None]:
+    """The critics stored in a base or skill item (None, None if it has none)."""
+    stored = config.get("critics") or {}
+    configs: dict[str, Any] = {}
+    if "iql" in stored:
+        configs["iql"] = CriticConfig(**stored["iql"])
+    if "feasibility" in stored:
+        configs["feasibility"] = FeasibilityConfig(**stored["feasibility"])
+    iql, feasibility = _build_critics(configs, normalizer)
+    if iql is not None:
+        _load_critic_state(iql, "iql", tensors)
+    if feasibility is not None:
+        _load_critic_state(feasibility, "feasibility", tensors)
+    return iql, feasibility
+
+
+# ------------------------------------------------------------------ a unit's stages
+
+
+class UnitContext:
+    """A worker's view of one fit unit: its data, its critics, the items it builds on."""
+
+    def __init__(self, store, unit: FitUnit, device: torch.device, rank: int = 0):
+        from tasks.dataset import fingerprint, limit_transitions, to_offline_data
+
+        self.store = store
+        self.unit = unit
+        self.task = unit.task
+        self.device = device
+        self.rank = rank
+        table = store.get_dataset(unit.dataset)
+        if self.task.data.source == "store" and self.task.data.max_transitions is not None:
+            table = limit_transitions(table, self.task.data.max_transitions)
+        self.data = to_offline_data(table)
+        self.fingerprint = fingerprint(table) if rank == 0 else None
+        self.weighting = WeightingConfig(beta=self.task.critic.beta)
+        self.iql: IQLCritics | None = None
+        self.feasibility: FeasibilityCritic | None = None
+        self._critics_fitted_here = False
+        self._built: dict[str, Any] = {}  # stage name -> the trained policy / composer
+
+    # ---- what stages build on
+
+    def _normalizer(self) -> StateNormalizer:
+        """The base's normaliser: from the store for a skill task, from the data for a base
+        task (computed exactly as the base stage computes it)."""
+        if self.task.role == "skill":
+            config, tensors = self.store.load(self.task.base)
+            return load_base(config, split_item(tensors)[0]).normalizer
+        return StateNormalizer.from_data(self.data.obs)
+
+    def _base_policy(self) -> DiffusionPolicy:
+        """A fresh copy of the stored base (each stage adds its own skills to it)."""
+        config, tensors = self.store.load(self.task.base)
+        return load_base(config, split_item(tensors)[0])
+
+    def _add_skill(self, policy: DiffusionPolicy, name: str) -> None:
+        config, tensors = self.store.load(name)
+        load_skill(policy, name, config, split_item(tensors)[0])
+
+    def _ensure_critics(self) -> None:
+        """Critics of a task whose critics stage ran in another unit or an earlier run."""
+        if not self.task.needs_critic or self.iql is not None or self.feasibility is not None:
+            return
+        config, tensors = self.store.load(self.task.name)
+        own, critic_tensors = split_item(tensors)
+        normalizer = (load_base(config, own).normalizer if self.task.role == "base"
+                      else self._normalizer())
+        self.iql, self.feasibility = critics_from_item(config, critic_tensors, normalizer)
+        self._to_device()
+
+    def _to_device(self) -> None:
+        for critic in (self.iql, self.feasibility):
+            if critic is not None:
+                critic.to(self.device)
+
+    # ---- the harness's interface (pipeline.fit.unit_loop)
+
+    def already_stored(self, stage: Stage) -> bool:
+        if stage.kind == "critics":
+            # Critics are stored inside the task's item: fitted iff it exists.
+            return self.store.exists(self.task.name)
+        return self.store.exists(stage.name)
+
+    def skip(self, stage: Stage) -> None:
+        """A stage found in the store; later stages of the unit may need its critics."""
+        if stage.kind == "critics":
+            self._ensure_critics()
+
+    def build(self, stage: Stage) -> Learner:
+        generator = torch.Generator().manual_seed(stage.seed)
+        obs_dim, act_dim = self.data.obs_dim, self.data.act_dim
+        if stage.kind == "critics":
+            iql, feasibility = _build_critics(
+                _critic_configs(self.task, obs_dim, act_dim), self._normalizer())
+            return CriticLearner(iql, feasibility)
+        self._ensure_critics()
+        critics = {"iql": self.iql, "feasibility": self.feasibility,
+                   "weighting_config": self.weighting}
+        if stage.kind == "base":
+            policy = DiffusionPolicy(PolicyConfig(obs_dim=obs_dim, act_dim=act_dim),
+                                     StateNormalizer.from_data(self.data.obs))
+            return BaseLearner(policy, self.task.objective, **critics)
+        if stage.kind == "skill":
+            lora = self.task.lora
+            return SkillLearner(self._base_policy(), stage.name, rank=lora.rank,
+                                alpha=lora.alpha, kind=lora.kind, weighting=self.task.objective,
+                                generator=generator, **critics)
+        policy = self._base_policy()
+        for skill in stage.skills:
+            if skill != BASE:
+                self._add_skill(policy, skill)
+        spec = stage.composer.alpha
+        composer = Composer(policy, stage.skills, stage.composer.mode,
+                            AlphaConfig(output=spec.output, scale=spec.scale, init=spec.init),
+                            generator=generator)
+        return ComposerLearner(composer, self.task.objective, **critics)
+
+    def finished(self, stage: Stage, learner: Learner) -> None:
+        """After a stage trained (and rank 0 registered it)."""
+        if stage.kind == "critics":
+            assert isinstance(learner, CriticLearner)
+            self.iql = learner.critics.get("iql")  # type: ignore[assignment]
+            self.feasibility = learner.critics.get("feasibility")  # type: ignore[assignment]
+            self._critics_fitted_here = True
+            for critic in (self.iql, self.feasibility):
+                if critic is not None:
+                    critic.requires_grad_(False).eval()
+
+    def carry(self) -> dict[str, Tensor]:
+        """What a checkpoint must hold beyond the current learner: critics fitted in this
+        unit that are not in the store yet."""
+        if not self._critics_fitted_here:
+            return {}
+        return {k: v.cpu() for k, v in _critic_tensors(self.iql, self.feasibility).items()}
+
+    def restore_carry(self, carry: dict[str, Tensor]) -> None:
+        if not carry:
+            return
+        configs = _critic_configs(self.task, self.data.obs_dim, self.data.act_dim)
+        self.iql, self.feasibility = _build_critics(configs, self._normalizer())
+        for name, critic in (("iql", self.iql), ("feasibility", self.feasibility)):
+            if critic is not None:
+                _load_critic_state(critic, name, carry)
+                critic.requires_grad_(False).eval()
+        self._critics_fitted_here = True
+        self._to_device()
+
+    def alpha_stats(self, stage: Stage, learner: Learner) -> dict[str, float]:
+        """Mean and std over states of each skill's weight α_i(s) (composer stages)."""
+        if stage.kind != "composer":
+            return {}
+        assert isinstance(learner, ComposerLearner)
+        obs = self.data.obs[:ALPHA_SAMPLE].to(self.device)
+        with torch.no_grad():
+            alpha = learner.composer.alpha(obs)  # [B, k]
+        stats = {}
+        for index, skill in enumerate(learner.composer.skills):
+            stats[f"{skill}/mean"] = float(alpha[:, index].mean())
+            stats[f"{skill}/std"] = float(alpha[:, index].std()) if len(obs) > 1 else 0.0
+        return stats
+
+    def register(self, stage: Stage, learner: Learner, metrics: dict[str, Any]) -> bool:
+        """Rank 0: store the stage's item through the store actor; False if it was there."""
+        learner.module.to("cpu")
+        critic_config: dict[str, Any] = {}
+        critic_tensors: dict[str, Tensor] = {}
+        if stage.kind in ("base", "skill") and (self.iql or self.feasibility):
+            critic_tensors = _critic_tensors(self.iql, self.feasibility)
+            critic_config = {name: asdict(critic.config) for name, critic in
+                             (("iql", self.iql), ("feasibility", self.feasibility))
+                             if critic is not None}
+        if stage.kind == "base":
+            assert isinstance(learner, BaseLearner)
+            config, tensors = dump_base(learner.policy)
+        elif stage.kind == "skill":
+            assert isinstance(learner, SkillLearner)
+            config, tensors = dump_skill(learner.policy, stage.name, base_name=stage.parent)
+        else:
+            assert isinstance(learner, ComposerLearner)
+            config, tensors = dump_composer(learner.composer)
+        if critic_config:
+            config = {**config, "critics": critic_config}
+            tensors = {**tensors, **critic_tensors}
+        _, created = self.store.register_once(
+            stage.name, stage.kind, config, tensors, parent=stage.parent,
+            task_spec=dump(self.task), dataset_fingerprint=self.fingerprint, metrics=metrics)
+        learner.module.to(self.device)
+        return created
+
+
+# ------------------------------------------------------------------- acting in an env
+
+
+def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0
+                ) -> Callable[[np.ndarray], np.ndarray]:
+    """A stored base, skill or composer as `obs [S] -> action [A]` (IDQL selection over
+    `n_candidates` samples when its task stored critics)."""
+    entry = store.entry(name)
+    config, tensors = store.load(name)
+    own, critic_tensors = split_item(tensors)
+    critics_config: dict = config
+    if entry.kind == "base":
+        policy = load_base(config, own)
+        sample_policy: Callable[[Tensor, torch.Generator], Tensor] = policy.sample
+    else:
+        base_config, base_tensors = store.load(entry.parent)
+        policy = load_base(base_config, split_item(base_tensors)[0])
+        if entry.kind == "skill":
+            load_skill(policy, name, config, own)
+
+            def sample_policy(obs: Tensor, generator: torch.Generator) -> Tensor:
+                with use_skills(policy, [name]):
+                    return policy.sample(obs, generator)
+        else:
+            for skill in config.get("skills", []):
+                if skill != BASE:
+                    skill_config, skill_tensors = store.load(skill)
+                    load_skill(policy, skill, skill_config, split_item(skill_tensors)[0])
+            composer = load_composer(policy, config, own)
+            sample_policy = composer.sample
+            # The composer's critics are its task's, stored in that task's skill item.
+            task_name = (entry.task_spec or {}).get("name")
+            if task_name and store.exists(task_name):
+                critics_config, tensors = store.load(task_name)
+                critic_tensors = split_item(tensors)[1]
+    policy.eval()
+    iql, feasibility = critics_from_item(critics_config, critic_tensors, policy.normalizer)
+    q_fn, minimize = None, False
+    if feasibility is not None:
+        q_fn, minimize = feasibility.q, True
+    elif iql is not None:
+        q_fn = iql.q
+    generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        batch = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)  # [1, S]
+        action = select_action(lambda o: sample_policy(o, generator), batch, n_candidates,
+                               q_fn=q_fn, minimize=minimize)
+        return action[0].numpy()
+
+    return act

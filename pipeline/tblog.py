@@ -1,0 +1,69 @@
+"""TensorBoard event files per fit, under the store: `runs/<item>__<method>__<seed>/`.
+
+`tensorboard --logdir <store>/runs` then shows every fit of every stream side by side.
+For a local store the writer writes there directly; for a remote store (s3://...) it
+writes to a temporary folder and copies the files up on `close`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+
+import pyarrow.fs as pafs
+
+from library.store import SkillStore
+
+RUNS_FOLDER = "runs"
+
+
+def run_name(item: str, method: str, seed: int) -> str:
+    """CleanRL's `{task}__{method}__{seed}`, with the stored item's name as the task part
+    (two composers of one task differ by name, not by method)."""
+    return f"{item}__{method}__{seed}"
+
+
+class RunLog:
+    """Scalars of one run; a no-op on ranks other than 0 (`enabled=False`)."""
+
+    def __init__(self, store_uri: str, run: str, enabled: bool = True):
+        self._writer = None
+        self._upload_to: str | None = None
+        self._tmp: str | None = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # 0.3 s; only where used
+
+        local = SkillStore(store_uri).local_path
+        if local is not None:
+            folder = os.path.join(local, RUNS_FOLDER, run)
+        else:
+            self._tmp = tempfile.mkdtemp(prefix="psec-tb-")
+            folder = self._tmp
+            self._upload_to = f"{store_uri.rstrip('/')}/{RUNS_FOLDER}/{run}"
+        self._writer = SummaryWriter(log_dir=folder)
+
+    def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
+        if self._writer is None:
+            return
+        for key, value in values.items():
+            self._writer.add_scalar(f"{prefix}{key}", float(value), step)
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        if self._upload_to is not None and self._tmp is not None:
+            fs, path = pafs.FileSystem.from_uri(self._upload_to)
+            fs.create_dir(path, recursive=True)
+            pafs.copy_files(self._tmp, path, destination_filesystem=fs)
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
