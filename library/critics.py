@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor, nn
@@ -79,6 +79,22 @@ class CriticConfig:
                 raise SpecError(f"critics.{name}", f"must lie strictly between 0 and 1, got {getattr(self, name)}")
         if not 0.0 < self.target_rate <= 1.0:
             raise SpecError("critics.target_rate", f"must lie in (0, 1], got {self.target_rate}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CriticConfig:
+        """Build from a dict (e.g. a stored config); unknown or missing fields are errors."""
+        if not isinstance(data, dict):
+            raise SpecError("critics", f"must be a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SpecError(f"critics.{unknown[0]}", "unknown field")
+        for required in ("obs_dim", "act_dim"):
+            if required not in data:
+                raise SpecError(f"critics.{required}", "missing")
+        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,15 @@ def test_bad_critic_config_names_the_field(field, kwargs):
         FeasibilityConfig(obs_dim=1, act_dim=1, violation_scale=-1.0)
 
 
+def test_critic_configs_round_trip_through_dicts():
+    cfg = FeasibilityConfig(obs_dim=3, act_dim=2, hidden=32, violation_scale=5.0)
+    assert FeasibilityConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(SpecError, match="critics.violation_scale: unknown field"):
+        CriticConfig.from_dict(cfg.to_dict())
+    with pytest.raises(SpecError, match="critics.act_dim: missing"):
+        CriticConfig.from_dict({"obs_dim": 3})
+
+
 def test_iql_value_is_the_expectile_of_in_data_returns():
     # A bandit (every transition terminal) with r = a, a ~ U[-1, 1] whatever the state:
     # Q(s, a) = a and V(s) must be the τ-expectile of U[-1, 1], not its mean (0) or max (1).
