@@ -17,6 +17,7 @@ from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
 from library.learners import BaseLearner, ComposerLearner, CriticLearner, SkillLearner
 from library.lora import use_skills
 from library.training import train
+from library.weighting import make_weighting
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.slow
@@ -56,8 +57,7 @@ def test_feasibility_weighting_drops_unsafe_actions():
     states, actions = batch["obs"][:, 0], batch["actions"][:, 0]
     landing = states + 0.5 * actions
     feasible = states < 0.9
-    weights = BaseLearner(DiffusionPolicy(PolicyConfig(1, 1, hidden=8)), "feasibility",
-                          feasibility=critic).weigh(batch)
+    weights = make_weighting("feasibility", feasibility=critic)(batch)
     assert (weights[feasible & (landing > 1.1)] == 0).all()
     assert (weights[feasible & (landing < 0.9)] == 1).float().mean() > 0.98
 
