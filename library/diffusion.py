@@ -199,6 +199,14 @@ class DiffusionPolicy(nn.Module):
         self.register_buffer("betas", betas, persistent=False)
         self.register_buffer("alphas", alphas, persistent=False)
         self.register_buffer("alpha_bars", torch.cumprod(alphas, dim=0), persistent=False)
+        # The sampler's per-step constants as Python floats (fewer tiny tensor ops per step):
+        # (t, β_t/√(1−ᾱ_t), 1/√α_t, σ_t = √β_t) for t = T..1
+        self._steps = [
+            (t, (b / (1.0 - ab) ** 0.5), 1.0 / a**0.5, b**0.5)
+            for t, b, a, ab in zip(
+                range(1, cfg.T + 1), betas.tolist(), alphas.tolist(), self.alpha_bars.tolist()
+            )
+        ][::-1]
 
     def check_inputs(self, obs: Tensor, actions: Tensor | None = None) -> None:
         cfg = self.config
@@ -247,15 +255,15 @@ class DiffusionPolicy(nn.Module):
         batch = obs.shape[0]
         shape = (batch, self.config.act_dim)
         x = torch.randn(shape, generator=generator, device=obs.device, dtype=obs.dtype)
-        for step in range(self.config.T, 0, -1):
+        for step, eps_coef, x_coef, sigma in self._steps:
             t = torch.full((batch,), step, dtype=torch.long, device=obs.device)
-            beta, alpha, alpha_bar = (self.betas[step - 1], self.alphas[step - 1], self.alpha_bars[step - 1])
             eps = eps_fn(x, s_norm, t)
-            x = (x - beta / (1.0 - alpha_bar).sqrt() * eps) / alpha.sqrt()
+            # mean of x_{t-1}: (x_t − β_t/√(1−ᾱ_t)·ε) / √α_t
+            x = torch.sub(x, eps, alpha=eps_coef).mul_(x_coef)
             if step > 1:
                 noise = torch.randn(shape, generator=generator, device=obs.device, dtype=obs.dtype)
-                x = x + beta.sqrt() * noise
-            x = x.clamp(-1.0, 1.0)
+                x.add_(noise, alpha=sigma)
+            x.clamp_(-1.0, 1.0)
         return x
 
     def forward(self, obs: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ Outside `use_skills` a wrapped layer computes the base alone (plus any merged sk
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +73,46 @@ class _ActiveSet:
     """Weight per full-rank skill: [k_f] or per sample [B, k_f]."""
 
 
+class _Stack:
+    """The active adapters of one layer as the two matrices the batched forward needs.
+
+    LoRA: A stack [R, in] and B stackᵀ [R, out]; full-rank: ΔW stack [k·out, in]. One skill
+    needs no stacking (its parameters are used as they are). For several, the concatenation
+    is cached while no gradient is wanted and rebuilt when any parameter's `_version`
+    counter or storage moves (an optimiser step or `load_state_dict` writes in place).
+    """
+
+    __slots__ = ("params", "kind", "k", "versions", "first", "second")
+
+    def __init__(self, params: tuple[Tensor, ...], kind: str, k: int):
+        self.params = params  # LoRA: A_1..A_k, B_1..B_k; full: ΔW_1..ΔW_k
+        self.kind = kind
+        self.k = k
+        self.versions: tuple[tuple[int, int], ...] | None = None
+        self.first: Tensor | None = None
+        self.second: Tensor | None = None
+
+    def _build(self) -> tuple[Tensor, Tensor | None]:
+        p, k = self.params, self.k
+        if self.kind == "lora":
+            return torch.cat(p[:k], dim=0), torch.cat(p[k:], dim=1).t()
+        return torch.cat(p, dim=0), None
+
+    def matrices(self) -> tuple[Tensor, Tensor | None]:
+        p = self.params
+        if self.k == 1:
+            return (p[0], p[1].t()) if self.kind == "lora" else (p[0], None)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in p):
+            return self._build()  # part of the graph: concatenate afresh every time
+        # data_ptr too: .to()/.double() swap a parameter's storage without a version bump
+        versions = tuple((t._version, t.data_ptr()) for t in p)
+        if versions != self.versions:
+            with torch.no_grad():
+                self.first, self.second = self._build()
+            self.versions = versions
+        return self.first, self.second
+
+
 class LoraLinear(nn.Module):
     """An `nn.Linear` with any number of named adapters; the wrapped layer is frozen.
 
@@ -96,9 +137,11 @@ class LoraLinear(nn.Module):
         self.adapters: dict[str, AdapterSpec] = {}
         self.merged_adapters: list[str] = []
         self._unmerged_weight: Tensor | None = None
-        self._active: _ActiveSet | None = None
-        # names -> (key, A stack [R, in], B stack [out, R]) or (key, ΔW stack [k·out, in], None)
-        self._stack_cache: dict[tuple[str, ...], tuple[tuple, Tensor, Tensor | None]] = {}
+        # What use_skills switched on: (active set, LoRA stack, full-rank stack)
+        self._state: tuple[_ActiveSet | None, _Stack | None, _Stack | None] = (None, None, None)
+        self._stack_cache: dict[tuple[str, tuple[str, ...]], _Stack] = {}
+        # Column plans for use_skills; only the first layer of a model consults its own.
+        self.plans = _Plans()
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(
@@ -122,6 +165,7 @@ class LoraLinear(nn.Module):
             self.full_delta[name] = delta
         self.adapters[name] = spec
         self._stack_cache.clear()
+        self.plans = _Plans()
 
     def remove_adapter(self, name: str) -> None:
         if name in self.merged_adapters:
@@ -132,6 +176,7 @@ class LoraLinear(nn.Module):
         else:
             del self.full_delta[name]
         self._stack_cache.clear()
+        self.plans = _Plans()
 
     def adapter_parameters(self, name: str) -> list[nn.Parameter]:
         if self.adapters[name].kind == "lora":
@@ -174,44 +219,46 @@ class LoraLinear(nn.Module):
             self._unmerged_weight = None
 
     # ------------------------------------------------------------------ forward
-    def _stacks(self, names: tuple[str, ...], full: bool) -> tuple[Tensor, Tensor | None]:
-        """Stacked adapter matrices for `names`, cached while none of them is being trained."""
-        if full:
-            weights = [self.full_delta[n].weight for n in names]
+    def _stack(self, kind: str, names: tuple[str, ...]) -> _Stack | None:
+        # Kept until an adapter is added or removed: looking the parameters up again on
+        # every use_skills would cost more than the forward pass of a small batch.
+        if not names:
+            return None
+        cached = self._stack_cache.get((kind, names))
+        if cached is None:
+            if kind == "lora":
+                params = tuple(self.lora_A[n].weight for n in names) + tuple(
+                    self.lora_B[n].weight for n in names
+                )
+            else:
+                params = tuple(self.full_delta[n].weight for n in names)
+            cached = self._stack_cache[(kind, names)] = _Stack(params, kind, len(names))
+        return cached
+
+    def activate(self, active: _ActiveSet | None) -> tuple:
+        """Switch on `active` (None: the base alone); returns the previous state."""
+        previous = self._state
+        if active is None:
+            self._state = (None, None, None)
         else:
-            weights = [self.lora_A[n].weight for n in names] + [self.lora_B[n].weight for n in names]
-        if len(names) == 1:
-            # Nothing to stack: use the parameters themselves (gradients flow, no copy).
-            return (weights[0], None) if full else (weights[0], weights[1])
-        tracked = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
-        key = tuple((id(w), w._version) for w in weights)
-        if not tracked:
-            cached = self._stack_cache.get(names)
-            if cached is not None and cached[0] == key:
-                return cached[1], cached[2]
-        if full:
-            # ΔW stack: [k·out, in]
-            stacks: tuple[Tensor, Tensor | None] = (torch.cat(weights, dim=0), None)
-        else:
-            k = len(names)
-            # A stack: [R, in]; B stack: [out, R]
-            stacks = (torch.cat(weights[:k], dim=0), torch.cat(weights[k:], dim=1))
-        if not tracked:
-            self._stack_cache[names] = (key, stacks[0].detach(), _detach(stacks[1]))
-        return stacks
+            self._state = (
+                active, self._stack("lora", active.lora_names), self._stack("full", active.full_names)
+            )
+        return previous
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, in] (per-sample weights index the leading dim) or [..., in] for [k] weights
-        y = self.base_layer(x)
-        active = self._active
+        base = self.base_layer
+        y = F.linear(x, base.weight, base.bias)
+        active, lora, full = self._state
         if active is None:
             return y
-        if active.lora_names:
-            a_stack, b_stack = self._stacks(active.lora_names, full=False)
+        if lora is not None:
+            a_stack, b_stack_t = lora.matrices()
             h = F.linear(x, a_stack) * active.lora_cols  # [B, R]
-            y = y + F.linear(h, b_stack)
-        if active.full_names:
-            d_stack, _ = self._stacks(active.full_names, full=True)
+            y = torch.addmm(y, h, b_stack_t) if h.dim() == 2 else y + h @ b_stack_t
+        if full is not None:
+            d_stack, _ = full.matrices()
             w = active.full_weights
             if w.dim() == 1:
                 # One combined ΔW for the whole batch: [out, in]
@@ -220,7 +267,7 @@ class LoraLinear(nn.Module):
             else:
                 # Per sample: all k ΔW x at once, then weight them. h: [B, k, out]
                 h = F.linear(x, d_stack).view(x.shape[0], w.shape[1], self.out_features)
-                y = y + torch.bmm(w.unsqueeze(1).to(h.dtype), h).squeeze(1)
+                y = y + torch.bmm(w.unsqueeze(1), h).squeeze(1)
         return y
 
     def extra_repr(self) -> str:
@@ -229,14 +276,27 @@ class LoraLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, skills=[{skills}]"
 
 
-def _detach(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.detach()
-
-
 # ---------------------------------------------------------------------- model level
+# Walking every module costs more than a whole forward pass of a small policy, and
+# use_skills runs once per sampled batch, so the walk is remembered per model. Layers only
+# appear through add_skill, which bumps the generation and so invalidates every entry.
+_LAYERS: weakref.WeakKeyDictionary[nn.Module, tuple[int, dict[str, LoraLinear]]] = (
+    weakref.WeakKeyDictionary()
+)
+_generation = 0
+
+
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
-    """Every wrapped layer of `model`, by module path, in module order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
+    """Every wrapped layer of `model`, by module path, in module order.
+
+    The answer is cached until the next `add_skill` on any model; replacing a wrapped
+    layer by hand (not through this module) is not noticed.
+    """
+    cached = _LAYERS.get(model)
+    if cached is None or cached[0] != _generation:
+        layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
+        cached = _LAYERS[model] = (_generation, layers)
+    return dict(cached[1])
 
 
 def _layers_or_raise(model: nn.Module) -> list[LoraLinear]:
@@ -316,8 +376,10 @@ def _wrap_linears(model: nn.Module) -> None:
     visit(model)
     if not targets and not lora_layers(model):
         raise ShapeError(f"{type(model).__name__} has no nn.Linear layer to attach a skill to")
+    global _generation
     for parent, child_name, child in targets:
         setattr(parent, child_name, LoraLinear(child))
+    _generation += 1
 
 
 def remove_skill(model: nn.Module, name: str) -> None:
@@ -374,44 +436,91 @@ def merged_skills(model: nn.Module) -> list[str]:
     return list(layers[0].merged_adapters) if layers else []
 
 
-def _as_weights(names: Sequence[str], weights: object) -> Tensor:
+def _as_weights(names: Sequence[str], weights: object, dtype: torch.dtype, device: torch.device) -> Tensor:
     k = len(names)
     if weights is None:
-        return torch.ones(k)
-    w = weights if isinstance(weights, Tensor) else torch.as_tensor(weights, dtype=torch.float32)
+        return torch.ones(k, dtype=dtype, device=device)
+    w = weights if isinstance(weights, Tensor) else torch.as_tensor(weights, dtype=dtype)
     if w.dim() not in (1, 2) or w.shape[-1] != k:
         raise ShapeError(f"skill weights must be [{k}] or [B, {k}] for {k} skills, got {list(w.shape)}")
-    return w
+    return w.to(device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class _ColumnPlan:
+    """Which entry of the weight vector, times which scaling, each stacked rank column takes."""
+
+    lora_names: tuple[str, ...]
+    lora_index: Tensor
+    """Position in the weight vector of each LoRA rank column: [R]."""
+    lora_scale: Tensor
+    """alpha / r of the skill owning each rank column: [R]."""
+    full_names: tuple[str, ...]
+    full_index: Tensor
+    """Position in the weight vector of each full-rank skill: [k_f]."""
+
+
+def _column_plan(
+    spec_of: dict[str, AdapterSpec], names: tuple[str, ...], keep: tuple[int, ...],
+    dtype: torch.dtype, device: torch.device,
+) -> _ColumnPlan:
+    lora = [i for i in keep if spec_of[names[i]].kind == "lora"]
+    full = [i for i in keep if spec_of[names[i]].kind == "full"]
+    index = [i for i in lora for _ in range(spec_of[names[i]].rank)]
+    scale = [spec_of[names[i]].scaling for i in index]
+    return _ColumnPlan(
+        lora_names=tuple(names[i] for i in lora),
+        lora_index=torch.tensor(index, dtype=torch.long, device=device),
+        lora_scale=torch.tensor(scale, dtype=dtype, device=device),
+        full_names=tuple(names[i] for i in full),
+        full_index=torch.tensor(full, dtype=torch.long, device=device),
+    )
+
+
+class _Plans:
+    """Column plans of one model, by (names, kept positions, dtype, device); built once each."""
+
+    def __init__(self) -> None:
+        self.plans: dict[tuple, _ColumnPlan] = {}
+        self.unit: dict[tuple, _ActiveSet | None] = {}
 
 
 def prepare_active(
-    spec_of: dict[str, AdapterSpec], names: Sequence[str], weights: object, dtype: torch.dtype,
-    device: torch.device,
+    layer: LoraLinear, names: Sequence[str], weights: object
 ) -> _ActiveSet | None:
     """Turn (names, weights) into what each layer needs; None when only the base remains."""
-    w = _as_weights(names, weights).to(device=device, dtype=dtype)
-    keep = [i for i, n in enumerate(names) if n != BASE]
-    if not (torch.is_grad_enabled() and w.requires_grad) and keep:
+    names = tuple(names)
+    ref = layer.base_layer.weight
+    dtype, device = ref.dtype, ref.device
+    plans: _Plans = layer.plans
+    if weights is None:
+        # Every skill at weight 1: the same prepared set every time.
+        key = (names, dtype, device)
+        if key not in plans.unit:
+            plans.unit[key] = _build_active(layer, names, torch.ones(len(names), dtype=dtype, device=device))
+        return plans.unit[key]
+    return _build_active(layer, names, _as_weights(names, weights, dtype, device))
+
+
+def _build_active(layer: LoraLinear, names: tuple[str, ...], w: Tensor) -> _ActiveSet | None:
+    k = len(names)
+    keep = tuple(i for i, n in enumerate(names) if n != BASE)
+    if keep and not (torch.is_grad_enabled() and w.requires_grad):
         # At inference a skill weighted 0 for every sample contributes exactly nothing, so it
         # is skipped; this is also why a one-hot composition reproduces its skill bit for bit.
-        nonzero = (w != 0).reshape(-1, len(names)).any(dim=0).tolist()
-        keep = [i for i in keep if nonzero[i]]
-    lora = [i for i in keep if spec_of[names[i]].kind == "lora"]
-    full = [i for i in keep if spec_of[names[i]].kind == "full"]
-    if not lora and not full:
+        nonzero = (w != 0).reshape(-1, k).any(dim=0).tolist()
+        keep = tuple(i for i in keep if nonzero[i])
+    if not keep:
         return None
+    key = (names, keep, w.dtype, w.device)
+    plan = layer.plans.plans.get(key)
+    if plan is None:
+        plan = layer.plans.plans[key] = _column_plan(layer.adapters, names, keep, w.dtype, w.device)
     lora_cols = None
-    if lora:
-        scale = torch.tensor([spec_of[names[i]].scaling for i in lora], dtype=w.dtype, device=device)
-        repeats = torch.tensor([spec_of[names[i]].rank for i in lora], device=device)
-        lora_cols = (w[..., lora] * scale).repeat_interleave(repeats, dim=-1)
-    full_weights = w[..., full] if full else None
-    return _ActiveSet(
-        lora_names=tuple(names[i] for i in lora),
-        lora_cols=lora_cols,
-        full_names=tuple(names[i] for i in full),
-        full_weights=full_weights,
-    )
+    if plan.lora_names:
+        lora_cols = w.index_select(-1, plan.lora_index) * plan.lora_scale  # [R] or [B, R]
+    full_weights = w.index_select(-1, plan.full_index) if plan.full_names else None
+    return _ActiveSet(plan.lora_names, lora_cols, plan.full_names, full_weights)
 
 
 @contextmanager
@@ -438,13 +547,10 @@ def use_skills(
     merged = [n for n in names if n in first.merged_adapters]
     if merged:
         raise StoreError(f"skills {merged} are merged into the base; unmerge before use_skills")
-    weight = first.base_layer.weight
-    active = prepare_active(first.adapters, names, weights, weight.dtype, weight.device)
-    previous = [layer._active for layer in layers]
-    for layer in layers:
-        layer._active = active
+    active = prepare_active(first, names, weights)
+    previous = [layer.activate(active) for layer in layers]
     try:
         yield
     finally:
         for layer, prev in zip(layers, previous):
-            layer._active = prev
+            layer._state = prev
