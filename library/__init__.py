@@ -28,6 +28,8 @@ _EXPORTS = {
     "merge": "lora",
     "unmerge": "lora",
     "safe_merge": "lora",
+    "merged_skills": "lora",
+    "skill_spec": "lora",
     "AlphaConfig": "composition",
     "ContextNet": "composition",
     "Composer": "composition",

@@ -13,8 +13,8 @@ skills. Inside `with use_skills(model, names, weights):` every wrapped layer com
 in one batched pass: the active A's are stacked into one [R, in] matrix (R = Σ r_i) and the
 B's into one [out, R] matrix, so a layer costs two small matmuls whatever k is, and no
 weight matrix is ever materialised per sample. Stacks of frozen adapters are cached and
-keyed on the tensors' identities and `_version` counters, so an in-place change (an
-optimiser step, `load_state_dict`) invalidates them.
+keyed on the parameters' `_version` counters and storage, so an in-place change (an
+optimiser step, `load_state_dict`, `.to()`) invalidates them.
 
 Outside `use_skills` a wrapped layer computes the base alone (plus any merged skills).
 """
@@ -73,6 +73,17 @@ class _ActiveSet:
     """Weight per full-rank skill: [k_f] or per sample [B, k_f]."""
 
 
+@contextmanager
+def _cache_mode() -> Iterator[None]:
+    """For tensors kept across calls: no graph, and never inference tensors.
+
+    A cache filled inside `torch.inference_mode()` would otherwise poison later training,
+    which may not save inference tensors for backward.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
 class _Stack:
     """The active adapters of one layer as the two matrices the batched forward needs.
 
@@ -107,7 +118,7 @@ class _Stack:
         # data_ptr too: .to()/.double() swap a parameter's storage without a version bump
         versions = tuple((t._version, t.data_ptr()) for t in p)
         if versions != self.versions:
-            with torch.no_grad():
+            with _cache_mode():
                 self.first, self.second = self._build()
             self.versions = versions
         return self.first, self.second
@@ -136,7 +147,8 @@ class LoraLinear(nn.Module):
         self.full_delta = nn.ModuleDict()
         self.adapters: dict[str, AdapterSpec] = {}
         self.merged_adapters: list[str] = []
-        self._unmerged_weight: Tensor | None = None
+        # The weight before the first merge; a buffer so that .to() moves it along.
+        self.register_buffer("_unmerged_weight", None, persistent=False)
         # What use_skills switched on: (active set, LoRA stack, full-rank stack)
         self._state: tuple[_ActiveSet | None, _Stack | None, _Stack | None] = (None, None, None)
         self._stack_cache: dict[tuple[str, tuple[str, ...]], _Stack] = {}
@@ -235,7 +247,7 @@ class LoraLinear(nn.Module):
             cached = self._stack_cache[(kind, names)] = _Stack(params, kind, len(names))
         return cached
 
-    def activate(self, active: _ActiveSet | None) -> tuple:
+    def _activate(self, active: _ActiveSet | None) -> tuple:
         """Switch on `active` (None: the base alone); returns the previous state."""
         previous = self._state
         if active is None:
@@ -349,8 +361,10 @@ def add_skill(
         raise SpecError("alpha", f"must be a finite number, got {alpha!r}")
     if name in skill_names(model):
         raise StoreError(f"skill {name!r} already exists on this model")
-    spec = AdapterSpec(kind=kind, rank=rank, alpha=float(alpha)) if kind == "lora" else (
-        AdapterSpec(kind="full", rank=0, alpha=1.0))
+    if kind == "lora":
+        spec = AdapterSpec(kind="lora", rank=rank, alpha=float(alpha))
+    else:
+        spec = AdapterSpec(kind="full", rank=0, alpha=1.0)  # rank and alpha do not apply
     _wrap_linears(model)
     layers = _layers_or_raise(model)
     for layer in layers:
@@ -468,13 +482,14 @@ def _column_plan(
     full = [i for i in keep if spec_of[names[i]].kind == "full"]
     index = [i for i in lora for _ in range(spec_of[names[i]].rank)]
     scale = [spec_of[names[i]].scaling for i in index]
-    return _ColumnPlan(
-        lora_names=tuple(names[i] for i in lora),
-        lora_index=torch.tensor(index, dtype=torch.long, device=device),
-        lora_scale=torch.tensor(scale, dtype=dtype, device=device),
-        full_names=tuple(names[i] for i in full),
-        full_index=torch.tensor(full, dtype=torch.long, device=device),
-    )
+    with _cache_mode():
+        return _ColumnPlan(
+            lora_names=tuple(names[i] for i in lora),
+            lora_index=torch.tensor(index, dtype=torch.long, device=device),
+            lora_scale=torch.tensor(scale, dtype=dtype, device=device),
+            full_names=tuple(names[i] for i in full),
+            full_index=torch.tensor(full, dtype=torch.long, device=device),
+        )
 
 
 class _Plans:
@@ -485,7 +500,7 @@ class _Plans:
         self.unit: dict[tuple, _ActiveSet | None] = {}
 
 
-def prepare_active(
+def _prepare_active(
     layer: LoraLinear, names: Sequence[str], weights: object
 ) -> _ActiveSet | None:
     """Turn (names, weights) into what each layer needs; None when only the base remains."""
@@ -497,7 +512,9 @@ def prepare_active(
         # Every skill at weight 1: the same prepared set every time.
         key = (names, dtype, device)
         if key not in plans.unit:
-            plans.unit[key] = _build_active(layer, names, torch.ones(len(names), dtype=dtype, device=device))
+            with _cache_mode():
+                ones = torch.ones(len(names), dtype=dtype, device=device)
+                plans.unit[key] = _build_active(layer, names, ones)
         return plans.unit[key]
     return _build_active(layer, names, _as_weights(names, weights, dtype, device))
 
@@ -547,8 +564,8 @@ def use_skills(
     merged = [n for n in names if n in first.merged_adapters]
     if merged:
         raise StoreError(f"skills {merged} are merged into the base; unmerge before use_skills")
-    active = prepare_active(first, names, weights)
-    previous = [layer.activate(active) for layer in layers]
+    active = _prepare_active(first, names, weights)
+    previous = [layer._activate(active) for layer in layers]
     try:
         yield
     finally:

@@ -249,3 +249,24 @@ def test_user_errors_are_clear():
         trainable_only(policy, "nope")
     with pytest.raises(StoreError, match="not merged"):
         unmerge(policy, "a")
+
+
+def test_caches_filled_in_inference_mode_do_not_break_training():
+    """Stacks and weight plans are reused across calls; inference tensors in them would make
+    a later backward pass fail."""
+    policy = skill_bank()
+    obs = observations(8)
+    actions = torch.zeros(8, policy.config.act_dim)
+    weights = torch.full((8, 3), 0.3)
+    with torch.inference_mode():
+        for names, w in ((["a"], None), (["a", "b", "c"], weights)):
+            with use_skills(policy, names, w):
+                policy.sample(obs)
+    alpha = weights.clone().requires_grad_(True)
+    with use_skills(policy, ["a", "b", "c"], alpha):
+        policy.loss(obs, actions)["loss"].backward()
+    assert alpha.grad is not None
+    trainable_only(policy, "a")
+    with use_skills(policy, ["a"]):
+        policy.loss(obs, actions)["loss"].backward()
+    assert policy.net.output.lora_B["a"].weight.grad is not None
