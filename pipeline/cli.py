@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("format", choices=IMPORT_FORMATS)
     importing.add_argument("path", metavar="PATH")
     importing.add_argument("--name", required=True, help="store name of the dataset")
+    importing.add_argument("--suite", default=None,
+                           help="suite the data comes from, when the file does not say")
+    importing.add_argument("--env", default=None,
+                           help="env the data comes from, when the file does not say")
     _add_store(importing)
     importing.set_defaults(handler=_data_import)
     generate = data_commands.add_parser("generate", help="make a task's dataset")
@@ -198,14 +202,14 @@ def _skills_remove(args: argparse.Namespace) -> int:
 
 def _data_import(args: argparse.Namespace) -> int:
     from library.names import check_name
-    from tasks import importers
+    from tasks.importers import import_dataset
 
     store = SkillStore(args.store)
     check_name(args.name)
     store.check_writable()
     if store.has_dataset(args.name):
         raise StoreError(f"dataset {args.name!r} is already in the store")
-    table = getattr(importers, f"import_{args.format}")(args.path)
+    table = import_dataset(args.format, args.path, suite=args.suite, env=args.env)
     store.put_dataset(args.name, table)
     print(f"imported {table.num_rows} transitions as dataset {args.name!r}")
     return 0

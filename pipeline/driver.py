@@ -34,7 +34,7 @@ import pyarrow as pa
 import ray
 from pydantic import BaseModel, ConfigDict
 
-from library.errors import PsecError, ShapeError, SpecError, StoreError
+from library.errors import PsecError, ShapeError, StoreError
 from library.names import BASE
 from library.store import ManifestEntry, SkillStore
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
@@ -446,12 +446,34 @@ def _psec_root(error: BaseException) -> PsecError | None:
 # ------------------------------------------------------------------- entry points
 
 
+def planned_results(plan: StreamPlan) -> set[tuple[str, str, str, str, int]]:
+    """The result keys (stream, after task, item, eval task, seed) a complete run records."""
+    keys = set()
+    for index, row_plan in enumerate(plan.tasks):
+        row = row_plan.task.name
+        for item in row_plan.items:
+            keys.update((plan.stream, row, item, row, seed) for seed in row_plan.task.eval.seeds)
+        if plan.continual:
+            for earlier in plan.tasks[:index]:
+                name = earlier.task.name
+                keys.update((plan.stream, row, name, name, seed)
+                            for seed in earlier.task.eval.seeds)
+    return keys
+
+
 def run_plan(plan: StreamPlan, store_uri: str, options: DriverOptions | None = None,
              stream_seed: int = 0, address: str | None = None) -> StreamSummary:
-    """Check, then run a plan (Ray is started or attached after the checks)."""
+    """Check, then run a plan (Ray is started or attached after the checks, and not at all
+    when the store already holds every item and every evaluation of the plan)."""
+    started = time.perf_counter()
     options = options or DriverOptions()
     store = SkillStore(store_uri)
     checked = check_plan(plan, store)
+    items = [name for task_plan in plan.tasks for name in task_plan.items]
+    if all(store.exists(name) for name in items) and \
+            planned_results(plan) <= existing_keys(store.results()):
+        return StreamSummary(plan.stream, plan.scale, store.uri, skipped=items,
+                             wall_seconds=time.perf_counter() - started)
     connect(address)
     return Driver(plan, store.uri, options, checked, stream_seed).run()
 
@@ -543,6 +565,3 @@ def serve(store_uri: str, address: str | None = None, max_tasks: int | None = No
         served += 1
     return served
 
-
-__all__ = ["DriverOptions", "StreamSummary", "check_plan", "run_plan", "run_stream_file",
-           "serve", "submit", "SpecError"]

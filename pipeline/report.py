@@ -134,30 +134,34 @@ def markdown(stream: str, rows: list[dict], command: str, plots: list[str]) -> s
 
 
 def plot_scores(stream: str, rows: list[dict], path: str) -> None:
+    """One horizontal bar per (eval task, item), grouped by task, coloured by method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = latest_cells(rows)
-    tasks = sorted({cell.eval_task for cell in cells})
-    names = sorted({cell.name for cell in cells})
-    width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(tasks) + 1), 3.2))
-    for index, name in enumerate(names):
-        xs, means, stds = [], [], []
-        for x, task in enumerate(tasks):
-            for cell in cells:
-                if cell.name == name and cell.eval_task == task:
-                    mean, std = cell.score
-                    xs.append(x + (index - (len(names) - 1) / 2) * width)
-                    means.append(mean)
-                    stds.append(std)
-        ax.bar(xs, means, width, yerr=stds, label=name, capsize=2)
-    ax.set_xticks(range(len(tasks)), tasks)
-    ax.set_ylabel("normalised score")
+    cells = latest_cells(rows)  # sorted by (eval task, item)
+    methods = sorted({cell.method for cell in cells})
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    labels, ys, y = [], [], 0.0
+    previous_task = None
+    for cell in cells:
+        if previous_task is not None and cell.eval_task != previous_task:
+            y += 0.6  # a gap between tasks
+        previous_task = cell.eval_task
+        labels.append(f"{cell.eval_task} / {cell.name}")
+        ys.append(y)
+        y += 1.0
+    means = [cell.score[0] for cell in cells]
+    stds = [cell.score[1] for cell in cells]
+    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(cells) + 1.4))
+    ax.barh(ys, means, xerr=stds, color=[colours[c.method] for c in cells], capsize=2)
+    ax.set_yticks(ys, labels, fontsize="small")
+    ax.invert_yaxis()
+    ax.set_xlabel("normalised score (mean ± std over seeds)")
     ax.set_title(f"{stream}: latest evaluation per item")
-    ax.legend(fontsize="small", ncols=2)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[m]) for m in methods]
+    ax.legend(handles, methods, fontsize="small", loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

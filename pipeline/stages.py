@@ -15,7 +15,6 @@ IDQL candidate selection at evaluation time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -106,9 +105,9 @@ def critics_from_item(config: dict, tensors: dict[str, Tensor], normalizer: Stat
     stored = config.get("critics") or {}
     configs: dict[str, Any] = {}
     if "iql" in stored:
-        configs["iql"] = CriticConfig(**stored["iql"])
+        configs["iql"] = CriticConfig.from_dict(stored["iql"])
     if "feasibility" in stored:
-        configs["feasibility"] = FeasibilityConfig(**stored["feasibility"])
+        configs["feasibility"] = FeasibilityConfig.from_dict(stored["feasibility"])
     iql, feasibility = _build_critics(configs, normalizer)
     if iql is not None:
         _load_critic_state(iql, "iql", tensors)
@@ -270,7 +269,7 @@ class UnitContext:
         critic_tensors: dict[str, Tensor] = {}
         if stage.kind in ("base", "skill") and (self.iql or self.feasibility):
             critic_tensors = _critic_tensors(self.iql, self.feasibility)
-            critic_config = {name: asdict(critic.config) for name, critic in
+            critic_config = {name: critic.config.to_dict() for name, critic in
                              (("iql", self.iql), ("feasibility", self.feasibility))
                              if critic is not None}
         if stage.kind == "base":

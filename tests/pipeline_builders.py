@@ -1,0 +1,51 @@
+"""Tiny streams for the pipeline tests (not collected).
+
+Datasets are synthetic and go straight into the store (`data.source: store`), so a test
+pays for Ray Train and the DMC rollouts, not for data generation. Dims are those of the
+dm_control walker (obs 24, act 6) because evaluation rolls out in walker envs.
+"""
+
+import numpy as np
+import yaml
+
+from library.store import SkillStore
+from tasks.dataset import to_table
+
+WALKER_DIMS = (24, 6)
+
+
+def synthetic_table(obs_dim=WALKER_DIMS[0], act_dim=WALKER_DIMS[1], n=200, seed=0):
+    """Random transitions in episodes of 50 steps, in the canonical layout."""
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
+    arrays = dict(obs=obs, actions=rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+                  rewards=rng.normal(size=n).astype(np.float32),
+                  next_obs=np.roll(obs, -1, axis=0),
+                  terminals=np.zeros(n, bool), timeouts=np.arange(n) % 50 == 49)
+    return to_table(arrays, {"suite": "dmc", "env": "walker-walk", "source": "synthetic"})
+
+
+def tiny_task(name, role="skill", steps=40, composers=(), env="walker-walk", **extra):
+    """A task on the synthetic dataset `<name>-data`, evaluated for 1 short episode."""
+    return {"name": name, "suite": "dmc", "env": env, "role": role,
+            "data": {"source": "store", "dataset": f"{name}-data"},
+            "train": {"steps": steps, "batch_size": 32},
+            "composers": [{"steps": 20, **c} for c in composers],
+            "eval": {"episodes": 1, "seeds": [0], "max_steps": 10}, **extra}
+
+
+def write_stream(path, tasks, name="tiny", continual=True):
+    data = {"name": name, "continual": continual, "tasks": tasks,
+            "scales": {"smoke": {}, "paper": {}}}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def put_datasets(store_uri, tasks):
+    """Store the synthetic dataset of every task (distinct seeds per task)."""
+    store = SkillStore(store_uri)
+    for index, task in enumerate(tasks):
+        name = task["data"]["dataset"]
+        if not store.has_dataset(name):
+            store.put_dataset(name, synthetic_table(seed=index))
+    return store

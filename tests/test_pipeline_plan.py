@@ -1,0 +1,169 @@
+"""The pipeline's pure parts: planning a stream into a DAG of fit units, sizing fits from
+cluster resources, evaluation chunking, result keys and the report. No Ray is started."""
+
+import math
+
+import pyarrow as pa
+import pytest
+
+from library.errors import PsecError, SpecError, StoreError
+from pipeline.evaluation import EPISODE_SEED_STRIDE, EvalJob, chunks_per_seed
+from pipeline.plan import plan_stream, plan_task
+from pipeline.report import continual_matrix, latest_cells, write_report
+from pipeline.results import ResultRow, existing_keys, now
+from pipeline.runtime import plan_fit_resources
+from tasks.spec import parse_stream, parse_task
+
+
+def task(name, role="skill", composers=(), objective="bc", **extra):
+    return {"name": name, "suite": "dmc", "env": "walker-walk", "role": role,
+            "objective": objective, "data": {"source": "store", "dataset": "d"},
+            "composers": list(composers), **extra}
+
+
+def walker_stream(continual=True):
+    return parse_stream({
+        "name": "walker", "continual": continual,
+        "tasks": [
+            task("stand", role="base"),
+            task("walk", composers=[{"name": "s2w", "skills": ["base"]}]),
+            task("run", composers=[{"name": "s2r", "skills": ["base"]},
+                                   {"name": "sw2r", "skills": ["base", "walk"]}]),
+        ],
+        "scales": {"smoke": {}, "paper": {}},
+    })
+
+
+def test_skills_on_one_base_fit_side_by_side_and_a_composer_waits_for_its_skills():
+    plan = plan_stream(walker_stream())
+    units = plan.units
+    assert list(units) == ["stand", "walk", "run", "sw2r"]
+    # walk and run wait only for the base, so they run in parallel.
+    assert units["walk"].after == ["stand"] and units["run"].after == ["stand"]
+    # A composer whose skills are ready when its task's unit starts rides along with it...
+    assert [s.name for s in units["walk"].stages] == ["walk", "s2w"]
+    assert [s.name for s in units["run"].stages] == ["run", "s2r"]
+    # ...one that needs a skill fitted in parallel (walk) gets a unit waiting for both.
+    assert units["sw2r"].after == ["run", "walk"]
+    assert units["sw2r"].stages[0].skills == ["base", "walk", "run"]
+    assert units["sw2r"].needs == ["stand", "walk", "run"]
+    assert plan.tasks[2].units == ["run", "sw2r"]
+    assert plan.tasks[2].items == ["run", "s2r", "sw2r"]
+    assert {s.method for u in units.values() for s in u.stages} == {"base", "skill", "psec"}
+
+
+def test_a_composer_over_skills_of_an_ancestor_unit_stays_in_its_task_unit():
+    stream = parse_stream({
+        "name": "chain", "tasks": [
+            task("stand", role="base"),
+            task("walk"),
+            task("run", base="stand", composers=[{"name": "wr", "skills": ["walk"]}]),
+        ], "scales": {"smoke": {}, "paper": {}}})
+    plan = plan_stream(stream)
+    # run does not wait for walk, so wr cannot join run's unit...
+    assert "wr" in plan.units
+    # ...but seeds and names are stable: the plan is a pure function of the stream.
+    assert plan_stream(stream).model_dump() == plan.model_dump()
+
+
+def test_critics_come_first_and_stage_seeds_differ():
+    stream = parse_stream({
+        "name": "adv", "tasks": [
+            task("stand", role="base"),
+            task("walk", objective="advantage",
+                 composers=[{"name": "s2w", "skills": ["base"], "mode": "noise"}]),
+        ], "scales": {"smoke": {}, "paper": {}}})
+    unit = plan_stream(stream).units["walk"]
+    assert [s.kind for s in unit.stages] == ["critics", "skill", "composer"]
+    assert unit.stages[0].name == "walk-critics" and not unit.stages[0].stored
+    assert unit.produces() == ["walk", "s2w"]
+    assert unit.stages[2].method == "nsec"
+    assert len({s.seed for s in unit.stages}) == 3
+
+
+def test_mlp_method_names_full_rank_parameter_composition():
+    stream = parse_stream({
+        "name": "mlp", "tasks": [
+            task("stand", role="base"),
+            task("walk", lora={"kind": "full"}, composers=[{"name": "s2w", "skills": ["base"]}]),
+        ], "scales": {"smoke": {}, "paper": {}}})
+    assert plan_stream(stream).stage("s2w").method == "mlp"
+
+
+def test_a_submitted_task_goes_on_the_newest_stored_base():
+    plan = plan_task(parse_task(task("walk")), bases=["old", "stand"], position=3)
+    unit = plan.units["walk"]
+    assert unit.task.base == "stand" and unit.needs == ["stand"] and unit.after == []
+    assert plan.tasks[0].position == 3
+    with pytest.raises(SpecError, match="base: the store holds no base"):
+        plan_task(parse_task(task("walk")), bases=[])
+    with pytest.raises(StoreError, match="base 'gone'"):
+        plan_task(parse_task(task("walk", base="gone")), bases=["stand"])
+
+
+@pytest.mark.parametrize(
+    "resources, kwargs, expected",
+    [
+        ({"CPU": 2.0}, {}, (1, 1, 0.0)),  # 2 CPUs: two 1-worker fits side by side
+        ({"CPU": 2.0}, {"workers": 8}, (2, 1, 0.0)),  # never more workers than CPUs
+        ({"CPU": 2.0}, {"cpus_per_worker": 4}, (1, 2, 0.0)),  # nor more CPUs
+        ({"CPU": 16.0}, {}, (2, 4, 0.0)),
+        ({"CPU": 8.0, "GPU": 1.0}, {}, (1, 4, 0.5)),  # two fits share the GPU
+        ({"CPU": 1.0}, {"concurrent_fits": 2}, (1, 1, 0.0)),
+    ],
+)
+def test_fits_are_sized_from_what_the_cluster_holds(resources, kwargs, expected):
+    sized = plan_fit_resources(resources, **kwargs)
+    assert (sized.workers, sized.cpus_per_worker, sized.gpus_per_worker) == expected
+    assert sized.workers * sized.cpus_per_worker <= resources["CPU"]
+
+
+def test_a_cluster_without_cpus_is_a_clear_error():
+    with pytest.raises(PsecError, match="no CPU"):
+        plan_fit_resources({"GPU": 1.0})
+
+
+def test_evaluation_chunks_fill_the_cpus_and_keep_episode_seeds():
+    assert chunks_per_seed(episodes=10, seeds=1, cpus=2) == 2
+    assert chunks_per_seed(episodes=10, seeds=3, cpus=2) == 1
+    assert chunks_per_seed(episodes=1, seeds=1, cpus=16) == 1
+    job = EvalJob(item="walk", task=parse_task(task("walk", base="stand")), row_task="walk",
+                  position=1, seeds=[0, 2])
+    assert job.episodes_per_seed == 10 and job.key() == ("walk", "walk", "walk")
+    # Chunks never overlap: seed s owns env seeds [s·stride, (s+1)·stride).
+    assert EPISODE_SEED_STRIDE > 10_000
+
+
+def row(task_name, position, name, eval_task, seed, score, method="skill"):
+    return ResultRow(stream="s", task=task_name, position=position, name=name, kind="skill",
+                     method=method, composer=None, skills=[name], seed=seed,
+                     eval_task=eval_task, episodes=2, return_mean=10 * score, return_std=0.0,
+                     score=score, success=0.0, cost=0.0, steps=5, wall_s=1.0, scale="smoke",
+                     time=now()).model_dump(mode="json")
+
+
+def test_result_keys_and_report_tables(tmp_path):
+    rows = [row("a", 0, "a", "a", 0, 1.0), row("a", 0, "a", "a", 1, 3.0),
+            row("b", 1, "b", "b", 0, 5.0), row("b", 1, "a", "a", 0, 1.5),
+            row("b", 1, "ab", "b", 0, 6.0, method="psec")]
+    table = pa.Table.from_pylist(rows)
+    assert ("s", "b", "a", "a", 0) in existing_keys(table)
+    assert existing_keys(pa.table({})) == set()
+    cells = {(c.name, c.eval_task): c for c in latest_cells(rows)}
+    # The latest evaluation of a on a is the one made after b (position 1), one seed.
+    assert cells[("a", "a")].scores == [1.5]
+    tasks, columns, means = continual_matrix(rows)
+    assert tasks == ["a", "b"] and columns == ["a", "b"]
+    assert means[("a", "a")] == 2.0 and means[("b", "a")] == 1.5 and ("a", "b") not in means
+    path = write_report(table, str(tmp_path / "out"), "psec report --out out")
+    text = open(path).read()
+    assert "| b | ab | psec |" in text and "psec report --out out" in text
+    assert "| b | 1.5 | 5 |" in text  # continual matrix row after b
+    assert (tmp_path / "out" / "s-scores.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "s-continual.png").exists()
+    assert not math.isnan(cells[("ab", "b")].score[0])
+
+
+def test_report_without_results_is_a_user_error(tmp_path):
+    with pytest.raises(StoreError, match="no results yet"):
+        write_report(pa.table({}), str(tmp_path), "psec report")

@@ -1,0 +1,122 @@
+"""The pipeline on a 2-CPU Ray instance: the store actor, a fault that kills a Ray Train
+worker on purpose and the resume from its checkpoint, and the serve/submit round trip."""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import ray
+import torch
+from pipeline_builders import put_datasets, tiny_task, write_stream
+
+from library.errors import StoreError
+from library.store import SkillStore
+from pipeline.driver import DriverOptions, run_plan, serve, submit
+from pipeline.fit import FailurePoint, FitOptions, checkpoint_root
+from pipeline.plan import plan_stream
+from pipeline.stages import UnitContext
+from pipeline.store_actor import StoreHandle
+from tasks.spec import load_stream
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, namespace="psec", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_store_actor_serialises_registrations_and_keeps_errors_one_line(ray_cluster, tmp_path):
+    store = StoreHandle(str(tmp_path / "store"))
+    tensors = {"w": torch.ones(3)}
+    config = {"kind": "base"}
+
+    def register(name):
+        try:
+            store.register(name, "base", config, tensors)
+            return name
+        except StoreError as error:
+            return str(error)
+
+    names = [f"item{i}" for i in range(6)] + ["same"] * 6
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        outcomes = list(pool.map(register, names))
+    assert outcomes[:6] == names[:6]
+    # Six registrations of one name: exactly one wins, the others get a one-line error.
+    assert outcomes[6:].count("same") == 1
+    assert all("already in the store" in o for o in outcomes[6:] if o != "same")
+    assert {e.name for e in SkillStore(store.uri).list()} == set(names)
+    entry, created = store.register_once("same", "base", config, tensors)
+    assert not created and entry.name == "same"
+    with pytest.raises(StoreError, match="no item named 'ghost'"):
+        store.load("ghost")
+
+
+def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path):
+    tasks = [tiny_task("stand", role="base", steps=60)]
+    store_uri = str(tmp_path / "store")
+    put_datasets(store_uri, tasks)
+    plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
+    options = DriverOptions(progress=False, fit=FitOptions(
+        log_every=10, checkpoint_every=10, max_failures=2,
+        fail_at=FailurePoint(stage="stand", step=35)))
+    summary = run_plan(plan, store_uri, options)
+
+    assert summary.fitted == ["stand"]
+    metrics = SkillStore(store_uri).entry("stand").metrics
+    # The worker died at step 40, before that step's checkpoint: the restarted group
+    # resumed from a checkpoint before it, not from scratch.
+    assert metrics["resumed_from"] in (10, 20, 30)
+    assert metrics["train_steps"] == 60
+    assert os.path.exists(os.path.join(checkpoint_root(store_uri), "tiny__stand-failed-once"))
+    # The checkpoints of a finished unit are gone: the store is the record.
+    assert not os.path.exists(os.path.join(checkpoint_root(store_uri), "tiny__stand"))
+
+    # Resuming restored learner and Adam state: the weights equal an uninterrupted run's.
+    from library.serialization import dump_base
+    from library.training import train
+
+    stage = plan.units["stand"].stages[0]
+    context = UnitContext(SkillStore(store_uri), plan.units["stand"], torch.device("cpu"))
+    torch.manual_seed(stage.seed)
+    learner = context.build(stage)
+    train(learner, context.data, stage.steps, stage.batch_size, stage.lr, seed=stage.seed,
+          log_every=10)
+    _, expected = dump_base(learner.policy)
+    _, stored = SkillStore(store_uri).load("stand")
+    for key, value in expected.items():
+        torch.testing.assert_close(stored[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_serve_fits_submitted_tasks_and_refuses_bad_ones(ray_cluster, tmp_path):
+    base = [tiny_task("stand", role="base", steps=20)]
+    store_uri = str(tmp_path / "store")
+    walk = tiny_task("walk", steps=20, composers=[{"name": "s2w", "skills": ["base"]}])
+    put_datasets(store_uri, base + [walk])
+    run_plan(plan_stream(load_stream(write_stream(tmp_path / "s.yaml", base))), store_uri,
+             DriverOptions(progress=False))
+
+    served: list[int] = []
+    server = threading.Thread(target=lambda: served.append(
+        serve(store_uri, max_tasks=1, poll=0.2, options=DriverOptions(progress=False))))
+    server.start()
+    import yaml
+
+    spec = tmp_path / "walk.yaml"
+    spec.write_text(yaml.safe_dump(walk))
+    submission = submit(str(spec), store_uri, wait=True, poll=0.5)
+    server.join(timeout=300)
+
+    assert served == [1]
+    assert submission.status == "done", submission.message
+    assert "fitted walk, s2w" in submission.message
+    store = SkillStore(store_uri)
+    assert store.entry("walk").parent == "stand" and store.exists("s2w")
+    rows = store.results().to_pylist()
+    assert {(r["stream"], r["name"]) for r in rows} >= {("served", "walk"), ("served", "s2w")}
+    # The same task again is refused at submit time: its names are taken.
+    with pytest.raises(StoreError, match="already in the store"):
+        submit(str(spec), store_uri)
