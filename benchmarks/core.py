@@ -5,7 +5,8 @@
 
 Training (batch 1024, hidden 256): full fine-tuning of the base, one LoRA skill (rank 8),
 and a composer over k=3 skills (parameter level, only θ trains). Each step is forward,
-backward and an Adam step.
+backward and an Adam step; the three are stepped in turn. `value` is the median rate and
+`best` the rate of the fastest step (the least disturbed by other processes).
 
 Latency (full T=5 sampling, batch 1 and 50): the base alone; one LoRA skill switched on
 with `use_skills` (unmerged — its adapters run beside the base like the composer's do);
@@ -52,7 +53,8 @@ def batch(size: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(size, OBS_DIM, generator=g), torch.rand(size, ACT_DIM, generator=g) * 2 - 1
 
 
-def steps_per_second(loss_fn: Callable[[], torch.Tensor], params: list, steps: int) -> float:
+def train_step(loss_fn: Callable[[], torch.Tensor], params: list) -> Callable[[], None]:
+    """One optimiser step (forward, backward, Adam) as a callable."""
     opt = torch.optim.Adam(params, lr=1e-4)
 
     def step() -> None:
@@ -61,55 +63,56 @@ def steps_per_second(loss_fn: Callable[[], torch.Tensor], params: list, steps: i
         loss.backward()
         opt.step()
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1.0 / statistics.median(times)
+    return step
 
 
 def train_figures(steps: int) -> list[dict]:
     obs, actions = batch(1024)
-    rows = []
+    steps_by_what: dict[str, Callable[[], None]] = {}
 
     policy = make_policy()
     policy.requires_grad_(True)
-    rows.append({"name": "train_steps_per_s", "what": "full", "value": steps_per_second(
-        lambda: policy.loss(obs, actions)["loss"], list(policy.parameters()), steps)})
+    steps_by_what["full"] = train_step(lambda: policy.loss(obs, actions)["loss"], list(policy.parameters()))
 
-    policy = make_policy()
-    params = trainable_only(policy, SKILLS[0])
+    skill_policy = make_policy()
+    params = trainable_only(skill_policy, SKILLS[0])
 
     def lora_loss() -> torch.Tensor:
-        with use_skills(policy, SKILLS[:1]):
-            return policy.loss(obs, actions)["loss"]
+        with use_skills(skill_policy, SKILLS[:1]):
+            return skill_policy.loss(obs, actions)["loss"]
 
-    rows.append({"name": "train_steps_per_s", "what": "lora_r8",
-                 "value": steps_per_second(lora_loss, params, steps)})
+    steps_by_what["lora_r8"] = train_step(lora_loss, params)
 
     composer = Composer(make_policy(), SKILLS, "parameter", AlphaConfig(output="softmax"))
     params = [p for p in composer.parameters() if p.requires_grad]
-    rows.append({"name": "train_steps_per_s", "what": f"composer_k{K}", "value": steps_per_second(
-        lambda: composer.loss(obs, actions)["loss"], params, steps)})
-    for row in rows:
-        row.update(unit="steps/s", batch=1024, hidden=256)
-    return rows
+    steps_by_what[f"composer_k{K}"] = train_step(lambda: composer.loss(obs, actions)["loss"], params)
+
+    times = interleaved_times(steps_by_what, steps, warmup=1, budget_s=25.0)
+    return [
+        {"name": "train_steps_per_s", "what": what, "value": 1.0 / statistics.median(ts),
+         "best": 1.0 / min(ts), "unit": "steps/s", "batch": 1024, "hidden": 256, "steps": len(ts)}
+        for what, ts in times.items()
+    ]
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int = 5, budget_s: float = 15.0
+) -> dict[str, list[float]]:
     """Seconds per call of each function, timed round-robin after a short warm-up.
 
     Round-robin makes load from other processes hit every variant alike; each round's
     calls run back to back, so ratios within a round are fair even when rounds are not.
+    Stops early (after at least 3 rounds) once `budget_s` has passed, so a busy machine
+    cannot stretch the run.
     """
     for fn in fns.values():
-        for _ in range(5):
+        for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
+    deadline = time.perf_counter() + budget_s
+    for rep in range(reps):
+        if rep >= 3 and time.perf_counter() > deadline:
+            break
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
@@ -135,18 +138,19 @@ def latency_figures(reps: int) -> list[dict]:
         def composed(obs=obs) -> None:
             composer.sample(obs)
 
-        size_reps = reps if size == 1 else max(reps // 10, 3)
+        size_reps = reps if size == 1 else max(reps // 5, 3)
         with torch.inference_mode():
             times = interleaved_times(
-                {"base": base, "single_skill": single, f"composed_k{K}": composed}, size_reps
+                {"base": base, "single_skill": single, f"composed_k{K}": composed}, size_reps,
+                budget_s=8.0,
             )
             merge(policy, SKILLS[0])
-            times["single_skill_merged"] = interleaved_times({"m": base}, size_reps)["m"]
+            times["single_skill_merged"] = interleaved_times({"m": base}, size_reps, budget_s=4.0)["m"]
             unmerge(policy, SKILLS[0])
         for what, ts in times.items():
             rows.append({"name": "action_latency_ms", "what": what, "batch": size,
                          "value": statistics.median(ts) * 1e3, "min": min(ts) * 1e3,
-                         "unit": "ms", "T": policy.config.T, "reps": size_reps})
+                         "unit": "ms", "T": policy.config.T, "reps": len(ts)})
         if size == 1:
             paired = [c / s for c, s in zip(times[f"composed_k{K}"], times["single_skill"])]
             ratio = {"value": statistics.median(paired),
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = latency_figures(reps=10 if args.quick else 300)
-    rows += train_figures(steps=2 if args.quick else 10)
+    rows += train_figures(steps=2 if args.quick else 12)
     for row in rows:
         row["threads"] = args.threads
         if args.json:
