@@ -416,7 +416,6 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.actors = self.path / "actors"
         self.eval_log = self.path / "eval.jsonl"
         self.train_log = self.path / "train.jsonl"
 
