@@ -1,0 +1,100 @@
+"""α(s) of a stored composer over one episode of its own rollout (paper Fig. 5).
+
+The composer acts as it does in evaluation (`pipeline.stages.load_acting`), and at every
+step its context network's weights for the visited state are recorded: one line per
+composed skill, over the steps of one episode on the target task.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from library.composition import Composer
+from library.errors import StoreError
+from library.names import BASE
+from library.serialization import load_base, load_composer, load_skill
+from pipeline.stages import load_acting, split_item
+from tasks.spec import StreamSpec
+from tasks.suites import get_suite
+from tune.spec import SearchSpec, find_composer
+from tune.trials import TrialPoint, enumerate_points
+
+
+def load_stored_composer(store, name: str) -> Composer:
+    """The stored composer `name` on its base with its skills (for its α(s))."""
+    entry = store.entry(name)
+    if entry.kind != "composer":
+        raise StoreError(f"{name!r} is a {entry.kind}, not a composer")
+    config, tensors = store.load(name)
+    base_config, base_tensors = store.load(entry.parent)
+    policy = load_base(base_config, split_item(base_tensors)[0])
+    for skill in config.get("skills", []):
+        if skill != BASE:
+            skill_config, skill_tensors = store.load(skill)
+            load_skill(policy, skill, skill_config, split_item(skill_tensors)[0])
+    composer = load_composer(policy, config, split_item(tensors)[0])
+    composer.eval()
+    return composer
+
+
+def trace(store, name: str, task, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(skills, α per step [T, k], reward per step [T]) of one episode of composer `name`
+    on `task` (its eval settings: horizon, max_steps, IDQL candidates)."""
+    composer = load_stored_composer(store, name)
+    act = load_acting(store, name, n_candidates=task.eval.n_candidates, seed=seed)
+    suite = get_suite(task.suite)
+    env = suite.make_env(task.env, task.dynamics, seed=seed, horizon=task.horizon)
+    alphas, rewards = [], []
+    try:
+        obs, _ = env.reset(seed=seed)
+        limit = task.eval.max_steps or np.inf
+        while len(alphas) < limit:
+            with torch.no_grad():
+                weights = composer.alpha(torch.as_tensor(obs, dtype=torch.float32)[None])
+            alphas.append(weights[0].numpy())
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            rewards.append(float(reward))
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    return list(composer.skills), np.stack(alphas), np.asarray(rewards)
+
+
+def plot_trace(search: SearchSpec, stream: StreamSpec, store, path: str) -> str:
+    """Plot the α(s) trace of the search's `alpha_trace` composer; a one-line note."""
+    spec = search.alpha_trace
+    assert spec is not None
+    points = [p for p in enumerate_points(search)
+              if p.target == spec.target and p.method == spec.method and p.seed == spec.seed]
+    if not points:
+        raise StoreError(f"no trial point {spec.method} on {spec.target} with seed {spec.seed}")
+    point: TrialPoint = points[0]
+    target = next(t for t in search.targets if t.label == spec.target)
+    task, composer_spec = find_composer(stream, target.composer, "alpha_trace")
+    name = f"{composer_spec.name}_{point.tag()}"
+    if not store.exists(name):
+        raise StoreError(f"composer {name!r} of trial {point.describe()} is not in the store")
+    skills, alphas, rewards = trace(store, name, task)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 4.2), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1]})
+    for index, skill in enumerate(skills):
+        top.plot(alphas[:, index], label=skill if skill != BASE else "base (zero adapter: its α has no effect)")
+    top.set_ylabel("α_i(s_t)")
+    top.set_title(f"{search.name}: α(s) of {name} over one episode on {task.env}")
+    top.legend(fontsize="small")
+    bottom.plot(rewards, color="grey")
+    bottom.set_ylabel("reward")
+    bottom.set_xlabel("step t")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return (f"α(s) over one episode: composer `{name}` ({point.describe()}), "
+            f"{len(rewards)} steps, return {rewards.sum():.1f}.")

@@ -1,0 +1,400 @@
+"""From the store's results table to a search's section of docs/RESULTS.md, with plots.
+
+A trial's rows carry the stream name `<search>_<tag>` (`tune.trials.stream_name`); the
+search file enumerates its points again, so every row is matched to its method, target,
+rank, data size, α choice and training seed without parsing names. A trial's value is
+the mean over evaluation seeds of the search's metric for its main item (composer, or
+scratch policy); a cell is the mean ± std over training seeds of those values.
+
+The section holds, as the search's axes call for:
+
+* the method table in the paper's layout (rows PSEC, PSEC (MLP), NSEC, ASEC, Scratch,
+  Fixed; a column per target), with the paper's figures beside it when the search file
+  gives them. Fixed is the best of its start points per target (the search tunes it;
+  the winner is named), every other row is one configuration: nothing is picked on the
+  evaluation score to favour a method;
+* the controls DESIGN.md demands of a composition claim: the new skill alone, every
+  stored skill and the base alone (`controls: [single]`), uniform α (method `uniform`);
+* `<search>-ranks.png` (rank ablation, MLP as a reference line), `<search>-data.png`
+  (score against trajectories) and `<search>-alpha.png` (α(s) over one episode);
+* the command that regenerates it, the machine and the wall time of the search.
+
+Sections are delimited by `<!-- tune:<search> -->` markers, so each search rewrites its
+own section and leaves the rest of the file alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from library.errors import PsecError
+from library.names import BASE
+from library.store import SkillStore
+from tasks.spec import StreamSpec
+from tune.search import read_record
+from tune.spec import SearchSpec, find_composer, load_search
+from tune.trials import TrialPoint, alpha_label, enumerate_points, stream_name, variant_name
+
+ROW_LABELS = {"psec": "PSEC", "mlp": "PSEC (MLP)", "nsec": "NSEC", "asec": "ASEC",
+              "scratch": "Scratch", "fixed": "Fixed", "uniform": "Uniform α (control)"}
+"""Method -> row label, in the paper's order."""
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "—"
+    mean, std = _mean_std(values)
+    return f"{mean:.3g} ± {std:.2g} (n={len(values)})"
+
+
+@dataclass
+class Measured:
+    """What the results table says about one trial point."""
+
+    point: TrialPoint
+    value: float | None
+    """Mean over evaluation seeds of the metric for the trial's main item."""
+    skill_value: float | None
+    """The same for the trial's new skill alone (composing methods)."""
+
+
+@dataclass
+class SearchResults:
+    """Every measured trial of a search, plus its controls."""
+
+    search: SearchSpec
+    stream: StreamSpec
+    measured: list[Measured]
+    controls: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    """(stored item, target task) -> per-eval-seed metric of the item alone on it."""
+
+    def values(self, **match) -> dict[tuple, list[float]]:
+        """Per-seed values grouped by everything but the seed, for points matching."""
+        groups: dict[tuple, list[float]] = defaultdict(list)
+        for m in self.measured:
+            if m.value is None or any(getattr(m.point, k) != v for k, v in match.items()):
+                continue
+            p = m.point
+            key = (p.target, p.method, p.rank, p.episodes,
+                   None if p.alpha is None else alpha_label(p.alpha))
+            groups[key].append(m.value)
+        return groups
+
+
+def _mean(rows: list[dict], metric: str) -> float | None:
+    values = [row[metric] for row in rows if row.get(metric) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def collect(search: SearchSpec, rows: Iterable[dict]) -> SearchResults:
+    """Match the results rows to the search's trial points (final rungs only)."""
+    stream = search.load_stream()
+    by_stream: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_stream[row["stream"]].append(row)
+    measured = []
+    for point in enumerate_points(search):
+        name = stream_name(search, point)
+        trial_rows = by_stream.get(name, [])
+        task, composer = find_composer(
+            stream, next(t.composer for t in search.targets if t.label == point.target),
+            "targets")
+        tag = point.tag()
+        task_name = f"{task.name}_{tag}"
+        item = task_name if point.method == "scratch" else f"{composer.name}_{tag}"
+        own = [r for r in trial_rows if r["eval_task"] == task_name]
+        value = _mean([r for r in own if r["name"] == item], search.metric)
+        skill = None
+        if point.method != "scratch":
+            skill = _mean([r for r in own if r["name"] == task_name], search.metric)
+        measured.append(Measured(point, value, skill))
+    controls: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for row in by_stream.get(f"{search.name}_controls", []):
+        if row.get(search.metric) is not None:
+            controls[(row["name"], row["eval_task"])].append(row[search.metric])
+    return SearchResults(search, stream, measured, dict(controls))
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def _varying(search: SearchSpec) -> dict[str, bool]:
+    return {"rank": len(search.ranks) > 1, "episodes": len(search.data_episodes) > 1,
+            "alpha": len(search.alpha) > 1}
+
+
+def _row_label(method: str, rank, episodes, alpha, varying: dict[str, bool]) -> str:
+    label = ROW_LABELS[method]
+    extra = []
+    if varying["rank"] and rank is not None:
+        extra.append(f"rank {rank}")
+    if varying["episodes"] and episodes is not None:
+        extra.append(f"{episodes} traj.")
+    if varying["alpha"] and alpha is not None and method not in ("fixed", "uniform"):
+        extra.append(alpha)
+    return f"{label} [{', '.join(extra)}]" if extra else label
+
+
+def method_table(results: SearchResults) -> list[str]:
+    """The paper's layout: a row per method (and configuration), a column per target."""
+    search = results.search
+    labels = [t.label for t in search.targets]
+    varying = _varying(search)
+    groups = results.values()
+    rows: dict[str, dict[str, list[float]]] = {}
+    winners: list[str] = []
+    for method in [m for m in ROW_LABELS if m in search.methods]:
+        if method == "fixed":
+            # The fixed weights are tuned by the search: per target and (rank, data size)
+            # the start point with the best mean over seeds.
+            best: dict[tuple, tuple[float, str, list[float]]] = {}
+            for (target, m, rank, episodes, alpha), values in groups.items():
+                if m != "fixed":
+                    continue
+                mean = _mean_std(values)[0]
+                key = (target, rank, episodes)
+                better = key not in best or (mean > best[key][0] if search.mode == "max"
+                                             else mean < best[key][0])
+                if better:
+                    best[key] = (mean, alpha, values)
+            for (target, rank, episodes), (_, alpha, values) in sorted(
+                    best.items(), key=lambda kv: str(kv[0])):
+                label = _row_label("fixed", rank, episodes, None, varying)
+                rows.setdefault(label, {})[target] = values
+                if len(search.fixed_alpha) > 1:
+                    winners.append(f"{target}: {alpha}")
+            continue
+        for (target, m, rank, episodes, alpha), values in sorted(
+                groups.items(), key=lambda kv: str(kv[0])):
+            if m == method:
+                label = _row_label(method, rank, episodes, alpha, varying)
+                rows.setdefault(label, {})[target] = values
+    lines = ["| method | " + " | ".join(labels) + " |",
+             "| --- |" + " ---: |" * len(labels)]
+    for label, cells in rows.items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(cells.get(t, [])) for t in labels) + " |")
+    if winners:
+        lines += ["", "Fixed: best start point of the constant α per target (the constant is "
+                  "then trained): " + "; ".join(winners) + "."]
+    return lines
+
+
+def paper_table(search: SearchSpec) -> list[str]:
+    labels = [t.label for t in search.targets]
+    if not search.paper:
+        return ["The paper's figures are not in this search file (`paper:` is empty), so "
+                "none are shown beside ours."]
+    lines = ["Paper (as given in the search file's `paper:`):", "",
+             "| method | " + " | ".join(labels) + " |", "| --- |" + " ---: |" * len(labels)]
+    for row, cells in search.paper.items():
+        lines.append(f"| {row} | " + " | ".join(cells.get(t, "—") for t in labels) + " |")
+    return lines
+
+
+def controls_table(results: SearchResults) -> list[str]:
+    """New skill alone, every stored skill and the base alone, per target."""
+    search, stream = results.search, results.stream
+    labels = [t.label for t in search.targets]
+    rows: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    new_skill: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for m in results.measured:
+        if m.skill_value is not None and m.point.method in ("psec", "mlp"):
+            kind = "full" if m.point.method == "mlp" else f"rank {m.point.rank}"
+            new_skill[(kind, m.point.target)].append(m.skill_value)
+    for (kind, target), values in new_skill.items():
+        rows[f"new skill alone ({kind})"][target] = values
+    for target in search.targets:
+        task, composer = find_composer(stream, target.composer, "targets")
+        for skill in composer.skills:
+            variants = ([f"lora{r}" for r in search.ranks] if any(
+                m in search.methods for m in ("psec", "nsec", "asec", "fixed", "uniform"))
+                else []) + (["full"] if "mlp" in search.methods else [])
+            names = [task.base] if skill == BASE else [variant_name(skill, v) for v in variants]
+            for name in names:
+                values = results.controls.get((name, task.name))
+                if values:
+                    label = "base alone" if skill == BASE else f"{name} alone"
+                    rows[label][target.label] = values
+    if not rows:
+        return []
+    lines = ["| control | " + " | ".join(labels) + " |", "| --- |" + " ---: |" * len(labels)]
+    for label, cells in rows.items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(cells.get(t, [])) for t in labels) + " |")
+    return lines
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_ranks(results: SearchResults, path: str) -> bool:
+    """Score against LoRA rank (PSEC), MLP as a dashed line, one colour per target."""
+    search = results.search
+    if len(search.ranks) < 2:
+        return False
+    plt = _pyplot()
+    groups = results.values()
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for index, target in enumerate(t.label for t in search.targets):
+        colour = plt.get_cmap("tab10")(index % 10)
+        xs, means, stds = [], [], []
+        for rank in search.ranks:
+            values = [v for (t, m, r, _, _), vs in groups.items()
+                      if t == target and m == "psec" and r == rank for v in vs]
+            if values:
+                mean, std = _mean_std(values)
+                xs.append(rank)
+                means.append(mean)
+                stds.append(std)
+        if xs:
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=colour,
+                        label=f"PSEC {target}")
+        mlp = [v for (t, m, _, _, _), vs in groups.items() if t == target and m == "mlp"
+               for v in vs]
+        if mlp:
+            ax.axhline(_mean_std(mlp)[0], linestyle="--", color=colour,
+                       label=f"PSEC (MLP) {target}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(search.ranks, [str(r) for r in search.ranks])
+    ax.set_xlabel("LoRA rank n")
+    ax.set_ylabel(f"{search.metric} (mean ± std over seeds)")
+    ax.set_title(f"{search.name}: rank ablation")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_data(results: SearchResults, path: str) -> bool:
+    """Score against trajectories of the target's data, a line per method and target."""
+    search = results.search
+    sizes = [n for n in search.data_episodes if n is not None]
+    if len(sizes) < 2:
+        return False
+    plt = _pyplot()
+    groups = results.values()
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    styles = ["-", "--", ":", "-."]
+    for t_index, target in enumerate(t.label for t in search.targets):
+        for m_index, method in enumerate(m for m in ROW_LABELS if m in search.methods):
+            xs, means, stds = [], [], []
+            for n in sizes:
+                values = [v for (t, m, _, e, _), vs in groups.items()
+                          if t == target and m == method and e == n for v in vs]
+                if values:
+                    mean, std = _mean_std(values)
+                    xs.append(n)
+                    means.append(mean)
+                    stds.append(std)
+            if xs:
+                ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3,
+                            linestyle=styles[t_index % len(styles)],
+                            color=plt.get_cmap("tab10")(m_index % 10),
+                            label=f"{ROW_LABELS[method]} {target}")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.set_xlabel("trajectories of the new task")
+    ax.set_ylabel(f"{search.metric} (mean ± std over seeds)")
+    ax.set_title(f"{search.name}: sample efficiency")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------- section
+
+
+def _section(results: SearchResults, record: dict | None, command: str,
+             plots: list[tuple[str, str]], trace_note: str | None) -> str:
+    search = results.search
+    done = sum(m.value is not None for m in results.measured)
+    lines = [f"<!-- tune:{search.name} -->", f"## Search `{search.name}`", ""]
+    lines += [f"Regenerate: `{command}`", ""]
+    if record is not None:
+        lines.append(f"Measured at scale `{record['scale']}` on {record['machine']}: "
+                     f"{record['completed']} of {record['trials']} trials completed, wall "
+                     f"time {record['wall_seconds']:.0f} s (of which {record['prepare_seconds']:.0f}"
+                     f" s preparing the shared base and skills), finished {record['finished']}.")
+    else:
+        lines.append("Not run in this store yet: no numbers below are measured.")
+    lines += ["", f"{done} of {len(results.measured)} trial points have results. Metric: "
+              f"`{search.metric}` (mean over evaluation seeds), then mean ± std over "
+              f"training seeds {search.seeds}.", ""]
+    lines += method_table(results) + [""] + paper_table(search) + [""]
+    controls = controls_table(results)
+    if controls:
+        lines += ["Controls (DESIGN.md: a composition claim is made against them):", ""]
+        lines += controls + [""]
+    for title, file in plots:
+        lines += [f"![{title}]({file})", ""]
+    if trace_note:
+        lines += [trace_note, ""]
+    lines.append(f"<!-- /tune:{search.name} -->")
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, name: str, section: str) -> str:
+    """`text` with the section of search `name` replaced (appended when absent)."""
+    begin, end = f"<!-- tune:{name} -->", f"<!-- /tune:{name} -->"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        return head + section.rstrip("\n") + tail
+    return text.rstrip("\n") + "\n\n" + section
+
+
+def write_section(search_path: str, scale: str, store_uri: str, results_path: str,
+                  command: str, address: str | None = None) -> str:
+    """Rewrite the search's section of `results_path` and its plots; returns the path."""
+    search = load_search(search_path, scale)
+    store = SkillStore(store_uri)
+    results = collect(search, store.results().to_pylist())
+    folder = os.path.dirname(os.path.abspath(results_path))
+    os.makedirs(folder, exist_ok=True)
+    plots = []
+    for title, suffix, plot in (("rank ablation", "ranks", plot_ranks),
+                                ("sample efficiency", "data", plot_data)):
+        file = f"{search.name}-{suffix}.png"
+        if plot(results, os.path.join(folder, file)):
+            plots.append((title, file))
+    trace_note = None
+    if search.alpha_trace is not None:
+        from tune.alpha_trace import plot_trace
+
+        file = f"{search.name}-alpha.png"
+        try:
+            trace_note = plot_trace(search, results.stream, store, os.path.join(folder, file))
+            plots.append(("α(s) over one episode", file))
+        except PsecError as error:
+            trace_note = f"α(s) over one episode: not plotted ({error})."
+    text = ""
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            text = f.read()
+    else:
+        text = "# Results\n"
+    section = _section(results, read_record(store.uri, search.name), command, plots, trace_note)
+    with open(results_path, "w") as f:
+        f.write(replace_section(text, search.name, section))
+    return results_path

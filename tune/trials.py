@@ -1,0 +1,230 @@
+"""Trial points and what each one runs: a method is a transformation of the stream's spec.
+
+A *trial point* is one method on one target with one rank, data size, α choice and seed.
+It becomes a one-task plan on top of the store (`pipeline.plan.plan_task`):
+
+* psec / nsec / asec / fixed / uniform: the target task renamed `<task>_<tag>`, its LoRA
+  at the point's rank, its data the stored dataset of the wanted size, and exactly one
+  composer `<composer>_<tag>` in the method's mode over the stored skills at that rank;
+* mlp: the same with full-rank adapters (`lora.kind: full`) for the new skill and for
+  every stored skill it composes, composed at the parameter level (PSEC(MLP));
+* scratch: a base policy `<task>_<tag>` fitted on the target's data alone.
+
+The stored skills a target composes are refitted once per adapter variant as
+`<skill>_lora<r>` / `<skill>_full` (without composers, on the skill task's own stored
+data) and shared by every trial; so is the base. `<tag>` is a hash of the point, so a
+trial run again (a restored search, or a new search with an overlapping grid) finds its
+items and results in the store and does nothing twice. Its results rows carry the stream
+name `<search>_<tag>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+from pydantic import BaseModel, ConfigDict
+
+from library.names import BASE
+from pipeline.plan import dataset_name
+from tasks.spec import AlphaSpec, ComposerSpec, DataSpec, StreamSpec, TaskSpec, dump, parse_task
+from tune.spec import MODE, SearchSpec, find_composer
+
+
+class TrialPoint(BaseModel):
+    """One point of a search: what one trial fits and evaluates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    target: str
+    """Label of the target (a `TargetSpec.label`)."""
+    method: str
+    """psec | nsec | asec | mlp | scratch | fixed | uniform."""
+    rank: int | None
+    """LoRA rank of every skill involved; None for mlp and scratch."""
+    episodes: int | None
+    """Trajectories of the target's data; None = the stream's count."""
+    alpha: AlphaSpec | None
+    """α parameterisation of the composer; None for scratch."""
+    seed: int
+    """Training seed of the target's skill and composer (or of scratch)."""
+
+    def tag(self) -> str:
+        """8 hex digits naming the point's items and stream (stable across runs)."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    @property
+    def variant(self) -> str | None:
+        """Adapter variant of the stored skills: `lora<r>`, `full`, or None (scratch)."""
+        if self.method == "scratch":
+            return None
+        return "full" if self.method == "mlp" else f"lora{self.rank}"
+
+    def describe(self) -> str:
+        parts = [self.method, self.target]
+        if self.rank is not None:
+            parts.append(f"rank {self.rank}")
+        if self.episodes is not None:
+            parts.append(f"{self.episodes} trajectories")
+        if self.alpha is not None:
+            parts.append(alpha_label(self.alpha))
+        parts.append(f"seed {self.seed}")
+        return ", ".join(parts)
+
+
+UNIFORM_ALPHA = AlphaSpec(output="raw", init="uniform", scale=1.0)
+"""The uniform-α control: α_i = 1/k. The spec has no untrained composer, so it is a fixed
+composer trained for one step: Adam's first step moves each α_i by at most the lr."""
+
+
+def alpha_label(alpha: AlphaSpec) -> str:
+    """`softmax/newest` (and `×s` when the scale is not 1)."""
+    label = f"{alpha.output}/{alpha.init}"
+    return label if alpha.scale == 1.0 else f"{label}×{alpha.scale:g}"
+
+
+def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
+    """Every trial point of the search (scale applied), without repeats."""
+    points: list[TrialPoint] = []
+    for target in search.targets:
+        for method in search.methods:
+            ranks: list[int | None] = [None] if method in ("mlp", "scratch") else list(search.ranks)
+            if method == "scratch":
+                alphas: list[AlphaSpec | None] = [None]
+            elif method == "fixed":
+                alphas = list(search.fixed_alpha)
+            elif method == "uniform":
+                alphas = [UNIFORM_ALPHA]
+            else:
+                alphas = list(search.alpha)
+            for rank in ranks:
+                for episodes in search.data_episodes:
+                    for alpha in alphas:
+                        for seed in search.seeds:
+                            point = TrialPoint(target=target.label, method=method, rank=rank,
+                                               episodes=episodes, alpha=alpha, seed=seed)
+                            if point not in points:
+                                points.append(point)
+    return points
+
+
+def stream_name(search: SearchSpec, point: TrialPoint, rung: int | None = None) -> str:
+    """Stream name of a trial's results rows: `<search>_<tag>` (`…r<i>` for early rungs)."""
+    suffix = "" if rung is None else f"r{rung}"
+    return f"{search.name}_{point.tag()}{suffix}"
+
+
+# ------------------------------------------------------------------ transformations
+
+
+def _target(search: SearchSpec, stream: StreamSpec, label: str) -> tuple[TaskSpec, ComposerSpec]:
+    target = next(t for t in search.targets if t.label == label)
+    return find_composer(stream, target.composer, "targets")
+
+
+def variant_name(skill: str, variant: str) -> str:
+    """Store name of a stored skill refitted as adapter variant `variant`."""
+    return f"{skill}_{variant}"
+
+
+def episodes_dataset(task: TaskSpec, episodes: int | None) -> str:
+    """Store name of the target's dataset with `episodes` trajectories."""
+    name = dataset_name(task)
+    if episodes is None or episodes == task.data.episodes:
+        return name
+    return f"{name}_n{episodes}"
+
+
+def _stored_data(task: TaskSpec, dataset: str) -> DataSpec:
+    """Refer to the stored dataset `dataset` instead of generating or importing again."""
+    limit = task.data.max_transitions if task.data.source == "store" else None
+    return DataSpec(source="store", dataset=dataset, max_transitions=limit)
+
+
+def _lora(task: TaskSpec, variant: str) -> dict:
+    if variant == "full":
+        return {**task.lora.model_dump(), "kind": "full"}
+    return {**task.lora.model_dump(), "kind": "lora", "rank": int(variant[len("lora"):])}
+
+
+def library_skill_task(stream: StreamSpec, skill: str, variant: str) -> TaskSpec:
+    """A stored skill refitted as `variant`: renamed, no composers, its stored data."""
+    task = stream.task(skill)
+    data = dump(task)
+    data.update(name=variant_name(skill, variant), lora=_lora(task, variant), composers=[],
+                data=_stored_data(task, dataset_name(task)).model_dump(exclude_none=True))
+    return parse_task(data)
+
+
+def scaled_steps(steps: int, fraction: float) -> int:
+    return max(1, math.ceil(steps * fraction))
+
+
+def trial_task(search: SearchSpec, stream: StreamSpec, point: TrialPoint,
+               fraction: float = 1.0, rung: int | None = None) -> TaskSpec:
+    """The one task a trial fits: see the module docstring. `fraction` scales its steps
+    (ASHA rungs); `rung` tags the names of a rung below the full budget."""
+    task, composer = _target(search, stream, point.target)
+    tag = point.tag() + ("" if rung is None else f"r{rung}")
+    data = dump(task)
+    train = {**data["train"], "steps": scaled_steps(task.train.steps, fraction)}
+    stored = _stored_data(task, episodes_dataset(task, point.episodes))
+    data.update(name=f"{task.name}_{tag}", train=train,
+                data=stored.model_dump(exclude_none=True))
+    if point.method == "scratch":
+        data.update(role="base", base=None, composers=[], lora=task.lora.model_dump())
+        return parse_task(data)
+    variant = point.variant
+    assert variant is not None and point.alpha is not None
+    skills = [s if s == BASE else variant_name(s, variant) for s in composer.skills]
+    steps = 1 if point.method == "uniform" else scaled_steps(composer.steps, fraction)
+    data.update(lora=_lora(task, variant), composers=[{
+        "name": f"{composer.name}_{tag}", "skills": skills, "mode": MODE[point.method],
+        "alpha": point.alpha.model_dump(), "steps": steps}])
+    return parse_task(data)
+
+
+def library_tasks(search: SearchSpec, stream: StreamSpec,
+                  points: list[TrialPoint]) -> list[TaskSpec]:
+    """Every stored-skill variant the points compose, in stream order, each once."""
+    wanted: set[tuple[str, str]] = set()
+    for point in points:
+        if point.variant is None:
+            continue
+        _, composer = _target(search, stream, point.target)
+        wanted.update((skill, point.variant) for skill in composer.skills if skill != BASE)
+    order = {task.name: index for index, task in enumerate(stream.tasks)}
+    return [library_skill_task(stream, skill, variant)
+            for skill, variant in sorted(wanted, key=lambda sv: (order[sv[0]], sv[1]))]
+
+
+def base_tasks(search: SearchSpec, stream: StreamSpec, points: list[TrialPoint]) -> list[TaskSpec]:
+    """The stream's base tasks the targets are built on, in stream order."""
+    bases = {_target(search, stream, p.target)[0].base for p in points}
+    return [task for task in stream.tasks if task.role == "base" and task.name in bases]
+
+
+def target_datasets(search: SearchSpec, stream: StreamSpec,
+                    points: list[TrialPoint]) -> dict[str, TaskSpec]:
+    """Dataset name -> the generating task that makes it, for every target data size and
+    every stored skill the points compose (their datasets are referred to, not copied)."""
+    datasets: dict[str, TaskSpec] = {}
+    for point in points:
+        task, composer = _target(search, stream, point.target)
+        name = episodes_dataset(task, point.episodes)
+        if name not in datasets and task.data.source == "generate":
+            data = dump(task)
+            if point.episodes is not None:
+                data["data"]["episodes"] = point.episodes
+            data["composers"] = []
+            datasets[name] = parse_task(data)
+        for skill in composer.skills:
+            if skill == BASE:
+                continue
+            source = stream.task(skill)
+            if source.data.source == "generate":
+                datasets.setdefault(dataset_name(source), source.model_copy(
+                    update={"composers": []}))
+    return datasets
