@@ -124,3 +124,13 @@ def test_missing_expert_error_names_the_training_command(tmp_path):
     message = str(error.value)
     assert "\n" not in message
     assert "python -m tasks.generators.sac --env walker-run" in message
+
+
+def test_recorded_command_parses_back_to_the_same_config():
+    from tasks.generators.sac import parse_args
+
+    config, args = parse_args(["--env", "SafetyBallRun-v0", "--suite", "bullet_safety",
+                               "--cost-penalty", "0.5", "--steps", "1000", "--threads", "2"])
+    assert (config.cost_penalty, config.steps, args.threads) == (0.5, 1000, 2)
+    again, _ = parse_args(config.command().split()[3:])
+    assert again == config
