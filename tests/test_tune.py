@@ -1,0 +1,256 @@
+"""Ray Tune searches: the search file (every bad field named), trial points as stream
+transformations, and a tiny search of two trials on a 2-CPU Ray that resumes and
+produces the results table."""
+
+import copy
+import time
+
+import pytest
+import yaml
+
+from library.errors import PsecError, SpecError
+from tune.spec import load_search
+from tune.trials import (
+    UNIFORM_ALPHA,
+    enumerate_points,
+    library_tasks,
+    stream_name,
+    target_datasets,
+    trial_task,
+)
+
+# Two DMC walker tasks with committed expert actors, 40-step episodes, a few steps each.
+STREAM = {
+    "name": "tiny", "continual": False, "seed": 0,
+    "tasks": [
+        {"name": "stand", "suite": "dmc", "env": "walker-stand", "role": "base",
+         "horizon": 40, "data": {"source": "generate", "policy": "expert", "episodes": 3},
+         "train": {"steps": 30, "batch_size": 32},
+         "eval": {"episodes": 1, "seeds": [0], "max_steps": 15}},
+        {"name": "walk", "suite": "dmc", "env": "walker-walk", "horizon": 40,
+         "data": {"source": "generate", "policy": "expert", "episodes": 2, "seed": 1},
+         "lora": {"rank": 2}, "train": {"steps": 20, "batch_size": 32},
+         "composers": [{"name": "s2w", "skills": ["base"], "steps": 10}],
+         "eval": {"episodes": 1, "seeds": [0], "max_steps": 15}},
+        {"name": "run", "suite": "dmc", "env": "walker-walk", "horizon": 40,
+         "data": {"source": "generate", "policy": "expert", "episodes": 2, "seed": 2},
+         "lora": {"rank": 2}, "train": {"steps": 20, "batch_size": 32},
+         "composers": [{"name": "sw2r", "skills": ["base", "walk"], "steps": 10}],
+         "eval": {"episodes": 1, "seeds": [0], "max_steps": 15}},
+    ],
+    "scales": {"smoke": {}, "paper": {}},
+}
+
+SEARCH = {
+    "name": "tiny_search", "stream": "stream.yaml",
+    "targets": [{"label": "S→W", "composer": "s2w"}],
+    "methods": ["psec", "nsec"], "ranks": [2], "seeds": [0],
+    "controls": ["single"],
+    "alpha_trace": {"target": "S→W", "method": "psec", "seed": 0},
+    "scales": {"smoke": {"stream_scale": "smoke"}, "paper": {"stream_scale": "paper"}},
+}
+
+
+def write(tmp_path, search=None, stream=None):
+    (tmp_path / "stream.yaml").write_text(yaml.safe_dump(stream or STREAM, sort_keys=False))
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(search or SEARCH, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def changed(**edits):
+    search = copy.deepcopy(SEARCH)
+    search.update(edits)
+    return search
+
+
+# ------------------------------------------------------------------ the search file
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    ({"bogus": 1}, "bogus"),
+    ({"methods": ["psec", "fancy"]}, "methods[1]"),
+    ({"methods": ["psec", "psec"]}, "methods[1]"),
+    ({"ranks": [4, 0]}, "ranks[1]"),
+    ({"seeds": [0, 0]}, "seeds[1]"),
+    ({"data_episodes": [10, 0]}, "data_episodes[1]"),
+    ({"name": "has space"}, "name"),
+    ({"name": "x" * 41}, "name"),
+    ({"targets": []}, "targets"),
+    ({"targets": [{"label": "A", "composer": "s2w"}, {"label": "A", "composer": "s2w"}]},
+     "targets[1].label"),
+    ({"alpha": [{"output": "tanh"}]}, "alpha[0].output"),
+    ({"fixed_alpha": [{"output": "softmax", "init": "zero"}]}, "fixed_alpha[0].init"),
+    ({"searcher": {"scheduler": "asha", "rungs": [0.5, 0.9]}}, "searcher.rungs"),
+    ({"searcher": {"rungs": [0.5, 1.0]}}, "searcher.rungs"),
+    ({"searcher": {"kind": "bayes"}}, "searcher.kind"),
+    ({"resources": {"max_concurrent_trials": 0}}, "resources.max_concurrent_trials"),
+    ({"metric": "speed"}, "metric"),
+    ({"alpha_trace": {"target": "nowhere"}}, "alpha_trace.target"),
+    ({"alpha_trace": {"target": "S→W", "method": "scratch"}}, "alpha_trace.method"),
+    ({"scales": {"smoke": {"stream_scale": "smoke"}}}, "scales"),
+    ({"scales": {"smoke": {"stream_scale": "smoke", "ranks": [0]},
+                 "paper": {"stream_scale": "paper"}}}, "scales.smoke.ranks[0]"),
+])
+def test_a_bad_field_is_a_spec_error_naming_it(tmp_path, edit, field):
+    with pytest.raises(SpecError) as error:
+        load_search(write(tmp_path, changed(**edit)))
+    assert error.value.field == field, str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_the_stream_and_its_targets_are_checked_on_load(tmp_path):
+    with pytest.raises(SpecError) as error:
+        load_search(write(tmp_path, changed(targets=[{"label": "S→W", "composer": "nope"}])))
+    assert error.value.field == "targets[0].composer" and "s2w, sw2r" in str(error.value)
+    with pytest.raises(SpecError) as error:
+        load_search(write(tmp_path, changed(stream="missing.yaml")))
+    assert "no such file" in str(error.value)
+    with pytest.raises(SpecError) as error:
+        load_search(write(tmp_path), scale="huge")
+    assert error.value.field == "scale"
+    with pytest.raises(SpecError) as error:
+        load_search(write(tmp_path, changed(scales={"smoke": {"stream_scale": "fast"},
+                                                    "paper": {"stream_scale": "paper"}})),
+                    scale="smoke")
+    assert error.value.field == "scale" and "fast" in str(error.value)
+
+
+def test_a_scale_narrows_the_axes(tmp_path):
+    search = changed(ranks=[2, 4, 8], seeds=[0, 1, 2], scales={
+        "smoke": {"stream_scale": "smoke", "ranks": [2], "seeds": [0]},
+        "paper": {"stream_scale": "paper"}})
+    smoke = load_search(write(tmp_path, search), scale="smoke")
+    assert smoke.ranks == [2] and smoke.seeds == [0] and smoke.stream_scale == "smoke"
+    paper = load_search(write(tmp_path, search), scale="paper")
+    assert paper.ranks == [2, 4, 8] and paper.seeds == [0, 1, 2]
+
+
+# ------------------------------------------------------ methods as stream transformations
+
+
+def test_points_cover_the_axes_without_redundant_trials(tmp_path):
+    search = load_search(write(tmp_path, changed(
+        targets=[{"label": "S→W", "composer": "s2w"}, {"label": "S+W→R", "composer": "sw2r"}],
+        methods=["psec", "mlp", "scratch", "fixed", "uniform"], ranks=[2, 4], seeds=[0, 1],
+        fixed_alpha=[{"init": "uniform"}, {"init": "newest"}])), scale="smoke")
+    points = enumerate_points(search)
+    per_target = {m: sum(p.method == m and p.target == "S→W" for p in points)
+                  for m in search.methods}
+    # psec: 2 ranks x 2 seeds; mlp and scratch have no rank; fixed: 2 ranks x 2 starts x 2
+    assert per_target == {"psec": 4, "mlp": 2, "scratch": 2, "fixed": 8, "uniform": 4}
+    assert len({p.tag() for p in points}) == len(points)
+    assert all(p.alpha == UNIFORM_ALPHA for p in points if p.method == "uniform")
+
+
+def test_each_method_is_a_transformation_of_the_target_task(tmp_path):
+    search = load_search(write(tmp_path, changed(
+        targets=[{"label": "S+W→R", "composer": "sw2r"}],
+        methods=["psec", "nsec", "asec", "mlp", "scratch", "fixed", "uniform"],
+        ranks=[4], data_episodes=[5], alpha_trace=None)), scale="smoke")
+    stream = search.load_stream()
+    by_method = {p.method: p for p in enumerate_points(search)}
+    for method, mode in (("psec", "parameter"), ("nsec", "noise"), ("asec", "action"),
+                         ("fixed", "fixed")):
+        task = trial_task(search, stream, by_method[method])
+        tag = by_method[method].tag()
+        assert task.name == f"run_{tag}" and task.role == "skill" and task.base == "stand"
+        assert task.lora.rank == 4 and task.lora.kind == "lora"
+        assert task.data.source == "store" and task.data.dataset == "run_n5"
+        (composer,) = task.composers
+        assert composer.name == f"sw2r_{tag}" and composer.mode == mode
+        assert composer.skills == ["base", "walk_lora4"] and composer.steps == 10
+    mlp = trial_task(search, stream, by_method["mlp"])
+    assert mlp.lora.kind == "full" and mlp.composers[0].skills == ["base", "walk_full"]
+    assert mlp.composers[0].mode == "parameter"
+    scratch = trial_task(search, stream, by_method["scratch"])
+    assert scratch.role == "base" and scratch.base is None and not scratch.composers
+    assert trial_task(search, stream, by_method["uniform"]).composers[0].steps == 1
+    # An ASHA rung trains a fraction of the steps under names of its own.
+    rung = trial_task(search, stream, by_method["psec"], fraction=0.5, rung=0)
+    assert rung.train.steps == 10 and rung.composers[0].steps == 5
+    assert rung.name.endswith("r0") and rung.name != trial_task(search, stream,
+                                                                by_method["psec"]).name
+    # Shared work: the stored skill once per variant, the datasets once per size.
+    points = list(by_method.values())
+    assert [t.name for t in library_tasks(search, stream, points)] == ["walk_full",
+                                                                       "walk_lora4"]
+    assert all(not t.composers and t.data.dataset == "walk"
+               for t in library_tasks(search, stream, points))
+    datasets = target_datasets(search, stream, points)
+    assert set(datasets) == {"run_n5", "walk"} and datasets["run_n5"].data.episodes == 5
+    assert stream_name(search, by_method["psec"]) == f"tiny_search_{by_method['psec'].tag()}"
+
+
+def test_changing_the_data_size_of_an_imported_target_is_refused(tmp_path):
+    stream = copy.deepcopy(STREAM)
+    stream["tasks"][1]["data"] = {"source": "store", "dataset": "walk-data"}
+    with pytest.raises(SpecError) as error:
+        load_search(write(tmp_path, changed(data_episodes=[5]), stream))
+    assert error.value.field == "data_episodes"
+
+
+# -------------------------------------------------------------------- a tiny search
+
+
+@pytest.fixture
+def ray_two_cpus():
+    import ray
+
+    from pipeline.runtime import connect
+
+    connect("local", num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_two_trials_run_on_two_cpus_resume_and_make_the_table(tmp_path, ray_two_cpus):
+    import torch
+
+    from library.store import SkillStore
+    from tune.search import read_record, run_search
+    from tune.table import write_section
+
+    torch.set_num_threads(1)
+    path = str(write(tmp_path))
+    store = str(tmp_path / "store")
+    started = time.perf_counter()
+    summary = run_search(path, store, scale="smoke")
+    first = time.perf_counter() - started
+    assert summary.trials == 2 and summary.completed == 2, summary.describe()
+    assert not summary.errored
+
+    rows = SkillStore(store).results().to_pylist()
+    points = enumerate_points(load_search(path, "smoke"))
+    for point in points:
+        trial = [r for r in rows if r["stream"] == stream_name(load_search(path, "smoke"),
+                                                               point)]
+        methods = {r["method"] for r in trial}
+        assert methods == {point.method, "skill"}, methods
+    controls = [r for r in rows if r["stream"] == "tiny_search_controls"]
+    assert [(r["name"], r["eval_task"]) for r in controls] == [("stand", "walk")]
+    assert (tmp_path / "store" / "runs").is_dir()
+    record = read_record(store, "tiny_search")
+    assert record["completed"] == 2 and "2 CPU" in record["machine"]
+
+    # Running it again needs --resume; resuming a finished search refits nothing.
+    with pytest.raises(PsecError, match="--resume"):
+        run_search(path, store, scale="smoke")
+    items = {e.name for e in SkillStore(store).list()}
+    resumed = run_search(path, store, resume=True, scale="smoke")
+    assert resumed.completed == 2 and {e.name for e in SkillStore(store).list()} == items
+    assert len(SkillStore(store).results().to_pylist()) == len(rows)
+
+    results = tmp_path / "docs" / "RESULTS.md"
+    results.parent.mkdir()
+    results.write_text("# Results\n\nIntro kept.\n")
+    write_section(path, "smoke", store, str(results), "psec tune search.yaml")
+    text = results.read_text()
+    assert text.startswith("# Results\n\nIntro kept.")
+    assert "| PSEC | " in text and "| NSEC | " in text and "(n=1)" in text
+    assert "base alone" in text and "new skill alone (rank 2)" in text
+    assert (tmp_path / "docs" / "tiny_search-alpha.png").stat().st_size > 0
+    write_section(path, "smoke", store, str(results), "psec tune search.yaml")
+    assert results.read_text().count("<!-- tune:tiny_search -->") == 1
+    print(f"first run {first:.0f} s, {summary.describe()}")
