@@ -34,7 +34,7 @@ import pyarrow as pa
 import ray
 from pydantic import BaseModel, ConfigDict
 
-from library.errors import PsecError, ShapeError, StoreError
+from library.errors import PsecError, ShapeError, SpecError, StoreError
 from library.names import BASE
 from library.store import ManifestEntry, SkillStore
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
@@ -102,6 +102,9 @@ class StreamSummary:
     """Training seconds of each stage fitted now."""
     unit_seconds: dict[str, float] = field(default_factory=dict)
     """Wall seconds of each fit unit (TorchTrainer start and stop included)."""
+    unit_windows: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Unix times at which each unit's training loop started and ended (overlaps show
+    which fits ran side by side)."""
     dataset_seconds: dict[str, float] = field(default_factory=dict)
     """Seconds to generate or import each dataset made now."""
     eval_seconds: dict[str, float] = field(default_factory=dict)
@@ -109,8 +112,9 @@ class StreamSummary:
     wall_seconds: float = 0.0
 
     def describe(self) -> str:
+        fitted = f" ({', '.join(self.fitted)})" if self.fitted else ""
         lines = [f"stream {self.stream} ({self.scale}) into {self.store}: fitted "
-                 f"{len(self.fitted)}, already stored {len(self.skipped)}, "
+                 f"{len(self.fitted)}{fitted}, already stored {len(self.skipped)}, "
                  f"{self.evaluations} evaluation(s), {self.wall_seconds:.0f} s"]
         for score in self.scores:
             lines.append(f"  {score.name:<24} {score.method:<6} on {score.task:<16} "
@@ -167,6 +171,35 @@ def _task_dims(task: TaskSpec, dataset: str, store: SkillStore,
     return get_suite(task.suite).dims(task.env, task.dynamics)
 
 
+def _check_generator(task: TaskSpec) -> None:
+    """A dataset that is to be generated must have what its generator rolls out.
+
+    Generation fails on a missing expert actor anyway, but only after earlier datasets
+    were made and stored; checking here keeps a refused run from writing anything.
+    """
+    from tasks.generators import experts
+    from tasks.generators.generator import behaviour_kinds, check_policy
+
+    policy = task.data.policy
+    check_policy(task.suite, policy)
+    envs = task.data.envs or [task.env]
+    needed = {"expert": ["expert"], "medium": ["medium"], "medium-expert": ["medium", "expert"]}
+    for env in envs:
+        if task.suite == "bullet_safety" and policy == "expert":
+            missing = [] if behaviour_kinds(env) else ["behaviour policies"]
+        elif task.suite in ("dmc", "mujoco") and policy in needed:
+            missing = [f"{kind} actor" for kind in needed[policy]
+                       if not experts.actor_path(env, kind).exists()]
+        elif task.suite in ("dmc", "mujoco") and policy == "medium-replay":
+            missing = [] if experts.replay_path(env).exists() else ["medium-replay data"]
+        else:
+            missing = []
+        if missing:
+            raise SpecError("data.policy", f"task {task.name!r} needs the {' and '.join(missing)} "
+                            f"of {env!r}, which tasks/experts lacks: train it with "
+                            f"`{experts.train_command(env, task.suite)}`")
+
+
 def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
     """Every check that can fail on user input, before anything is written."""
     store.check_writable()
@@ -181,6 +214,8 @@ def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
                 raise StoreError(
                     f"{name!r} is in the store from a different spec of task {task.name!r} "
                     f"(another scale or an edited stream): remove it or rename the task")
+        if task.data.source == "generate" and not store.has_dataset(task_plan.dataset):
+            _check_generator(task)
         checked.dims[task.name] = _task_dims(task, task_plan.dataset, store, checked.imported)
     for task_plan in plan.tasks:
         task = task_plan.task
@@ -415,6 +450,7 @@ class Driver:
         self.summary.skipped.extend(report.skipped)
         self.summary.stage_seconds.update(report.stage_seconds)
         self.summary.unit_seconds[report.unit] = round(report.wall_seconds, 3)
+        self.summary.unit_windows[report.unit] = (report.worker_started, report.worker_finished)
         view.event(f"fitted {', '.join(report.registered) or '(nothing new)'} in "
                    f"{report.wall_seconds:.0f} s (unit {report.unit})")
 

@@ -225,9 +225,11 @@ def _psec_cause(error: BaseException) -> PsecError | None:
     """The PsecError at the root of a Ray/Train failure chain, if any (a user error)."""
     seen = 0
     while error is not None and seen < 10:
-        if isinstance(error, PsecError):
-            return error
         nested = getattr(error, "cause", None)
+        # Ray re-raises a task's exception as a subclass of both RayTaskError and the
+        # original class, whose str() is the whole remote traceback: prefer its cause.
+        if isinstance(error, PsecError) and not isinstance(nested, BaseException):
+            return error
         if isinstance(nested, BaseException):
             error = nested
         else:

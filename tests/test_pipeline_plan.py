@@ -167,3 +167,19 @@ def test_result_keys_and_report_tables(tmp_path):
 def test_report_without_results_is_a_user_error(tmp_path):
     with pytest.raises(StoreError, match="no results yet"):
         write_report(pa.table({}), str(tmp_path), "psec report")
+
+
+def test_cluster_yaml_is_a_valid_ray_launcher_config():
+    import os
+
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    path = os.path.join(os.path.dirname(__file__), "..", "cluster.yaml")
+    with open(path) as f:
+        config = prepare_config(yaml.safe_load(f))
+    validate_config(config)  # raises on a schema violation
+    assert config["provider"]["type"] == "aws"
+    assert {"head", "cpu_worker", "gpu_worker"} <= set(config["available_node_types"])
+    setup = " ".join(config["setup_commands"])
+    assert "torch==2.13.0" in setup and "psec" in setup

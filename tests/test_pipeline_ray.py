@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import ray
 import torch
+import yaml
 from pipeline_builders import put_datasets, tiny_task, write_stream
 
 from library.errors import StoreError
@@ -103,8 +104,6 @@ def test_serve_fits_submitted_tasks_and_refuses_bad_ones(ray_cluster, tmp_path):
     server = threading.Thread(target=lambda: served.append(
         serve(store_uri, max_tasks=1, poll=0.2, options=DriverOptions(progress=False))))
     server.start()
-    import yaml
-
     spec = tmp_path / "walk.yaml"
     spec.write_text(yaml.safe_dump(walk))
     submission = submit(str(spec), store_uri, wait=True, poll=0.5)

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Run a psec stream as a Ray job on a local head node, exactly as on a cluster:
+#
+#   scripts/job_submit_smoke.sh [STREAM.yaml] [STORE]
+#
+# defaults: configs/dmc_walker.yaml at scale $PSEC_SCALE (smoke) into a fresh temporary
+# store. It starts `ray start --head` with RAY_AUTH_MODE=disabled (Ray 2.60 turns token
+# auth on by default), submits
+#
+#   ray job submit --working-dir . -- psec run STREAM --scale smoke --store STORE
+#
+# lists what the job stored, and stops the head node it started (and nothing else).
+# On a real cluster only the submit line is needed, with --address of the head's dashboard.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STREAM=${1:-configs/dmc_walker.yaml}
+# Absolute: the job runs in Ray's copy of the working dir, not here.
+STORE=$(python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' \
+        "${2:-$(mktemp -d /tmp/psec-job.XXXXXX)/store}")
+SCALE=${PSEC_SCALE:-smoke}
+CPUS=${PSEC_CPUS:-2}
+export RAY_AUTH_MODE=disabled
+
+# Free ports for every server of the head node, so it never collides with another Ray
+# instance on this machine; its own temp dir keeps `ray_current_cluster` out of /tmp/ray,
+# so other processes' `ray.init()` do not attach to it.
+read -r GCS DASH CLIENT AGENT_HTTP AGENT_GRPC METRICS RUNTIME_ENV < <(python - <<'PY'
+import socket
+socks = [socket.socket() for _ in range(7)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+for s in socks:
+    s.close()
+PY
+)
+TEMP=$(mktemp -d /tmp/psecray.XXXX)
+
+ray start --head --block --num-cpus "$CPUS" --port "$GCS" --dashboard-port "$DASH" \
+    --ray-client-server-port "$CLIENT" --dashboard-agent-listen-port "$AGENT_HTTP" \
+    --dashboard-agent-grpc-port "$AGENT_GRPC" --metrics-export-port "$METRICS" \
+    --runtime-env-agent-port "$RUNTIME_ENV" --temp-dir "$TEMP" --disable-usage-stats \
+    > "$TEMP/head.log" 2>&1 &
+HEAD=$!
+# --block makes this one process own the head node: stopping it stops the node.
+trap 'kill "$HEAD" 2>/dev/null || true; wait "$HEAD" 2>/dev/null || true; rm -rf "$TEMP"' EXIT
+
+ADDRESS="http://127.0.0.1:$DASH"
+for _ in $(seq 120); do
+    if python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+        "$ADDRESS/api/version" 2>/dev/null; then
+        break
+    fi
+    if ! kill -0 "$HEAD" 2>/dev/null; then
+        cat "$TEMP/head.log" >&2
+        echo "job_submit_smoke: the head node did not start" >&2
+        exit 1
+    fi
+    sleep 1
+done
+
+ray job submit --address "$ADDRESS" --working-dir . \
+    -- psec run "$STREAM" --scale "$SCALE" --store "$STORE"
+psec skills list --store "$STORE"
