@@ -81,12 +81,16 @@ def test_medium_export_and_medium_replay(tmp_path):
     config = SACConfig(env="walker-stand", horizon=HORIZON, hidden=16, batch_size=8, steps=100,
                        learning_starts=40, eval_every=20, eval_episodes=1, checkpoint_every=100)
     train(config, run_dir, log=lambda message: None)
+    # Give the evaluations known returns: with an expert at 100 the band is [33.3, 50], and
+    # the first evaluation inside it (step 60) is the medium one, not the later 50 at 100.
     rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
-    # Pretend the expert scored 2.4x the run's 3rd evaluation: that row sits in the band.
-    chosen = rows[2]
-    experts.write_record("walker-stand", "expert", {"suite": "dmc", "return_mean": 2.4 * chosen["return_mean"]}, store)
+    for row, value in zip(rows, [10.0, 30.0, 45.0, 60.0, 50.0]):
+        row["return_mean"] = value
+    (run_dir / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    experts.write_record("walker-stand", "expert", {"suite": "dmc", "return_mean": 100.0}, store)
     record = experts.export_medium("walker-stand", run_dir=run_dir, max_episodes=2, directory=store)
-    assert record["steps"] == chosen["step"] == 60
+    chosen = rows[2]
+    assert record["steps"] == chosen["step"] == 60 and record["return_mean"] == 45.0
     medium = experts.load_actor("walker-stand", "medium", store)
     snapshot = experts._read_actor(run_dir / chosen["actor"])
     assert all(torch.equal(a, b) for a, b in zip(medium.state_dict().values(), snapshot.state_dict().values()))

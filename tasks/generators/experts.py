@@ -164,10 +164,10 @@ def replay_path(env: str, directory: Path = EXPERTS_DIR) -> Path:
 
 def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
                   max_episodes: int = 25, directory: Path = EXPERTS_DIR) -> dict:
-    """Export the run's actor snapshot closest to 5/12 of the expert return (within
-    MEDIUM_BAND) as `<env>-medium`, and the replay buffer up to that step — every
-    episode, or `max_episodes` of them spread evenly over it — as `<env>-medium-replay`.
-    Returns the medium record."""
+    """Export the run's first actor snapshot whose return reached MEDIUM_BAND of the
+    expert's as `<env>-medium` (D4RL stops training early there), and the replay buffer up
+    to that step — every episode, or `max_episodes` of them spread evenly over it — as
+    `<env>-medium-replay`. Returns the medium record."""
     run = RunDir(run_dir or default_run_dir(SACConfig(env=env, suite=suite)))
     expert = read_registry(directory).get(env, {}).get("expert")
     if expert is None:
@@ -178,8 +178,7 @@ def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
     if not rows:
         raise DataError(f"no evaluation of {run.path} has a return in [{low:.0f}, {high:.0f}] "
                         f"(1/3..1/2 of the expert's {reference:.0f})")
-    middle = sum(MEDIUM_BAND) / 2 * reference
-    row = min(rows, key=lambda r: (abs(r["return_mean"] - middle), r["step"]))
+    row = min(rows, key=lambda r: r["step"])
     checkpoint = run.latest()
     if checkpoint is None:
         raise DataError(f"{run.path} has no checkpoint holding the replay buffer")
