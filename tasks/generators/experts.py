@@ -45,9 +45,19 @@ def actor_path(env: str, kind: str = "expert", directory: Path = EXPERTS_DIR) ->
     return directory / (f"{env}.safetensors" if kind == "expert" else f"{env}-{kind}.safetensors")
 
 
+# SAC settings per suite that differ from SACConfig's defaults: Bullet-Safety behaviour
+# policies are short runs on 100–500-step episodes.
+RECIPES = {
+    "dmc": {"steps": 500_000},
+    "mujoco": {"steps": 1_000_000},
+    "bullet_safety": {"steps": 10_000, "learning_starts": 1_000, "eval_every": 1_000,
+                      "checkpoint_every": 5_000},
+}
+
+
 def train_command(env: str, suite: str = "dmc") -> str:
     """The command that trains the expert for `env`."""
-    config = SACConfig(env=env, suite=suite)
+    config = SACConfig(env=env, suite=suite, **RECIPES.get(suite, {}))
     return config.command() + " --threads 1"
 
 
