@@ -91,6 +91,8 @@ def changed(**edits):
     ({"scales": {"smoke": {"stream_scale": "smoke"}}}, "scales"),
     ({"scales": {"smoke": {"stream_scale": "smoke", "ranks": [0]},
                  "paper": {"stream_scale": "paper"}}}, "scales.smoke.ranks[0]"),
+    ({"scales": {"smoke": {"stream_scale": "smoke", "targets": ["S→W", "X"]},
+                 "paper": {"stream_scale": "paper"}}}, "scales.smoke.targets[1]"),
 ])
 def test_a_bad_field_is_a_spec_error_naming_it(tmp_path, edit, field):
     with pytest.raises(SpecError) as error:
@@ -117,13 +119,18 @@ def test_the_stream_and_its_targets_are_checked_on_load(tmp_path):
 
 
 def test_a_scale_narrows_the_axes(tmp_path):
-    search = changed(ranks=[2, 4, 8], seeds=[0, 1, 2], scales={
-        "smoke": {"stream_scale": "smoke", "ranks": [2], "seeds": [0]},
-        "paper": {"stream_scale": "paper"}})
+    search = changed(
+        ranks=[2, 4, 8], seeds=[0, 1, 2],
+        targets=[{"label": "S→W", "composer": "s2w"}, {"label": "S+W→R", "composer": "sw2r"}],
+        alpha_trace={"target": "S+W→R"},
+        scales={"smoke": {"stream_scale": "smoke", "ranks": [2], "seeds": [0],
+                          "targets": ["S→W"]},
+                "paper": {"stream_scale": "paper"}})
     smoke = load_search(write(tmp_path, search), scale="smoke")
     assert smoke.ranks == [2] and smoke.seeds == [0] and smoke.stream_scale == "smoke"
+    assert [t.label for t in smoke.targets] == ["S→W"] and smoke.alpha_trace is None
     paper = load_search(write(tmp_path, search), scale="paper")
-    assert paper.ranks == [2, 4, 8] and paper.seeds == [0, 1, 2]
+    assert paper.ranks == [2, 4, 8] and paper.seeds == [0, 1, 2] and len(paper.targets) == 2
 
 
 # ------------------------------------------------------ methods as stream transformations

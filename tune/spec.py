@@ -125,6 +125,8 @@ class SearchScale(_Spec):
 
     stream_scale: str
     """Scale of the stream to run at (a scale the stream defines, e.g. smoke)."""
+    targets: list[str] | None = Field(None, min_length=1)
+    """Labels of the targets to keep (e.g. only those whose experts exist at smoke)."""
     seeds: list[int] | None = Field(None, min_length=1)
     """Training seeds."""
     ranks: list[int] | None = Field(None, min_length=1)
@@ -255,6 +257,10 @@ class SearchSpec(_Spec):
             if label in labels[:index]:
                 raise _FieldError(("targets", index, "label"), f"{label!r} is used twice")
         for scale_name, scale in self.scales.items():
+            for index, label in enumerate(scale.targets or []):
+                if label not in labels:
+                    raise _FieldError(("scales", scale_name, "targets", index),
+                                      f"no target labelled {label!r}")
             for field in ("ranks", "data_episodes"):
                 values = getattr(scale, field)
                 if values is not None and field == "ranks":
@@ -293,6 +299,11 @@ class SearchSpec(_Spec):
         for field in ("seeds", "ranks", "data_episodes"):
             if getattr(scale, field) is not None:
                 data[field] = getattr(scale, field)
+        if scale.targets is not None:
+            data["targets"] = [t for t in data["targets"] if t["label"] in scale.targets]
+            trace = data.get("alpha_trace")
+            if trace is not None and trace["target"] not in scale.targets:
+                data["alpha_trace"] = None
         if scale.num_samples is not None:
             data["searcher"]["num_samples"] = scale.num_samples
         if scale.max_concurrent_trials is not None:

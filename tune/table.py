@@ -79,16 +79,12 @@ class SearchResults:
     controls: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     """(stored item, target task) -> per-eval-seed metric of the item alone on it."""
 
-    def values(self, **match) -> dict[tuple, list[float]]:
-        """Per-seed values grouped by everything but the seed, for points matching."""
+    def values(self) -> dict[tuple, list[float]]:
+        """Per-seed values of the measured points, grouped by `_config` (all but the seed)."""
         groups: dict[tuple, list[float]] = defaultdict(list)
         for m in self.measured:
-            if m.value is None or any(getattr(m.point, k) != v for k, v in match.items()):
-                continue
-            p = m.point
-            key = (p.target, p.method, p.rank, p.episodes,
-                   None if p.alpha is None else alpha_label(p.alpha))
-            groups[key].append(m.value)
+            if m.value is not None:
+                groups[_config(m.point)].append(m.value)
         return groups
 
 
@@ -146,40 +142,47 @@ def _row_label(method: str, rank, episodes, alpha, varying: dict[str, bool]) -> 
     return f"{label} [{', '.join(extra)}]" if extra else label
 
 
+def _config(point: TrialPoint) -> tuple:
+    """A point without its seed: (target, method, rank, episodes, α label)."""
+    return (point.target, point.method, point.rank, point.episodes,
+            None if point.alpha is None else alpha_label(point.alpha))
+
+
 def method_table(results: SearchResults) -> list[str]:
-    """The paper's layout: a row per method (and configuration), a column per target."""
+    """The paper's layout: a row per method (and configuration), a column per target.
+    Every configuration of the search has its row, measured or not ("—")."""
     search = results.search
     labels = [t.label for t in search.targets]
     varying = _varying(search)
     groups = results.values()
+    configs = list(dict.fromkeys(_config(m.point) for m in results.measured))
     rows: dict[str, dict[str, list[float]]] = {}
     winners: list[str] = []
     for method in [m for m in ROW_LABELS if m in search.methods]:
+        mine = [c for c in configs if c[1] == method]
         if method == "fixed":
             # The fixed weights are tuned by the search: per target and (rank, data size)
             # the start point with the best mean over seeds.
-            best: dict[tuple, tuple[float, str, list[float]]] = {}
-            for (target, m, rank, episodes, alpha), values in groups.items():
-                if m != "fixed":
-                    continue
-                mean = _mean_std(values)[0]
+            best: dict[tuple, tuple[float, str | None, list[float]]] = {}
+            for config in mine:
+                target, _, rank, episodes, alpha = config
+                values = groups.get(config, [])
+                mean = _mean_std(values)[0] if values else math.nan
                 key = (target, rank, episodes)
-                better = key not in best or (mean > best[key][0] if search.mode == "max"
-                                             else mean < best[key][0])
-                if better:
+                if key not in best or math.isnan(best[key][0]) or (
+                        not math.isnan(mean) and (mean > best[key][0] if search.mode == "max"
+                                                  else mean < best[key][0])):
                     best[key] = (mean, alpha, values)
-            for (target, rank, episodes), (_, alpha, values) in sorted(
-                    best.items(), key=lambda kv: str(kv[0])):
+            for (target, rank, episodes), (mean, alpha, values) in best.items():
                 label = _row_label("fixed", rank, episodes, None, varying)
                 rows.setdefault(label, {})[target] = values
-                if len(search.fixed_alpha) > 1:
+                if len(search.fixed_alpha) > 1 and not math.isnan(mean):
                     winners.append(f"{target}: {alpha}")
             continue
-        for (target, m, rank, episodes, alpha), values in sorted(
-                groups.items(), key=lambda kv: str(kv[0])):
-            if m == method:
-                label = _row_label(method, rank, episodes, alpha, varying)
-                rows.setdefault(label, {})[target] = values
+        for config in mine:
+            target, _, rank, episodes, alpha = config
+            label = _row_label(method, rank, episodes, alpha, varying)
+            rows.setdefault(label, {})[target] = groups.get(config, [])
     lines = ["| method | " + " | ".join(labels) + " |",
              "| --- |" + " ---: |" * len(labels)]
     for label, cells in rows.items():
@@ -273,6 +276,9 @@ def plot_ranks(results: SearchResults, path: str) -> bool:
         if mlp:
             ax.axhline(_mean_std(mlp)[0], linestyle="--", color=colour,
                        label=f"PSEC (MLP) {target}")
+    if not ax.lines:
+        plt.close(fig)
+        return False
     ax.set_xscale("log", base=2)
     ax.set_xticks(search.ranks, [str(r) for r in search.ranks])
     ax.set_xlabel("LoRA rank n")
@@ -311,6 +317,9 @@ def plot_data(results: SearchResults, path: str) -> bool:
                             linestyle=styles[t_index % len(styles)],
                             color=plt.get_cmap("tab10")(m_index % 10),
                             label=f"{ROW_LABELS[method]} {target}")
+    if not ax.lines:
+        plt.close(fig)
+        return False
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.set_xlabel("trajectories of the new task")
     ax.set_ylabel(f"{search.metric} (mean ± std over seeds)")
