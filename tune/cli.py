@@ -43,7 +43,8 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The command that regenerates a section (written into it, STYLE habit 6)."""
+    """The command that regenerates a section from scratch (written into it, STYLE habit
+    6): the search itself, without --resume or --table-only."""
     parts = ["psec", "tune", args.search, "--scale", args.scale, "--store", args.store]
     if args.results:
         parts += ["--results", args.results]

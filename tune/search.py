@@ -151,13 +151,24 @@ def _write_record(store_uri: str, search: str, record: dict[str, Any]) -> None:
         f.write(json.dumps(record, indent=1).encode())
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     """One line saying where a measurement was taken."""
     resources = ray.cluster_resources() if ray.is_initialized() else {}
     cpus = int(resources.get("CPU", os.cpu_count() or 0))
     gpus = int(resources.get("GPU", 0))
     nodes = len([n for n in ray.nodes() if n.get("Alive")]) if ray.is_initialized() else 1
-    return (f"{platform.machine()} {platform.system()}, Ray cluster of {nodes} node(s) with "
+    return (f"{_cpu_model()} ({platform.system()}), Ray cluster of {nodes} node(s) with "
             f"{cpus} CPU(s){f' and {gpus} GPU(s)' if gpus else ', no GPU'}")
 
 

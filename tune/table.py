@@ -339,7 +339,8 @@ def _section(results: SearchResults, record: dict | None, command: str,
     search = results.search
     done = sum(m.value is not None for m in results.measured)
     lines = [f"<!-- tune:{search.name} -->", f"## Search `{search.name}`", ""]
-    lines += [f"Regenerate: `{command}`", ""]
+    lines += [f"Regenerate: `{command}` on a fresh store (`--table-only` rewrites this "
+              "section from the store as it is).", ""]
     if record is not None:
         lines.append(f"Measured at scale `{record['scale']}` on {record['machine']}: "
                      f"{record['completed']} of {record['trials']} trials completed, wall "
