@@ -35,7 +35,8 @@ STREAM = {
         {"name": "run", "suite": "dmc", "env": "walker-walk", "horizon": 40,
          "data": {"source": "generate", "policy": "expert", "episodes": 2, "seed": 2},
          "lora": {"rank": 2}, "train": {"steps": 20, "batch_size": 32},
-         "composers": [{"name": "sw2r", "skills": ["base", "walk"], "steps": 10}],
+         "composers": [{"name": "s2r", "skills": ["base"], "steps": 10},
+                       {"name": "sw2r", "skills": ["base", "walk"], "steps": 10}],
          "eval": {"episodes": 1, "seeds": [0], "max_steps": 15}},
     ],
     "scales": {"smoke": {}, "paper": {}},
@@ -104,7 +105,7 @@ def test_a_bad_field_is_a_spec_error_naming_it(tmp_path, edit, field):
 def test_the_stream_and_its_targets_are_checked_on_load(tmp_path):
     with pytest.raises(SpecError) as error:
         load_search(write(tmp_path, changed(targets=[{"label": "S→W", "composer": "nope"}])))
-    assert error.value.field == "targets[0].composer" and "s2w, sw2r" in str(error.value)
+    assert error.value.field == "targets[0].composer" and "s2w, s2r, sw2r" in str(error.value)
     with pytest.raises(SpecError) as error:
         load_search(write(tmp_path, changed(stream="missing.yaml")))
     assert "no such file" in str(error.value)
@@ -148,6 +149,16 @@ def test_points_cover_the_axes_without_redundant_trials(tmp_path):
     assert per_target == {"psec": 4, "mlp": 2, "scratch": 2, "fixed": 8, "uniform": 4}
     assert len({p.tag() for p in points}) == len(points)
     assert all(p.alpha == UNIFORM_ALPHA for p in points if p.method == "uniform")
+
+
+def test_targets_on_one_task_share_their_scratch_policy(tmp_path):
+    search = load_search(write(tmp_path, changed(
+        targets=[{"label": "S→R", "composer": "s2r"}, {"label": "S+W→R", "composer": "sw2r"}],
+        methods=["psec", "scratch"], alpha_trace=None)), scale="smoke")
+    points = enumerate_points(search)
+    scratch = {p.tag() for p in points if p.method == "scratch"}
+    psec = {p.tag() for p in points if p.method == "psec"}
+    assert len(scratch) == 1 and len(psec) == 2
 
 
 def test_each_method_is_a_transformation_of_the_target_task(tmp_path):
@@ -261,3 +272,31 @@ def test_two_trials_run_on_two_cpus_resume_and_make_the_table(tmp_path, ray_two_
     write_section(path, "smoke", store, str(results), "psec tune search.yaml")
     assert results.read_text().count("<!-- tune:tiny_search -->") == 1
     print(f"first run {first:.0f} s, {summary.describe()}")
+
+
+def test_tables_and_plots_from_results_rows(tmp_path):
+    from tune.table import collect, method_table, plot_data, plot_ranks
+
+    search = load_search(write(tmp_path, changed(
+        methods=["psec", "mlp", "fixed"], ranks=[2, 4], seeds=[0, 1], data_episodes=[2, 3],
+        fixed_alpha=[{"init": "uniform"}, {"init": "newest"}], alpha_trace=None)),
+        scale="smoke")
+    rows = []
+    for index, point in enumerate(enumerate_points(search)):
+        tag = point.tag()
+        item = f"s2w_{tag}"
+        for seed, score in ((0, index), (1, index + 2)):  # two eval seeds: mean index + 1
+            rows.append({"stream": stream_name(search, point), "name": item, "seed": seed,
+                         "eval_task": f"walk_{tag}", "score": float(score)})
+    results = collect(search, rows)
+    assert all(m.value is not None for m in results.measured)
+    table = "\n".join(method_table(results))
+    # Rank and data size vary, so rows name them; each cell averages the two seeds.
+    assert "| PSEC [rank 2, 2 traj.] | " in table and "(n=2)" in table
+    assert "| PSEC (MLP) [2 traj.] | " in table
+    # Fixed is the best of its start points, and the winner is named.
+    assert table.count("| Fixed [") == 4 and "Fixed: best start point" in table
+    assert plot_ranks(results, str(tmp_path / "ranks.png"))
+    assert plot_data(results, str(tmp_path / "data.png"))
+    assert (tmp_path / "ranks.png").stat().st_size > 0
+    assert not plot_ranks(collect(search, []), str(tmp_path / "none.png"))

@@ -39,6 +39,8 @@ class TrialPoint(BaseModel):
 
     target: str
     """Label of the target (a `TargetSpec.label`)."""
+    task: str
+    """Name of the target's task in the stream (the task whose skill is new)."""
     method: str
     """psec | nsec | asec | mlp | scratch | fixed | uniform."""
     rank: int | None
@@ -51,8 +53,14 @@ class TrialPoint(BaseModel):
     """Training seed of the target's skill and composer (or of scratch)."""
 
     def tag(self) -> str:
-        """8 hex digits naming the point's items and stream (stable across runs)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """8 hex digits naming the point's items and stream (stable across runs).
+
+        A scratch policy depends on the task and its data only, not on the skills a target
+        composes: S→R and S+W→R share theirs (one fit, one set of rows)."""
+        identity = self.model_dump(mode="json")
+        if self.method == "scratch":
+            identity.pop("target")
+        text = json.dumps(identity, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     @property
@@ -87,8 +95,10 @@ def alpha_label(alpha: AlphaSpec) -> str:
 
 def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
     """Every trial point of the search (scale applied), without repeats."""
+    stream = search.load_stream()
     points: list[TrialPoint] = []
     for target in search.targets:
+        task = find_composer(stream, target.composer, "targets")[0].name
         for method in search.methods:
             ranks: list[int | None] = [None] if method in ("mlp", "scratch") else list(search.ranks)
             if method == "scratch":
@@ -103,7 +113,8 @@ def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
                 for episodes in search.data_episodes:
                     for alpha in alphas:
                         for seed in search.seeds:
-                            point = TrialPoint(target=target.label, method=method, rank=rank,
+                            point = TrialPoint(target=target.label, task=task,
+                                               method=method, rank=rank,
                                                episodes=episodes, alpha=alpha, seed=seed)
                             if point not in points:
                                 points.append(point)
