@@ -625,4 +625,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy's, so the classes the expert
+    # export receives are the same ones tasks.generators.experts imports.
+    from tasks.generators.sac import main as canonical_main
+
+    sys.exit(canonical_main())
