@@ -6,7 +6,7 @@ and the exit status is 2. Commands check their input before they write anything,
 refused command leaves the store as it was.
 
 Commands that only read or edit the store (`skills`, `data`, `report`) never start Ray;
-`run`, `serve`, `submit` and `eval` do (or attach to one with `--address`).
+`run`, `serve`, `submit`, `eval` and `tune` do (or attach to one with `--address`).
 """
 
 from __future__ import annotations
@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(evaluate)
     _add_address(evaluate, "default: a private local instance")
     evaluate.set_defaults(handler=_eval)
+
+    # `tune` sits above the pipeline (tune → pipeline); the CLI is the one place that
+    # offers both, so it takes the subcommand from tune rather than knowing its options.
+    from tune.cli import add_parser as add_tune_parser
+
+    add_tune_parser(commands)
 
     report = commands.add_parser("report", help="results tables (Markdown) and plots (PNG)")
     report.add_argument("--out", default="docs", help="folder to write into (default docs)")

@@ -102,6 +102,8 @@ class StreamSummary:
     """Training seconds of each stage fitted now."""
     unit_seconds: dict[str, float] = field(default_factory=dict)
     """Wall seconds of each fit unit (TorchTrainer start and stop included)."""
+    unit_trainer_seconds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Per unit: TorchTrainer start-up and shut-down seconds (outside the training loop)."""
     unit_windows: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Unix times at which each unit's training loop started and ended (overlaps show
     which fits ran side by side)."""
@@ -451,6 +453,8 @@ class Driver:
         self.summary.stage_seconds.update(report.stage_seconds)
         self.summary.unit_seconds[report.unit] = round(report.wall_seconds, 3)
         self.summary.unit_windows[report.unit] = (report.worker_started, report.worker_finished)
+        self.summary.unit_trainer_seconds[report.unit] = (report.start_seconds,
+                                                          report.stop_seconds)
         view.event(f"fitted {', '.join(report.registered) or '(nothing new)'} in "
                    f"{report.wall_seconds:.0f} s (unit {report.unit})")
 
@@ -558,11 +562,12 @@ def submit(spec_path: str, store_uri: str, address: str | None = None,
 
 
 def serve(store_uri: str, address: str | None = None, max_tasks: int | None = None,
-          once: bool = False, poll: float = 1.0,
-          options: DriverOptions | None = None) -> int:
+          once: bool = False, poll: float = 1.0, options: DriverOptions | None = None,
+          record: list[StreamSummary] | None = None) -> int:
     """`psec serve`: take submissions from the store's inbox and run each; returns how many
-    were served. A submission that fails (bad against the store, a failed fit) is marked
-    failed with its one-line error and the server goes on."""
+    were served (and appends each run's summary to `record` when given). A submission
+    that fails (bad against the store, a failed fit) is marked failed with its one-line
+    error and the server goes on."""
     store = SkillStore(store_uri)
     store.check_writable()
     if address is None:
@@ -594,6 +599,8 @@ def serve(store_uri: str, address: str | None = None, max_tasks: int | None = No
             message = " ".join(f"{type(error).__name__}: {error}".split())[:500]
             ray.get(inbox.finish.remote(submission.id, False, message))
         else:
+            if record is not None:
+                record.append(summary)
             fitted = ", ".join(summary.fitted) or "nothing new"
             scores = "; ".join(f"{s.name} {s.score:.3f}" for s in summary.scores
                                if not math.isnan(s.score))

@@ -91,6 +91,12 @@ def plan_fit_resources(
     honoured but capped at what exists: a request beyond the cluster would never be
     scheduled. On a 2-CPU machine the default is 1 worker with 1 CPU, so two fits (e.g.
     two skills on the same base) run at once.
+
+    A fit's share of CPUs goes to data-parallel workers of one CPU each rather than to
+    torch threads: the networks are small, intra-op threading scales poorly on them, and
+    OpenMP threads that spin-wait collapse (6× slower measured) when the machine is busier
+    than its CPU count. With GPUs, a fit gets whole GPUs when there are enough for every
+    concurrent fit, else a share of one.
     """
     total_cpus = int(resources.get("CPU", 0))
     total_gpus = float(resources.get("GPU", 0.0))
@@ -98,17 +104,19 @@ def plan_fit_resources(
         raise PsecError("the Ray cluster has no CPU to run a fit on")
     concurrent_fits = max(1, concurrent_fits)
     share = max(1, total_cpus // concurrent_fits)  # CPUs one fit may take
+    gpus_per_worker = 0.0
+    if total_gpus > 0:
+        if workers is None:
+            workers = max(1, int(total_gpus // concurrent_fits))
+        if cpus_per_worker is None:
+            cpus_per_worker = max(1, share // workers)
     if cpus_per_worker is None:
-        # Small diffusion MLPs stop scaling past a few threads; more workers scale better.
-        cpus_per_worker = min(4, share)
+        cpus_per_worker = 1
     cpus_per_worker = max(1, min(cpus_per_worker, total_cpus))
     if workers is None:
         workers = max(1, share // cpus_per_worker)
     workers = max(1, min(workers, total_cpus // cpus_per_worker))
-    gpus_per_worker = 0.0
     if total_gpus > 0:
-        # One GPU per worker when there are enough for every concurrent fit; otherwise the
-        # fits share the GPUs fractionally (the networks are small).
         gpus_per_worker = min(1.0, total_gpus / (workers * concurrent_fits))
     return FitResources(workers=workers, cpus_per_worker=cpus_per_worker,
                         gpus_per_worker=gpus_per_worker)

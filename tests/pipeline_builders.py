@@ -25,11 +25,12 @@ def synthetic_table(obs_dim=WALKER_DIMS[0], act_dim=WALKER_DIMS[1], n=200, seed=
     return to_table(arrays, {"suite": "dmc", "env": "walker-walk", "source": "synthetic"})
 
 
-def tiny_task(name, role="skill", steps=40, composers=(), env="walker-walk", **extra):
+def tiny_task(name, role="skill", steps=40, composers=(), env="walker-walk", train=None,
+              **extra):
     """A task on the synthetic dataset `<name>-data`, evaluated for 1 short episode."""
     return {"name": name, "suite": "dmc", "env": env, "role": role,
             "data": {"source": "store", "dataset": f"{name}-data"},
-            "train": {"steps": steps, "batch_size": 32},
+            "train": train or {"steps": steps, "batch_size": 32},
             "composers": [{"steps": 20, **c} for c in composers],
             "eval": {"episodes": 1, "seeds": [0], "max_steps": 10}, **extra}
 
@@ -49,3 +50,21 @@ def put_datasets(store_uri, tasks):
         if not store.has_dataset(name):
             store.put_dataset(name, synthetic_table(seed=index))
     return store
+
+
+def register_base(store_uri, name, dataset_name):
+    """An untrained base on a stored dataset's normaliser, registered without Ray (for
+    tests whose subject is what comes after the base)."""
+    import torch
+
+    from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
+    from library.serialization import dump_base
+    from tasks.dataset import to_offline_data
+
+    store = SkillStore(store_uri)
+    data = to_offline_data(store.get_dataset(dataset_name))
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(PolicyConfig(obs_dim=data.obs_dim, act_dim=data.act_dim),
+                             StateNormalizer.from_data(data.obs))
+    config, tensors = dump_base(policy)
+    return store.register(name, "base", config, tensors)

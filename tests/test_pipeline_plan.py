@@ -105,10 +105,12 @@ def test_a_submitted_task_goes_on_the_newest_stored_base():
     "resources, kwargs, expected",
     [
         ({"CPU": 2.0}, {}, (1, 1, 0.0)),  # 2 CPUs: two 1-worker fits side by side
+        ({"CPU": 2.0}, {"concurrent_fits": 1}, (2, 1, 0.0)),  # one fit: data-parallel
         ({"CPU": 2.0}, {"workers": 8}, (2, 1, 0.0)),  # never more workers than CPUs
         ({"CPU": 2.0}, {"cpus_per_worker": 4}, (1, 2, 0.0)),  # nor more CPUs
-        ({"CPU": 16.0}, {}, (2, 4, 0.0)),
+        ({"CPU": 16.0}, {}, (8, 1, 0.0)),
         ({"CPU": 8.0, "GPU": 1.0}, {}, (1, 4, 0.5)),  # two fits share the GPU
+        ({"CPU": 16.0, "GPU": 4.0}, {}, (2, 4, 1.0)),  # enough GPUs: whole ones
         ({"CPU": 1.0}, {"concurrent_fits": 2}, (1, 1, 0.0)),
     ],
 )

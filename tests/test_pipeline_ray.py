@@ -9,7 +9,7 @@ import pytest
 import ray
 import torch
 import yaml
-from pipeline_builders import put_datasets, tiny_task, write_stream
+from pipeline_builders import put_datasets, register_base, tiny_task, write_stream
 
 from library.errors import StoreError
 from library.store import SkillStore
@@ -93,12 +93,10 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path)
 
 
 def test_serve_fits_submitted_tasks_and_refuses_bad_ones(ray_cluster, tmp_path):
-    base = [tiny_task("stand", role="base", steps=20)]
     store_uri = str(tmp_path / "store")
     walk = tiny_task("walk", steps=20, composers=[{"name": "s2w", "skills": ["base"]}])
-    put_datasets(store_uri, base + [walk])
-    run_plan(plan_stream(load_stream(write_stream(tmp_path / "s.yaml", base))), store_uri,
-             DriverOptions(progress=False))
+    put_datasets(store_uri, [walk])
+    register_base(store_uri, "stand", "walk-data")
 
     served: list[int] = []
     server = threading.Thread(target=lambda: served.append(
@@ -119,3 +117,14 @@ def test_serve_fits_submitted_tasks_and_refuses_bad_ones(ray_cluster, tmp_path):
     # The same task again is refused at submit time: its names are taken.
     with pytest.raises(StoreError, match="already in the store"):
         submit(str(spec), store_uri)
+
+
+def test_a_fit_with_two_workers_averages_gradients_across_them(ray_cluster, tmp_path):
+    tasks = [tiny_task("stand", role="base", train={"steps": 30, "batch_size": 32, "workers": 2})]
+    store_uri = str(tmp_path / "store")
+    put_datasets(store_uri, tasks)
+    plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
+    summary = run_plan(plan, store_uri, DriverOptions(progress=False))
+    assert summary.fitted == ["stand"]
+    metrics = SkillStore(store_uri).entry("stand").metrics
+    assert metrics["workers"] == 2 and metrics["train_steps"] == 30

@@ -28,8 +28,8 @@ def fitted_names(output: str) -> list[str]:
 
 def test_a_killed_driver_resumes_without_refitting(tmp_path):
     tasks = [tiny_task("stand", role="base", steps=40),
-             tiny_task("walk", steps=300, composers=[{"name": "s2w", "skills": ["base"]}]),
-             tiny_task("run", steps=300, env="walker-run")]
+             tiny_task("walk", steps=150, composers=[{"name": "s2w", "skills": ["base"]}]),
+             tiny_task("run", steps=150, env="walker-run")]
     store_uri = str(tmp_path / "store")
     put_datasets(store_uri, tasks)
     stream = write_stream(tmp_path / "stream.yaml", tasks, name="killed")
