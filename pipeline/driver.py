@@ -420,7 +420,9 @@ class Driver:
             self.chunks_left[key] += 1
 
     def _loop(self, view: ProgressView, pending: dict) -> None:
+        self.done_tasks: set[str] = set()
         self._schedule_evaluations(view, pending)
+        self._count_done_tasks(view)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             view.refresh()
@@ -441,6 +443,19 @@ class Driver:
                 else:
                     self._chunk_done(view, key, value)
             self._schedule_evaluations(view, pending)
+            self._count_done_tasks(view)
+
+    def _count_done_tasks(self, view: ProgressView) -> None:
+        """A task is done when it is fitted and no evaluation after it is outstanding."""
+        for index, task_plan in enumerate(self.plan.tasks):
+            name = task_plan.task.name
+            if name in self.done_tasks or name not in self.evaluated_tasks:
+                continue
+            if self.plan.continual and index not in self.continual_done:
+                continue
+            if not any(key[2] == name for key in self.evaluating):
+                self.done_tasks.add(name)
+                view.task_done()
 
     def _fit_done(self, view: ProgressView, report: FitReport) -> None:
         self.fitting.discard(report.unit)
@@ -471,10 +486,6 @@ class Driver:
         scores = [stats["score_mean"] for stats in per_seed.values()]
         view.event(f"evaluated {job.item} on {job.task.name} after {job.row_task}: score "
                    f"{sum(scores) / len(scores):.3f} ({seconds:.0f} s)")
-        row_plan = next(t for t in self.plan.tasks if t.task.name == job.row_task)
-        if not any(k[0] == job.row_task for k in self.evaluating) and \
-                self._task_fitted(row_plan):
-            view.task_done()
 
 
 def _psec_root(error: BaseException) -> PsecError | None:
