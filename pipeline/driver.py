@@ -25,6 +25,7 @@ is not repeated, and a unit that was interrupted resumes from its last checkpoin
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -74,14 +75,20 @@ class DriverOptions(BaseModel):
 
 @dataclass
 class ItemScore:
-    """The latest own-task evaluation of one item, for the summary."""
+    """The own-task evaluation of one item right after its fit, for the summary."""
 
     name: str
+    """Store name of the item."""
     task: str
+    """The task it was fitted for and evaluated on."""
     method: str
+    """base, skill, psec, nsec, asec, fixed or mlp."""
     score: float
+    """Normalised score, mean over seeds."""
     return_mean: float
+    """Episode return, mean over seeds."""
     episodes: int
+    """Episodes rolled out in total."""
 
 
 @dataclass
@@ -89,8 +96,11 @@ class StreamSummary:
     """What a run did; `describe()` is what `psec run` prints."""
 
     stream: str
+    """Stream name (`served` for submissions)."""
     scale: str
+    """Applied scale, or `as-written`."""
     store: str
+    """Absolute URI of the store."""
     fitted: list[str] = field(default_factory=list)
     """Items registered by this run (a rerun of a finished stream fits nothing)."""
     skipped: list[str] = field(default_factory=list)
@@ -98,6 +108,7 @@ class StreamSummary:
     evaluations: int = 0
     """(item, eval task, seed) evaluations made by this run."""
     scores: list[ItemScore] = field(default_factory=list)
+    """Own-task scores of the items evaluated by this run."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
     """Training seconds of each stage fitted now."""
     unit_seconds: dict[str, float] = field(default_factory=dict)
@@ -133,7 +144,9 @@ class Checked:
     """What the checks learned: dims per task and datasets imported for the run."""
 
     dims: dict[str, tuple[int, int]]
+    """(obs_dim, act_dim) of each task's data."""
     imported: dict[str, pa.Table]
+    """Tables of `import` tasks, read during the checks and stored by the run."""
 
 
 def _entry_dims(entry: ManifestEntry) -> tuple[int, int] | None:
@@ -589,6 +602,10 @@ def serve(store_uri: str, address: str | None = None, max_tasks: int | None = No
     else:
         connect(address)
     inbox = inbox_actor(store.uri)
+    address = ray.get_runtime_context().gcs_address
+    print(f"psec serve: store {store.uri} on Ray at {address}; send tasks with "
+          f"`psec submit SPEC.yaml --store {store.uri} --address {address}`",
+          file=sys.stderr, flush=True)
     served = 0
     while max_tasks is None or served < max_tasks:
         submission: Submission | None = ray.get(inbox.take.remote())

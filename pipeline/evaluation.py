@@ -28,10 +28,15 @@ class EvalJob:
     """Roll item `item` out on `task` for `seeds`, recorded as a row after `row_task`."""
 
     item: str
+    """Store name of the item to roll out."""
     task: TaskSpec
+    """The task whose env, horizon and eval settings are used."""
     row_task: str
+    """The stream task after which this evaluation is recorded."""
     position: int
+    """Stream position of `row_task`."""
     seeds: list[int]
+    """Evaluation seeds (one result row each)."""
     episodes: int | None = None
     """Episodes per seed (default: the task's eval.episodes)."""
 
@@ -103,9 +108,13 @@ class EvalSummary:
     """What `psec eval` prints."""
 
     item: str
+    """Store name of the evaluated item."""
     task: str
+    """Task it was rolled out on."""
     per_seed: dict[int, dict[str, float]]
+    """tasks.evaluation.summarise output per seed."""
     seconds: float
+    """Wall seconds of the evaluation."""
 
     def describe(self) -> str:
         scores = [stats["score_mean"] for stats in self.per_seed.values()]

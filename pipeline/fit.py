@@ -282,11 +282,17 @@ class _Resume(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     stage_index: int
+    """Index of the stage the checkpoint was taken in."""
     step: int
+    """Steps of that stage completed."""
     learner_state: dict[str, Any]
+    """`learner.state_dict()` at that step."""
     optimizer_state: dict[str, Any]
+    """Adam's state at that step."""
     carry: dict[str, Any]
+    """Critics fitted earlier in the unit (UnitContext.carry)."""
     report: dict[str, Any]
+    """The FitReport so far (registered and skipped stages, stage seconds)."""
 
 
 def _load_resume(fingerprint: str) -> _Resume | None:

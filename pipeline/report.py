@@ -32,14 +32,23 @@ class Cell:
     """Seeds of one (item, eval task) pair aggregated."""
 
     name: str
+    """Store name of the item."""
     method: str
+    """Method name (results table)."""
     skills: list[str]
+    """Skills the item composes."""
     eval_task: str
+    """Task it was evaluated on."""
     scores: list[float]
+    """Normalised score per seed."""
     returns: list[float]
+    """Mean return per seed."""
     success: list[float]
+    """Success rate per seed."""
     cost: list[float]
+    """Mean cost per seed."""
     steps: int
+    """Training steps of the item."""
 
     @property
     def score(self) -> tuple[float, float]:
