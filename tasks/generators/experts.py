@@ -165,6 +165,8 @@ def actor_policy(actor: Actor):
 # Medium policy and medium-replay data, picked from a finished (or running) SAC run
 
 MEDIUM_BAND = (1 / 3, 1 / 2)  # D4RL: a medium policy reaches about a third to half of expert
+# Episodes of the replay buffer kept in the repository (1000-step DMC episodes: ~2.4 MB).
+MEDIUM_REPLAY_EPISODES = 10
 
 
 def replay_path(env: str, directory: Path = EXPERTS_DIR) -> Path:
@@ -173,7 +175,7 @@ def replay_path(env: str, directory: Path = EXPERTS_DIR) -> Path:
 
 
 def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
-                  max_episodes: int = 25, directory: Path = EXPERTS_DIR) -> dict:
+                  max_episodes: int = MEDIUM_REPLAY_EPISODES, directory: Path = EXPERTS_DIR) -> dict:
     """Export the run's first actor snapshot whose return reached MEDIUM_BAND of the
     expert's as `<env>-medium` (D4RL stops training early there), and the replay buffer up
     to that step — every episode, or `max_episodes` of them spread evenly over it — as
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     medium.add_argument("--env", required=True)
     medium.add_argument("--suite", default="dmc")
     medium.add_argument("--run-dir", type=Path, default=None)
-    medium.add_argument("--max-episodes", type=int, default=25)
+    medium.add_argument("--max-episodes", type=int, default=MEDIUM_REPLAY_EPISODES)
     check = commands.add_parser("measure", help="evaluate a stored actor and record the result")
     check.add_argument("--env", required=True)
     check.add_argument("--kind", default="expert")
