@@ -389,11 +389,12 @@ def unit_loop(config: dict[str, Any]) -> None:
 
         def on_step(step: int, terms: dict[str, float], stage=stage, learner=learner,
                     log=log) -> None:
+            if rank != 0:
+                return  # rank 0 writes (and is the one a fault test kills)
             _maybe_fail(options, stage.name, step, marker_root, job.run_name)
             log.scalars(terms, step, prefix="train/")
             log.scalars(unit_ctx.alpha_stats(stage, learner), step, prefix="alpha/")
-            if rank == 0:
-                reporter(stage.name, step, stage.steps)
+            reporter(stage.name, step, stage.steps)
 
         def on_checkpoint(checkpoint, index=index, stage=stage) -> None:
             meta = {"fingerprint": fingerprint, "stage_index": index, "step": checkpoint.step,
