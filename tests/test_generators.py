@@ -91,6 +91,7 @@ def test_medium_export_and_medium_replay(tmp_path):
     record = experts.export_medium("walker-stand", run_dir=run_dir, max_episodes=2, directory=store)
     chosen = rows[2]
     assert record["steps"] == chosen["step"] == 60 and record["return_mean"] == 45.0
+    assert record["in_band"] and record["expert_fraction"] == 0.45
     medium = experts.load_actor("walker-stand", "medium", store)
     snapshot = experts._read_actor(run_dir / chosen["actor"])
     assert all(torch.equal(a, b) for a, b in zip(medium.state_dict().values(), snapshot.state_dict().values()))
@@ -106,10 +107,19 @@ def test_medium_export_and_medium_replay(tmp_path):
         generate(task("medium-replay", dynamics={"friction": 2.0}), directory=store)
 
 
-def test_medium_export_needs_an_evaluation_in_the_band(tmp_path):
+def test_medium_export_needs_an_evaluation_in_the_band_or_a_chosen_step(tmp_path):
+    run_dir = tmp_path / "run"
+    config = SACConfig(env="walker-stand", horizon=HORIZON, hidden=16, batch_size=8, steps=40,
+                       learning_starts=20, eval_every=20, eval_episodes=1, checkpoint_every=40)
+    train(config, run_dir, log=lambda message: None)
     experts.write_record("walker-stand", "expert", {"suite": "dmc", "return_mean": 1e6}, tmp_path)
-    with pytest.raises(DataError, match="no evaluation of .* has a return in"):
-        experts.export_medium("walker-stand", run_dir=tmp_path / "nothing", directory=tmp_path)
+    with pytest.raises(DataError, match="no evaluation of .* has a return in .* pick one with --step"):
+        experts.export_medium("walker-stand", run_dir=run_dir, directory=tmp_path)
+    with pytest.raises(DataError, match="no evaluation at step 30"):
+        experts.export_medium("walker-stand", run_dir=run_dir, directory=tmp_path, step=30)
+    record = experts.export_medium("walker-stand", run_dir=run_dir, directory=tmp_path, step=20)
+    assert record["steps"] == 20 and not record["in_band"]
+    assert record["command"].endswith("export-medium --env walker-stand --step 20")
 
 
 def test_multi_env_union_and_max_transitions(actors):

@@ -175,21 +175,32 @@ def replay_path(env: str, directory: Path = EXPERTS_DIR) -> Path:
 
 
 def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
-                  max_episodes: int = MEDIUM_REPLAY_EPISODES, directory: Path = EXPERTS_DIR) -> dict:
+                  max_episodes: int = MEDIUM_REPLAY_EPISODES, directory: Path = EXPERTS_DIR,
+                  step: int | None = None) -> dict:
     """Export the run's first actor snapshot whose return reached MEDIUM_BAND of the
     expert's as `<env>-medium` (D4RL stops training early there), and the replay buffer up
     to that step — every episode, or `max_episodes` of them spread evenly over it — as
-    `<env>-medium-replay`. Returns the medium record."""
+    `<env>-medium-replay`. Returns the medium record.
+
+    `step` picks that evaluation's snapshot instead, for runs with no evaluation inside the
+    band yet; the record then says `in_band: false` and gives the ratio to the expert.
+    """
     run = RunDir(run_dir or default_run_dir(SACConfig(env=env, suite=suite)))
     expert = read_registry(directory).get(env, {}).get("expert")
     if expert is None:
         raise DataError(f"no expert for {env!r} yet: train it with `{train_command(env, suite)}`")
     reference = expert.get("check", expert)["return_mean"]
     low, high = (f * reference for f in MEDIUM_BAND)
-    rows = [r for r in read_jsonl(run.eval_log) if low <= r["return_mean"] <= high]
-    if not rows:
-        raise DataError(f"no evaluation of {run.path} has a return in [{low:.0f}, {high:.0f}] "
-                        f"(1/3..1/2 of the expert's {reference:.0f})")
+    evaluations = read_jsonl(run.eval_log)
+    if step is not None:
+        rows = [r for r in evaluations if r["step"] == step]
+        if not rows:
+            raise DataError(f"{run.eval_log} has no evaluation at step {step}")
+    else:
+        rows = [r for r in evaluations if low <= r["return_mean"] <= high]
+        if not rows:
+            raise DataError(f"no evaluation of {run.path} has a return in [{low:.0f}, {high:.0f}] "
+                            f"(1/3..1/2 of the expert's {reference:.0f}); pick one with --step")
     row = min(rows, key=lambda r: r["step"])
     checkpoint = run.latest()
     if checkpoint is None:
@@ -211,8 +222,11 @@ def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
     record = {"suite": suite, "steps": row["step"], "return_mean": row["return_mean"],
               "return_std": row["return_std"], "episodes": len(row["returns"]),
               "measured": "SAC evaluation during training: deterministic actor, fixed-seed episodes",
-              "expert_return": reference, "command": f"python -m tasks.generators.experts "
-              f"export-medium --env {env}" + (f" --suite {suite}" if suite != "dmc" else "")}
+              "expert_return": reference, "expert_fraction": row["return_mean"] / reference,
+              "in_band": bool(low <= row["return_mean"] <= high),
+              "command": f"python -m tasks.generators.experts export-medium --env {env}"
+              + (f" --suite {suite}" if suite != "dmc" else "")
+              + (f" --step {step}" if step is not None else "")}
     replay_record = {"suite": suite, "steps": row["step"], "episodes_in_buffer": int(len(ends)),
                      "episodes": int(len(keep)), "transitions": int(len(rows_kept)),
                      "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)),
@@ -298,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     medium.add_argument("--suite", default="dmc")
     medium.add_argument("--run-dir", type=Path, default=None)
     medium.add_argument("--max-episodes", type=int, default=MEDIUM_REPLAY_EPISODES)
+    medium.add_argument("--step", type=int, default=None,
+                        help="use this evaluation's snapshot (when none lies in the band yet)")
     check = commands.add_parser("measure", help="evaluate a stored actor and record the result")
     check.add_argument("--env", required=True)
     check.add_argument("--kind", default="expert")
@@ -311,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "export-medium":
-            print(json.dumps(export_medium(args.env, args.suite, args.run_dir, args.max_episodes), indent=1))
+            print(json.dumps(export_medium(args.env, args.suite, args.run_dir, args.max_episodes,
+                                           step=args.step), indent=1))
         elif args.command == "measure":
             print(json.dumps(measure(args.env, args.kind, args.episodes), indent=1))
         elif args.command == "table":
