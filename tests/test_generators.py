@@ -127,7 +127,10 @@ def test_multi_env_union_and_max_transitions(actors):
     table = generate(task("expert", envs=["walker-stand", "walker-walk"]), directory=actors)
     arrays = to_arrays(table)
     assert len(arrays["obs"]) == 4 * HORIZON and list(np.unique(arrays["episode"])) == [0, 1, 2, 3]
-    assert dataset_meta(table)["envs"] == ["walker-stand", "walker-walk"]
+    meta = dataset_meta(table)
+    assert meta["envs"] == ["walker-stand", "walker-walk"]
+    assert set(meta["per_env"]) == {"walker-stand", "walker-walk"}
+    assert meta["per_env"]["walker-walk"]["episodes"] == 2
     cut = generate(task("expert", max_transitions=30), directory=actors)
     assert cut.num_rows == 30 and to_arrays(cut)["timeouts"][-1]
 

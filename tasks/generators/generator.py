@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from library.errors import DataError, SpecError
-from tasks.dataset import concatenate, limit_transitions, to_table
+from tasks.dataset import concatenate, dataset_meta, limit_transitions, to_table
 from tasks.generators import experts
 from tasks.generators.rollouts import Recording, derive_seed, noisy, random_policy, record
 from tasks.spec import TaskSpec
@@ -154,8 +154,12 @@ def generate(task: TaskSpec, episodes: int | None = None,
     if len(tables) == 1:
         table = tables[0]
     else:
+        # Per-env summaries survive the union; the per-episode lists are the envs' own.
+        summary_keys = ("episodes", "return_mean", "success_rate", "cost_mean")
+        per_env = {env: {k: meta[k] for k in summary_keys if k in meta}
+                   for env, meta in zip(envs, map(dataset_meta, tables))}
         table = concatenate(tables, {**common, "env": task.env, "envs": envs,
-                                     "episodes_per_env": episodes})
+                                     "episodes_per_env": episodes, "per_env": per_env})
     if data.max_transitions is not None:
         table = limit_transitions(table, data.max_transitions)
     return table
