@@ -1,0 +1,122 @@
+"""Continual-learning metrics from a success matrix (Continual World, Wolczyk et al., 2021).
+
+The success matrix `p: [T, T]` holds `p[t, i]`, the success (or normalised score) of
+task i's policy evaluated right after training task t of the stream. Entries for tasks
+not trained yet (i > t) or not evaluated are NaN.
+
+* average success  P(T) = mean_i p[T-1, i]           (every task, after the last one)
+* forgetting       F_i  = p[i, i] - p[T-1, i]          (right after task i vs at the end)
+  and F = mean_i F_i over all T tasks, as Continual World averages it (the last task's
+  F_i is 0 by definition).
+* forward transfer FT_i = (AUC_i - AUC_i^b) / (1 - AUC_i^b): how much better task i is
+  learnt in the stream than by a reference trained on task i alone (the "scratch"
+  baseline b). Continual World uses the area under the success curve during training;
+  `curve_auc` computes it where a curve exists. Where only final successes are known
+  (the pipeline evaluates each item once, after its fit) the same formula is applied to
+  them: FT_i = (p[i, i] - p_i^b) / (1 - p_i^b). That is a simplification — it compares
+  end points, not learning speed — and callers that use it must say so.
+
+Pure numpy; no Ray, no results-table format (pipeline.continual_report reads the table).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from library.errors import ShapeError
+
+
+@dataclass(frozen=True)
+class ContinualMetrics:
+    """The Continual World summary of one stream."""
+
+    tasks: list[str]
+    """Tasks in stream order (the matrix's rows and columns)."""
+    average_success: float
+    """P(T): mean success of every task after the last task."""
+    forgetting: float
+    """Mean of `task_forgetting` over all tasks (Continual World's F)."""
+    task_forgetting: list[float]
+    """F_i = p_i(i) - p_i(T) per task (NaN where either entry is missing)."""
+    forward_transfer: float
+    """Mean of the defined `task_forward_transfer` values; NaN without a reference."""
+    task_forward_transfer: list[float]
+    """FT_i per task; NaN where the reference is missing or already perfect."""
+
+
+def _square(p: np.ndarray) -> np.ndarray:
+    p = np.asarray(p, dtype=float)
+    if p.ndim != 2 or p.shape[0] != p.shape[1] or p.shape[0] == 0:
+        raise ShapeError(f"success matrix must be square [T, T] with T >= 1, got {p.shape}")
+    return p
+
+
+def average_success(p: np.ndarray) -> float:
+    """P(T) = mean_i p[T-1, i]; NaN entries (never evaluated) are left out."""
+    last = _square(p)[-1]
+    return float(np.nanmean(last)) if np.isfinite(last).any() else math.nan
+
+
+def task_forgetting(p: np.ndarray) -> np.ndarray:
+    """F_i = p[i, i] - p[T-1, i], shape [T]; the last task's is 0 by definition."""
+    p = _square(p)
+    return np.diagonal(p) - p[-1]
+
+
+def forgetting(p: np.ndarray) -> float:
+    """Mean F_i over all T tasks (Continual World's average, last task included)."""
+    values = task_forgetting(p)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+
+def curve_auc(curve: Sequence[float]) -> float:
+    """Normalised area under a success curve sampled at equal training intervals: the
+    trapezoid rule over [0, 1], so a constant curve c has AUC c."""
+    values = np.asarray(curve, dtype=float)
+    if values.ndim != 1 or len(values) == 0:
+        raise ShapeError(f"a success curve must be a non-empty 1-d sequence, got {values.shape}")
+    if len(values) == 1:
+        return float(values[0])
+    return float(np.trapezoid(values, dx=1.0 / (len(values) - 1)))
+
+
+def task_forward_transfer(own: Sequence[float], reference: Sequence[float]) -> np.ndarray:
+    """FT_i = (own_i - ref_i) / (1 - ref_i) per task, shape [T].
+
+    `own` and `reference` are AUCs of the success curves (Continual World) or final
+    successes (the simplified version, see the module docstring). Where the reference
+    is missing (NaN) or already 1 (nothing left to transfer) FT_i is NaN.
+    """
+    own_values = np.asarray(own, dtype=float)
+    ref_values = np.asarray(reference, dtype=float)
+    if own_values.shape != ref_values.shape or own_values.ndim != 1:
+        raise ShapeError(f"forward transfer needs matching 1-d values, got {own_values.shape} "
+                         f"and reference {ref_values.shape}")
+    headroom = 1.0 - ref_values
+    out = np.full(own_values.shape, math.nan)
+    defined = np.isfinite(own_values) & np.isfinite(ref_values) & (headroom > 0)
+    out[defined] = (own_values[defined] - ref_values[defined]) / headroom[defined]
+    return out
+
+
+def continual_metrics(tasks: Sequence[str], p: np.ndarray,
+                      reference: Sequence[float] | None = None) -> ContinualMetrics:
+    """Every metric of a stream from its success matrix `p: [T, T]` (rows: after task t,
+    columns: task i) and, optionally, the scratch reference's final success per task
+    (NaN where a task has none). Forward transfer here is the simplified final-success
+    version: FT_i compares p[i, i] with the reference's final success."""
+    p = _square(p)
+    if len(tasks) != p.shape[0]:
+        raise ShapeError(f"{len(tasks)} task names for a {p.shape[0]}x{p.shape[0]} matrix")
+    ref = np.full(p.shape[0], math.nan) if reference is None else np.asarray(reference, float)
+    transfer = task_forward_transfer(np.diagonal(p), ref)
+    return ContinualMetrics(
+        tasks=list(tasks), average_success=average_success(p), forgetting=forgetting(p),
+        task_forgetting=task_forgetting(p).tolist(),
+        forward_transfer=float(np.nanmean(transfer)) if np.isfinite(transfer).any()
+        else math.nan,
+        task_forward_transfer=transfer.tolist())
