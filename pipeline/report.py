@@ -7,7 +7,10 @@ For every stream in the results it writes
 * the continual matrix: after task i (rows), the score of task j's own policy on task j
   (columns). Skills are frozen LoRA modules, so a row equal to the one above it means
   nothing was forgotten;
-* `<stream>-scores.png` (bars per task and item) and `<stream>-continual.png` (the matrix).
+* `<stream>-scores.png` (bars per task and item) and `<stream>-continual.png` (the matrix);
+* for a continual stream, Continual World's average success, forgetting and forward
+  transfer (pipeline.continual_report) and `<stream>-success.png`, p_i(t) over its
+  non-base tasks.
 
 The Markdown starts with the command that regenerates it (STYLE habit 6).
 """
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from library.errors import StoreError
+from pipeline import continual_report
 
 REPORT_FILE = "results.md"
 
@@ -221,6 +225,14 @@ def write_report(results: pa.Table, out: str, command: str) -> str:
         if plot_continual(stream, stream_rows, os.path.join(out, f"{stream}-continual.png")):
             plots.append(f"{stream}-continual.png")
         sections.append(markdown(stream, stream_rows, command, plots))
+        continual = continual_report.stream_metrics(stream_rows, rows)
+        if continual is not None:
+            # p_i(t) over the continual tasks alone (bases left out), as the metrics use it.
+            p, metrics = continual
+            heat_map = f"{stream}-success.png"
+            kept = [r for r in stream_rows if r["task"] in metrics.tasks]
+            plot_continual(stream, kept, os.path.join(out, heat_map))
+            sections.append(continual_report.markdown(stream, p, metrics, heat_map))
     path = os.path.join(out, REPORT_FILE)
     with open(path, "w") as f:
         f.write("\n".join(sections))

@@ -1,0 +1,116 @@
+"""The continual section of `psec report`: Continual World metrics of a continual stream.
+
+From the results rows of one stream it builds the success matrix p_i(t) — the mean over
+seeds of the score of task i's own item (the store item named like the task) evaluated
+after task t — over the stream's continual tasks, and computes `tasks.continual`'s
+average success, forgetting and forward transfer. For Meta-World the score is the
+success rate, so p_i(t) is a success rate; for other suites it is the normalised score.
+
+* Bases are pretraining, not continual tasks: a task whose own item is a base is left out
+  of the matrix (its rows and its column).
+* A stream is continual when some task's own item was evaluated after a later task.
+* Forward transfer needs a scratch reference: results rows, of any stream, with method
+  `scratch` on the same task name. The pipeline evaluates each item once after its fit,
+  so the reference is its final score and forward transfer is the simplified,
+  final-success version (see tasks.continual), not Continual World's area under the
+  training curve. Without a reference the line reads `forward transfer —`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from tasks.continual import ContinualMetrics, continual_metrics
+
+
+def _fmt(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.2f}"
+
+
+def continual_tasks(rows: list[dict]) -> list[str]:
+    """The stream's non-base tasks in stream order, or [] when the stream is not
+    continual (no task's own item was evaluated after a later task)."""
+    order: dict[str, int] = {}
+    kinds: dict[str, str] = {}
+    revisited = False
+    for row in rows:
+        order[row["task"]] = int(row["position"])
+        if row["name"] == row["eval_task"]:
+            kinds[row["eval_task"]] = str(row.get("kind") or "")
+            revisited |= row["task"] != row["eval_task"]
+    if not revisited:
+        return []
+    return [task for task in sorted(order, key=order.get)
+            if task in kinds and kinds[task] != "base"]
+
+
+def success_matrix(rows: list[dict], tasks: list[str]) -> np.ndarray:
+    """p: [T, T], p[t, i] = mean score of task i's own item after task t (NaN: not
+    evaluated)."""
+    index = {task: i for i, task in enumerate(tasks)}
+    values: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for row in rows:
+        if row["name"] == row["eval_task"] and row["task"] in index \
+                and row["eval_task"] in index:
+            values[(index[row["task"]], index[row["eval_task"]])].append(float(row["score"]))
+    p = np.full((len(tasks), len(tasks)), math.nan)
+    for (t, i), scores in values.items():
+        p[t, i] = sum(scores) / len(scores)
+    return p
+
+
+def scratch_reference(all_rows: list[dict], tasks: list[str]) -> list[float]:
+    """Per task: the mean score of the `scratch` rows evaluated on it (NaN if none)."""
+    scores: dict[str, list[float]] = defaultdict(list)
+    for row in all_rows:
+        if row.get("method") == "scratch":
+            scores[row["eval_task"]].append(float(row["score"]))
+    return [sum(scores[task]) / len(scores[task]) if scores[task] else math.nan
+            for task in tasks]
+
+
+def stream_metrics(rows: list[dict],
+                   all_rows: list[dict]) -> tuple[np.ndarray, ContinualMetrics] | None:
+    """(p, metrics) of one stream's rows, scratch references looked up in `all_rows`;
+    None when the stream is not continual or has fewer than two continual tasks."""
+    tasks = continual_tasks(rows)
+    if len(tasks) < 2:
+        return None
+    p = success_matrix(rows, tasks)
+    return p, continual_metrics(tasks, p, scratch_reference(all_rows, tasks))
+
+
+def metric_lines(metrics: ContinualMetrics) -> list[str]:
+    """The three headline lines, exactly as docs/RESULTS.md quotes them."""
+    return [f"average success {_fmt(metrics.average_success)}",
+            f"forgetting {_fmt(metrics.forgetting)}",
+            f"forward transfer {_fmt(metrics.forward_transfer)}"]
+
+
+def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
+             heat_map: str | None) -> str:
+    """The section `psec report` appends after a continual stream's tables."""
+    lines = [f"### Continual metrics of `{stream}`", "",
+             f"Over {len(metrics.tasks)} continual tasks ({', '.join(metrics.tasks)}; bases "
+             "left out). p_i(t) is the mean score over seeds of task i's own skill after "
+             "task t (Meta-World: the success rate).", "", "```text",
+             *metric_lines(metrics), "```", ""]
+    if math.isnan(metrics.forward_transfer):
+        lines.append("Forward transfer needs a scratch reference (result rows with method "
+                     "`scratch` on these tasks); the store holds none.")
+    else:
+        lines.append("Forward transfer is the simplified final-success version: "
+                     "(p_i(i) − p_i^scratch) / (1 − p_i^scratch), not the area under the "
+                     "training curve.")
+    lines += ["", "| task | p_i(i) | p_i(T) | forgetting | forward transfer |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for i, task in enumerate(metrics.tasks):
+        lines.append(f"| {task} | {_fmt(p[i, i])} | {_fmt(p[-1, i])} | "
+                     f"{_fmt(metrics.task_forgetting[i])} | "
+                     f"{_fmt(metrics.task_forward_transfer[i])} |")
+    if heat_map is not None:
+        lines += ["", f"Heat map of p_i(t): ![{heat_map}]({heat_map})"]
+    return "\n".join(lines) + "\n"

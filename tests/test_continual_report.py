@@ -1,0 +1,68 @@
+"""`psec report`'s continual section from hand-built results rows."""
+
+import math
+
+import pyarrow as pa
+import pytest
+
+from pipeline.continual_report import continual_tasks, stream_metrics, success_matrix
+from pipeline.report import write_report
+from pipeline.results import ResultRow, now
+
+
+def row(after, position, name, eval_task, score, seed=0, kind="skill", method="skill",
+        stream="cw"):
+    return ResultRow(stream=stream, task=after, position=position, name=name, kind=kind,
+                     method=method, composer=None, skills=[name], seed=seed,
+                     eval_task=eval_task, episodes=2, return_mean=score, return_std=0.0,
+                     score=score, success=score, cost=0.0, steps=5, wall_s=1.0,
+                     scale="smoke", time=now()).model_dump(mode="json")
+
+
+def cw_rows():
+    """A base, then skills a, b, c; a drops from 1.0 to 0.5 after c, b stays at 0.5
+    (seeds 0.25 and 0.75), c ends at 0.0; a composer row that is not a matrix entry."""
+    return [
+        row("base", 0, "base", "base", 0.3, kind="base", method="base"),
+        row("a", 1, "a", "a", 1.0), row("a", 1, "base", "base", 0.3, kind="base",
+                                         method="base"),
+        row("b", 2, "b", "b", 0.25), row("b", 2, "b", "b", 0.75, seed=1),
+        row("b", 2, "a", "a", 1.0), row("b", 2, "b-psec", "b", 0.9, kind="composer",
+                                        method="psec"),
+        row("c", 3, "c", "c", 0.0), row("c", 3, "a", "a", 0.5), row("c", 3, "b", "b", 0.5),
+        row("c", 3, "b", "b", 0.5, seed=1),
+    ]
+
+
+def test_the_success_matrix_leaves_bases_out_and_averages_seeds():
+    rows = cw_rows()
+    assert continual_tasks(rows) == ["a", "b", "c"]
+    p = success_matrix(rows, ["a", "b", "c"])
+    assert p[0, 0] == 1.0 and p[1, 1] == 0.5 and p[2, 0] == 0.5
+    assert math.isnan(p[0, 1]) and math.isnan(p[1, 2])
+
+
+def test_a_stream_without_re_evaluations_is_not_continual():
+    rows = [row("a", 0, "a", "a", 1.0), row("b", 1, "b", "b", 1.0)]
+    assert continual_tasks(rows) == [] and stream_metrics(rows, rows) is None
+
+
+def test_metrics_use_scratch_rows_of_any_stream_as_the_reference():
+    rows = cw_rows()
+    _, metrics = stream_metrics(rows, rows)
+    assert metrics.average_success == pytest.approx(1.0 / 3)
+    assert metrics.forgetting == pytest.approx(0.5 / 3)
+    assert math.isnan(metrics.forward_transfer)
+    scratch = [row("a", 0, "a", "a", 0.5, kind="base", method="scratch", stream="search")]
+    _, metrics = stream_metrics(rows, rows + scratch)
+    assert metrics.task_forward_transfer[0] == pytest.approx(1.0)
+    assert metrics.forward_transfer == pytest.approx(1.0)
+
+
+def test_report_writes_the_three_lines_and_the_heat_map(tmp_path):
+    path = write_report(pa.Table.from_pylist(cw_rows()), str(tmp_path), "psec report")
+    lines = open(path).read().splitlines()
+    assert "### Continual metrics of `cw`" in lines
+    assert {"average success 0.33", "forgetting 0.17", "forward transfer —"} <= set(lines)
+    assert "| a | 1.00 | 0.50 | 0.50 | — |" in lines
+    assert (tmp_path / "cw-success.png").stat().st_size > 1000
