@@ -48,6 +48,10 @@ class AlphaConfig:
     "newest" and sigmoid "zero" approximately (99% / 1%)."""
     hidden: int = 256
     """Width of the two hidden layers of the context network."""
+    reg: float = 0.0
+    """Weight of a regulariser pulling the batch mean of α(s) toward the initial α:
+    reg · ‖mean_B α(s) − α_init‖² is added to the loss. 0 turns it off (the paper's
+    setting; the official code has an undocumented one of this kind)."""
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -62,6 +66,10 @@ class AlphaConfig:
             raise SpecError("alpha.scale", f"must be a positive number, got {self.scale!r}")
         if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
             raise SpecError("alpha.hidden", f"must be a positive integer, got {self.hidden!r}")
+        if isinstance(self.reg, bool) or not isinstance(self.reg, int | float) or not (
+            math.isfinite(self.reg) and self.reg >= 0
+        ):
+            raise SpecError("alpha.reg", f"must be a number >= 0, got {self.reg!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -250,7 +258,30 @@ class Composer(nn.Module):
         weights: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
-        """Weighted loss of the composed policy on raw obs [B, S], actions [B, A], weights [B]."""
+        """Weighted loss of the composed policy on raw obs [B, S], actions [B, A], weights [B],
+        plus the α regulariser (term "alpha_reg", 0 when `AlphaConfig.reg` is 0)."""
+        terms = self._composed_loss(obs, actions, weights, generator)
+        reg = self.alpha_reg(obs)
+        if self.alpha_config.reg > 0:
+            terms["loss"] = terms["loss"] + reg
+        terms["alpha_reg"] = reg.detach()
+        return terms
+
+    def alpha_reg(self, obs: Tensor) -> Tensor:
+        """reg · ‖mean over states of α(s) − initial α‖² for raw obs [B, S] (a scalar).
+
+        It pulls the average weights, not each state's, so α(s) may still vary with s.
+        """
+        k = len(self.skills)
+        if self.alpha_config.reg == 0:
+            return torch.zeros((), device=obs.device)
+        init = self.alpha_config.weights(self.alpha_config.initial_logits(k)).to(obs.device)
+        mean = self.alpha(obs).mean(dim=0)  # [k]
+        return self.alpha_config.reg * (mean - init).pow(2).sum()
+
+    def _composed_loss(
+        self, obs: Tensor, actions: Tensor, weights: Tensor | None, generator
+    ) -> dict[str, Tensor]:
         if self.mode in ("parameter", "fixed"):
             with use_skills(self.policy, self.skills, self._layer_weights(obs)):
                 return self.policy.loss(obs, actions, weights, generator)

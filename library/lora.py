@@ -371,6 +371,29 @@ def add_skill(
         layer.add_adapter(name, spec, generator)
 
 
+@torch.no_grad()
+def add_random_skill(
+    model: nn.Module, name: str, like: str, generator: torch.Generator | None = None
+) -> None:
+    """Add skill `name` shaped like skill `like`, with random directions and its norms.
+
+    In every layer each factor (A and B of a LoRA, ΔW of a full-rank adapter) is drawn
+    from N(0, 1) and rescaled to the Frobenius norm of the same factor of `like`, so a
+    bank of such skills has the capacity of the real one without its behaviour: the
+    random-LoRA control of a composition claim (DESIGN.md, "Making composition help").
+    Random factors are not aligned as trained ones are, so ‖B A‖ comes out smaller than
+    `like`'s even though ‖A‖ and ‖B‖ match.
+    """
+    spec = skill_spec(model, like)
+    add_skill(model, name, rank=spec.rank, alpha=spec.alpha, kind=spec.kind)
+    for layer in lora_layers(model).values():
+        for new, ref in zip(layer.adapter_parameters(name), layer.adapter_parameters(like)):
+            draw = torch.randn(new.shape, generator=generator, dtype=torch.float32)
+            norm = draw.norm()
+            target = ref.detach().float().norm().cpu()
+            new.copy_((draw * (target / norm) if norm > 0 else draw * 0).to(new))
+
+
 def _wrap_linears(model: nn.Module) -> None:
     """Replace every bare nn.Linear in `model` by a LoraLinear.
 

@@ -39,12 +39,13 @@ from library.errors import PsecError, ShapeError, SpecError, StoreError
 from library.names import BASE
 from library.store import ManifestEntry, SkillStore
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
-from pipeline.fit import FitOptions, FitReport, fit_unit, size_job
+from pipeline.fit import FitOptions, FitReport, fit_unit, psec_cause, size_job
 from pipeline.inbox import Submission, inbox_actor
 from pipeline.plan import StreamPlan, TaskPlan, plan_stream, plan_task
 from pipeline.progress import ProgressView
 from pipeline.results import ResultRow, existing_keys, now
 from pipeline.runtime import connect
+from pipeline.stages import random_skill_name
 from pipeline.store_actor import StoreHandle
 from pipeline.tblog import RunLog, run_name
 from tasks.spec import TaskSpec, dump, load_stream, load_task, parse_task
@@ -63,6 +64,9 @@ class DriverOptions(BaseModel):
     """Shortcut for fit.max_failures (the CLI's --max-failures)."""
     progress: bool | None = None
     """Progress bars: None draws them when stderr is a terminal."""
+    result_tags: dict[str, str] = {}
+    """Extra columns of every result row the run records, by name: `search` and `trial`
+    (what `psec tune` sets, so tables find a trial's rows without parsing stream names)."""
 
     def fit_options(self) -> FitOptions:
         update = {}
@@ -215,6 +219,28 @@ def _check_generator(task: TaskSpec) -> None:
                             f"`{experts.train_command(env, task.suite)}`")
 
 
+def same_fit(stored_spec: dict[str, Any], task: TaskSpec, name: str) -> bool:
+    """Whether item `name`, stored with task spec `stored_spec`, is what `task` would fit.
+
+    Evaluation settings never change a fit, and a task's other composers do not change
+    its skill or one another: a skill is shared by tasks that differ only there (e.g.
+    tune's trials of different methods). A composer must match its own spec. The stored
+    spec is read through the current model, so fields added since it was stored count
+    at their defaults."""
+    try:
+        stored = parse_task(stored_spec)
+    except PsecError:
+        return False
+
+    def fit_of(spec: TaskSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        data = dump(spec)
+        own = [c for c in data.pop("composers") if c["name"] == name]
+        data.pop("eval")
+        return data, own
+
+    return fit_of(stored) == fit_of(task)
+
+
 def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
     """Every check that can fail on user input, before anything is written."""
     store.check_writable()
@@ -222,10 +248,10 @@ def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
     stored = {entry.name: entry for entry in store.list()}
     for task_plan in plan.tasks:
         task = task_plan.task
-        spec = dump(task)
         for name in task_plan.items:
             entry = stored.get(name)
-            if entry is not None and entry.task_spec is not None and entry.task_spec != spec:
+            if entry is not None and entry.task_spec is not None and \
+                    not same_fit(entry.task_spec, task, name):
                 raise StoreError(
                     f"{name!r} is in the store from a different spec of task {task.name!r} "
                     f"(another scale or an edited stream): remove it or rename the task")
@@ -316,11 +342,16 @@ class Driver:
     def _row(self, job: EvalJob, seed: int, stats: dict[str, float]) -> ResultRow:
         stage = self.plan.stage(job.item)
         entry_metrics = self.entries.get(job.item, {})
+        skills = stage.skills
+        if stage.composer is not None and stage.composer.bank == "random":
+            skills = [s if s in (BASE, stage.task) else random_skill_name(stage.name, s)
+                      for s in skills]
         return ResultRow(
+            **self.options.result_tags,
             stream=self.plan.stream, task=job.row_task, position=job.position,
             name=job.item, kind="composer" if stage.kind == "composer" else stage.kind,
             method=stage.method, composer=job.item if stage.kind == "composer" else None,
-            skills=stage.skills, seed=seed, eval_task=job.task.name,
+            skills=skills, seed=seed, eval_task=job.task.name,
             episodes=int(stats["episodes"]), return_mean=stats["return_mean"],
             return_std=stats["return_std"], score=stats["score_mean"],
             success=stats["success_rate"], cost=stats["cost_mean"], steps=stage.steps,
@@ -444,7 +475,7 @@ class Driver:
                 try:
                     value = ray.get(ref)
                 except ray.exceptions.RayTaskError as error:
-                    cause = _psec_root(error)
+                    cause = psec_cause(error)
                     if cause is not None:
                         raise cause from None
                     raise
@@ -499,12 +530,6 @@ class Driver:
         scores = [stats["score_mean"] for stats in per_seed.values()]
         view.event(f"evaluated {job.item} on {job.task.name} after {job.row_task}: score "
                    f"{sum(scores) / len(scores):.3f} ({seconds:.0f} s)")
-
-
-def _psec_root(error: BaseException) -> PsecError | None:
-    from pipeline.fit import _psec_cause
-
-    return _psec_cause(error)
 
 
 # ------------------------------------------------------------------- entry points

@@ -204,7 +204,7 @@ def run_trainer(job: FitJob, store: StoreHandle, board) -> FitReport:
     try:
         result = trainer.fit()
     except Exception as error:  # TrainingFailedError wraps the worker's exception
-        cause = _psec_cause(error)
+        cause = psec_cause(error)
         if cause is not None:
             raise cause from None
         raise
@@ -221,7 +221,7 @@ def run_trainer(job: FitJob, store: StoreHandle, board) -> FitReport:
     return report
 
 
-def _psec_cause(error: BaseException) -> PsecError | None:
+def psec_cause(error: BaseException) -> PsecError | None:
     """The PsecError at the root of a Ray/Train failure chain, if any (a user error)."""
     seen = 0
     while error is not None and seen < 10:
@@ -403,18 +403,20 @@ def unit_loop(config: dict[str, Any]) -> None:
                      "optimizer": checkpoint.optimizer_state, "carry": unit_ctx.carry()}
             _report_checkpoint(rank, {"stage": index, "step": checkpoint.step}, meta, state)
 
-        result = train(
-            learner, unit_ctx.data, stage.steps, max(1, stage.batch_size // world), stage.lr,
-            seed=stage.seed + 7919 * rank, on_step=on_step,
-            grad_hook=_allreduce_mean if world > 1 else None, start_step=start,
-            optimizer_state=optimizer_state, log_every=min(options.log_every, stage.steps),
-            on_checkpoint=on_checkpoint, checkpoint_every=every)
+        terms: dict[str, float] = {}
+        if stage.steps > 0:  # 0: an untrained composer, registered as initialised
+            terms = train(
+                learner, unit_ctx.data, stage.steps, max(1, stage.batch_size // world),
+                stage.lr, seed=stage.seed + 7919 * rank, on_step=on_step,
+                grad_hook=_allreduce_mean if world > 1 else None, start_step=start,
+                optimizer_state=optimizer_state, log_every=min(options.log_every, stage.steps),
+                on_checkpoint=on_checkpoint, checkpoint_every=every).terms
         seconds = time.perf_counter() - stage_started
         log.close()
         if stage.stored:
-            metrics = {"train_steps": result.steps, "train_seconds": round(seconds, 3),
+            metrics = {"train_steps": stage.steps, "train_seconds": round(seconds, 3),
                        "resumed_from": start, "workers": world,
-                       **{f"train_{k}": v for k, v in result.terms.items() if "/" not in k}}
+                       **{f"train_{k}": v for k, v in terms.items() if "/" not in k}}
             if rank == 0:
                 created = unit_ctx.register(stage, learner, metrics)
                 if created:

@@ -64,6 +64,10 @@ class ResultRow(BaseModel):
     """Scale the stream ran at (smoke, paper, ... or `as-written`)."""
     time: str
     """When the row was recorded, ISO 8601 UTC."""
+    search: str | None = None
+    """The `psec tune` search that recorded the row (`DriverOptions.result_tags`), else None."""
+    trial: str | None = None
+    """The search's trial point (its tag) that recorded the row, else None."""
 
     def key(self) -> tuple[str, str, str, str, int]:
         """What makes an evaluation unique: a rerun skips rows with a known key."""

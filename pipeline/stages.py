@@ -14,6 +14,7 @@ IDQL candidate selection at evaluation time.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -26,16 +27,16 @@ from library.critics import CriticConfig, FeasibilityConfig, FeasibilityCritic, 
 from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer, select_action
 from library.errors import StoreError
 from library.learners import BaseLearner, ComposerLearner, CriticLearner, Learner, SkillLearner
-from library.lora import use_skills
+from library.lora import add_random_skill, remove_skill, use_skills
 from library.names import BASE
 from library.serialization import (
     dump_base,
     dump_composer,
     dump_skill,
     load_base,
-    load_composer,
     load_skill,
 )
+from library.serialization import load_composer as composer_from_item
 from library.weighting import WeightingConfig
 from pipeline.plan import FitUnit, Stage
 from tasks.spec import TaskSpec, dump
@@ -43,6 +44,13 @@ from tasks.spec import TaskSpec, dump
 CRITIC_PREFIX = "critics."
 ALPHA_SAMPLE = 512
 """States on which a composer's α(s) statistics are logged."""
+
+
+def random_skill_name(composer: str, skill: str) -> str:
+    """Store name of the random stand-in for `skill` in composer `composer`'s random bank
+    (`<skill>-random-<6 hex of both names>`: readable, unique per composer, ≤ 64)."""
+    digest = hashlib.sha256(f"{composer}/{skill}".encode()).hexdigest()[:6]
+    return f"{skill[:48]}-random-{digest}"
 
 
 # ------------------------------------------------------------------- critics in items
@@ -209,14 +217,33 @@ class UnitContext:
                                 alpha=lora.alpha, kind=lora.kind, weighting=self.task.objective,
                                 generator=generator, **critics)
         policy = self._base_policy()
-        for skill in stage.skills:
-            if skill != BASE:
-                self._add_skill(policy, skill)
-        spec = stage.composer.alpha
-        composer = Composer(policy, stage.skills, stage.composer.mode,
-                            AlphaConfig(output=spec.output, scale=spec.scale, init=spec.init),
+        skills = [self._composed_skill(policy, stage, index, skill)
+                  for index, skill in enumerate(stage.skills)]
+        composer = Composer(policy, skills, stage.composer.mode,
+                            AlphaConfig(**stage.composer.alpha.model_dump()),
                             generator=generator)
         return ComposerLearner(composer, self.task.objective, **critics)
+
+    def _composed_skill(self, policy: DiffusionPolicy, stage: Stage, index: int,
+                        skill: str) -> str:
+        """Put the `index`-th skill of a composer stage on `policy`; the name it composes.
+
+        In a random bank (`bank: random`) a stored skill is replaced by a random LoRA of its
+        per-layer norms, drawn from the stage seed (or loaded, once registered), and
+        registered beside the composer so that the composer loads like any other."""
+        if skill == BASE:
+            return skill
+        self._add_skill(policy, skill)
+        if stage.composer.bank == "stored" or skill == self.task.name:
+            return skill
+        name = random_skill_name(stage.name, skill)
+        if self.store.exists(name):
+            self._add_skill(policy, name)
+        else:
+            generator = torch.Generator().manual_seed(stage.seed + 104729 * (index + 1))
+            add_random_skill(policy, name, like=skill, generator=generator)
+        remove_skill(policy, skill)
+        return name
 
     def finished(self, stage: Stage, learner: Learner) -> None:
         """After a stage trained (and rank 0 registered it)."""
@@ -280,6 +307,7 @@ class UnitContext:
             config, tensors = dump_skill(learner.policy, stage.name, base_name=stage.parent)
         else:
             assert isinstance(learner, ComposerLearner)
+            self._register_random_bank(stage, learner)
             config, tensors = dump_composer(learner.composer)
         if critic_config:
             config = {**config, "critics": critic_config}
@@ -289,6 +317,17 @@ class UnitContext:
             task_spec=dump(self.task), dataset_fingerprint=self.fingerprint, metrics=metrics)
         learner.module.to(self.device)
         return created
+
+    def _register_random_bank(self, stage: Stage, learner: ComposerLearner) -> None:
+        """The random stand-ins of a random-bank composer, before the composer itself."""
+        for skill, composed in zip(stage.skills, learner.composer.skills):
+            if composed == skill:
+                continue
+            config, tensors = dump_skill(learner.composer.policy, composed,
+                                         base_name=stage.parent)
+            self.store.register_once(
+                composed, "skill", config, tensors, parent=stage.parent,
+                metrics={"random_like": skill, "composer": stage.name})
 
 
 # ------------------------------------------------------------------- acting in an env
@@ -315,11 +354,7 @@ def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0
                 with use_skills(policy, [name]):
                     return policy.sample(obs, generator)
         else:
-            for skill in config.get("skills", []):
-                if skill != BASE:
-                    skill_config, skill_tensors = store.load(skill)
-                    load_skill(policy, skill, skill_config, split_item(skill_tensors)[0])
-            composer = load_composer(policy, config, own)
+            composer = _composer_on(store, policy, config, own)
             sample_policy = composer.sample
             # The composer's critics are its task's, stored in that task's skill item.
             task_name = (entry.task_spec or {}).get("name")
@@ -343,3 +378,26 @@ def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0
         return action[0].numpy()
 
     return act
+
+
+def _composer_on(store, policy: DiffusionPolicy, config: dict, tensors: dict[str, Tensor]
+                 ) -> Composer:
+    """A stored composer's item on `policy` (its base), with the skills it composes."""
+    for skill in config.get("skills", []):
+        if skill != BASE:
+            skill_config, skill_tensors = store.load(skill)
+            load_skill(policy, skill, skill_config, split_item(skill_tensors)[0])
+    return composer_from_item(policy, config, tensors)
+
+
+def load_composer(store, name: str) -> Composer:
+    """The stored composer `name` on its base with its skills, in eval mode (for α(s))."""
+    entry = store.entry(name)
+    if entry.kind != "composer":
+        raise StoreError(f"{name!r} is a {entry.kind}, not a composer")
+    config, tensors = store.load(name)
+    base_config, base_tensors = store.load(entry.parent)
+    policy = load_base(base_config, split_item(base_tensors)[0])
+    composer = _composer_on(store, policy, config, split_item(tensors)[0])
+    composer.eval()
+    return composer

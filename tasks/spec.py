@@ -37,7 +37,7 @@ CRITIC_OBJECTIVES = ("advantage", "feasibility", "reward+feasibility")
 REQUIRED_SCALES = ("smoke", "paper")
 
 
-class _FieldError(ValueError):
+class FieldError(ValueError):
     """A validator's complaint about a field below the model being validated.
 
     Pydantic reports a model validator's ValueError at the model's own location; this
@@ -50,14 +50,14 @@ class _FieldError(ValueError):
         self.message = message
 
 
-def _from_psec(error: PsecError, field: str | None = None) -> _FieldError:
+def _from_psec(error: PsecError, field: str | None = None) -> FieldError:
     """Re-raise a SpecError/StoreError from suites or the name rule inside a validator."""
     message = str(error)
     if isinstance(error, SpecError) and message.startswith(f"{error.field}: "):
         message = message[len(error.field) + 2 :]
         field = field or error.field
     parts = [int(part) if part.isdigit() else part for part in field.split(".")] if field else []
-    return _FieldError(parts, message)
+    return FieldError(parts, message)
 
 
 def _store_name(value: Any) -> str:
@@ -148,13 +148,13 @@ class DataSpec(_Spec):
     def _fields_match_source(self) -> DataSpec:
         for field in _DATA_REQUIRED[self.source]:
             if getattr(self, field) is None:
-                raise _FieldError(field, f"required when source is {self.source!r}")
+                raise FieldError(field, f"required when source is {self.source!r}")
         for source, fields in _DATA_FIELDS.items():
             if source == self.source:
                 continue
             for field in fields:
                 if getattr(self, field) is not None:
-                    raise _FieldError(field, f"only allowed when source is {source!r}")
+                    raise FieldError(field, f"only allowed when source is {source!r}")
         if self.source == "generate":
             # Defaults of the generate-only fields live here, once.
             if self.action_noise is None:
@@ -185,6 +185,11 @@ class AlphaSpec(_Spec):
         "uniform",
         description="Initial α: equal weights, the newest (task's own) skill alone, or zero.",
     )
+    reg: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of reg·‖mean_s α(s) − initial α‖² added to the loss (0: off).",
+    )
 
 
 class ComposerSpec(_Spec):
@@ -200,7 +205,18 @@ class ComposerSpec(_Spec):
         description="parameter (PSEC), noise (NSEC), action (ASEC) or fixed (constant α).",
     )
     alpha: AlphaSpec = Field(default_factory=AlphaSpec, description="α(s) parameterisation.")
-    steps: int = Field(10_000, ge=1, description="Training steps of α(s).")
+    steps: int = Field(
+        10_000,
+        ge=0,
+        description="Training steps of α(s); 0 registers the initial α untrained (e.g. the "
+        "uniform-α control: mode fixed, output raw, init uniform). Scales leave 0 alone.",
+    )
+    bank: Literal["stored", "random"] = Field(
+        "stored",
+        description="stored: compose the listed skills; random: replace each listed stored "
+        "skill by a LoRA with random directions and the same per-layer norms (the "
+        "random-LoRA bank control; 'base' and the task's own skill stay).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -215,9 +231,9 @@ class ComposerSpec(_Spec):
                 try:
                     check_name(skill)
                 except PsecError as error:
-                    raise _FieldError((index,), str(error)) from None
+                    raise FieldError((index,), str(error)) from None
             if skill in skills[:index]:
-                raise _FieldError((index,), f"{skill!r} is listed twice")
+                raise FieldError((index,), f"{skill!r} is listed twice")
         return skills
 
 
@@ -330,15 +346,15 @@ class TaskSpec(_Spec):
             raise _from_psec(error) from None
         if self.role == "base":
             if self.base is not None:
-                raise _FieldError("base", "a base task has no base of its own")
+                raise FieldError("base", "a base task has no base of its own")
             if self.composers:
-                raise _FieldError("composers", "only skill tasks have composers")
+                raise FieldError("composers", "only skill tasks have composers")
         names = [self.name]
         for index, composer in enumerate(self.composers):
             if composer.name in names:
-                raise _FieldError(("composers", index, "name"), f"{composer.name!r} is used twice")
+                raise FieldError(("composers", index, "name"), f"{composer.name!r} is used twice")
             if self.name in composer.skills:
-                raise _FieldError(
+                raise FieldError(
                     ("composers", index, "skills"),
                     f"{self.name!r} is this task's own skill, always composed last; do not list it",
                 )
@@ -388,7 +404,7 @@ class Scale(_Spec):
         if isinstance(value, dict):
             for key, number in value.items():
                 if not isinstance(key, str) or not positive(number):
-                    raise _FieldError(
+                    raise FieldError(
                         (str(key),), f"must map a task name to an integer >= 1, got {number!r}"
                     )
             return value
@@ -439,18 +455,18 @@ class StreamSpec(_Spec):
             fields = [("name",)] + [("composers", c, "name") for c in range(len(task.composers))]
             for name, field in zip(task.stored_names(), fields):
                 if name in produced:
-                    raise _FieldError(
+                    raise FieldError(
                         (*here, *field), f"{name!r} is already produced by tasks[{produced[name]}]"
                     )
             if task.role == "skill":
                 if task.base is None:
                     if latest_base is None:
-                        raise _FieldError((*here, "base"), "no earlier base task in the stream")
+                        raise FieldError((*here, "base"), "no earlier base task in the stream")
                     task.base = latest_base
                 else:
                     earlier = produced.get(task.base)
                     if earlier is None or self.tasks[earlier].role != "base":
-                        raise _FieldError(
+                        raise FieldError(
                             (*here, "base"), f"{task.base!r} is not an earlier base task"
                         )
             for c_index, composer in enumerate(task.composers):
@@ -460,12 +476,12 @@ class StreamSpec(_Spec):
                     where = (*here, "composers", c_index, "skills", s_index)
                     earlier = produced.get(skill)
                     if earlier is None or self.tasks[earlier].name != skill:
-                        raise _FieldError(where, f"{skill!r} is not an earlier skill task")
+                        raise FieldError(where, f"{skill!r} is not an earlier skill task")
                     source = self.tasks[earlier]
                     if source.role != "skill":
-                        raise _FieldError(where, f"{skill!r} is a base, not a skill; use 'base'")
+                        raise FieldError(where, f"{skill!r} is a base, not a skill; use 'base'")
                     if source.base != task.base:
-                        raise _FieldError(
+                        raise FieldError(
                             where,
                             f"{skill!r} sits on base {source.base!r}, this task on {task.base!r}",
                         )
@@ -479,9 +495,9 @@ class StreamSpec(_Spec):
                 for task_name in scale.data_episodes:
                     field = ("scales", scale_name, "data_episodes", task_name)
                     if task_name not in names:
-                        raise _FieldError(field, f"no task named {task_name!r}")
+                        raise FieldError(field, f"no task named {task_name!r}")
                     if names[task_name].data.source != "generate":
-                        raise _FieldError(field, f"task {task_name!r} does not generate its data")
+                        raise FieldError(field, f"task {task_name!r} does not generate its data")
         return self
 
     def task(self, name: str) -> TaskSpec:
@@ -503,7 +519,8 @@ class StreamSpec(_Spec):
             _set(task["train"], "batch_size", scale.batch_size)
             _set(task["critic"], "steps", scale.critic_steps)
             for composer in task["composers"]:
-                _set(composer, "steps", scale.composer_steps)
+                if composer["steps"] != 0:  # an untrained composer stays untrained
+                    _set(composer, "steps", scale.composer_steps)
             if task["data"]["source"] == "generate":
                 _set(task["data"], "episodes", scale.episodes_for(task["name"]))
             _set(task["eval"], "episodes", scale.eval_episodes)
@@ -541,14 +558,14 @@ _MESSAGES = {
 }
 
 
-def _spec_error(error: ValidationError) -> SpecError:
+def spec_error(error: ValidationError) -> SpecError:
     """One SpecError (one line) from pydantic's list of errors: the first, plus a count."""
     errors = error.errors()
     first = errors[0]
     loc = list(first["loc"])
     ctx = first.get("ctx") or {}
     cause = ctx.get("error")
-    if isinstance(cause, _FieldError):
+    if isinstance(cause, FieldError):
         loc += list(cause.field)
         message = cause.message
     elif first["type"] in _MESSAGES:
@@ -569,7 +586,7 @@ def parse_task(data: Any) -> TaskSpec:
     try:
         return TaskSpec.model_validate(data)
     except ValidationError as error:
-        raise _spec_error(error) from None
+        raise spec_error(error) from None
 
 
 def parse_stream(data: Any) -> StreamSpec:
@@ -577,7 +594,7 @@ def parse_stream(data: Any) -> StreamSpec:
     try:
         return StreamSpec.model_validate(data)
     except ValidationError as error:
-        raise _spec_error(error) from None
+        raise spec_error(error) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

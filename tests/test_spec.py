@@ -133,7 +133,7 @@ BAD_FIELDS = [
     ),
     (_set("tasks.1.composers.0.skills", ["tgt"]), "tasks[1].composers[0].skills", "own skill"),
     (_set("tasks.1.composers.0.mode", "mlp"), "tasks[1].composers[0].mode", "'parameter'"),
-    (_set("tasks.1.composers.0.steps", 0), "tasks[1].composers[0].steps", ">= 1"),
+    (_set("tasks.1.composers.0.steps", -1), "tasks[1].composers[0].steps", ">= 0"),
     (
         _set("tasks.1.composers.0.alpha", {"output": "tanh"}),
         "tasks[1].composers[0].alpha.output",

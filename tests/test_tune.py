@@ -164,7 +164,7 @@ def test_targets_on_one_task_share_their_scratch_policy(tmp_path):
 def test_each_method_is_a_transformation_of_the_target_task(tmp_path):
     search = load_search(write(tmp_path, changed(
         targets=[{"label": "S+W→R", "composer": "sw2r"}],
-        methods=["psec", "nsec", "asec", "mlp", "scratch", "fixed", "uniform"],
+        methods=["psec", "nsec", "asec", "mlp", "scratch", "fixed", "uniform", "random"],
         ranks=[4], data_episodes=[5], alpha_trace=None)), scale="smoke")
     stream = search.load_stream()
     by_method = {p.method: p for p in enumerate_points(search)}
@@ -172,7 +172,9 @@ def test_each_method_is_a_transformation_of_the_target_task(tmp_path):
                          ("fixed", "fixed")):
         task = trial_task(search, stream, by_method[method])
         tag = by_method[method].tag()
-        assert task.name == f"run_{tag}" and task.role == "skill" and task.base == "stand"
+        # Every composing method on one variant, data size and seed shares the new skill.
+        assert task.name == f"run_{by_method['psec'].skill_tag()}"
+        assert task.role == "skill" and task.base == "stand"
         assert task.lora.rank == 4 and task.lora.kind == "lora"
         assert task.data.source == "store" and task.data.dataset == "run_n5"
         (composer,) = task.composers
@@ -183,7 +185,12 @@ def test_each_method_is_a_transformation_of_the_target_task(tmp_path):
     assert mlp.composers[0].mode == "parameter"
     scratch = trial_task(search, stream, by_method["scratch"])
     assert scratch.role == "base" and scratch.base is None and not scratch.composers
-    assert trial_task(search, stream, by_method["uniform"]).composers[0].steps == 1
+    uniform = trial_task(search, stream, by_method["uniform"]).composers[0]
+    assert uniform.steps == 0 and uniform.mode == "fixed" and uniform.alpha.init == "uniform"
+    random_bank = trial_task(search, stream, by_method["random"]).composers[0]
+    assert random_bank.bank == "random" and random_bank.mode == "parameter"
+    assert random_bank.skills == ["base", "walk_lora4"] and random_bank.steps == 10
+    assert mlp.name != task.name and scratch.name == f"run_{by_method['scratch'].tag()}"
     # An ASHA rung trains a fraction of the steps under names of its own.
     rung = trial_task(search, stream, by_method["psec"], fraction=0.5, rung=0)
     assert rung.train.steps == 10 and rung.composers[0].steps == 5
@@ -285,9 +292,12 @@ def test_tables_and_plots_from_results_rows(tmp_path):
     for index, point in enumerate(enumerate_points(search)):
         tag = point.tag()
         item = f"s2w_{tag}"
+        # Rows are found by their result tags; untagged (older) rows by their stream.
+        tags = ({"stream": "anything", "search": "tiny_search", "trial": tag} if index % 2
+                else {"stream": stream_name(search, point)})
         for seed, score in ((0, index), (1, index + 2)):  # two eval seeds: mean index + 1
-            rows.append({"stream": stream_name(search, point), "name": item, "seed": seed,
-                         "eval_task": f"walk_{tag}", "score": float(score)})
+            rows.append({**tags, "name": item, "seed": seed, "score": float(score),
+                         "eval_task": f"walk_{point.skill_tag()}"})
     results = collect(search, rows)
     assert all(m.value is not None for m in results.measured)
     table = "\n".join(method_table(results))

@@ -10,38 +10,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from library.composition import Composer
 from library.errors import StoreError
 from library.names import BASE
-from library.serialization import load_base, load_composer, load_skill
-from pipeline.stages import load_acting, split_item
+from pipeline.stages import load_acting, load_composer
 from tasks.spec import StreamSpec
 from tasks.suites import get_suite
 from tune.spec import SearchSpec, find_composer
 from tune.trials import TrialPoint, enumerate_points
 
 
-def load_stored_composer(store, name: str) -> Composer:
-    """The stored composer `name` on its base with its skills (for its α(s))."""
-    entry = store.entry(name)
-    if entry.kind != "composer":
-        raise StoreError(f"{name!r} is a {entry.kind}, not a composer")
-    config, tensors = store.load(name)
-    base_config, base_tensors = store.load(entry.parent)
-    policy = load_base(base_config, split_item(base_tensors)[0])
-    for skill in config.get("skills", []):
-        if skill != BASE:
-            skill_config, skill_tensors = store.load(skill)
-            load_skill(policy, skill, skill_config, split_item(skill_tensors)[0])
-    composer = load_composer(policy, config, split_item(tensors)[0])
-    composer.eval()
-    return composer
-
-
 def trace(store, name: str, task, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(skills, α per step [T, k], reward per step [T]) of one episode of composer `name`
     on `task` (its eval settings: horizon, max_steps, IDQL candidates)."""
-    composer = load_stored_composer(store, name)
+    composer = load_composer(store, name)
     act = load_acting(store, name, n_candidates=task.eval.n_candidates, seed=seed)
     suite = get_suite(task.suite)
     env = suite.make_env(task.env, task.dynamics, seed=seed, horizon=task.horizon)

@@ -48,7 +48,7 @@ from library.names import BASE
 from library.store import SkillStore
 from pipeline.driver import DriverOptions, make_dataset, run_plan
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
-from pipeline.fit import FitOptions, _psec_cause
+from pipeline.fit import FitOptions, psec_cause
 from pipeline.plan import plan_stream, plan_task
 from pipeline.results import ResultRow, existing_keys, now
 from pipeline.runtime import connect
@@ -61,6 +61,7 @@ from tune.trials import (
     base_tasks,
     enumerate_points,
     library_tasks,
+    rung_tag,
     stream_name,
     target_datasets,
     trial_task,
@@ -201,7 +202,9 @@ def run_point(context: dict[str, Any], point: dict[str, Any], fraction: float,
     name = stream_name(search, trial, rung)
     bases = [task.base] if task.base is not None else []
     plan = plan_task(task, bases, stream=name, seed=trial.seed)
-    options = DriverOptions(fit=FitOptions(concurrent_fits=ctx.concurrent_fits), progress=False)
+    options = DriverOptions(fit=FitOptions(concurrent_fits=ctx.concurrent_fits), progress=False,
+                            result_tags={"search": search.name,
+                                         "trial": rung_tag(trial.tag(), rung)})
     summary = run_plan(plan, ctx.store_uri, options)
     item = main_item(task.name, [c.name for c in task.composers])
     value = trial_metric(SkillStore(ctx.store_uri).results(), name, item, task.name,
@@ -282,7 +285,8 @@ def _run_controls(search: SearchSpec, jobs: list[EvalJob], store_uri: str) -> No
                 score=summary["score_mean"], success=summary["success_rate"],
                 cost=summary["cost_mean"], steps=int(entry.metrics.get("train_steps") or 0),
                 wall_s=float(entry.metrics.get("train_seconds") or 0.0),
-                scale=search.stream_scale or "as-written", time=now()).model_dump(mode="json"))
+                scale=search.stream_scale or "as-written", time=now(),
+                search=search.name).model_dump(mode="json"))
     store.append_results(rows)
 
 
@@ -388,7 +392,7 @@ def run_search(path: str, store_uri: str, resume: bool = False, scale: str = "sm
     for result in grid:
         point = TrialPoint.model_validate(result.config["point"])
         if result.error is not None:
-            cause = _psec_cause(result.error)
+            cause = psec_cause(result.error)
             message = " ".join(str(cause or result.error).split())[:300]
             summary.errored.append(f"{point.tag()} ({point.describe()}): {message}")
             continue

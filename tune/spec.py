@@ -23,23 +23,25 @@ from library.names import check_name
 from tasks.spec import (
     AlphaSpec,
     ComposerSpec,
+    FieldError,
     StreamSpec,
     TaskSpec,
-    _FieldError,
-    _spec_error,
     load_stream,
     read_yaml,
+    spec_error,
 )
 
-Method = Literal["psec", "nsec", "asec", "mlp", "scratch", "fixed", "uniform"]
+Method = Literal["psec", "nsec", "asec", "mlp", "scratch", "fixed", "uniform", "random"]
 """psec/nsec/asec: composer at the parameter/noise/action level; mlp: PSEC with full-rank
 adapters for every skill; scratch: a diffusion policy fitted on the target's data alone;
 fixed: one learned constant α for all states (w/o context awareness); uniform: the
-uniform-α control (fixed α = 1/k, trained for a single step, see `Search.controls`)."""
+uniform-α control (a fixed composer α = 1/k registered untrained: `steps: 0`); random:
+the random-LoRA bank control (psec over random LoRAs of the stored skills' per-layer
+norms, `bank: random`, at each of the search's α choices)."""
 
-COMPOSING = ("psec", "nsec", "asec", "mlp", "fixed", "uniform")
+COMPOSING = ("psec", "nsec", "asec", "mlp", "fixed", "uniform", "random")
 MODE = {"psec": "parameter", "nsec": "noise", "asec": "action", "mlp": "parameter",
-        "fixed": "fixed", "uniform": "fixed"}
+        "fixed": "fixed", "uniform": "fixed", "random": "parameter"}
 """Composer mode of each composing method."""
 
 METRICS = ("score", "return_mean", "success", "cost")
@@ -87,9 +89,9 @@ class SearcherSpec(_Spec):
     def _rungs(cls, rungs: list[float]) -> list[float]:
         for index, value in enumerate(rungs):
             if not 0 < value <= 1:
-                raise _FieldError((index,), f"must be in (0, 1], got {value!r}")
+                raise FieldError((index,), f"must be in (0, 1], got {value!r}")
             if index and value <= rungs[index - 1]:
-                raise _FieldError((index,), "rungs must increase")
+                raise FieldError((index,), "rungs must increase")
         if rungs[-1] != 1.0:
             raise ValueError(f"the last rung must be 1.0 (the full budget), got {rungs[-1]}")
         return rungs
@@ -97,7 +99,7 @@ class SearcherSpec(_Spec):
     @model_validator(mode="after")
     def _scheduler(self) -> SearcherSpec:
         if self.scheduler == "fifo" and len(self.rungs) > 1:
-            raise _FieldError("rungs", "several rungs need scheduler 'asha'")
+            raise FieldError("rungs", "several rungs need scheduler 'asha'")
         return self
 
 
@@ -178,7 +180,8 @@ class SearchSpec(_Spec):
     controls: list[Literal["single"]] = Field(default_factory=list)
     """single: roll every stored skill the target composes, and the base, out on the
     target task alone (stream `<search>_controls`). The new skill alone is evaluated in
-    every trial anyway; uniform α is the method `uniform`."""
+    every trial anyway; uniform α and the random-LoRA bank are the methods `uniform` and
+    `random`."""
     searcher: SearcherSpec = Field(default_factory=SearcherSpec)
     """Grid or random search, fifo or ASHA."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -219,9 +222,9 @@ class SearchSpec(_Spec):
     def _episodes(cls, episodes: list[int | None]) -> list[int | None]:
         for index, value in enumerate(episodes):
             if value is not None and value < 1:
-                raise _FieldError((index,), f"must be >= 1 or null, got {value!r}")
+                raise FieldError((index,), f"must be >= 1 or null, got {value!r}")
             if value in episodes[:index]:
-                raise _FieldError((index,), f"{value!r} is listed twice")
+                raise FieldError((index,), f"{value!r} is listed twice")
         return episodes
 
     @field_validator("seeds")
@@ -229,9 +232,9 @@ class SearchSpec(_Spec):
     def _seeds(cls, seeds: list[int]) -> list[int]:
         for index, value in enumerate(seeds):
             if value < 0:
-                raise _FieldError((index,), f"must be >= 0, got {value}")
+                raise FieldError((index,), f"must be >= 0, got {value}")
             if value in seeds[:index]:
-                raise _FieldError((index,), f"{value} is listed twice")
+                raise FieldError((index,), f"{value} is listed twice")
         return seeds
 
     @field_validator("methods")
@@ -239,7 +242,7 @@ class SearchSpec(_Spec):
     def _methods(cls, methods: list[str]) -> list[str]:
         for index, value in enumerate(methods):
             if value in methods[:index]:
-                raise _FieldError((index,), f"{value!r} is listed twice")
+                raise FieldError((index,), f"{value!r} is listed twice")
         return methods
 
     @field_validator("scales")
@@ -255,36 +258,36 @@ class SearchSpec(_Spec):
         labels = [target.label for target in self.targets]
         for index, label in enumerate(labels):
             if label in labels[:index]:
-                raise _FieldError(("targets", index, "label"), f"{label!r} is used twice")
+                raise FieldError(("targets", index, "label"), f"{label!r} is used twice")
         for scale_name, scale in self.scales.items():
             for index, label in enumerate(scale.targets or []):
                 if label not in labels:
-                    raise _FieldError(("scales", scale_name, "targets", index),
+                    raise FieldError(("scales", scale_name, "targets", index),
                                       f"no target labelled {label!r}")
             for field in ("ranks", "data_episodes"):
                 values = getattr(scale, field)
                 if values is not None and field == "ranks":
                     try:
                         _positive_unique(values)
-                    except _FieldError as error:
-                        raise _FieldError(("scales", scale_name, field, *error.field),
+                    except FieldError as error:
+                        raise FieldError(("scales", scale_name, field, *error.field),
                                           error.message) from None
                 if values is not None and field == "data_episodes" and min(values) < 1:
-                    raise _FieldError(("scales", scale_name, field), "must be >= 1")
+                    raise FieldError(("scales", scale_name, field), "must be >= 1")
         for index, choice in enumerate(self.fixed_alpha):
             if choice.init == "zero" and choice.output == "softmax":
-                raise _FieldError(("fixed_alpha", index, "init"),
+                raise FieldError(("fixed_alpha", index, "init"),
                                   "'zero' is impossible with softmax weights")
         for index, choice in enumerate(self.alpha):
             if choice.init == "zero" and choice.output == "softmax":
-                raise _FieldError(("alpha", index, "init"),
+                raise FieldError(("alpha", index, "init"),
                                   "'zero' is impossible with softmax weights")
         if self.alpha_trace is not None:
             if self.alpha_trace.target not in labels:
-                raise _FieldError(("alpha_trace", "target"),
+                raise FieldError(("alpha_trace", "target"),
                                   f"no target labelled {self.alpha_trace.target!r}")
             if self.alpha_trace.method not in COMPOSING:
-                raise _FieldError(("alpha_trace", "method"),
+                raise FieldError(("alpha_trace", "method"),
                                   f"{self.alpha_trace.method!r} composes nothing")
         return self
 
@@ -335,9 +338,9 @@ class SearchSpec(_Spec):
 def _positive_unique(values: list[int]) -> list[int]:
     for index, value in enumerate(values):
         if value < 1:
-            raise _FieldError((index,), f"must be >= 1, got {value}")
+            raise FieldError((index,), f"must be >= 1, got {value}")
         if value in values[:index]:
-            raise _FieldError((index,), f"{value} is listed twice")
+            raise FieldError((index,), f"{value} is listed twice")
     return values
 
 
@@ -379,7 +382,7 @@ def parse_search(data: Any, source: str | None = None) -> SearchSpec:
     try:
         return SearchSpec.model_validate(data)
     except ValidationError as error:
-        raise _spec_error(error) from None
+        raise spec_error(error) from None
 
 
 def load_search(path: str | Path, scale: str | None = None) -> SearchSpec:

@@ -1,8 +1,9 @@
 """From the store's results table to a search's section of docs/RESULTS.md, with plots.
 
-A trial's rows carry the stream name `<search>_<tag>` (`tune.trials.stream_name`); the
-search file enumerates its points again, so every row is matched to its method, target,
-rank, data size, α choice and training seed without parsing names. A trial's value is
+A trial's rows carry the tags `search` and `trial` (the point's tag; older rows only the
+stream name `<search>_<tag>`); the search file enumerates its points again, so every row
+is matched to its method, target, rank, data size, α choice and training seed without
+parsing names. A trial's value is
 the mean over evaluation seeds of the search's metric for its main item (composer, or
 scratch policy); a cell is the mean ± std over training seeds of those values.
 
@@ -14,7 +15,8 @@ The section holds, as the search's axes call for:
   the winner is named), every other row is one configuration: nothing is picked on the
   evaluation score to favour a method;
 * the controls DESIGN.md demands of a composition claim: the new skill alone, every
-  stored skill and the base alone (`controls: [single]`), uniform α (method `uniform`);
+  stored skill and the base alone (`controls: [single]`), uniform α (method `uniform`),
+  a random-LoRA bank (method `random`);
 * `<search>-ranks.png` (rank ablation, MLP as a reference line), `<search>-data.png`
   (score against trajectories) and `<search>-alpha.png` (α(s) over one episode);
 * the command that regenerates it, the machine and the wall time of the search.
@@ -37,10 +39,18 @@ from library.store import SkillStore
 from tasks.spec import StreamSpec
 from tune.search import read_record
 from tune.spec import SearchSpec, find_composer, load_search
-from tune.trials import TrialPoint, alpha_label, enumerate_points, stream_name, variant_name
+from tune.trials import (
+    TrialPoint,
+    alpha_label,
+    enumerate_points,
+    skill_item,
+    stream_name,
+    variant_name,
+)
 
 ROW_LABELS = {"psec": "PSEC", "mlp": "PSEC (MLP)", "nsec": "NSEC", "asec": "ASEC",
-              "scratch": "Scratch", "fixed": "Fixed", "uniform": "Uniform α (control)"}
+              "scratch": "Scratch", "fixed": "Fixed", "uniform": "Uniform α (control)",
+              "random": "Random-LoRA bank (control)"}
 """Method -> row label, in the paper's order."""
 
 
@@ -97,17 +107,20 @@ def collect(search: SearchSpec, rows: Iterable[dict]) -> SearchResults:
     """Match the results rows to the search's trial points (final rungs only)."""
     stream = search.load_stream()
     by_stream: dict[str, list[dict]] = defaultdict(list)
+    by_trial: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        by_stream[row["stream"]].append(row)
+        if row.get("search") == search.name and row.get("trial"):
+            by_trial[row["trial"]].append(row)
+        else:  # rows recorded before result tags existed
+            by_stream[row["stream"]].append(row)
     measured = []
     for point in enumerate_points(search):
-        name = stream_name(search, point)
-        trial_rows = by_stream.get(name, [])
+        tag = point.tag()
+        trial_rows = by_trial.get(tag, []) + by_stream.get(stream_name(search, point), [])
         task, composer = find_composer(
             stream, next(t.composer for t in search.targets if t.label == point.target),
             "targets")
-        tag = point.tag()
-        task_name = f"{task.name}_{tag}"
+        task_name = skill_item(task.name, point)
         item = task_name if point.method == "scratch" else f"{composer.name}_{tag}"
         own = [r for r in trial_rows if r["eval_task"] == task_name]
         value = _mean([r for r in own if r["name"] == item], search.metric)
@@ -211,8 +224,12 @@ def controls_table(results: SearchResults) -> list[str]:
     labels = [t.label for t in search.targets]
     rows: dict[str, dict[str, list[float]]] = defaultdict(dict)
     new_skill: dict[tuple[str, str], list[float]] = defaultdict(list)
+    seen: set[tuple[str, str]] = set()  # trials of several methods share one new skill
     for m in results.measured:
         if m.skill_value is not None and m.point.method in ("psec", "mlp"):
+            if (m.point.target, m.point.skill_tag()) in seen:
+                continue
+            seen.add((m.point.target, m.point.skill_tag()))
             kind = "full" if m.point.method == "mlp" else f"rank {m.point.rank}"
             new_skill[(kind, m.point.target)].append(m.skill_value)
     for (kind, target), values in new_skill.items():
@@ -221,7 +238,8 @@ def controls_table(results: SearchResults) -> list[str]:
         task, composer = find_composer(stream, target.composer, "targets")
         for skill in composer.skills:
             variants = ([f"lora{r}" for r in search.ranks] if any(
-                m in search.methods for m in ("psec", "nsec", "asec", "fixed", "uniform"))
+                m in search.methods
+                for m in ("psec", "nsec", "asec", "fixed", "uniform", "random"))
                 else []) + (["full"] if "mlp" in search.methods else [])
             names = [task.base] if skill == BASE else [variant_name(skill, v) for v in variants]
             for name in names:

@@ -3,9 +3,11 @@
 A *trial point* is one method on one target with one rank, data size, α choice and seed.
 It becomes a one-task plan on top of the store (`pipeline.plan.plan_task`):
 
-* psec / nsec / asec / fixed / uniform: the target task renamed `<task>_<tag>`, its LoRA
-  at the point's rank, its data the stored dataset of the wanted size, and exactly one
-  composer `<composer>_<tag>` in the method's mode over the stored skills at that rank;
+* psec / nsec / asec / fixed / uniform / random: the target task renamed
+  `<task>_<skill tag>`, its LoRA at the point's rank, its data the stored dataset of the
+  wanted size, and exactly one composer `<composer>_<tag>` in the method's mode over the
+  stored skills at that rank (uniform: registered untrained; random: over a random-LoRA
+  bank of the stored skills' norms);
 * mlp: the same with full-rank adapters (`lora.kind: full`) for the new skill and for
   every stored skill it composes, composed at the parameter level (PSEC(MLP));
 * scratch: a base policy `<task>_<tag>` fitted on the target's data alone.
@@ -14,8 +16,10 @@ The stored skills a target composes are refitted once per adapter variant as
 `<skill>_lora<r>` / `<skill>_full` (without composers, on the skill task's own stored
 data) and shared by every trial; so is the base. `<tag>` is a hash of the point, so a
 trial run again (a restored search, or a new search with an overlapping grid) finds its
-items and results in the store and does nothing twice. Its results rows carry the stream
-name `<search>_<tag>`.
+items and results in the store and does nothing twice. The new skill's `<skill tag>`
+hashes only what its fit depends on (task, adapter variant, data size, seed), so trials
+of different methods and α choices share one fit of it. Its results rows carry the
+stream name `<search>_<tag>` and the tags `search` and `trial` (`<tag>`).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ class TrialPoint(BaseModel):
     task: str
     """Name of the target's task in the stream (the task whose skill is new)."""
     method: str
-    """psec | nsec | asec | mlp | scratch | fixed | uniform."""
+    """psec | nsec | asec | mlp | scratch | fixed | uniform | random."""
     rank: int | None
     """LoRA rank of every skill involved; None for mlp and scratch."""
     episodes: int | None
@@ -60,8 +64,19 @@ class TrialPoint(BaseModel):
         identity = self.model_dump(mode="json")
         if self.method == "scratch":
             identity.pop("target")
-        text = json.dumps(identity, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:8]
+        if identity["alpha"] is not None and not identity["alpha"]["reg"]:
+            identity["alpha"].pop("reg")  # points from before the regulariser keep their tags
+        return _digest(identity)
+
+    def skill_tag(self) -> str:
+        """8 hex digits naming the trial's new skill (scratch: its policy, as `tag`).
+
+        Only what the skill's fit depends on enters: the task, the adapter variant, the
+        data size and the seed. Every method and α choice on those shares one fit."""
+        if self.method == "scratch":
+            return self.tag()
+        return _digest({"task": self.task, "variant": self.variant,
+                        "episodes": self.episodes, "seed": self.seed})
 
     @property
     def variant(self) -> str | None:
@@ -82,15 +97,20 @@ class TrialPoint(BaseModel):
         return ", ".join(parts)
 
 
+def _digest(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+
+
 UNIFORM_ALPHA = AlphaSpec(output="raw", init="uniform", scale=1.0)
-"""The uniform-α control: α_i = 1/k. The spec has no untrained composer, so it is a fixed
-composer trained for one step: Adam's first step moves each α_i by at most the lr."""
+"""The uniform-α control: α_i = 1/k exactly, a fixed composer registered untrained."""
 
 
 def alpha_label(alpha: AlphaSpec) -> str:
-    """`softmax/newest` (and `×s` when the scale is not 1)."""
+    """`softmax/newest` (and `×s` when the scale is not 1, `+reg r` with a regulariser)."""
     label = f"{alpha.output}/{alpha.init}"
-    return label if alpha.scale == 1.0 else f"{label}×{alpha.scale:g}"
+    if alpha.scale != 1.0:
+        label += f"×{alpha.scale:g}"
+    return label if not alpha.reg else f"{label}+reg {alpha.reg:g}"
 
 
 def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
@@ -107,7 +127,7 @@ def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
                 alphas = list(search.fixed_alpha)
             elif method == "uniform":
                 alphas = [UNIFORM_ALPHA]
-            else:
+            else:  # psec, nsec, asec, mlp and the random bank that controls them
                 alphas = list(search.alpha)
             for rank in ranks:
                 for episodes in search.data_episodes:
@@ -121,10 +141,19 @@ def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
     return points
 
 
+def rung_tag(tag: str, rung: int | None) -> str:
+    """`tag`, with `r<i>` appended for a rung below the full budget."""
+    return tag if rung is None else f"{tag}r{rung}"
+
+
 def stream_name(search: SearchSpec, point: TrialPoint, rung: int | None = None) -> str:
     """Stream name of a trial's results rows: `<search>_<tag>` (`…r<i>` for early rungs)."""
-    suffix = "" if rung is None else f"r{rung}"
-    return f"{search.name}_{point.tag()}{suffix}"
+    return f"{search.name}_{rung_tag(point.tag(), rung)}"
+
+
+def skill_item(task: str, point: TrialPoint, rung: int | None = None) -> str:
+    """Store name of a trial's new skill (scratch: its policy): `<task>_<skill tag>`."""
+    return f"{task}_{rung_tag(point.skill_tag(), rung)}"
 
 
 # ------------------------------------------------------------------ transformations
@@ -178,11 +207,11 @@ def trial_task(search: SearchSpec, stream: StreamSpec, point: TrialPoint,
     """The one task a trial fits: see the module docstring. `fraction` scales its steps
     (ASHA rungs); `rung` tags the names of a rung below the full budget."""
     task, composer = _target(search, stream, point.target)
-    tag = point.tag() + ("" if rung is None else f"r{rung}")
+    tag = rung_tag(point.tag(), rung)
     data = dump(task)
     train = {**data["train"], "steps": scaled_steps(task.train.steps, fraction)}
     stored = _stored_data(task, episodes_dataset(task, point.episodes))
-    data.update(name=f"{task.name}_{tag}", train=train,
+    data.update(name=skill_item(task.name, point, rung), train=train,
                 data=stored.model_dump(exclude_none=True))
     if point.method == "scratch":
         data.update(role="base", base=None, composers=[], lora=task.lora.model_dump())
@@ -190,10 +219,11 @@ def trial_task(search: SearchSpec, stream: StreamSpec, point: TrialPoint,
     variant = point.variant
     assert variant is not None and point.alpha is not None
     skills = [s if s == BASE else variant_name(s, variant) for s in composer.skills]
-    steps = 1 if point.method == "uniform" else scaled_steps(composer.steps, fraction)
+    steps = 0 if point.method == "uniform" else scaled_steps(composer.steps, fraction)
     data.update(lora=_lora(task, variant), composers=[{
         "name": f"{composer.name}_{tag}", "skills": skills, "mode": MODE[point.method],
-        "alpha": point.alpha.model_dump(), "steps": steps}])
+        "alpha": point.alpha.model_dump(), "steps": steps,
+        "bank": "random" if point.method == "random" else "stored"}])
     return parse_task(data)
 
 
