@@ -173,7 +173,8 @@ class SearchSpec(_Spec):
     data_episodes: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
     """Trajectories of the target task's data; null = the stream's count at the scale."""
     alpha: list[AlphaSpec] = Field(default_factory=lambda: [AlphaSpec()], min_length=1)
-    """α(s) parameterisations of psec, nsec, asec and mlp (output, scale, init)."""
+    """α(s) parameterisations of psec, nsec, asec, mlp and the random bank (output, scale,
+    init, reg)."""
     fixed_alpha: list[AlphaSpec] = Field(default_factory=lambda: [AlphaSpec()], min_length=1)
     """Start points of the fixed-weight baseline's constant α (it is then trained); the
     tables report the best of them per target: the search tunes the fixed weights."""
