@@ -192,7 +192,7 @@ def plot_continual(stream: str, rows: list[dict], path: str) -> bool:
     grid = [[means.get((task, column), math.nan) for column in columns] for task in tasks]
     fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 2, 0.6 * len(tasks) + 1.5))
     image = ax.imshow(grid, cmap="viridis")
-    ax.set_xticks(range(len(columns)), columns)
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
     ax.set_yticks(range(len(tasks)), tasks)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("after task")
