@@ -9,9 +9,10 @@ success rate, so p_i(t) is a success rate; for other suites it is the normalised
 * Bases are pretraining, not continual tasks: a task whose own item is a base is left out
   of the matrix (its rows and its column).
 * A stream is continual when some task's own item was evaluated after a later task.
-* Forward transfer needs a scratch reference: results rows, of any stream, with method
-  `scratch` on the same task name. The pipeline evaluates each item once after its fit,
-  so the reference is its final score and forward transfer is the simplified,
+* Forward transfer needs a scratch reference: for task X, a base item named `X-scratch`
+  (a policy fitted on X's data alone, e.g. by configs/cw10_scratch.yaml), evaluated on
+  its own task in any stream of the store. The pipeline evaluates each item once after
+  its fit, so the reference is its final score and forward transfer is the simplified,
   final-success version (see tasks.continual), not Continual World's area under the
   training curve. Without a reference the line reads `forward transfer —`.
 """
@@ -62,12 +63,19 @@ def success_matrix(rows: list[dict], tasks: list[str]) -> np.ndarray:
     return p
 
 
+SCRATCH_SUFFIX = "-scratch"
+"""The reference of task X is the base item named X + SCRATCH_SUFFIX."""
+
+
 def scratch_reference(all_rows: list[dict], tasks: list[str]) -> list[float]:
-    """Per task: the mean score of the `scratch` rows evaluated on it (NaN if none)."""
+    """Per task X: the mean score over seeds of base `X-scratch` on its own task (NaN if
+    the store has none)."""
     scores: dict[str, list[float]] = defaultdict(list)
     for row in all_rows:
-        if row.get("method") == "scratch":
-            scores[row["eval_task"]].append(float(row["score"]))
+        name = row["name"]
+        if row.get("kind") == "base" and name.endswith(SCRATCH_SUFFIX) \
+                and row["eval_task"] == name:
+            scores[name[: -len(SCRATCH_SUFFIX)]].append(float(row["score"]))
     return [sum(scores[task]) / len(scores[task]) if scores[task] else math.nan
             for task in tasks]
 
@@ -99,8 +107,9 @@ def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
              "task t (Meta-World: the success rate).", "", "```text",
              *metric_lines(metrics), "```", ""]
     if math.isnan(metrics.forward_transfer):
-        lines.append("Forward transfer needs a scratch reference (result rows with method "
-                     "`scratch` on these tasks); the store holds none.")
+        lines.append("Forward transfer needs a scratch reference (a base `<task>-scratch` "
+                     "fitted on the task's data alone, e.g. configs/cw10_scratch.yaml); the "
+                     "store holds none for these tasks.")
     else:
         lines.append("Forward transfer is the simplified final-success version: "
                      "(p_i(i) − p_i^scratch) / (1 − p_i^scratch), not the area under the "

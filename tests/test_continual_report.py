@@ -47,13 +47,17 @@ def test_a_stream_without_re_evaluations_is_not_continual():
     assert continual_tasks(rows) == [] and stream_metrics(rows, rows) is None
 
 
-def test_metrics_use_scratch_rows_of_any_stream_as_the_reference():
+def test_metrics_take_the_scratch_base_of_any_stream_as_the_reference():
     rows = cw_rows()
     _, metrics = stream_metrics(rows, rows)
     assert metrics.average_success == pytest.approx(1.0 / 3)
     assert metrics.forgetting == pytest.approx(0.5 / 3)
     assert math.isnan(metrics.forward_transfer)
-    scratch = [row("a", 0, "a", "a", 0.5, kind="base", method="scratch", stream="search")]
+    scratch = [row("a-scratch", 0, "a-scratch", "a-scratch", 0.5, kind="base",
+                   method="base", stream="cw-scratch"),
+               # Not a reference: a skill of that name, or a base on another task.
+               row("a-scratch", 1, "a-scratch", "a-scratch", 0.0, stream="other"),
+               row("x", 0, "a-scratch", "x", 0.0, kind="base", method="base")]
     _, metrics = stream_metrics(rows, rows + scratch)
     assert metrics.task_forward_transfer[0] == pytest.approx(1.0)
     assert metrics.forward_transfer == pytest.approx(1.0)
