@@ -14,11 +14,18 @@ import torch
 import yaml
 
 from library.store import SkillStore
-from pipeline.continual_report import continual_tasks, stream_metrics, success_matrix
+from pipeline.continual_report import (
+    SCRATCH_SUFFIX,
+    continual_tasks,
+    stream_metrics,
+    success_matrix,
+)
 from pipeline.driver import DriverOptions, run_stream_file
 from pipeline.report import write_report
+from tasks.spec import load_stream
 
 STREAM = os.path.join(os.path.dirname(__file__), "..", "configs", "cw10.yaml")
+SCRATCH = os.path.join(os.path.dirname(__file__), "..", "configs", "cw10_scratch.yaml")
 CW_TASKS = ["hammer-v3", "push-wall-v3", "faucet-close-v3"]
 
 torch.set_num_threads(1)
@@ -47,6 +54,22 @@ def first_tasks_stream(path: str) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(stream, f)
     return path
+
+
+@pytest.mark.parametrize("scale", ["smoke", "paper"])
+def test_each_cw10_skill_has_a_scratch_reference_of_the_same_budget(scale):
+    cw10 = load_stream(STREAM, scale)
+    scratch = {task.name: task for task in load_stream(SCRATCH, scale).tasks}
+    skills = [task for task in cw10.tasks if task.role == "skill"]
+    assert [task.env for task in skills][:2] == ["hammer-v3", "push-wall-v3"]
+    assert len(skills) == 10 and len(scratch) == 10
+    for skill in skills:
+        reference = scratch[skill.name + SCRATCH_SUFFIX]
+        assert reference.role == "base" and reference.env == skill.env
+        assert (reference.data.source, reference.data.dataset) == ("store", skill.name)
+        assert reference.train.steps == skill.train.steps
+        assert reference.train.batch_size == skill.train.batch_size
+        assert reference.eval == skill.eval
 
 
 @pytest.mark.slow
