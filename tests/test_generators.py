@@ -161,6 +161,17 @@ def test_bullet_safety_mixture_splits_episodes_over_penalties(tmp_path):
     table = generate(task("expert", episodes=3, suite="bullet_safety", env="SafetyBallRun-v0"),
                      directory=tmp_path)
     assert dataset_meta(table)["episode_policy"] == ["expert", "lambda1", "expert"]
+    experts.remove_actor("SafetyBallRun-v0", "lambda1", tmp_path)
+    assert not (tmp_path / "SafetyBallRun-v0-lambda1.safetensors").exists()
+    assert generate_policies(tmp_path) == ["expert", "expert"]
+    with pytest.raises(DataError, match="no lambda1 actor"):
+        experts.remove_actor("SafetyBallRun-v0", "lambda1", tmp_path)
+
+
+def generate_policies(directory):
+    table = generate(task("expert", episodes=2, suite="bullet_safety", env="SafetyBallRun-v0"),
+                     directory=directory)
+    return dataset_meta(table)["episode_policy"]
 
 
 def test_measure_records_a_fresh_check_and_table_shows_it(actors):

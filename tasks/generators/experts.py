@@ -84,11 +84,15 @@ def write_record(env: str, kind: str, record: dict, directory: Path = EXPERTS_DI
     """Set registry[env][kind] = record (atomically; the caller holds the lock)."""
     registry = read_registry(directory)
     registry.setdefault(env, {})[kind] = record
+    _write_registry(registry, directory)
+
+
+def _write_registry(registry: dict, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / REGISTRY
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(registry, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # atomic: readers see the old registry or the new one
 
 
 def export_actor(actor: Actor, env: str, kind: str, record: dict,
@@ -104,6 +108,19 @@ def export_actor(actor: Actor, env: str, kind: str, record: dict,
 def kind_of(config: SACConfig) -> str:
     """"expert" for a plain SAC run, "lambda<λ>" for one trained on r − λ·c."""
     return "expert" if config.cost_penalty == 0 else f"lambda{config.cost_penalty:g}"
+
+
+def remove_actor(env: str, kind: str, directory: Path = EXPERTS_DIR) -> None:
+    """Delete a stored actor and its record (e.g. a behaviour policy that duplicates another)."""
+    with _locked():
+        registry = read_registry(directory)
+        if kind not in registry.get(env, {}):
+            raise DataError(f"no {kind} actor for {env!r} in {directory}")
+        actor_path(env, kind, directory).unlink(missing_ok=True)
+        del registry[env][kind]
+        if not registry[env]:
+            del registry[env]
+        _write_registry(registry, directory)
 
 
 def export_if_better(actor: Actor, config: SACConfig, row: dict,
@@ -318,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--env", required=True)
     check.add_argument("--kind", default="expert")
     check.add_argument("--episodes", type=int, default=10)
+    drop = commands.add_parser("remove", help="delete a stored actor and its record")
+    drop.add_argument("--env", required=True)
+    drop.add_argument("--kind", required=True)
     commands.add_parser("table", help="print the Markdown table of stored actors")
     learning = commands.add_parser("curve", help="print a run's evaluation returns")
     learning.add_argument("--env", required=True)
@@ -331,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                                            step=args.step), indent=1))
         elif args.command == "measure":
             print(json.dumps(measure(args.env, args.kind, args.episodes), indent=1))
+        elif args.command == "remove":
+            remove_actor(args.env, args.kind)
         elif args.command == "table":
             print(table())
         else:
