@@ -300,6 +300,8 @@ def table(directory: Path = EXPERTS_DIR) -> str:
             check = rec.get("check")
             fresh = (f"{check['return_mean']:.1f} ± {check['return_std']:.1f} ({check['episodes']})"
                      if check else "—")
+            if check and rec.get("suite") == "bullet_safety":
+                fresh += f", cost {check['cost_mean']:.1f}"
             target = rec.get("target") if kind == "expert" else None
             reached = "—" if target is None else (
                 "yes" if (check or rec)["return_mean"] >= target else "no")
