@@ -7,6 +7,6 @@ py=.venv/bin/python
 "$py" -m pip install -q --upgrade pip
 # The CPU build first: a bare or unpinned torch pulls several GB of CUDA packages.
 "$py" -m pip install -q torch==2.13.0
-"$py" -m pip install -q -e ".[dev,safety]"
+"$py" -m pip install -q -e ".[dev,safety,minari]"
 # bullet-safety-gym declares gymnasium 0.28 but works with 1.x: its deps come from [safety].
 "$py" -m pip install -q --no-deps bullet-safety-gym==1.4.0

@@ -12,7 +12,7 @@
 * DSRL HDF5: `observations`, `next_observations`, `actions`, `rewards`, `costs`,
   `terminals`, `timeouts`, taken as they are.
 * Minari: a dataset id or path given to `minari.load_dataset`, episodes flattened,
-  actions rescaled from the dataset's action space to [-1, 1]. Needs `minari`
+  actions rescaled from the dataset's action space to [-1, 1]. Needs `minari` (reading only; `minari[create]` with jax is for writing)
   (`pip install -e .[minari]`).
 * Parquet: a canonical file, validated.
 

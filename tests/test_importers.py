@@ -202,16 +202,37 @@ def test_minari_without_the_package_is_a_data_error():
 
 
 def test_minari_round_trip(tmp_path, monkeypatch):
+    """A dataset written by Minari's own storage code (no jax needed: the episode buffers are
+    built from arrays rather than step by step) imports with actions rescaled to [-1, 1]."""
     minari = pytest.importorskip("minari")
     import gymnasium as gym
+    from minari.data_collector.episode_buffer import EpisodeBuffer
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
-    env = minari.DataCollector(gym.make("Pendulum-v1"))
-    for seed in range(2):
-        env.reset(seed=seed)
-        for _ in range(5):
-            env.step(env.action_space.sample())
-    env.create_dataset(dataset_id="test/pendulum/tiny-v0")
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    act_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)  # Pendulum's torque range
+    rng = np.random.default_rng(0)
+    buffers = []
+    for episode, (length, terminated) in enumerate([(5, False), (4, True)]):
+        terminations = [False] * length
+        terminations[-1] = terminated
+        buffers.append(EpisodeBuffer(
+            id=episode, seed=episode,
+            observations=rng.normal(size=(length + 1, 3)).astype(np.float32),
+            actions=rng.uniform(-2, 2, size=(length, 1)).astype(np.float32),
+            rewards=list(rng.normal(size=length)),
+            terminations=terminations,
+            truncations=[False] * (length - 1) + [not terminated],
+            infos={},
+        ))
+    minari.create_dataset_from_buffers(
+        "test/pendulum/tiny-v0", buffers, observation_space=obs_space, action_space=act_space,
+        algorithm_name="random", description="psec importer test",
+    )
     arrays = to_arrays(import_dataset("minari", "test/pendulum/tiny-v0"))
-    assert arrays["obs"].shape == (10, 3) and np.abs(arrays["actions"]).max() <= 1.0
-    assert arrays["timeouts"].tolist().count(True) == 2
+    assert arrays["obs"].shape == (9, 3) and arrays["actions"].shape == (9, 1)
+    np.testing.assert_allclose(arrays["actions"], np.concatenate([b.actions for b in buffers]) / 2.0,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(arrays["next_obs"][:5], buffers[0].observations[1:])
+    assert arrays["timeouts"].tolist() == [False] * 4 + [True] + [False] * 4
+    assert arrays["terminals"].tolist() == [False] * 8 + [True]
