@@ -240,6 +240,8 @@ class UnitContext:
         if self.store.exists(name):
             self._add_skill(policy, name)
         else:
+            # Its own draw per position (a prime stride keeps the seeds apart), reproducible
+            # from the stage seed so a resumed fit rebuilds the same bank.
             generator = torch.Generator().manual_seed(stage.seed + 104729 * (index + 1))
             add_random_skill(policy, name, like=skill, generator=generator)
         remove_skill(policy, skill)
