@@ -9,6 +9,7 @@ import torch
 from library.errors import DataError, SpecError
 from tasks.dataset import dataset_meta, fingerprint, to_arrays
 from tasks.generators import experts, generate
+from tasks.generators.generator import behaviour_kinds
 from tasks.generators.sac import Actor, SACConfig, train
 from tasks.spec import parse_task
 
@@ -184,3 +185,16 @@ def test_measure_records_a_fresh_check_and_table_shows_it(actors):
     row = next(line for line in experts.table(actors).splitlines() if "| expert |" in line)
     # The fresh check, not the training-time evaluation, decides whether the target is met.
     assert row.split(" | ")[6] == ("yes" if check["return_mean"] >= 900 else "no")
+
+
+def test_snapshot_of_a_penalised_run_joins_the_behaviour_mixture(tmp_path):
+    run_dir = tmp_path / "run"
+    config = SACConfig(env="SafetyBallRun-v0", suite="bullet_safety", cost_penalty=5.0, horizon=10,
+                       hidden=8, batch_size=8, steps=20, learning_starts=10, eval_every=10,
+                       eval_episodes=1, checkpoint_every=20)
+    train(config, run_dir, log=lambda message: None)
+    record = experts.export_snapshot(run_dir, 10, tmp_path)
+    assert record["cost_penalty"] == 5.0 and record["steps"] == 10
+    assert behaviour_kinds("SafetyBallRun-v0", tmp_path) == ["lambda5-step10"]
+    with pytest.raises(DataError, match="no evaluation at step 15"):
+        experts.export_snapshot(run_dir, 15, tmp_path)

@@ -258,6 +258,28 @@ def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
     return record
 
 
+def export_snapshot(run_dir: Path, step: int, directory: Path = EXPERTS_DIR) -> dict:
+    """Export the evaluation snapshot at `step` of a cost-penalised run as the behaviour
+    policy `lambda<λ>-step<step>` — a policy between the ends of the reward–cost frontier
+    that training passed through. Returns its record."""
+    run = RunDir(run_dir)
+    config = SACConfig(**json.loads((run.path / "config.json").read_text()))
+    rows = [r for r in read_jsonl(run.eval_log) if r["step"] == step]
+    if not rows:
+        raise DataError(f"{run.eval_log} has no evaluation at step {step}")
+    row = rows[0]
+    kind = f"lambda{config.cost_penalty:g}-step{step}"
+    record = {"suite": config.suite, "steps": step, "return_mean": row["return_mean"],
+              "return_std": row["return_std"], "episodes": len(row["returns"]),
+              "cost_penalty": config.cost_penalty, "cost_mean": row["cost_mean"],
+              "objective_mean": row["objective_mean"],
+              "measured": "SAC evaluation during training: deterministic actor, fixed-seed episodes",
+              "command": f"{config.command()} --threads 1 && python -m tasks.generators.experts "
+                         f"export-snapshot --run-dir {run.path} --step {step}"}
+    export_actor(_read_actor(run.path / row["actor"]), config.env, kind, record, directory)
+    return record
+
+
 def load_replay(env: str, directory: Path = EXPERTS_DIR) -> dict[str, np.ndarray]:
     """The stored medium-replay transitions of `env` (arrays keyed like a dataset)."""
     path = replay_path(env, directory)
@@ -337,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--env", required=True)
     check.add_argument("--kind", default="expert")
     check.add_argument("--episodes", type=int, default=10)
+    snapshot = commands.add_parser("export-snapshot",
+                                   help="export a cost-penalised run's snapshot as a behaviour policy")
+    snapshot.add_argument("--run-dir", type=Path, required=True)
+    snapshot.add_argument("--step", type=int, required=True)
     drop = commands.add_parser("remove", help="delete a stored actor and its record")
     drop.add_argument("--env", required=True)
     drop.add_argument("--kind", required=True)
@@ -353,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                                            step=args.step), indent=1))
         elif args.command == "measure":
             print(json.dumps(measure(args.env, args.kind, args.episodes), indent=1))
+        elif args.command == "export-snapshot":
+            print(json.dumps(export_snapshot(args.run_dir, args.step), indent=1))
         elif args.command == "remove":
             remove_actor(args.env, args.kind)
         elif args.command == "table":
