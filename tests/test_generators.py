@@ -198,3 +198,11 @@ def test_snapshot_of_a_penalised_run_joins_the_behaviour_mixture(tmp_path):
     assert behaviour_kinds("SafetyBallRun-v0", tmp_path) == ["lambda5-step10"]
     with pytest.raises(DataError, match="no evaluation at step 15"):
         experts.export_snapshot(run_dir, 15, tmp_path)
+
+
+def test_curve_takes_the_first_evaluation_past_each_multiple(tmp_path):
+    steps = [5011, 10213, 12000, 15305, 16001]
+    (tmp_path / "eval.jsonl").write_text("".join(
+        json.dumps({"step": s, "return_mean": float(s), "return_std": 0.0}) + "\n" for s in steps))
+    rows = experts.curve("Walker2d-v5", "mujoco", tmp_path, every=5000).splitlines()[2:]
+    assert [int(r.split(" | ")[0].strip("| ")) for r in rows] == [5011, 10213, 15305, 16001]

@@ -338,7 +338,13 @@ def curve(env: str, suite: str = "dmc", run_dir: Path | None = None, every: int 
     rows = read_jsonl(run.eval_log)
     if not rows:
         raise DataError(f"no evaluations in {run.eval_log}")
-    picked = [r for r in rows if r["step"] % every == 0 or r is rows[-1] or r is rows[0]]
+    # Evaluations fall at episode ends, so runs with early terminations (Walker2d) log
+    # steps like 20065: take the first evaluation at or after each multiple of `every`.
+    picked, threshold = [], 0
+    for r in rows:
+        if r["step"] >= threshold or r is rows[-1]:
+            picked.append(r)
+            threshold = (r["step"] // every + 1) * every
     lines = [f"| {env} step | eval return (mean ± std) |", "| --- | --- |"]
     lines += [f"| {r['step']} | {r['return_mean']:.1f} ± {r['return_std']:.1f} |" for r in picked]
     return "\n".join(lines)
