@@ -258,6 +258,12 @@ def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
     return record
 
 
+def _display(path: Path) -> str:
+    # Recorded commands should run for anyone: the home folder is written as ~.
+    path, home = Path(path).resolve(), Path.home().resolve()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
+
+
 def export_snapshot(run_dir: Path, step: int, directory: Path = EXPERTS_DIR) -> dict:
     """Export the evaluation snapshot at `step` of a cost-penalised run as the behaviour
     policy `lambda<λ>-step<step>` — a policy between the ends of the reward–cost frontier
@@ -275,7 +281,7 @@ def export_snapshot(run_dir: Path, step: int, directory: Path = EXPERTS_DIR) -> 
               "objective_mean": row["objective_mean"],
               "measured": "SAC evaluation during training: deterministic actor, fixed-seed episodes",
               "command": f"{config.command()} --threads 1 && python -m tasks.generators.experts "
-                         f"export-snapshot --run-dir {run.path} --step {step}"}
+                         f"export-snapshot --run-dir {_display(run.path)} --step {step}"}
     export_actor(_read_actor(run.path / row["actor"]), config.env, kind, record, directory)
     return record
 
