@@ -2,7 +2,6 @@
 composer and a random-LoRA bank are fitted, registered, evaluated and tagged."""
 
 import pytest
-import ray
 import torch
 from library_builders import add_trained_looking_skill
 from pipeline_builders import put_datasets, register_base, tiny_task
@@ -15,13 +14,6 @@ from pipeline.stages import load_composer, random_skill_name
 from tasks.spec import parse_task
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, namespace="psec", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ re-evaluates every earlier one); `psec run configs/cw10.yaml --scale smoke` runs
 import os
 
 import pytest
-import ray
 import torch
 import yaml
 
@@ -29,13 +28,6 @@ SCRATCH = os.path.join(os.path.dirname(__file__), "..", "configs", "cw10_scratch
 CW_TASKS = ["hammer-v3", "push-wall-v3", "faucet-close-v3"]
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, namespace="psec", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def first_tasks_stream(path: str) -> str:

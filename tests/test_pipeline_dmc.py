@@ -5,7 +5,6 @@ continual matrix, TensorBoard runs, the report, and a rerun that fits nothing.""
 import os
 
 import pytest
-import ray
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -17,13 +16,6 @@ from tasks.dataset import fingerprint
 STREAM = os.path.join(os.path.dirname(__file__), "..", "configs", "dmc_walker.yaml")
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, namespace="psec", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def scalar_tags(folder):

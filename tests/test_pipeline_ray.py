@@ -6,7 +6,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import ray
 import torch
 import yaml
 from pipeline_builders import put_datasets, register_base, tiny_task, write_stream
@@ -21,13 +20,6 @@ from pipeline.store_actor import StoreHandle
 from tasks.spec import load_stream
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, namespace="psec", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_store_actor_serialises_registrations_and_keeps_errors_one_line(ray_cluster, tmp_path):
