@@ -248,3 +248,12 @@ def test_rollout_counts_success_at_any_step_and_sums_costs():
 def test_episode_stats_fields():
     stats = EpisodeStats(1.0, 2, True, 0.0, 1.0, 0)
     assert stats.episode_return == 1.0 and stats.length == 2
+
+
+@pytest.mark.parametrize(("suite", "env"), [
+    ("dmc", "walker-stand"), ("metaworld", "hammer-v3"),
+    ("mujoco", "HalfCheetah-v5"), ("bullet_safety", "SafetyBallRun-v0"),
+])
+def test_every_suite_refuses_a_horizon_below_one_before_building(suite, env):
+    with pytest.raises(SpecError, match=r"^horizon: must be >= 1, got 0$"):
+        get_suite(suite).make_env(env, horizon=0)

@@ -56,7 +56,6 @@ class Suite(ABC):
                     f"suite {self.name} cannot change {field} (supported: {supported})",
                 )
 
-    @abstractmethod
     def make_env(
         self,
         env: str,
@@ -67,6 +66,17 @@ class Suite(ABC):
         """A fresh env: flat float32 obs, actions in [-1, 1], truncated after `horizon` steps
         (default `default_horizon(env)`). `seed` fixes the env's own randomness (goals,
         initial states); `reset(seed=...)` still seeds each episode."""
+        self.check_env(env)
+        self.check_dynamics(dynamics)
+        if horizon is None:
+            horizon = self.default_horizon(env)
+        elif horizon < 1:
+            raise SpecError("horizon", f"must be >= 1, got {horizon!r}")
+        return self._build(env, dynamics, seed, horizon)
+
+    @abstractmethod
+    def _build(self, env: str, dynamics: Dynamics | None, seed: int, horizon: int) -> gym.Env:
+        """`make_env` once `env` and `dynamics` are checked and `horizon` is resolved."""
 
     def dims(self, env: str, dynamics: Dynamics | None = None) -> tuple[int, int]:
         """(obs_dim, act_dim) of `make_env(env, dynamics)`; builds the env once to read them."""

@@ -117,16 +117,7 @@ class BulletSafetySuite(Suite):
     def envs(self) -> tuple[str, ...]:
         return tuple(REFERENCE_RETURNS)
 
-    def make_env(
-        self,
-        env: str,
-        dynamics: Dynamics | None = None,
-        seed: int = 0,
-        horizon: int | None = None,
-    ) -> gym.Env:
-        self.check_env(env)
-        self.check_dynamics(dynamics)
-        horizon = horizon or self.default_horizon(env)
+    def _build(self, env: str, dynamics: Dynamics | None, seed: int, horizon: int) -> gym.Env:
         with warnings.catch_warnings(), _process_stdio():
             # Its Box(-1000, 1000, float64) spaces make gymnasium warn about casts.
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -116,10 +116,7 @@ class DMCSuite(Suite):
     def envs(self) -> tuple[str, ...]:
         return env_names()
 
-    def make_env(self, env: str, dynamics: Dynamics | None = None, seed: int = 0,
-                 horizon: int | None = None) -> DMCEnv:
-        self.check_env(env)
-        self.check_dynamics(dynamics)
+    def _build(self, env: str, dynamics: Dynamics | None, seed: int, horizon: int) -> DMCEnv:
         if dynamics is None:
             return DMCEnv(env, seed, horizon)
         return DMCEnv(env, seed, horizon, friction=dynamics.friction, gravity=dynamics.gravity)

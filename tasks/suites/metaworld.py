@@ -78,16 +78,7 @@ class MetaWorldSuite(Suite):
     def envs(self) -> tuple[str, ...]:
         return tuple(metaworld.ALL_V3_ENVIRONMENTS)
 
-    def make_env(
-        self,
-        env: str,
-        dynamics: Dynamics | None = None,
-        seed: int = 0,
-        horizon: int | None = None,
-    ) -> gym.Env:
-        self.check_env(env)
-        self.check_dynamics(dynamics)
-        horizon = horizon or self.default_horizon(env)
+    def _build(self, env: str, dynamics: Dynamics | None, seed: int, horizon: int) -> gym.Env:
         benchmark = _benchmark(env, seed)
         inner = benchmark.train_classes[env]()
         # The env raises once its own step counter passes max_path_length; align it with

@@ -90,16 +90,7 @@ class MujocoSuite(Suite):
     def envs(self) -> tuple[str, ...]:
         return tuple(REFERENCE_RETURNS)
 
-    def make_env(
-        self,
-        env: str,
-        dynamics: Dynamics | None = None,
-        seed: int = 0,
-        horizon: int | None = None,
-    ) -> gym.Env:
-        self.check_env(env)
-        self.check_dynamics(dynamics)
-        horizon = horizon or self.default_horizon(env)
+    def _build(self, env: str, dynamics: Dynamics | None, seed: int, horizon: int) -> gym.Env:
         kwargs = {"max_episode_steps": horizon, "disable_env_checker": True}
         if dynamics is not None and dynamics.thigh_size != 1.0:
             # MujocoEnv only loads models from files: write the edited model, build, delete.
