@@ -14,11 +14,12 @@ Any number of skills compose; "base" in the list is the base alone (the zero ada
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
+from library.config import config_from_dict
 from library.diffusion import DiffusionPolicy
 from library.errors import SpecError, StoreError
 from library.lora import skill_names, use_skills
@@ -76,12 +77,7 @@ class AlphaConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> AlphaConfig:
-        if not isinstance(data, dict):
-            raise SpecError("alpha", f"must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise SpecError(f"alpha.{unknown[0]}", "unknown field")
-        return cls(**data)
+        return config_from_dict(cls, data, "alpha")
 
     def initial_logits(self, k: int) -> Tensor:
         """z that gives the initial u for k skills: [k]."""

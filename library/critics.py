@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import abc
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
+from library.config import config_from_dict
 from library.errors import ShapeError, SpecError
 
 
@@ -86,15 +87,7 @@ class CriticConfig:
     @classmethod
     def from_dict(cls, data: dict) -> CriticConfig:
         """Build from a dict (e.g. a stored config); unknown or missing fields are errors."""
-        if not isinstance(data, dict):
-            raise SpecError("critics", f"must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise SpecError(f"critics.{unknown[0]}", "unknown field")
-        for required in ("obs_dim", "act_dim"):
-            if required not in data:
-                raise SpecError(f"critics.{required}", "missing")
-        return cls(**data)
+        return config_from_dict(cls, data, "critics")
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
+from library.config import config_from_dict
 from library.errors import DataError, ShapeError, SpecError
 
 EpsFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -72,16 +73,7 @@ class PolicyConfig:
     @classmethod
     def from_dict(cls, data: dict) -> PolicyConfig:
         """Build from a dict (e.g. a stored config); unknown or missing fields are errors."""
-        if not isinstance(data, dict):
-            raise SpecError("policy", f"must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"policy.{unknown[0]}", "unknown field")
-        for required in ("obs_dim", "act_dim"):
-            if required not in data:
-                raise SpecError(f"policy.{required}", "missing")
-        return cls(**data)
+        return config_from_dict(cls, data, "policy")
 
 
 def vp_betas(T: int, beta_min: float, beta_max: float) -> Tensor:
