@@ -404,9 +404,10 @@ def unit_loop(config: dict[str, Any]) -> None:
             _report_checkpoint(rank, {"stage": index, "step": checkpoint.step}, meta, state)
 
         terms: dict[str, float] = {}
+        data = unit_ctx.data_for(stage)
         if stage.steps > 0:  # 0: an untrained composer, registered as initialised
             terms = train(
-                learner, unit_ctx.data, stage.steps, max(1, stage.batch_size // world),
+                learner, data, stage.steps, max(1, stage.batch_size // world),
                 stage.lr, seed=stage.seed + 7919 * rank, on_step=on_step,
                 grad_hook=_allreduce_mean if world > 1 else None, start_step=start,
                 optimizer_state=optimizer_state, log_every=min(options.log_every, stage.steps),
@@ -415,6 +416,7 @@ def unit_loop(config: dict[str, Any]) -> None:
         log.close()
         if stage.stored:
             metrics = {"train_steps": stage.steps, "train_seconds": round(seconds, 3),
+                       "train_transitions": len(data.obs),
                        "resumed_from": start, "workers": world,
                        **{f"train_{k}": v for k, v in terms.items() if "/" not in k}}
             if rank == 0:

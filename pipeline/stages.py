@@ -24,6 +24,7 @@ from torch import Tensor
 
 from library.composition import AlphaConfig, Composer
 from library.critics import CriticConfig, FeasibilityConfig, FeasibilityCritic, IQLCritics
+from library.data import OfflineData
 from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer, select_action
 from library.errors import StoreError
 from library.learners import BaseLearner, ComposerLearner, CriticLearner, Learner, SkillLearner
@@ -141,7 +142,11 @@ class UnitContext:
         table = store.get_dataset(unit.dataset)
         if self.task.data.source == "store" and self.task.data.max_transitions is not None:
             table = limit_transitions(table, self.task.data.max_transitions)
+        self.table = table
         self.data = to_offline_data(table)
+        self._subsets: dict[str, OfflineData] = {}  # composer name -> its ComposerSpec.data
+        for stage in unit.stages:
+            self.data_for(stage)  # a subset no episode qualifies for fails before any fit
         self.fingerprint = fingerprint(table) if rank == 0 else None
         self.weighting = WeightingConfig(beta=self.task.critic.beta)
         self.iql: IQLCritics | None = None
@@ -185,6 +190,18 @@ class UnitContext:
                 critic.to(self.device)
 
     # ---- the harness's interface (pipeline.fit.unit_loop)
+
+    def data_for(self, stage: Stage) -> OfflineData:
+        """What `stage` trains on: the task's dataset, or a composer's subset of it."""
+        if stage.kind != "composer" or stage.composer.data.selects_all:
+            return self.data
+        if stage.name not in self._subsets:
+            from tasks.dataset import to_offline_data
+            from tasks.subsets import composer_subset
+
+            table = composer_subset(self.table, stage.composer.data, stage.name)
+            self._subsets[stage.name] = to_offline_data(table)
+        return self._subsets[stage.name]
 
     def already_stored(self, stage: Stage) -> bool:
         if stage.kind == "critics":

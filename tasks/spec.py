@@ -192,6 +192,30 @@ class AlphaSpec(_Spec):
     )
 
 
+class ComposerData(_Spec):
+    """Which episodes of the task's dataset a composer trains on (default: all of them).
+
+    Filters apply in this order: cost, best returns, fraction (see tasks.subsets)."""
+
+    fraction: float = Field(
+        1.0, gt=0, le=1,
+        description="Keep the first fraction of the (filtered) episodes, at least one; "
+        "e.g. 0.1 for few-shot composition on 10% of the data.",
+    )
+    top_episodes: int | None = Field(
+        None, ge=1, description="Keep only the N episodes with the highest return."
+    )
+    max_episode_cost: float | None = Field(
+        None, ge=0,
+        description="Keep only episodes whose total cost is at most this (the safe subset).",
+    )
+
+    @property
+    def selects_all(self) -> bool:
+        """Whether the subset is the whole dataset."""
+        return self.fraction == 1.0 and self.top_episodes is None and self.max_episode_cost is None
+
+
 class ComposerSpec(_Spec):
     """A composer blending stored skills with the task's own new skill (added last)."""
 
@@ -210,6 +234,10 @@ class ComposerSpec(_Spec):
         ge=0,
         description="Training steps of α(s); 0 registers the initial α untrained (e.g. the "
         "uniform-α control: mode fixed, output raw, init uniform). Scales leave 0 alone.",
+    )
+    data: ComposerData = Field(
+        default_factory=ComposerData,
+        description="Episodes of the task's dataset the composer trains on (default all).",
     )
     bank: Literal["stored", "random"] = Field(
         "stored",
