@@ -131,6 +131,8 @@ class FitReport(BaseModel):
     """Unix time at which rank 0 entered the training loop (this attempt)."""
     worker_finished: float = 0.0
     """Unix time at which rank 0 left it."""
+    user_error: dict[str, str] | None = None
+    """A user error that stopped the unit before training: {type, message}."""
 
 
 def checkpoint_root(store_uri: str) -> str:
@@ -211,6 +213,9 @@ def run_trainer(job: FitJob, store: StoreHandle, board) -> FitReport:
     if result.error is not None:
         raise result.error
     report = _read_report(result)
+    if report.user_error is not None:
+        remove_run(store.uri, job.run_name)
+        raise _error_from_record(report.user_error)
     ended_unix = time.time()
     remove_run(store.uri, job.run_name)
     report.wall_seconds = time.perf_counter() - started
@@ -242,6 +247,24 @@ def psec_cause(error: BaseException) -> PsecError | None:
                 error = error.__cause__ or error.__context__
         seen += 1
     return None
+
+
+def _error_record(error: PsecError) -> dict[str, str]:
+    return {"type": type(error).__name__, "message": str(error)}
+
+
+def _error_from_record(record: dict[str, str]) -> PsecError:
+    """The PsecError a worker recorded, as its own class (library.errors)."""
+    from library import errors
+
+    kind = getattr(errors, record.get("type", ""), None)
+    if not (isinstance(kind, type) and issubclass(kind, PsecError)):
+        kind = PsecError
+    message = record.get("message", "")
+    if kind is errors.SpecError:  # its constructor takes (field, message)
+        field, _, rest = message.partition(": ")
+        return errors.SpecError(field, rest) if rest else PsecError(message)
+    return kind(message)
 
 
 def _read_report(result) -> FitReport:
@@ -357,7 +380,19 @@ def unit_loop(config: dict[str, Any]) -> None:
 
     fingerprint = job.fingerprint()
     resume = _load_resume(fingerprint)
-    unit_ctx = UnitContext(store, job.unit, device, rank=rank)
+    try:
+        unit_ctx = UnitContext(store, job.unit, device, rank=rank)
+    except PsecError as error:
+        # A user error found before any training (a missing base, dims, an empty composer
+        # subset) fails the same way on every rank and on every retry: hand it to the
+        # driver in a final report instead of letting Ray Train restart the workers.
+        meta = {"fingerprint": fingerprint, "stage_index": 0, "step": 0,
+                "report": {"unit": job.unit.name, "registered": [], "skipped": [],
+                           "stage_seconds": {}, "wall_seconds": 0.0,
+                           "user_error": _error_record(error)}}
+        _report_checkpoint(rank, {"stage": -1, "step": 0}, meta,
+                           {"learner": {}, "optimizer": {}, "carry": {}})
+        return
     report = dict(resume.report) if resume is not None else {
         "unit": job.unit.name, "registered": [], "skipped": [], "stage_seconds": {},
         "wall_seconds": 0.0}

@@ -120,3 +120,32 @@ def test_a_fit_with_two_workers_averages_gradients_across_them(ray_cluster, tmp_
     assert summary.fitted == ["stand"]
     metrics = SkillStore(store_uri).entry("stand").metrics
     assert metrics["workers"] == 2 and metrics["train_steps"] == 30
+
+
+def test_a_user_error_in_a_fit_is_raised_once_and_keeps_what_was_stored(ray_cluster, tmp_path):
+    import time
+
+    import numpy as np
+    from pipeline_builders import synthetic_table
+
+    from library.errors import DataError
+    from tasks.dataset import to_arrays, to_table
+
+    tasks = [tiny_task("stand", role="base", steps=20),
+             tiny_task("run", base="stand", composers=[
+                 {"name": "safe", "skills": ["base"], "data": {"max_episode_cost": 1}}])]
+    store_uri = str(tmp_path / "store")
+    store = put_datasets(store_uri, tasks[:1])
+    costly = to_arrays(synthetic_table(seed=1))
+    costly["costs"] = np.ones(len(costly["rewards"]), np.float32)  # 50 per episode
+    store.put_dataset("run-data", to_table(costly, {"suite": "dmc", "env": "walker-walk"}))
+    plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
+    started = time.perf_counter()
+    with pytest.raises(DataError, match=r"composer 'safe'.*cost <= 1") as error:
+        run_plan(plan, store_uri, DriverOptions(progress=False, fit=FitOptions(max_failures=3)))
+    assert "\n" not in str(error.value)
+    assert [entry.name for entry in SkillStore(store_uri).list()] == ["stand"]
+    # The failing unit left no checkpoints behind, and was not retried: a retried unit
+    # would have started its worker group four times (~15 s each) before failing.
+    assert not os.path.exists(os.path.join(checkpoint_root(store_uri), "tiny__run"))
+    assert time.perf_counter() - started < 120
