@@ -43,7 +43,7 @@ from pipeline.fit import FitOptions, FitReport, fit_unit, psec_cause, size_job
 from pipeline.inbox import Submission, inbox_actor
 from pipeline.plan import StreamPlan, TaskPlan, plan_stream, plan_task
 from pipeline.progress import ProgressView
-from pipeline.results import ResultRow, existing_keys, now
+from pipeline.results import ResultRow, existing_env_keys, now
 from pipeline.runtime import connect
 from pipeline.stages import random_skill_name
 from pipeline.store_actor import StoreHandle
@@ -79,7 +79,8 @@ class DriverOptions(BaseModel):
 
 @dataclass
 class ItemScore:
-    """The own-task evaluation of one item right after its fit, for the summary."""
+    """The own-task evaluation of one item right after its fit (in each of the task's
+    eval envs), for the summary."""
 
     name: str
     """Store name of the item."""
@@ -93,6 +94,8 @@ class ItemScore:
     """Episode return, mean over seeds."""
     episodes: int
     """Episodes rolled out in total."""
+    env: str = ""
+    """Env it was rolled out in (the task's env unless the task lists eval.envs)."""
 
 
 @dataclass
@@ -134,7 +137,8 @@ class StreamSummary:
                  f"{len(self.fitted)}{fitted}, already stored {len(self.skipped)}, "
                  f"{self.evaluations} evaluation(s), {self.wall_seconds:.0f} s"]
         for score in self.scores:
-            lines.append(f"  {score.name:<24} {score.method:<6} on {score.task:<16} "
+            where = score.task if not score.env else f"{score.task} [{score.env}]"
+            lines.append(f"  {score.name:<24} {score.method:<6} on {where:<16} "
                          f"score {score.score:8.3f}  return {score.return_mean:9.1f}  "
                          f"({score.episodes} episodes)")
         return "\n".join(lines)
@@ -219,6 +223,19 @@ def _check_generator(task: TaskSpec) -> None:
                             f"`{experts.train_command(env, task.suite)}`")
 
 
+def _check_eval_envs(task: TaskSpec, dims: tuple[int, int]) -> None:
+    """Every env in `eval.envs` must take the observations and actions of the task's data."""
+    from tasks.suites import get_suite
+
+    suite = get_suite(task.suite)
+    for env in task.eval.envs or ():
+        env_dims = suite.dims(env, task.dynamics)
+        if env_dims != dims:
+            raise ShapeError(f"task {task.name!r}: eval env {env!r} has obs/act dims "
+                             f"{env_dims[0]}/{env_dims[1]} but the task's data has "
+                             f"{dims[0]}/{dims[1]}")
+
+
 def same_fit(stored_spec: dict[str, Any], task: TaskSpec, name: str) -> bool:
     """Whether item `name`, stored with task spec `stored_spec`, is what `task` would fit.
 
@@ -246,6 +263,7 @@ def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
     store.check_writable()
     checked = Checked(dims={}, imported={})
     stored = {entry.name: entry for entry in store.list()}
+    made_here: dict[str, str] = {}  # dataset made by the plan -> the task making it
     for task_plan in plan.tasks:
         task = task_plan.task
         for name in task_plan.items:
@@ -257,10 +275,20 @@ def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
                     f"(another scale or an edited stream): remove it or rename the task")
         if task.data.source == "generate" and not store.has_dataset(task_plan.dataset):
             _check_generator(task)
-        checked.dims[task.name] = _task_dims(task, task_plan.dataset, store, checked.imported)
+        if task.data.source == "store" and task_plan.dataset in made_here \
+                and not store.has_dataset(task_plan.dataset):
+            # A dataset an earlier task of the plan makes (e.g. the base's pretraining data
+            # reused by a zero-shot composer): it has that task's dims.
+            checked.dims[task.name] = checked.dims[made_here[task_plan.dataset]]
+        else:
+            checked.dims[task.name] = _task_dims(task, task_plan.dataset, store,
+                                                 checked.imported)
+            if task.data.source != "store":
+                made_here[task_plan.dataset] = task.name
+        _check_eval_envs(task, checked.dims[task.name])
     for task_plan in plan.tasks:
         task = task_plan.task
-        if task.role != "skill":
+        if task.role == "base":
             continue
         base_dims = checked.dims.get(task.base)
         if base_dims is None:
@@ -329,15 +357,20 @@ class Driver:
         return all(name in self.registered for name in task_plan.items)
 
     def _eval_jobs(self, item: str, eval_plan: TaskPlan, row_plan: TaskPlan) -> list[EvalJob]:
-        """Seeds of (item on eval task, after row task) not yet in the results."""
+        """Per env of the eval task (`eval.envs`, else its env): seeds of (item on eval task,
+        after row task) not yet in the results."""
         task = eval_plan.task
-        seeds = [seed for seed in task.eval.seeds
-                 if (self.plan.stream, row_plan.task.name, item, task.name, seed)
-                 not in self.result_keys]
-        if not seeds:
-            return []
-        return [EvalJob(item=item, task=task, row_task=row_plan.task.name,
-                        position=row_plan.position, seeds=seeds)]
+        jobs = []
+        for env in task.eval_envs:
+            seeds = [seed for seed in task.eval.seeds
+                     if (self.plan.stream, row_plan.task.name, item, task.name, env, seed)
+                     not in self.result_keys]
+            if seeds:
+                # The task as rolled out in `env`: its env, horizon and eval settings.
+                in_env = task if env == task.env else task.model_copy(update={"env": env})
+                jobs.append(EvalJob(item=item, task=in_env, row_task=row_plan.task.name,
+                                    position=row_plan.position, seeds=seeds))
+        return jobs
 
     def _row(self, job: EvalJob, seed: int, stats: dict[str, float]) -> ResultRow:
         stage = self.plan.stage(job.item)
@@ -351,7 +384,7 @@ class Driver:
             stream=self.plan.stream, task=job.row_task, position=job.position,
             name=job.item, kind="composer" if stage.kind == "composer" else stage.kind,
             method=stage.method, composer=job.item if stage.kind == "composer" else None,
-            skills=skills, seed=seed, eval_task=job.task.name,
+            skills=skills, seed=seed, eval_task=job.task.name, env=job.task.env,
             episodes=int(stats["episodes"]), return_mean=stats["return_mean"],
             return_std=stats["return_std"], score=stats["score_mean"],
             success=stats["success_rate"], cost=stats["cost_mean"], steps=stage.steps,
@@ -366,16 +399,19 @@ class Driver:
         returns = sum(row.return_mean for row in rows) / len(rows)
         episodes = sum(row.episodes for row in rows)
         stage = self.plan.stage(job.item)
-        if job.task.name == stage.task and job.row_task == stage.task:
+        in_own_env = job.task.env == self.task_env[job.task.name]
+        if job.task.name == stage.task and job.row_task == stage.task and in_own_env:
             # On its own task, right after its fit: the item's headline metrics.
             self.store.update_metrics(job.item, {
                 "score": score, "return_mean": returns, "eval_episodes": episodes,
                 "success": sum(row.success for row in rows) / len(rows),
                 "cost": sum(row.cost for row in rows) / len(rows)})
+        if job.row_task == stage.task:
             self.summary.scores.append(ItemScore(job.item, job.task.name, stage.method, score,
-                                                 returns, episodes))
+                                                 returns, episodes, job.task.env))
+        label = job.task.name if in_own_env else f"{job.task.name}/{job.task.env}"
         with RunLog(self.store.uri, run_name(job.item, stage.method, self.stream_seed)) as log:
-            log.scalars({f"{job.task.name}/score": score, f"{job.task.name}/return": returns},
+            log.scalars({f"{label}/score": score, f"{label}/return": returns},
                         job.position, prefix="eval/")
 
     # ---- the run
@@ -385,7 +421,8 @@ class Driver:
         plan, store = self.plan, self.store
         self.entries = {e.name: e.metrics for e in store.list()}
         self.registered = set(self.entries)
-        self.result_keys = existing_keys(store.results())
+        self.task_env = {task_plan.task.name: task_plan.task.env for task_plan in plan.tasks}
+        self.result_keys = recorded_results(plan, store.results())
         view = ProgressView(len(plan.tasks), f"{plan.stream}", enabled=self.options.progress)
         pending: dict[ray.ObjectRef, tuple[str, Any]] = {}
         try:
@@ -405,31 +442,36 @@ class Driver:
         resources = ray.cluster_resources()
         unit_done = {name: all(item in self.registered for item in unit.produces())
                      for name, unit in plan.units.items()}
+        # By dataset name: a task that reuses (`source: store`) a dataset another task of
+        # the plan makes waits for the same ref.
         data_refs: dict[str, ray.ObjectRef] = {}
+        needed = {plan.units[u].dataset for u in plan.units if not unit_done[u]}
         for task_plan in plan.tasks:
-            needed = any(not unit_done[u] for u in task_plan.units)
-            if needed and not store.has_dataset(task_plan.dataset):
-                ref = make_dataset.remote(dump(task_plan.task), task_plan.dataset, store,
-                                          self.checked.imported.get(task_plan.task.name))
-                data_refs[task_plan.task.name] = ref
-                pending[ref] = ("data", task_plan.dataset)
+            dataset = task_plan.dataset
+            if task_plan.task.data.source == "store" or dataset not in needed \
+                    or dataset in data_refs or store.has_dataset(dataset):
+                continue
+            ref = make_dataset.remote(dump(task_plan.task), dataset, store,
+                                      self.checked.imported.get(task_plan.task.name))
+            data_refs[dataset] = ref
+            pending[ref] = ("data", dataset)
         unit_refs: dict[str, ray.ObjectRef] = {}
         for name, unit in plan.units.items():
             if unit_done[name]:
                 self.summary.skipped.extend(unit.produces())
                 continue
             upstream = [unit_refs[after] for after in unit.after if after in unit_refs]
-            if unit.task.name in data_refs:
-                upstream.append(data_refs[unit.task.name])
+            if unit.dataset in data_refs:
+                upstream.append(data_refs[unit.dataset])
             job = size_job(unit, plan.stream, self.stream_seed, self.fit_options, resources)
             ref = fit_unit.remote(job, store, view.board, *upstream)
             unit_refs[name] = ref
             pending[ref] = ("fit", name)
         self.fitting = set(unit_refs)
-        self.evaluating: dict[tuple[str, str, str], EvalJob] = {}
-        self.chunks_left: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.chunk_stats: dict[tuple[str, str, str], list] = defaultdict(list)
-        self.eval_started: dict[tuple[str, str, str], float] = {}
+        self.evaluating: dict[tuple[str, str, str, str], EvalJob] = {}
+        self.chunks_left: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        self.chunk_stats: dict[tuple[str, str, str, str], list] = defaultdict(list)
+        self.eval_started: dict[tuple[str, str, str, str], float] = {}
         self.evaluated_tasks: set[str] = set()
         self.continual_done: set[int] = set()
 
@@ -451,7 +493,7 @@ class Driver:
             if not all(self._task_fitted(t) for t in plan.tasks[: index + 1]):
                 break  # "after task i" needs tasks 0..i
             self.continual_done.add(index)
-            for earlier in plan.tasks[:index]:
+            for earlier in _own_policies(plan.tasks[:index]):
                 for job in self._eval_jobs(earlier.task.name, earlier, row_plan):
                     self._start_eval(job, pending)
 
@@ -517,7 +559,7 @@ class Driver:
         view.event(f"fitted {', '.join(report.registered) or '(nothing new)'} in "
                    f"{report.wall_seconds:.0f} s (unit {report.unit})")
 
-    def _chunk_done(self, view: ProgressView, key: tuple[str, str, str], stats: list) -> None:
+    def _chunk_done(self, view: ProgressView, key: tuple[str, str, str, str], stats: list) -> None:
         self.chunk_stats[key].extend(stats)
         self.chunks_left[key] -= 1
         if self.chunks_left[key]:
@@ -535,19 +577,35 @@ class Driver:
 # ------------------------------------------------------------------- entry points
 
 
-def planned_results(plan: StreamPlan) -> set[tuple[str, str, str, str, int]]:
-    """The result keys (stream, after task, item, eval task, seed) a complete run records."""
+def _own_policies(task_plans: list[TaskPlan]) -> list[TaskPlan]:
+    """The tasks whose own policy (the item named like the task) a continual stream
+    re-evaluates: not composer tasks, which have none (their composers are frozen too)."""
+    return [task_plan for task_plan in task_plans if task_plan.task.role != "composer"]
+
+
+def planned_results(plan: StreamPlan) -> set[tuple[str, str, str, str, str, int]]:
+    """The result keys (stream, after task, item, eval task, env, seed) a complete run
+    records."""
     keys = set()
     for index, row_plan in enumerate(plan.tasks):
-        row = row_plan.task.name
+        row, task = row_plan.task.name, row_plan.task
         for item in row_plan.items:
-            keys.update((plan.stream, row, item, row, seed) for seed in row_plan.task.eval.seeds)
+            keys.update((plan.stream, row, item, row, env, seed)
+                        for env in task.eval_envs for seed in task.eval.seeds)
         if plan.continual:
-            for earlier in plan.tasks[:index]:
+            for earlier in _own_policies(plan.tasks[:index]):
                 name = earlier.task.name
-                keys.update((plan.stream, row, name, name, seed)
-                            for seed in earlier.task.eval.seeds)
+                keys.update((plan.stream, row, name, name, env, seed)
+                            for env in earlier.task.eval_envs for seed in earlier.task.eval.seeds)
     return keys
+
+
+def recorded_results(plan: StreamPlan, table: pa.Table) -> set[tuple[str, str, str, str, str, int]]:
+    """The result keys of `table` as `planned_results` writes them: rows recorded before
+    results had an `env` column were rolled out in their eval task's own env."""
+    own_env = {task_plan.task.name: task_plan.task.env for task_plan in plan.tasks}
+    return {(stream, row, item, eval_task, env or own_env.get(eval_task), seed)
+            for stream, row, item, eval_task, env, seed in existing_env_keys(table)}
 
 
 def run_plan(plan: StreamPlan, store_uri: str, options: DriverOptions | None = None,
@@ -560,7 +618,7 @@ def run_plan(plan: StreamPlan, store_uri: str, options: DriverOptions | None = N
     checked = check_plan(plan, store)
     items = [name for task_plan in plan.tasks for name in task_plan.items]
     if all(store.exists(name) for name in items) and \
-            planned_results(plan) <= existing_keys(store.results()):
+            planned_results(plan) <= recorded_results(plan, store.results()):
         return StreamSummary(plan.stream, plan.scale, store.uri, skipped=items,
                              wall_seconds=time.perf_counter() - started)
     connect(address)

@@ -40,8 +40,9 @@ class EvalJob:
     episodes: int | None = None
     """Episodes per seed (default: the task's eval.episodes)."""
 
-    def key(self) -> tuple[str, str, str]:
-        return (self.item, self.task.name, self.row_task)
+    def key(self) -> tuple[str, str, str, str]:
+        """(item, eval task, row task, env): one evaluation of the driver in flight."""
+        return (self.item, self.task.name, self.row_task, self.task.env)
 
     @property
     def episodes_per_seed(self) -> int:

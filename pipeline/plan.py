@@ -13,6 +13,8 @@ only for the units that produce what it needs, so the units form a DAG:
   run fits beside walk) gets a unit of its own that waits for both.
 
 Two skills on one base therefore fit side by side, and a composer waits for its skills.
+A composer task (role `composer`: no skill of its own) is one unit of its composers that
+waits for the units making its base and every skill it composes.
 Critics are stored inside their task's base or skill item, so a composer in a unit of
 its own reads them from there.
 """
@@ -165,9 +167,10 @@ def _task_stages(task: TaskSpec, seed: int, position: int) -> list[Stage]:
                             skills=[], steps=train.steps, batch_size=train.batch_size,
                             lr=train.lr, seed=seed_of(1), method="base"))
         return stages
-    stages.append(Stage(kind="skill", name=task.name, task=task.name, parent=task.base,
-                        skills=[task.name], steps=train.steps, batch_size=train.batch_size,
-                        lr=train.lr, seed=seed_of(1), method="skill"))
+    if task.role == "skill":
+        stages.append(Stage(kind="skill", name=task.name, task=task.name, parent=task.base,
+                            skills=[task.name], steps=train.steps, batch_size=train.batch_size,
+                            lr=train.lr, seed=seed_of(1), method="skill"))
     for index, composer in enumerate(task.composers):
         stages.append(Stage(kind="composer", name=composer.name, task=task.name,
                             parent=task.base, skills=task.composer_skills(composer),
@@ -188,6 +191,18 @@ def _ancestors(units: dict[str, FitUnit], name: str) -> set[str]:
     return seen
 
 
+def _composer_task_unit(task: TaskSpec, position: int, stages: list[Stage],
+                        produced_by: dict[str, str]) -> FitUnit:
+    """The one unit of a composer task: its composers, after the units that make their
+    base and their skills (the driver adds the dataset's own dependency)."""
+    needed = [task.base]
+    for stage in stages:
+        needed.extend(s for s in stage.skills if s != BASE and s not in needed)
+    after = sorted({produced_by[name] for name in needed if name in produced_by})
+    return FitUnit(name=task.name, task=task, position=position, dataset=dataset_name(task),
+                   stages=stages, needs=needed, after=after)
+
+
 def _plan(tasks: list[TaskSpec], stream: str, scale: str, continual: bool,
           seed: int, first_position: int = 0) -> StreamPlan:
     units: dict[str, FitUnit] = {}
@@ -196,6 +211,15 @@ def _plan(tasks: list[TaskSpec], stream: str, scale: str, continual: bool,
     for offset, task in enumerate(tasks):
         position = first_position + offset
         stages = _task_stages(task, seed, position)
+        if task.role == "composer":
+            # No skill of its own to start early: one unit waits for every skill composed.
+            unit = _composer_task_unit(task, position, stages, produced_by)
+            units[unit.name] = unit
+            for produced in unit.produces():
+                produced_by[produced] = unit.name
+            plans.append(TaskPlan(task=task, position=position, dataset=dataset_name(task),
+                                  units=[unit.name], items=task.stored_names()))
+            continue
         main_stages = [s for s in stages if s.kind != "composer"]
         needs = [task.base] if task.role == "skill" else []
         after = [produced_by[task.base]] if task.base in produced_by else []
@@ -237,10 +261,10 @@ def plan_task(task: TaskSpec, bases: list[str], stream: str = "served",
               position: int = 0, seed: int = 0) -> StreamPlan:
     """A one-task continuation of the store (what `psec serve` runs for a submission).
 
-    `bases` are the store's bases, oldest first. A skill task without `base` goes on the
-    newest one, as a stream's skill goes on the stream's latest base.
+    `bases` are the store's bases, oldest first. A skill (or composer) task without `base` goes on
+    the newest one, as a stream's skill goes on the stream's latest base.
     """
-    if task.role == "skill":
+    if task.role != "base":
         if task.base is None:
             if not bases:
                 raise SpecError("base", "the store holds no base to put this skill on")

@@ -44,6 +44,10 @@ class ResultRow(BaseModel):
     """Evaluation seed."""
     eval_task: str
     """Task whose env the item was rolled out in (the continual-matrix column)."""
+    env: str | None = None
+    """Env the item was rolled out in: the eval task's env, or one of its `eval.envs` (a
+    zero-shot composer on unseen tasks). None in rows written before this column, and in
+    rows of tune's controls, which roll out in the eval task's env."""
     episodes: int
     """Episodes rolled out."""
     return_mean: float
@@ -70,8 +74,13 @@ class ResultRow(BaseModel):
     """The search's trial point (its tag) that recorded the row, else None."""
 
     def key(self) -> tuple[str, str, str, str, int]:
-        """What makes an evaluation unique: a rerun skips rows with a known key."""
+        """What makes an evaluation in the eval task's own env unique: a rerun skips rows
+        with a known key (`env_key` for tasks with eval.envs)."""
         return (self.stream, self.task, self.name, self.eval_task, self.seed)
+
+    def env_key(self) -> tuple[str, str, str, str, str | None, int]:
+        """`key()` with the env the item was rolled out in."""
+        return (self.stream, self.task, self.name, self.eval_task, self.env, self.seed)
 
 
 def now() -> str:
@@ -85,3 +94,15 @@ def existing_keys(table: pa.Table) -> set[tuple[str, str, str, str, int]]:
         return set()
     columns = [table.column(column).to_pylist() for column in needed]
     return {(s, t, n, e, int(seed)) for s, t, n, e, seed in zip(*columns)}
+
+
+def existing_env_keys(table: pa.Table) -> set[tuple[str, str, str, str, str | None, int]]:
+    """The env keys (`ResultRow.env_key`) of rows already in a results table; env is None
+    in rows written before results had an `env` column."""
+    needed = ("stream", "task", "name", "eval_task", "seed")
+    if table.num_rows == 0 or not all(column in table.column_names for column in needed):
+        return set()
+    columns = [table.column(column).to_pylist() for column in needed]
+    envs = (table.column("env").to_pylist() if "env" in table.column_names
+            else [None] * table.num_rows)
+    return {(s, t, n, e, env, int(seed)) for s, t, n, e, seed, env in zip(*columns, envs)}

@@ -157,9 +157,9 @@ class UnitContext:
     # ---- what stages build on
 
     def _normalizer(self) -> StateNormalizer:
-        """The base's normaliser: from the store for a skill task, from the data for a base
-        task (computed exactly as the base stage computes it)."""
-        if self.task.role == "skill":
+        """The base's normaliser: from the store for a skill or composer task, from the data
+        for a base task (computed exactly as the base stage computes it)."""
+        if self.task.role != "base":
             config, tensors = self.store.load(self.task.base)
             return load_base(config, split_item(tensors)[0]).normalizer
         return StateNormalizer.from_data(self.data.obs)

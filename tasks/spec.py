@@ -309,6 +309,13 @@ class EvalSpec(_Spec):
     cost_threshold: float = Field(
         10.0, gt=0, description="Safety cost budget per episode (normalised cost = cost / this)."
     )
+    envs: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Envs of the task's suite to roll its items out in instead of the task's "
+        "env (list that too to keep it), e.g. a zero-shot composer evaluated on unseen "
+        "tasks; each result row names its env. Checked by the suite.",
+    )
 
 
 class TaskSpec(_Spec):
@@ -319,11 +326,14 @@ class TaskSpec(_Spec):
     env: str = Field(description="Env name inside the suite, e.g. walker-walk or hammer-v3.")
     dynamics: Dynamics = Field(default_factory=Dynamics, description="Physics overrides.")
     data: DataSpec = Field(description="Where the offline dataset comes from.")
-    role: Literal["base", "skill"] = Field(
-        "skill", description="base: train a diffusion policy; skill: a LoRA on a frozen base."
+    role: Literal["base", "skill", "composer"] = Field(
+        "skill",
+        description="base: train a diffusion policy; skill: a LoRA on a frozen base (plus "
+        "composers); composer: no skill of its own, only composers of stored skills.",
     )
     base: str | None = Field(
-        None, description="skill: name of its base task (default: the stream's latest base)."
+        None,
+        description="skill, composer: name of its base task (default: the stream's latest base).",
     )
     objective: Objective = Field("bc", description="Sample weighting of the diffusion loss.")
     critic: CriticSpec = Field(
@@ -332,7 +342,9 @@ class TaskSpec(_Spec):
     lora: LoraSpec = Field(default_factory=LoraSpec, description="The new skill's adapter.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Fitting of base or skill.")
     composers: list[ComposerSpec] = Field(
-        default_factory=list, description="skill: composers of stored skills + this skill."
+        default_factory=list,
+        description="skill: composers of stored skills + this skill; composer: composers of "
+        "stored skills only (at least one).",
     )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation settings.")
     horizon: int | None = Field(
@@ -372,16 +384,23 @@ class TaskSpec(_Spec):
             suite.check_dynamics(self.dynamics)
         except PsecError as error:
             raise _from_psec(error) from None
+        for index, env in enumerate(self.eval.envs or ()):
+            try:
+                suite.check_env(env)
+            except PsecError as error:
+                raise _from_psec(error, f"eval.envs.{index}") from None
         if self.role == "base":
             if self.base is not None:
                 raise FieldError("base", "a base task has no base of its own")
             if self.composers:
-                raise FieldError("composers", "only skill tasks have composers")
+                raise FieldError("composers", "only skill and composer tasks have composers")
+        if self.role == "composer":
+            self._check_composer_role()
         names = [self.name]
         for index, composer in enumerate(self.composers):
             if composer.name in names:
                 raise FieldError(("composers", index, "name"), f"{composer.name!r} is used twice")
-            if self.name in composer.skills:
+            if self.role == "skill" and self.name in composer.skills:
                 raise FieldError(
                     ("composers", index, "skills"),
                     f"{self.name!r} is this task's own skill, always composed last; do not list it",
@@ -389,18 +408,42 @@ class TaskSpec(_Spec):
             names.append(composer.name)
         return self
 
+    def _check_composer_role(self) -> None:
+        """A composer task fits nothing but its composers, so it has no use for a skill's
+        adapter and nowhere to store critics (they live in a task's base or skill item)."""
+        if not self.composers:
+            raise FieldError("composers", "a composer task needs at least one composer")
+        if self.needs_critic:
+            raise FieldError(
+                "objective",
+                f"{self.objective!r} needs critics, which a composer task has no item to "
+                "store in; use 'bc'",
+            )
+        if self.lora != LoraSpec():
+            raise FieldError("lora", "a composer task fits no skill of its own; remove it")
+
     @property
     def needs_critic(self) -> bool:
         """Whether the objective (or IDQL selection) needs critics trained on the data."""
         return self.objective in CRITIC_OBJECTIVES
 
     def composer_skills(self, composer: ComposerSpec) -> list[str]:
-        """The full ordered skill list of `composer`: its stored skills, then this task's."""
+        """The full ordered skill list of `composer`: its stored skills, then this task's
+        (a composer task has none of its own: just the stored skills)."""
+        if self.role == "composer":
+            return list(composer.skills)
         return [*composer.skills, self.name]
 
+    @property
+    def eval_envs(self) -> list[str]:
+        """Envs the task's items are rolled out in: `eval.envs`, else the task's env."""
+        return list(self.eval.envs or [self.env])
+
     def stored_names(self) -> list[str]:
-        """Every store name this task produces: its policy/skill, then its composers."""
-        return [self.name, *(composer.name for composer in self.composers)]
+        """Every store name this task produces: its policy/skill (none for a composer task),
+        then its composers."""
+        own = [] if self.role == "composer" else [self.name]
+        return [*own, *(composer.name for composer in self.composers)]
 
 
 class Scale(_Spec):
@@ -420,6 +463,23 @@ class Scale(_Spec):
         None, min_length=1, description="eval.seeds of every task."
     )
     max_steps: int | None = Field(None, ge=1, description="eval.max_steps of every task.")
+    eval_envs: int | None = Field(
+        None, ge=1, description="Keep the first N of eval.envs of every task that lists them."
+    )
+    tasks: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Keep only these tasks (stream order is kept), e.g. a few tasks of a long "
+        "stream for a smoke run; every task a kept task needs must be kept too.",
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_tasks(cls, tasks: list[str] | None) -> list[str] | None:
+        for index, name in enumerate(tasks or ()):
+            if name in tasks[:index]:
+                raise FieldError((index,), f"{name!r} is listed twice")
+        return tasks
 
     @field_validator("data_episodes", mode="before")
     @classmethod
@@ -476,17 +536,23 @@ class StreamSpec(_Spec):
 
     @model_validator(mode="after")
     def _stream_checks(self) -> StreamSpec:
-        produced: dict[str, int] = {}  # store name -> index of the task producing it
+        produced: dict[str, int] = {}  # task or store name -> index of the task producing it
+        datasets: dict[str, int] = {}  # dataset made in the stream -> index of its task
+        needs: dict[str, dict[str, str]] = {}  # task -> {task it needs: what for}
         latest_base: str | None = None
         for index, task in enumerate(self.tasks):
             here = ("tasks", index)
+            task_needs = needs.setdefault(task.name, {})
+            # A composer task stores nothing under its name, but the name still names its
+            # dataset and its result rows, so it is as unique as any stored name.
             fields = [("name",)] + [("composers", c, "name") for c in range(len(task.composers))]
-            for name, field in zip(task.stored_names(), fields):
+            names = [task.name, *(composer.name for composer in task.composers)]
+            for name, field in zip(names, fields):
                 if name in produced:
                     raise FieldError(
                         (*here, *field), f"{name!r} is already produced by tasks[{produced[name]}]"
                     )
-            if task.role == "skill":
+            if task.role != "base":
                 if task.base is None:
                     if latest_base is None:
                         raise FieldError((*here, "base"), "no earlier base task in the stream")
@@ -497,6 +563,7 @@ class StreamSpec(_Spec):
                         raise FieldError(
                             (*here, "base"), f"{task.base!r} is not an earlier base task"
                         )
+                task_needs.setdefault(task.base, "its base")
             for c_index, composer in enumerate(task.composers):
                 for s_index, skill in enumerate(composer.skills):
                     if skill == BASE:
@@ -506,17 +573,32 @@ class StreamSpec(_Spec):
                     if earlier is None or self.tasks[earlier].name != skill:
                         raise FieldError(where, f"{skill!r} is not an earlier skill task")
                     source = self.tasks[earlier]
-                    if source.role != "skill":
+                    if source.role == "base":
                         raise FieldError(where, f"{skill!r} is a base, not a skill; use 'base'")
+                    if source.role == "composer":
+                        raise FieldError(where, f"{skill!r} is a composer task: it stores no skill")
                     if source.base != task.base:
                         raise FieldError(
                             where,
                             f"{skill!r} sits on base {source.base!r}, this task on {task.base!r}",
                         )
-            for name in task.stored_names():
+                    task_needs.setdefault(skill, f"the skill of composer {composer.name!r}")
+            if task.data.source == "store":
+                if task.data.dataset in datasets:
+                    task_needs.setdefault(self.tasks[datasets[task.data.dataset]].name,
+                                          "its dataset")
+            else:
+                datasets[task.name] = index
+            for name in names:
                 produced[name] = index
             if task.role == "base":
                 latest_base = task.name
+        if self.applied_scale is None:
+            # A scaled copy was checked against the whole stream before it was cut.
+            self._scale_checks(needs)
+        return self
+
+    def _scale_checks(self, needs: dict[str, dict[str, str]]) -> None:
         names = {task.name: task for task in self.tasks}
         for scale_name, scale in self.scales.items():
             if isinstance(scale.data_episodes, dict):
@@ -526,7 +608,16 @@ class StreamSpec(_Spec):
                         raise FieldError(field, f"no task named {task_name!r}")
                     if names[task_name].data.source != "generate":
                         raise FieldError(field, f"task {task_name!r} does not generate its data")
-        return self
+            kept = scale.tasks or ()
+            for index, task_name in enumerate(kept):
+                field = ("scales", scale_name, "tasks", index)
+                if task_name not in names:
+                    raise FieldError(field, f"no task named {task_name!r}")
+                for needed, why in needs[task_name].items():
+                    if needed not in kept:
+                        raise FieldError(
+                            field, f"{task_name!r} needs {needed!r} ({why}), which is not kept"
+                        )
 
     def task(self, name: str) -> TaskSpec:
         """The task called `name` (SpecError on field `tasks` if there is none)."""
@@ -541,6 +632,8 @@ class StreamSpec(_Spec):
             raise SpecError("scale", f"unknown scale {name!r}; defined: {', '.join(self.scales)}")
         scale = self.scales[name]
         data = self.model_dump(mode="json")
+        if scale.tasks is not None:
+            data["tasks"] = [task for task in data["tasks"] if task["name"] in scale.tasks]
         for task in data["tasks"]:
             steps = scale.base_steps if task["role"] == "base" else scale.train_steps
             _set(task["train"], "steps", steps)
@@ -554,6 +647,8 @@ class StreamSpec(_Spec):
             _set(task["eval"], "episodes", scale.eval_episodes)
             _set(task["eval"], "seeds", scale.eval_seeds)
             _set(task["eval"], "max_steps", scale.max_steps)
+            if task["eval"]["envs"] is not None and scale.eval_envs is not None:
+                task["eval"]["envs"] = task["eval"]["envs"][: scale.eval_envs]
         data["applied_scale"] = name
         return parse_stream(data)
 

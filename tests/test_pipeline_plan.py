@@ -131,7 +131,7 @@ def test_evaluation_chunks_fill_the_cpus_and_keep_episode_seeds():
     assert chunks_per_seed(episodes=1, seeds=1, cpus=16) == 1
     job = EvalJob(item="walk", task=parse_task(task("walk", base="stand")), row_task="walk",
                   position=1, seeds=[0, 2])
-    assert job.episodes_per_seed == 10 and job.key() == ("walk", "walk", "walk")
+    assert job.episodes_per_seed == 10 and job.key() == ("walk", "walk", "walk", "walker-walk")
     # Chunks never overlap: seed s owns env seeds [s·stride, (s+1)·stride).
     assert EPISODE_SEED_STRIDE > 10_000
 
@@ -164,6 +164,13 @@ def test_result_keys_and_report_tables(tmp_path):
     assert (tmp_path / "out" / "s-scores.png").stat().st_size > 1000
     assert (tmp_path / "out" / "s-continual.png").exists()
     assert not math.isnan(cells[("ab", "b")].score[0])
+
+
+def test_a_stream_without_re_evaluations_gets_no_continual_matrix(tmp_path):
+    rows = [row("a", 0, "a", "a", 0, 1.0), row("b", 1, "b", "b", 0, 5.0)]
+    path = write_report(pa.Table.from_pylist(rows), str(tmp_path / "out"), "psec report")
+    assert "Continual matrix" not in open(path).read()
+    assert not (tmp_path / "out" / "s-continual.png").exists()
 
 
 def test_report_without_results_is_a_user_error(tmp_path):
