@@ -114,6 +114,13 @@ def continual_matrix(rows: Iterable[dict]) -> tuple[list[str], list[str], dict]:
     return tasks, columns, means
 
 
+def has_continual_matrix(rows: Iterable[dict]) -> bool:
+    """Whether any task was re-evaluated after a later task (a non-continual stream only
+    has the diagonal, which the per-item table already shows)."""
+    tasks, _, means = continual_matrix(rows)
+    return len(tasks) > 1 and any(row != column for row, column in means)
+
+
 def _fmt(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.3g}"
 
@@ -133,7 +140,7 @@ def markdown(stream: str, rows: list[dict], command: str, plots: list[str]) -> s
             f"{_fmt(_mean_std(cell.returns)[0])} | {_fmt(_mean_std(cell.success)[0])} | "
             f"{_fmt(_mean_std(cell.cost)[0])} | {cell.steps} |")
     tasks, columns, means = continual_matrix(rows)
-    if len(tasks) > 1 and columns:
+    if has_continual_matrix(rows):
         lines += ["", "Continual matrix: score of each task's own policy (columns) after each "
                   "task of the stream (rows).", "",
                   "| after \\ on | " + " | ".join(columns) + " |",
@@ -182,7 +189,7 @@ def plot_scores(stream: str, rows: list[dict], path: str) -> None:
 
 def plot_continual(stream: str, rows: list[dict], path: str) -> bool:
     tasks, columns, means = continual_matrix(rows)
-    if len(tasks) < 2 or not columns:
+    if not has_continual_matrix(rows):
         return False
     import matplotlib
 
