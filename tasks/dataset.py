@@ -349,3 +349,27 @@ def concatenate(tables: Sequence[pa.Table], meta: Mapping[str, Any] | None = Non
     merged = {key: np.concatenate([part[key] for part in parts]) for key in keys}
     merged["episode"] = np.concatenate(renumbered)
     return to_table(merged, dict(meta) if meta is not None else dataset_meta(tables[0]))
+
+
+def union(parts: Mapping[str, pa.Table], limits: Mapping[str, int | None] | None = None
+          ) -> pa.Table:
+    """Every episode of the named tables, in order, as one dataset: e.g. a source domain's
+    data and a target domain's for joint training. `limits` cuts a part to its first N
+    transitions first (`limit_transitions`; None = whole). The union keeps the last part's
+    suite and env (the task it is trained for) and records each part's name, rows and
+    metadata under `parts`."""
+    if not parts:
+        raise DataError("union needs at least one dataset")
+    limits = limits or {}
+    unknown = sorted(set(limits) - set(parts))
+    if unknown:
+        raise DataError(f"limits name dataset(s) {', '.join(unknown)} that are not parts")
+    tables = {name: table if limits.get(name) is None else
+              limit_transitions(table, limits[name]) for name, table in parts.items()}
+    metas = {name: dataset_meta(table) for name, table in tables.items()}
+    last = metas[list(tables)[-1]]
+    meta = {key: None for key in META_KEYS} | {
+        "suite": last.get("suite"), "env": last.get("env"), "source": "union",
+        "parts": {name: {"rows": table.num_rows, "meta": metas[name]}
+                  for name, table in tables.items()}}
+    return concatenate(list(tables.values()), meta)

@@ -7,7 +7,8 @@
 pipeline itself (`pipeline.driver.run_plan` on a stream `<search>_prepare`): the base and
 every stored skill the targets compose, refitted once per adapter variant (rank r, or
 full-rank for PSEC(MLP)), plus every dataset size the points ask for. Two trials never
-fit the same thing, and the shared items do not depend on which trial ran first.
+fit the same thing, and the shared items do not depend on which trial ran first. Method
+`joint` trains on the union of a target's data and its base's, stored once here.
 
 *Trials.* A trial is a Tune function trainable that hands its point to one Ray task,
 `run_point`, which plans the point's single task (`tune.trials.trial_task`) and runs it
@@ -60,6 +61,7 @@ from tune.trials import (
     TrialPoint,
     base_tasks,
     enumerate_points,
+    joint_datasets,
     library_tasks,
     rung_tag,
     stream_name,
@@ -305,6 +307,13 @@ def prepare(search: SearchSpec, stream: StreamSpec, points: list[TrialPoint], st
                            "scales": {"smoke": {}, "paper": {}},
                            "applied_scale": stream.applied_scale})
     run_plan(plan_stream(shared), store.uri, options)
+    for name, (source, target, limit) in joint_datasets(search, stream, points).items():
+        if not store.has_dataset(name):  # the base's dataset exists now: it was fitted on
+            from tasks.dataset import union
+
+            handle.put_dataset(name, union({source: store.get_dataset(source),
+                                            target: store.get_dataset(target)},
+                                           limits={target: limit}))
     if "single" in search.controls:
         _run_controls(search, _control_jobs(search, stream, points,
                                             existing_keys(store.results())), store.uri)

@@ -31,15 +31,22 @@ from tasks.spec import (
     spec_error,
 )
 
-Method = Literal["psec", "nsec", "asec", "mlp", "scratch", "fixed", "uniform", "random"]
+Method = Literal["psec", "nsec", "asec", "mlp", "scratch", "fixed", "uniform", "random",
+                 "bc", "joint"]
 """psec/nsec/asec: composer at the parameter/noise/action level; mlp: PSEC with full-rank
-adapters for every skill; scratch: a diffusion policy fitted on the target's data alone;
-fixed: one learned constant α for all states (w/o context awareness); uniform: the
-uniform-α control (a fixed composer α = 1/k registered untrained: `steps: 0`); random:
+adapters for every skill; scratch: a diffusion policy fitted on the target's data alone
+with the target's objective (with `advantage`: IQL with a diffusion actor); bc: the same
+with the plain diffusion loss (w = 1); joint: a diffusion policy fitted, with the target's
+objective, on the union of the target's data and its base's pretraining data (dynamics
+shift: source + target); fixed: one learned constant α for all states (w/o context
+awareness); uniform: the uniform-α control (a fixed composer α = 1/k registered
+untrained: `steps: 0`); random:
 the random-LoRA bank control (psec over random LoRAs of the stored skills' per-layer
 norms, `bank: random`, at each of the search's α choices)."""
 
 COMPOSING = ("psec", "nsec", "asec", "mlp", "fixed", "uniform", "random")
+FROM_SCRATCH = ("scratch", "bc", "joint")
+"""Methods that fit a new policy (a base) instead of a skill on the stored base."""
 MODE = {"psec": "parameter", "nsec": "noise", "asec": "action", "mlp": "parameter",
         "fixed": "fixed", "uniform": "fixed", "random": "parameter"}
 """Composer mode of each composing method."""
@@ -66,6 +73,9 @@ class TargetSpec(_Spec):
     composer: str
     """Name of a composer in the stream. Its task is the new task (whose skill is fitted
     and composed last) and its `skills` are the stored skills it composes."""
+    methods: list[Method] | None = None
+    """The search's methods to run on this target (default: all of them), e.g. baselines
+    that do not depend on the target's base only once per dataset."""
 
 
 class SearcherSpec(_Spec):
@@ -166,7 +176,7 @@ class SearchSpec(_Spec):
     """Methods (table rows)."""
     ranks: list[int] = Field(default_factory=lambda: [8], min_length=1)
     """LoRA rank of the target's new skill and of every stored skill it composes (the
-    library is refitted at each rank). Ignored by mlp and scratch."""
+    library is refitted at each rank). Ignored by mlp, scratch, bc and joint."""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     """Training seeds: they seed the target's skill and composer (and scratch); the base
     and the stored skills are fitted once with the stream's seed and shared."""
@@ -193,6 +203,10 @@ class SearchSpec(_Spec):
     """Whether the metric is maximised or minimised."""
     alpha_trace: AlphaTraceSpec | None = None
     """The composer whose α(s) over one episode is plotted, if any."""
+    layout: Literal["methods", "dynamics_shift"] = "methods"
+    """Table of the results section: methods (a row per method, a column per target) or
+    dynamics_shift (paper Table 8: a column per target dataset, a row per method and
+    shift of the target's base; `tune.shift_table`)."""
     paper: dict[str, dict[str, str]] = Field(default_factory=dict)
     """Reference figures from the paper beside ours: {row label: {target label: text}}."""
     scales: dict[str, SearchScale]
@@ -260,6 +274,11 @@ class SearchSpec(_Spec):
         for index, label in enumerate(labels):
             if label in labels[:index]:
                 raise FieldError(("targets", index, "label"), f"{label!r} is used twice")
+        for index, target in enumerate(self.targets):
+            for m_index, method in enumerate(target.methods or []):
+                if method not in self.methods:
+                    raise FieldError(("targets", index, "methods", m_index),
+                                      f"{method!r} is not one of the search's methods")
         for scale_name, scale in self.scales.items():
             for index, label in enumerate(scale.targets or []):
                 if label not in labels:
@@ -308,6 +327,11 @@ class SearchSpec(_Spec):
             trace = data.get("alpha_trace")
             if trace is not None and trace["target"] not in scale.targets:
                 data["alpha_trace"] = None
+            for other in data["scales"].values():
+                # Other scales may keep targets this one drops; they no longer apply.
+                if other["targets"] is not None:
+                    other["targets"] = [t for t in other["targets"]
+                                        if t in scale.targets] or None
         if scale.num_samples is not None:
             data["searcher"]["num_samples"] = scale.num_samples
         if scale.max_concurrent_trials is not None:

@@ -38,7 +38,7 @@ from library.names import BASE
 from library.store import SkillStore
 from tasks.spec import StreamSpec
 from tune.search import read_record
-from tune.spec import SearchSpec, find_composer, load_search
+from tune.spec import FROM_SCRATCH, SearchSpec, find_composer, load_search
 from tune.trials import (
     TrialPoint,
     alpha_label,
@@ -50,7 +50,7 @@ from tune.trials import (
 
 ROW_LABELS = {"psec": "PSEC", "mlp": "PSEC (MLP)", "nsec": "NSEC", "asec": "ASEC",
               "scratch": "Scratch", "fixed": "Fixed", "uniform": "Uniform α (control)",
-              "random": "Random-LoRA bank (control)"}
+              "random": "Random-LoRA bank (control)", "bc": "BC", "joint": "Joint"}
 """Method -> row label, in the paper's order."""
 
 
@@ -121,11 +121,11 @@ def collect(search: SearchSpec, rows: Iterable[dict]) -> SearchResults:
             stream, next(t.composer for t in search.targets if t.label == point.target),
             "targets")
         task_name = skill_item(task.name, point)
-        item = task_name if point.method == "scratch" else f"{composer.name}_{tag}"
+        item = task_name if point.method in FROM_SCRATCH else f"{composer.name}_{tag}"
         own = [r for r in trial_rows if r["eval_task"] == task_name]
         value = _mean([r for r in own if r["name"] == item], search.metric)
         skill = None
-        if point.method != "scratch":
+        if point.method not in FROM_SCRATCH:
             skill = _mean([r for r in own if r["name"] == task_name], search.metric)
         measured.append(Measured(point, value, skill))
     controls: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -422,7 +422,13 @@ def write_section(search_path: str, scale: str, store_uri: str, results_path: st
             text = f.read()
     else:
         text = "# Results\n"
-    section = _section(results, read_record(store.uri, search.name), command, plots, trace_note)
+    record = read_record(store.uri, search.name)
+    if search.layout == "dynamics_shift":
+        from tune.shift_table import shift_section
+
+        section = shift_section(results, record, command)
+    else:
+        section = _section(results, record, command, plots, trace_note)
     with open(results_path, "w") as f:
         f.write(replace_section(text, search.name, section))
     return results_path

@@ -10,7 +10,11 @@ It becomes a one-task plan on top of the store (`pipeline.plan.plan_task`):
   bank of the stored skills' norms);
 * mlp: the same with full-rank adapters (`lora.kind: full`) for the new skill and for
   every stored skill it composes, composed at the parameter level (PSEC(MLP));
-* scratch: a base policy `<task>_<tag>` fitted on the target's data alone.
+* scratch: a base policy `<task>_<tag>` fitted on the target's data alone (with the
+  target's objective); bc: the same with the plain diffusion loss; joint: a base policy
+  fitted, with the target's objective and the base's training budget, on the stored union
+  `<target dataset>-joint` of the target's data and the data its base was pretrained on
+  (made once, before the trials: `joint_datasets`).
 
 The stored skills a target composes are refitted once per adapter variant as
 `<skill>_lora<r>` / `<skill>_full` (without composers, on the skill task's own stored
@@ -33,7 +37,7 @@ from pydantic import BaseModel, ConfigDict
 from library.names import BASE
 from pipeline.plan import dataset_name
 from tasks.spec import AlphaSpec, ComposerSpec, DataSpec, StreamSpec, TaskSpec, dump, parse_task
-from tune.spec import MODE, SearchSpec, find_composer
+from tune.spec import FROM_SCRATCH, MODE, SearchSpec, find_composer
 
 
 class TrialPoint(BaseModel):
@@ -46,42 +50,45 @@ class TrialPoint(BaseModel):
     task: str
     """Name of the target's task in the stream (the task whose skill is new)."""
     method: str
-    """psec | nsec | asec | mlp | scratch | fixed | uniform | random."""
+    """psec | nsec | asec | mlp | scratch | fixed | uniform | random | bc | joint."""
     rank: int | None
-    """LoRA rank of every skill involved; None for mlp and scratch."""
+    """LoRA rank of every skill involved; None for mlp, scratch, bc and joint."""
     episodes: int | None
     """Trajectories of the target's data; None = the stream's count."""
     alpha: AlphaSpec | None
-    """α parameterisation of the composer; None for scratch."""
+    """α parameterisation of the composer; None for scratch, bc and joint."""
     seed: int
-    """Training seed of the target's skill and composer (or of scratch)."""
+    """Training seed of the target's skill and composer (or of the new policy)."""
 
     def tag(self) -> str:
         """8 hex digits naming the point's items and stream (stable across runs).
 
-        A scratch policy depends on the task and its data only, not on the skills a target
-        composes: S→R and S+W→R share theirs (one fit, one set of rows)."""
+        A scratch (bc, joint) policy depends on the task and its data only (joint: and on
+        the task's base), not on the skills a target composes: S→R and S+W→R share theirs
+        (one fit, one set of rows)."""
         identity = self.model_dump(mode="json")
-        if self.method == "scratch":
+        if self.method in FROM_SCRATCH:
             identity.pop("target")
         if identity["alpha"] is not None and not identity["alpha"]["reg"]:
             identity["alpha"].pop("reg")  # points from before the regulariser keep their tags
         return _digest(identity)
 
     def skill_tag(self) -> str:
-        """8 hex digits naming the trial's new skill (scratch: its policy, as `tag`).
+        """8 hex digits naming the trial's new skill (scratch, bc, joint: its policy, as
+        `tag`).
 
         Only what the skill's fit depends on enters: the task, the adapter variant, the
         data size and the seed. Every method and α choice on those shares one fit."""
-        if self.method == "scratch":
+        if self.method in FROM_SCRATCH:
             return self.tag()
         return _digest({"task": self.task, "variant": self.variant,
                         "episodes": self.episodes, "seed": self.seed})
 
     @property
     def variant(self) -> str | None:
-        """Adapter variant of the stored skills: `lora<r>`, `full`, or None (scratch)."""
-        if self.method == "scratch":
+        """Adapter variant of the stored skills: `lora<r>`, `full`, or None (scratch, bc,
+        joint: no skill)."""
+        if self.method in FROM_SCRATCH:
             return None
         return "full" if self.method == "mlp" else f"lora{self.rank}"
 
@@ -119,9 +126,10 @@ def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
     points: list[TrialPoint] = []
     for target in search.targets:
         task = find_composer(stream, target.composer, "targets")[0].name
-        for method in search.methods:
-            ranks: list[int | None] = [None] if method in ("mlp", "scratch") else list(search.ranks)
-            if method == "scratch":
+        for method in [m for m in search.methods if m in (target.methods or search.methods)]:
+            ranks: list[int | None] = ([None] if method == "mlp" or method in FROM_SCRATCH
+                                       else list(search.ranks))
+            if method in FROM_SCRATCH:
                 alphas: list[AlphaSpec | None] = [None]
             elif method == "fixed":
                 alphas = list(search.fixed_alpha)
@@ -152,7 +160,8 @@ def stream_name(search: SearchSpec, point: TrialPoint, rung: int | None = None) 
 
 
 def skill_item(task: str, point: TrialPoint, rung: int | None = None) -> str:
-    """Store name of a trial's new skill (scratch: its policy): `<task>_<skill tag>`."""
+    """Store name of a trial's new skill (scratch, bc, joint: its policy):
+    `<task>_<skill tag>`."""
     return f"{task}_{rung_tag(point.skill_tag(), rung)}"
 
 
@@ -213,8 +222,17 @@ def trial_task(search: SearchSpec, stream: StreamSpec, point: TrialPoint,
     stored = _stored_data(task, episodes_dataset(task, point.episodes))
     data.update(name=skill_item(task.name, point, rung), train=train,
                 data=stored.model_dump(exclude_none=True))
-    if point.method == "scratch":
+    if point.method in FROM_SCRATCH:
         data.update(role="base", base=None, composers=[], lora=task.lora.model_dump())
+        if point.method == "bc":
+            data.update(objective="bc")
+        elif point.method == "joint":
+            # Pretraining on everything: the base's budget, on the union of both datasets.
+            base_train = stream.task(task.base).train
+            data.update(train={**base_train.model_dump(),
+                               "steps": scaled_steps(base_train.steps, fraction)},
+                        data={"source": "store",
+                              "dataset": joint_dataset(task, point.episodes)})
         return parse_task(data)
     variant = point.variant
     assert variant is not None and point.alpha is not None
@@ -239,6 +257,27 @@ def library_tasks(search: SearchSpec, stream: StreamSpec,
     order = {task.name: index for index, task in enumerate(stream.tasks)}
     return [library_skill_task(stream, skill, variant)
             for skill, variant in sorted(wanted, key=lambda sv: (order[sv[0]], sv[1]))]
+
+
+def joint_dataset(task: TaskSpec, episodes: int | None) -> str:
+    """Store name of the union of the target's data (at `episodes`) and its base's."""
+    return f"{episodes_dataset(task, episodes)}-joint"
+
+
+def joint_datasets(search: SearchSpec, stream: StreamSpec,
+                   points: list[TrialPoint]) -> dict[str, tuple[str, str, int | None]]:
+    """Joint dataset name -> (base's dataset, target's dataset, the target's
+    max_transitions when it is cut at load time, i.e. a stored source) for every joint
+    point. The union is made once the base's dataset exists (`tune.search.prepare`)."""
+    unions: dict[str, tuple[str, str, int | None]] = {}
+    for point in points:
+        if point.method != "joint":
+            continue
+        task, _ = _target(search, stream, point.target)
+        limit = task.data.max_transitions if task.data.source == "store" else None
+        unions[joint_dataset(task, point.episodes)] = (
+            dataset_name(stream.task(task.base)), episodes_dataset(task, point.episodes), limit)
+    return unions
 
 
 def base_tasks(search: SearchSpec, stream: StreamSpec, points: list[TrialPoint]) -> list[TaskSpec]:

@@ -1,0 +1,230 @@
+"""Dynamics shift (paper Table 8): the stream, its baselines as tune methods, the joint
+source + target data, a real D4RL HDF5 target, and the Table 8 layout of the results."""
+
+import copy
+
+import numpy as np
+import pytest
+import yaml
+from test_importers import _write_d4rl
+
+from library.errors import DataError, SpecError
+from pipeline.plan import plan_stream, plan_task
+from tasks.dataset import dataset_meta, to_arrays, to_table, union
+from tasks.spec import load_stream, parse_stream
+from tune.spec import load_search
+from tune.trials import enumerate_points, joint_datasets, skill_item, trial_task
+
+STREAM = "configs/d4rl_shift.yaml"
+SEARCH = "configs/search_d4rl_shift.yaml"
+SHIFTS = {"friction": {"friction": 0.5}, "gravity": {"gravity": 0.5},
+          "thigh": {"thigh_size": 1.5}}
+KINDS = ("medium", "medium-replay", "medium-expert")
+
+
+@pytest.mark.parametrize("scale", ["smoke", "small", "paper"])
+def test_every_robot_shift_and_target_kind_is_in_the_stream(scale):
+    stream = load_stream(STREAM, scale)
+    bases = {t.name: t for t in stream.tasks if t.role == "base"}
+    skills = [t for t in stream.tasks if t.role == "skill"]
+    assert len(bases) == 6 and len(skills) == 18
+    for robot in ("halfcheetah", "walker2d"):
+        for shift, dynamics in SHIFTS.items():
+            base = bases[f"{robot}-{shift}-src"]
+            assert base.dynamics.model_dump(exclude_defaults=True) == dynamics
+            assert base.objective == "bc" and base.data.policy == "medium-expert"
+    data_by_target: dict[tuple[str, str], list[dict]] = {}
+    for task in skills:
+        robot, shift, kind = task.name.split("-", 2)
+        assert kind in KINDS and task.base == f"{robot}-{shift}-src"
+        assert task.dynamics.is_default, "targets run under the original dynamics"
+        assert task.objective == "advantage" and task.data.max_transitions == 10_000
+        assert [c.skills for c in task.composers] == [["base"]]
+        assert task.composers[0].mode == "parameter"
+        data_by_target.setdefault((robot, kind), []).append(task.data.model_dump())
+    # Every shift of a target trains on the same data (same generator spec and seed).
+    assert all(len(specs) == 3 and specs.count(specs[0]) == 3
+               for specs in data_by_target.values())
+    plan = plan_stream(stream)
+    assert len(plan.units) == 24
+
+
+def test_every_baseline_is_planned_on_the_target_data():
+    search = load_search(SEARCH, "paper")
+    stream = search.load_stream()
+    points = enumerate_points(search)
+    methods = [p.method for p in points]
+    # PSEC and Joint on every target (18) and seed (3); BC and Scratch once per dataset.
+    assert methods.count("psec") == methods.count("joint") == 54
+    assert methods.count("bc") == methods.count("scratch") == 18
+    assert {p.target.rsplit("/", 1)[1] for p in points if p.method == "bc"} == {"friction"}
+    seen = {}
+    for point in points:
+        if point.seed != 0 or point.target.split("/")[0] != "halfcheetah-medium":
+            continue
+        target = next(t for t in stream.tasks if t.name == point.task)
+        task = trial_task(search, stream, point)
+        plan = plan_task(task, [target.base], stream="t", seed=point.seed)
+        kinds = [s.kind for u in plan.units.values() for s in u.stages]
+        seen[(point.method, point.target)] = (task, kinds)
+        assert task.name == skill_item(point.task, point)
+    psec, kinds = seen[("psec", "halfcheetah-medium/gravity")]
+    assert kinds == ["critics", "skill", "composer"] and psec.base == "halfcheetah-gravity-src"
+    assert psec.data.dataset == "halfcheetah-gravity-medium"
+    bc, kinds = seen[("bc", "halfcheetah-medium/friction")]
+    assert kinds == ["base"] and bc.objective == "bc" and bc.base is None
+    assert bc.data.dataset == "halfcheetah-friction-medium"
+    scratch, kinds = seen[("scratch", "halfcheetah-medium/friction")]
+    assert kinds == ["critics", "base"] and scratch.objective == "advantage"
+    assert scratch.data.dataset == bc.data.dataset and scratch.train == psec.train
+    joint, kinds = seen[("joint", "halfcheetah-medium/thigh")]
+    assert kinds == ["critics", "base"] and joint.objective == "advantage"
+    assert joint.data.dataset == "halfcheetah-thigh-medium-joint"
+    assert joint.train.steps == stream.task("halfcheetah-thigh-src").train.steps
+    assert joint_datasets(search, stream, points)["halfcheetah-thigh-medium-joint"] == (
+        "halfcheetah-thigh-src", "halfcheetah-thigh-medium", None)
+
+
+def test_smoke_and_small_scales_narrow_the_search():
+    smoke = enumerate_points(load_search(SEARCH, "smoke"))
+    assert sorted(p.method for p in smoke) == ["bc", "joint", "psec", "scratch"]
+    small = enumerate_points(load_search(SEARCH, "small"))
+    assert len(small) == 2 * 4 * 3 and {p.seed for p in small} == {0, 1, 2}
+
+
+def test_a_target_method_outside_the_search_is_refused(tmp_path):
+    data = yaml.safe_load(open(SEARCH))
+    data["stream"] = str(__import__("pathlib").Path(STREAM).resolve())
+    data["targets"][1]["methods"] = ["psec", "nsec"]
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"targets\[1\]\.methods\[1\]: 'nsec' is not one"):
+        load_search(path)
+
+
+def _table(n, episode_length, env, seed, obs_dim=17, act_dim=6):
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
+    arrays = dict(obs=obs, actions=rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+                  rewards=rng.normal(size=n).astype(np.float32), next_obs=obs + 1,
+                  terminals=np.zeros(n, bool), timeouts=np.arange(n) % episode_length
+                  == episode_length - 1)
+    return to_table(arrays, {"suite": "mujoco", "env": env, "source": "generate"})
+
+
+def test_union_of_source_and_target_keeps_every_episode_apart():
+    source = _table(30, 10, "HalfCheetah-v5", 0)
+    target = _table(20, 8, "HalfCheetah-v5", 1)
+    joint = union({"src": source, "tgt": target}, limits={"tgt": 12})
+    arrays = to_arrays(joint)
+    assert joint.num_rows == 42
+    np.testing.assert_array_equal(arrays["obs"][30:], to_arrays(target)["obs"][:12])
+    # 3 source episodes, then the target's 8-step episode and its 4 kept rows (cut: timeout)
+    assert list(np.unique(arrays["episode"])) == [0, 1, 2, 3, 4]
+    assert arrays["timeouts"][-1] and arrays["episode"][-1] == 4
+    meta = dataset_meta(joint)
+    assert meta["source"] == "union" and meta["env"] == "HalfCheetah-v5"
+    assert {name: part["rows"] for name, part in meta["parts"].items()} == {"src": 30,
+                                                                            "tgt": 12}
+    with pytest.raises(DataError, match="not parts"):
+        union({"src": source}, limits={"tgt": 5})
+    with pytest.raises(DataError, match="obs dim"):
+        union({"src": source, "other": _table(10, 5, "Hopper-v5", 2, obs_dim=11, act_dim=6)})
+
+
+def _real_d4rl_file(path, n_obs=17, n_act=6):
+    """A D4RL gym-mujoco file (the importer tests' writer) with HalfCheetah's dims."""
+    rows = 12
+    rng = np.random.default_rng(0)
+    return _write_d4rl(path, observations=rng.normal(size=(rows, n_obs)).astype(np.float32),
+                       actions=rng.uniform(-1, 1, (rows, n_act)).astype(np.float32))
+
+
+def test_a_target_can_be_a_real_d4rl_file(tmp_path):
+    from library.store import SkillStore
+    from pipeline.driver import check_plan
+
+    path = _real_d4rl_file(tmp_path / "halfcheetah-medium-v2.hdf5")
+    data = copy.deepcopy(yaml.safe_load(open(STREAM)))
+    data["tasks"] = [t for t in data["tasks"] if t["name"] in (
+        "halfcheetah-gravity-src", "halfcheetah-gravity-medium")]
+    data["tasks"][1]["data"] = {"source": "import", "format": "d4rl", "path": str(path),
+                                "max_transitions": 6}
+    data["scales"].pop("small")  # it names the source tasks left out here
+    stream = parse_stream(data).at_scale("smoke")
+    checked = check_plan(plan_stream(stream), SkillStore(str(tmp_path / "store")))
+    table = checked.imported["halfcheetah-gravity-medium"]
+    # The file's 12 rows lose the timeout row and the unfinished last one; 6 are kept.
+    assert table.num_rows == 6 and checked.dims["halfcheetah-gravity-medium"] == (17, 6)
+    assert dataset_meta(table)["path"] == "halfcheetah-medium-v2.hdf5"
+    assert checked.dims["halfcheetah-gravity-src"] == (17, 6)
+    # The wrong robot's file is refused before anything is written.
+    wrong = _real_d4rl_file(tmp_path / "hopper.hdf5", n_obs=11, n_act=3)
+    data["tasks"][1]["data"]["path"] = str(wrong)
+    from library.errors import ShapeError
+
+    with pytest.raises(ShapeError, match="11/3 but base 'halfcheetah-gravity-src' has 17/6"):
+        check_plan(plan_stream(parse_stream(data)), SkillStore(str(tmp_path / "store")))
+    assert not (tmp_path / "store" / "manifest").exists()
+
+
+def test_tune_reads_an_imported_target_from_the_store_with_its_cut(tmp_path):
+    data = yaml.safe_load(open(STREAM))
+    for task in data["tasks"]:
+        if task["name"] == "halfcheetah-friction-medium":
+            task["data"] = {"source": "store", "dataset": "halfcheetah-medium-v2",
+                            "max_transitions": 10_000}
+    stream_path = tmp_path / "d4rl_shift.yaml"
+    stream_path.write_text(yaml.safe_dump(data))
+    search_data = yaml.safe_load(open(SEARCH))
+    search_data["stream"] = str(stream_path)
+    search_path = tmp_path / "search.yaml"
+    search_path.write_text(yaml.safe_dump(search_data))
+    search = load_search(search_path, "smoke")
+    stream = search.load_stream()
+    points = enumerate_points(search)
+    for point in points:
+        task = trial_task(search, stream, point)
+        if point.method != "joint":
+            assert task.data.dataset == "halfcheetah-medium-v2"
+            assert task.data.max_transitions == 10_000
+    assert joint_datasets(search, stream, points) == {"halfcheetah-medium-v2-joint": (
+        "halfcheetah-friction-src", "halfcheetah-medium-v2", 10_000)}
+
+
+def test_table_8_layout_from_results_rows():
+    from tune.shift_table import shift_rows, shift_section
+    from tune.table import collect
+
+    search = load_search(SEARCH, "paper")
+    stream = search.load_stream()
+    rows = []
+    for index, point in enumerate(enumerate_points(search)):
+        task = trial_task(search, stream, point)
+        item = task.name if not task.composers else task.composers[0].name
+        value = float(index)
+        for seed, score in ((0, value - 1), (1, value + 1)):  # eval seeds: mean = index
+            rows.append({"search": "d4rl_shift", "trial": point.tag(), "stream": "x",
+                         "name": item, "seed": seed, "score": score,
+                         "eval_task": task.name})
+            if task.composers:
+                rows.append({"search": "d4rl_shift", "trial": point.tag(), "stream": "x",
+                             "name": task.name, "seed": seed, "score": -score,
+                             "eval_task": task.name})
+    rows.append({"stream": "d4rl_shift_controls", "name": "walker2d-thigh-src", "seed": 0,
+                 "score": 7.0, "eval_task": "walker2d-thigh-medium-expert"})
+    results = collect(search, rows)
+    columns, table, controls = shift_rows(results)
+    assert columns == [f"{r}-{k}" for r in ("halfcheetah", "walker2d") for k in KINDS]
+    assert list(table) == [
+        "PSEC (friction ×0.5)", "PSEC (gravity ×0.5)", "PSEC (thigh size ×1.5)",
+        "Joint (friction ×0.5)", "Joint (gravity ×0.5)", "Joint (thigh size ×1.5)",
+        "BC", "Scratch (IQL + diffusion actor)"]
+    assert all(len(values) == 3 for cells in table.values() for values in cells.values())
+    assert controls["source base alone (thigh size ×1.5)"] == {
+        "walker2d-medium-expert": [7.0]}
+    assert all(len(v) == 3 for v in controls["new LoRA skill alone (gravity ×0.5)"].values())
+    text = shift_section(results, None, "psec tune configs/search_d4rl_shift.yaml")
+    assert text.startswith("<!-- tune:d4rl_shift -->") and "Not run in this store yet" in text
+    assert "| method | halfcheetah-medium | halfcheetah-medium-replay |" in text
+    assert "144 of 144 trial points have results" in text and "(n=3)" in text

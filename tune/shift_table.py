@@ -1,0 +1,155 @@
+"""A dynamics-shift search's results in the layout of the paper's Table 8.
+
+The paper's table has a column per target dataset (halfcheetah-medium, …, walker2d-
+medium-expert) and a row per method; PSEC and Joint have a row per shift, since their
+base (or their extra data) comes from the shifted source domain. Here:
+
+* a column is a target *dataset*: the robot of the target's env and the data it
+  generates (`medium`, `medium-replay`, …), or the stored/imported dataset's name;
+* a row of a method that builds on the target's base (PSEC and the other composers,
+  Joint) is `<method> (<shift>)`, the shift read from the base task's dynamics;
+* rows of methods that see the target data only (BC, Scratch) have no shift. Their fit
+  does not depend on the base, so a column takes them from the first target (in search
+  order) that ran them; the search file names them on one target per dataset
+  (`targets[i].methods`) so they are fitted once.
+
+A cell is the mean ± std over training seeds of each trial's D4RL-normalised score (mean
+over evaluation episodes and seeds). Controls below: the new LoRA skill alone and the
+source base alone (zero-shot transfer) on each target, per shift.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from library.names import BASE
+from tasks.spec import StreamSpec, TaskSpec
+from tune.spec import COMPOSING, FROM_SCRATCH, SearchSpec, find_composer
+from tune.table import ROW_LABELS, SearchResults, _fmt
+
+SHIFT_FIELDS = {"friction": "friction", "gravity": "gravity", "thigh_size": "thigh size"}
+"""Dynamics fields -> how a row names them."""
+
+SCRATCH_LABEL = "Scratch (IQL + diffusion actor)"
+"""Scratch fits the target's own objective on its data alone: with the advantage
+objective that is IQL with a diffusion actor, the issue's 'IQL from scratch' row."""
+
+
+def shift_text(task: TaskSpec) -> str:
+    """`gravity ×0.5` (fields joined by ', '), or `no shift`."""
+    parts = [f"{label} ×{getattr(task.dynamics, field):g}"
+             for field, label in SHIFT_FIELDS.items() if getattr(task.dynamics, field) != 1.0]
+    return ", ".join(parts) or "no shift"
+
+
+def dataset_column(task: TaskSpec) -> str:
+    """`halfcheetah-medium` for generated data; the dataset's or file's name otherwise."""
+    data = task.data
+    if data.source == "generate":
+        return f"{task.env.split('-')[0].lower()}-{data.policy}"
+    if data.source == "store":
+        return data.dataset or task.name
+    return os.path.splitext(os.path.basename(data.path or task.name))[0]
+
+
+def _target_task(search: SearchSpec, stream: StreamSpec, label: str) -> TaskSpec:
+    composer = next(t.composer for t in search.targets if t.label == label)
+    return find_composer(stream, composer, "targets")[0]
+
+
+def _row_order(search: SearchSpec) -> list[str]:
+    """Composers first, then Joint, BC, Scratch: the paper's order, PSEC on top."""
+    first = [m for m in search.methods if m in COMPOSING]
+    return first + [m for m in ("joint", "bc", "scratch") if m in search.methods]
+
+
+def shift_rows(results: SearchResults) -> tuple[list[str], dict[str, dict[str, list[float]]],
+                                                  dict[str, dict[str, list[float]]]]:
+    """(columns, method rows, control rows): row label -> column -> per-seed values."""
+    search, stream = results.search, results.stream
+    columns: list[str] = []
+    shifts: list[str] = []
+    by_target: dict[str, tuple[str, str, TaskSpec]] = {}
+    for target in search.targets:
+        task = _target_task(search, stream, target.label)
+        base = stream.task(task.base)
+        column, shift = dataset_column(task), shift_text(base)
+        by_target[target.label] = (column, shift, task)
+        columns += [column] if column not in columns else []
+        shifts += [shift] if shift not in shifts else []
+    values: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(
+        lambda: defaultdict(list))  # (method, shift, column) -> target -> values
+    skills: dict[tuple[str, str], list[float]] = defaultdict(list)
+    seen_skills: set[tuple[str, str]] = set()
+    for m in results.measured:
+        column, shift, _ = by_target[m.point.target]
+        if m.value is not None:
+            values[(m.point.method, shift, column)][m.point.target].append(m.value)
+        if m.skill_value is not None and m.point.method in COMPOSING and \
+                (m.point.target, m.point.skill_tag()) not in seen_skills:
+            # Trials of several composing methods share one new skill: count it once.
+            seen_skills.add((m.point.target, m.point.skill_tag()))
+            skills[(shift, column)].append(m.skill_value)
+    rows: dict[str, dict[str, list[float]]] = {}
+    for method in _row_order(search):
+        label = SCRATCH_LABEL if method == "scratch" else ROW_LABELS[method]
+        for shift in ([None] if method in FROM_SCRATCH and method != "joint" else shifts):
+            cells: dict[str, list[float]] = {}
+            for column in columns:
+                if shift is None:  # shift-free: the first target of the column that ran it
+                    found = [per_target for s in shifts
+                             for per_target in values.get((method, s, column), {}).values()]
+                    cells[column] = next((v for v in found if v), [])
+                else:
+                    per_target = values.get((method, shift, column), {})
+                    cells[column] = [v for vs in per_target.values() for v in vs]
+            rows[label if shift is None else f"{label} ({shift})"] = cells
+    controls: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    for (shift, column), skill_values in skills.items():
+        controls[f"new LoRA skill alone ({shift})"][column] = skill_values
+    for column, shift, task in by_target.values():
+        base_values = results.controls.get((task.base, task.name))
+        if base_values:
+            controls[f"source base alone ({shift})"][column] = base_values
+    return columns, rows, dict(controls)
+
+
+def _table(first: str, columns: list[str], rows: dict[str, dict[str, list[float]]]
+           ) -> list[str]:
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for label, cells in rows.items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(cells.get(c, [])) for c in columns)
+                     + " |")
+    return lines
+
+
+def shift_section(results: SearchResults, record: dict | None, command: str) -> str:
+    """The search's section of RESULTS.md (between its `<!-- tune:<search> -->` markers)."""
+    search = results.search
+    done = sum(m.value is not None for m in results.measured)
+    columns, rows, controls = shift_rows(results)
+    lines = [f"<!-- tune:{search.name} -->", f"### Search `{search.name}` (Table 8 layout)", "",
+             f"Regenerate: `{command}` on a fresh store (`--table-only` rewrites this section "
+             "from the store as it is).", ""]
+    if record is not None:
+        lines.append(f"Measured at scale `{record['scale']}` on {record['machine']}: "
+                     f"{record['completed']} of {record['trials']} trials completed, wall "
+                     f"time {record['wall_seconds']:.0f} s (of which "
+                     f"{record['prepare_seconds']:.0f} s preparing data and bases), finished "
+                     f"{record['finished']}.")
+    else:
+        lines.append("Not run in this store yet: no numbers below are measured.")
+    lines += ["", f"{done} of {len(results.measured)} trial points have results. Cells: "
+              f"D4RL-normalised `{search.metric}` (mean over evaluation episodes and seeds), "
+              f"then mean ± std over training seeds {search.seeds} (n = seeds measured).", ""]
+    lines += _table("method", columns, rows) + [""]
+    if controls:
+        lines += ["Controls (the parts of PSEC alone on the target):", ""]
+        lines += _table("control", columns, controls) + [""]
+    skills = {s for t in search.targets
+              for s in find_composer(results.stream, t.composer, "targets")[1].skills}
+    if skills - {BASE}:
+        lines += ["(Targets also compose stored skills; only the base is shown alone.)", ""]
+    lines.append(f"<!-- /tune:{search.name} -->")
+    return "\n".join(lines) + "\n"
