@@ -143,6 +143,8 @@ def dataset_name(task: TaskSpec) -> str:
 
 
 def composer_method(task: TaskSpec, composer: ComposerSpec) -> str:
+    if composer.bank == "random":
+        return "random"  # the random-LoRA bank control, whatever its mode
     # PSEC(MLP) is parameter-level composition of full-rank adapters.
     if composer.mode == "parameter" and task.lora.kind == "full":
         return "mlp"

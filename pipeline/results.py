@@ -12,7 +12,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-Method = Literal["psec", "nsec", "asec", "fixed", "mlp", "scratch", "skill", "base"]
+Method = Literal["psec", "nsec", "asec", "fixed", "mlp", "random", "scratch", "skill", "base"]
 
 # Composer mode -> method name used in tables (the paper's names for the baselines).
 MODE_METHOD: dict[str, str] = {"parameter": "psec", "noise": "nsec", "action": "asec",

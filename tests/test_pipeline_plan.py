@@ -90,6 +90,16 @@ def test_mlp_method_names_full_rank_parameter_composition():
     assert plan_stream(stream).stage("s2w").method == "mlp"
 
 
+def test_a_random_bank_composer_is_labelled_as_the_control_it_is():
+    stream = parse_stream({
+        "name": "bank", "tasks": [
+            task("stand", role="base"), task("walk"),
+            task("run", composers=[{"name": "rnd", "skills": ["base", "walk"],
+                                    "bank": "random"}]),
+        ], "scales": {"smoke": {}, "paper": {}}})
+    assert plan_stream(stream).stage("rnd").method == "random"
+
+
 def test_a_submitted_task_goes_on_the_newest_stored_base():
     plan = plan_task(parse_task(task("walk")), bases=["old", "stand"], position=3)
     unit = plan.units["walk"]
