@@ -570,7 +570,9 @@ class Driver:
         seconds = time.perf_counter() - self.eval_started.pop(key)
         self.summary.eval_seconds["/".join(key)] = round(seconds, 3)
         scores = [stats["score_mean"] for stats in per_seed.values()]
-        view.event(f"evaluated {job.item} on {job.task.name} after {job.row_task}: score "
+        where = job.task.name if job.task.env == self.task_env[job.task.name] \
+            else f"{job.task.name} [{job.task.env}]"
+        view.event(f"evaluated {job.item} on {where} after {job.row_task}: score "
                    f"{sum(scores) / len(scores):.3f} ({seconds:.0f} s)")
 
 

@@ -470,7 +470,9 @@ class Scale(_Spec):
         None,
         min_length=1,
         description="Keep only these tasks (stream order is kept), e.g. a few tasks of a long "
-        "stream for a smoke run; every task a kept task needs must be kept too.",
+        "stream for a smoke run. A kept task's base and the task making a dataset it reuses "
+        "must be kept; its composers compose only the kept ones of their stored skills, at "
+        "least one each.",
     )
 
     @field_validator("tasks")
@@ -582,7 +584,7 @@ class StreamSpec(_Spec):
                             where,
                             f"{skill!r} sits on base {source.base!r}, this task on {task.base!r}",
                         )
-                    task_needs.setdefault(skill, f"the skill of composer {composer.name!r}")
+                    # Not a need of its own: a scale may drop some of a composer's skills.
             if task.data.source == "store":
                 if task.data.dataset in datasets:
                     task_needs.setdefault(self.tasks[datasets[task.data.dataset]].name,
@@ -600,6 +602,9 @@ class StreamSpec(_Spec):
 
     def _scale_checks(self, needs: dict[str, dict[str, str]]) -> None:
         names = {task.name: task for task in self.tasks}
+        stored_skills = {  # composer -> the stored skills it lists ('base' is always there)
+            composer.name: [skill for skill in composer.skills if skill != BASE]
+            for task in self.tasks for composer in task.composers}
         for scale_name, scale in self.scales.items():
             if isinstance(scale.data_episodes, dict):
                 for task_name in scale.data_episodes:
@@ -618,6 +623,14 @@ class StreamSpec(_Spec):
                         raise FieldError(
                             field, f"{task_name!r} needs {needed!r} ({why}), which is not kept"
                         )
+                for composer in names[task_name].composers:
+                    skills = stored_skills[composer.name]
+                    if skills and not any(skill in kept for skill in skills):
+                        raise FieldError(
+                            field,
+                            f"composer {composer.name!r} of {task_name!r} needs at least one "
+                            f"of its skills ({', '.join(skills)}) kept",
+                        )
 
     def task(self, name: str) -> TaskSpec:
         """The task called `name` (SpecError on field `tasks` if there is none)."""
@@ -634,6 +647,10 @@ class StreamSpec(_Spec):
         data = self.model_dump(mode="json")
         if scale.tasks is not None:
             data["tasks"] = [task for task in data["tasks"] if task["name"] in scale.tasks]
+            for task in data["tasks"]:
+                for composer in task["composers"]:
+                    composer["skills"] = [skill for skill in composer["skills"]
+                                          if skill == BASE or skill in scale.tasks]
         for task in data["tasks"]:
             steps = scale.base_steps if task["role"] == "base" else scale.train_steps
             _set(task["train"], "steps", steps)

@@ -95,12 +95,18 @@ def test_a_scale_keeps_a_few_tasks_and_the_first_eval_envs():
 @pytest.mark.parametrize("kept, field, words", [
     (["base0", "nope"], "scales.smoke.tasks[1]", "no task named 'nope'"),
     (["base0", "stand", "stand"], "scales.smoke.tasks[2]", "'stand' is listed twice"),
-    (["base0", "stand", "run"], "scales.smoke.tasks[2]",
-     "'run' needs 'walk' (the skill of composer 'run-psec'), which is not kept"),
+    (["base0", "run"], "scales.smoke.tasks[1]",
+     "composer 'run-psec' of 'run' needs at least one of its skills (stand, walk) kept"),
     (["stand"], "scales.smoke.tasks[0]", "'stand' needs 'base0' (its base), which is not kept"),
 ])
 def test_a_scale_must_keep_what_its_tasks_need(kept, field, words):
     assert error_of(unseen_stream({"smoke": {"tasks": kept}, "paper": {}})) == f"{field}: {words}"
+
+
+def test_a_scale_cuts_the_composers_to_the_kept_skills():
+    data = unseen_stream({"smoke": {"tasks": ["base0", "stand", "run"]}, "paper": {}})
+    run = parse_stream(data).at_scale("smoke").task("run")
+    assert [c.skills for c in run.composers] == [["base", "stand"], ["stand"]]
 
 
 def test_a_scale_must_keep_the_task_that_makes_a_reused_dataset():
