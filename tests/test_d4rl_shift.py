@@ -228,3 +228,59 @@ def test_table_8_layout_from_results_rows():
     assert text.startswith("<!-- tune:d4rl_shift -->") and "Not run in this store yet" in text
     assert "| method | halfcheetah-medium | halfcheetah-medium-replay |" in text
     assert "144 of 144 trial points have results" in text and "(n=3)" in text
+
+
+def test_the_results_command_rewrites_the_dynamics_shift_section_from_a_store(tmp_path):
+    from library.store import SkillStore
+    from tune.table import write_section
+
+    search = load_search(SEARCH, "smoke")
+    stream = search.load_stream()
+    rows = []
+    for point in enumerate_points(search):
+        task = trial_task(search, stream, point)
+        item = task.composers[0].name if task.composers else task.name
+        rows.append({"stream": f"d4rl_shift_{point.tag()}", "task": task.name, "position": 0,
+                     "name": item, "kind": "composer" if task.composers else "base",
+                     "method": point.method, "composer": None, "skills": [], "seed": 0,
+                     "eval_task": task.name, "episodes": 1, "return_mean": 0.0,
+                     "return_std": 0.0, "score": {"psec": 4.0, "joint": 3.0, "bc": 2.0,
+                                                  "scratch": 1.0}[point.method],
+                     "success": 0.0, "cost": 0.0, "steps": 1, "wall_s": 0.0,
+                     "scale": "smoke", "time": "2026-01-01T00:00:00+00:00",
+                     "search": "d4rl_shift", "trial": point.tag()})
+    store = SkillStore(str(tmp_path / "store"))
+    store.append_results(rows)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## Dynamics shift\n\nKept.\n\n<!-- tune:d4rl_shift -->\n"
+                       "old\n<!-- /tune:d4rl_shift -->\n\n## After\n")
+    write_section(SEARCH, "smoke", store.uri, str(results), "psec tune x --results y")
+    text = results.read_text()
+    assert text.startswith("# Results\n\n## Dynamics shift\n\nKept.") and "\nold\n" not in text
+    assert text.rstrip().endswith("## After") and text.count("<!-- tune:d4rl_shift -->") == 1
+    assert "| PSEC (friction ×0.5) | 4 ± 0 (n=1) |" in text
+    assert "| Joint (friction ×0.5) | 3 ± 0 (n=1) |" in text
+    assert "| BC | 2 ± 0 (n=1) |" in text
+    assert "| Scratch (IQL + diffusion actor) | 1 ± 0 (n=1) |" in text
+
+
+@pytest.mark.slow
+def test_the_smoke_search_runs_every_baseline_and_writes_the_table(tmp_path, ray_cluster):
+    """~2.5 min on 2 CPUs: data, a shifted base, PSEC, Joint, BC and Scratch, evaluated."""
+    import torch
+
+    from tune.search import run_search
+    from tune.table import write_section
+
+    torch.set_num_threads(1)
+    store = str(tmp_path / "store")
+    summary = run_search(SEARCH, store, scale="smoke")
+    assert summary.completed == 4 and not summary.errored, summary.describe()
+    results = tmp_path / "RESULTS.md"
+    write_section(SEARCH, "smoke", store, str(results), "psec tune")
+    text = results.read_text()
+    for row in ("PSEC (friction ×0.5)", "Joint (friction ×0.5)", "BC",
+                "Scratch (IQL + diffusion actor)", "source base alone (friction ×0.5)",
+                "new LoRA skill alone (friction ×0.5)"):
+        assert f"| {row} | " in text and "| — |" not in text.split(row)[1].split("\n")[0]
+    assert "4 of 4 trials completed" in text
