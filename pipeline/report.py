@@ -53,10 +53,19 @@ class Cell:
     """Mean cost per seed."""
     steps: int
     """Training steps of the item."""
+    env: str | None = None
+    """Env it was rolled out in (results column `env`; None in rows without it)."""
 
     @property
     def score(self) -> tuple[float, float]:
         return _mean_std(self.scores)
+
+    @property
+    def where(self) -> str:
+        """The eval task, with the env when its name does not say it (eval.envs)."""
+        if self.env is None or self.env == self.eval_task:
+            return self.eval_task
+        return f"{self.eval_task} [{self.env}]"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -77,26 +86,27 @@ def _rows(table: pa.Table) -> list[dict]:
 
 
 def latest_cells(rows: Iterable[dict]) -> list[Cell]:
-    """Per (item, eval task): the seeds of its latest evaluation (highest stream position)."""
-    latest: dict[tuple[str, str], int] = {}
+    """Per (item, eval task, env): the seeds of its latest evaluation (highest stream
+    position)."""
+    latest: dict[tuple[str, str, str | None], int] = {}
     rows = list(rows)
     for row in rows:
-        key = (row["name"], row["eval_task"])
+        key = (row["name"], row["eval_task"], row.get("env"))
         latest[key] = max(latest.get(key, -1), int(row["position"]))
-    cells: dict[tuple[str, str], Cell] = {}
+    cells: dict[tuple[str, str, str | None], Cell] = {}
     for row in rows:
-        key = (row["name"], row["eval_task"])
+        key = (row["name"], row["eval_task"], row.get("env"))
         if int(row["position"]) != latest[key]:
             continue
         cell = cells.setdefault(key, Cell(
             name=row["name"], method=row["method"], skills=list(row.get("skills") or []),
             eval_task=row["eval_task"], scores=[], returns=[], success=[], cost=[],
-            steps=int(row.get("steps") or 0)))
+            steps=int(row.get("steps") or 0), env=row.get("env")))
         cell.scores.append(float(row["score"]))
         cell.returns.append(float(row["return_mean"]))
         cell.success.append(float(row.get("success") or 0.0))
         cell.cost.append(float(row.get("cost") or 0.0))
-    return sorted(cells.values(), key=lambda c: (c.eval_task, c.name))
+    return sorted(cells.values(), key=lambda c: (c.eval_task, c.env or "", c.name))
 
 
 def continual_matrix(rows: Iterable[dict]) -> tuple[list[str], list[str], dict]:
@@ -135,7 +145,7 @@ def markdown(stream: str, rows: list[dict], command: str, plots: list[str]) -> s
     for cell in latest_cells(rows):
         mean, std = cell.score
         lines.append(
-            f"| {cell.eval_task} | {cell.name} | {cell.method} | {', '.join(cell.skills)} | "
+            f"| {cell.where} | {cell.name} | {cell.method} | {', '.join(cell.skills)} | "
             f"{len(cell.scores)} | {_fmt(mean)} ± {_fmt(std)} | "
             f"{_fmt(_mean_std(cell.returns)[0])} | {_fmt(_mean_std(cell.success)[0])} | "
             f"{_fmt(_mean_std(cell.cost)[0])} | {cell.steps} |")
@@ -169,7 +179,7 @@ def plot_scores(stream: str, rows: list[dict], path: str) -> None:
         if previous_task is not None and cell.eval_task != previous_task:
             y += 0.6  # a gap between tasks
         previous_task = cell.eval_task
-        labels.append(f"{cell.eval_task} / {cell.name}")
+        labels.append(f"{cell.where} / {cell.name}")
         ys.append(y)
         y += 1.0
     means = [cell.score[0] for cell in cells]

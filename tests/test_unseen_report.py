@@ -76,3 +76,15 @@ def test_the_command_rewrites_only_its_section(tmp_path, capsys):
     assert main([str(CONFIG), "--scale", "huge", "--store", store.uri]) == 2
     assert capsys.readouterr().err.startswith("psec: error: scale: unknown scale 'huge'")
 
+
+
+def test_psec_report_keeps_a_cell_per_env_and_names_the_env():
+    from pipeline.report import latest_cells
+
+    rows = [row("zero-shot-psec", "zero-shot", "psec", 1.0, env="reach-wall-v3"),
+            row("zero-shot-psec", "zero-shot", "psec", 0.0, env="door-close-v3"),
+            row("reach-wall-psec", "reach-wall-v3", "psec", 0.5, env="reach-wall-v3")]
+    cells = latest_cells(rows)
+    assert [(c.where, c.score[0]) for c in cells] == [
+        ("reach-wall-v3", 0.5), ("zero-shot [door-close-v3]", 0.0),
+        ("zero-shot [reach-wall-v3]", 1.0)]
