@@ -65,6 +65,7 @@ from tune.trials import (
     library_tasks,
     rung_tag,
     stream_name,
+    subset_datasets,
     target_datasets,
     trial_task,
     variant_name,
@@ -314,6 +315,15 @@ def prepare(search: SearchSpec, stream: StreamSpec, points: list[TrialPoint], st
             handle.put_dataset(name, union({source: store.get_dataset(source),
                                             target: store.get_dataset(target)},
                                            limits={target: limit}))
+    for name, (source, selection, composer, limit) in subset_datasets(
+            search, stream, points).items():
+        if not store.has_dataset(name):  # the target's dataset was generated above
+            from tasks.dataset import limit_transitions
+            from tasks.subsets import composer_subset
+
+            table = store.get_dataset(source)
+            table = table if limit is None else limit_transitions(table, limit)
+            handle.put_dataset(name, composer_subset(table, selection, composer))
     if "single" in search.controls:
         _run_controls(search, _control_jobs(search, stream, points,
                                             existing_keys(store.results())), store.uri)

@@ -11,7 +11,8 @@ It becomes a one-task plan on top of the store (`pipeline.plan.plan_task`):
 * mlp: the same with full-rank adapters (`lora.kind: full`) for the new skill and for
   every stored skill it composes, composed at the parameter level (PSEC(MLP));
 * scratch: a base policy `<task>_<tag>` fitted on the target's data alone (with the
-  target's objective); bc: the same with the plain diffusion loss; joint: a base policy
+  target's objective); bc: the same with the plain diffusion loss (both on the
+  composer's subset when it trains on one, `ComposerSpec.data`: e.g. BC-Safe); joint: a base policy
   fitted, with the target's objective and the base's training budget, on the stored union
   `<target dataset>-joint` of the target's data and the data its base was pretrained on
   (made once, before the trials: `joint_datasets`).
@@ -36,7 +37,16 @@ from pydantic import BaseModel, ConfigDict
 
 from library.names import BASE
 from pipeline.plan import dataset_name
-from tasks.spec import AlphaSpec, ComposerSpec, DataSpec, StreamSpec, TaskSpec, dump, parse_task
+from tasks.spec import (
+    AlphaSpec,
+    ComposerData,
+    ComposerSpec,
+    DataSpec,
+    StreamSpec,
+    TaskSpec,
+    dump,
+    parse_task,
+)
 from tune.spec import FROM_SCRATCH, MODE, SearchSpec, find_composer
 
 
@@ -224,6 +234,10 @@ def trial_task(search: SearchSpec, stream: StreamSpec, point: TrialPoint,
                 data=stored.model_dump(exclude_none=True))
     if point.method in FROM_SCRATCH:
         data.update(role="base", base=None, composers=[], lora=task.lora.model_dump())
+        if point.method in SUBSET_METHODS and not composer.data.selects_all:
+            # What the composer trains on, e.g. DSRL's safe near-expert subset (BC-Safe).
+            data.update(data={"source": "store",
+                              "dataset": subset_dataset(task, point.episodes, composer)})
         if point.method == "bc":
             data.update(objective="bc")
         elif point.method == "joint":
@@ -240,7 +254,7 @@ def trial_task(search: SearchSpec, stream: StreamSpec, point: TrialPoint,
     steps = 0 if point.method == "uniform" else scaled_steps(composer.steps, fraction)
     data.update(lora=_lora(task, variant), composers=[{
         "name": f"{composer.name}_{tag}", "skills": skills, "mode": MODE[point.method],
-        "alpha": point.alpha.model_dump(), "steps": steps,
+        "alpha": point.alpha.model_dump(), "steps": steps, "data": composer.data.model_dump(),
         "bank": "random" if point.method == "random" else "stored"}])
     return parse_task(data)
 
@@ -257,6 +271,35 @@ def library_tasks(search: SearchSpec, stream: StreamSpec,
     order = {task.name: index for index, task in enumerate(stream.tasks)}
     return [library_skill_task(stream, skill, variant)
             for skill, variant in sorted(wanted, key=lambda sv: (order[sv[0]], sv[1]))]
+
+
+SUBSET_METHODS = ("scratch", "bc")
+"""Methods that fit a new policy on the target's data alone: when the target's composer
+trains on a subset (`ComposerSpec.data`), they train on that same subset."""
+
+
+def subset_dataset(task: TaskSpec, episodes: int | None, composer: ComposerSpec) -> str:
+    """Store name of the part of the target's data (at `episodes`) its composer trains on:
+    `<dataset>-sub<6 hex of the selection>`."""
+    selection = _digest(composer.data.model_dump(mode="json"))[:6]
+    return f"{episodes_dataset(task, episodes)}-sub{selection}"
+
+
+def subset_datasets(search: SearchSpec, stream: StreamSpec, points: list[TrialPoint]
+                    ) -> dict[str, tuple[str, ComposerData, str, int | None]]:
+    """Subset dataset name -> (the target's dataset, the composer's selection, the
+    composer's name, the target's max_transitions when it is cut at load time) for every
+    scratch/bc point whose composer trains on a subset. Made once the target's dataset
+    exists (`tune.search.prepare`)."""
+    subsets: dict[str, tuple[str, ComposerData, str, int | None]] = {}
+    for point in points:
+        task, composer = _target(search, stream, point.target)
+        if point.method not in SUBSET_METHODS or composer.data.selects_all:
+            continue
+        limit = task.data.max_transitions if task.data.source == "store" else None
+        subsets[subset_dataset(task, point.episodes, composer)] = (
+            episodes_dataset(task, point.episodes), composer.data, composer.name, limit)
+    return subsets
 
 
 def joint_dataset(task: TaskSpec, episodes: int | None) -> str:

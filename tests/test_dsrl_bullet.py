@@ -1,0 +1,242 @@
+"""configs/dsrl_bullet.yaml and configs/search_dsrl.yaml: the paper's Table 1 on
+Bullet-Safety-Gym — a base, a reward skill and a safety skill on one dataset, a composer
+on its safe subset, the baselines, and the Table-1 section from results rows."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from library.names import BASE
+from library.store import SkillStore
+from pipeline.driver import check_plan
+from pipeline.plan import plan_stream
+from tasks.dataset import dataset_meta, to_table
+from tasks.spec import dump, load_stream, parse_stream
+from tune.spec import load_search
+from tune.trials import enumerate_points, stream_name, trial_task
+
+torch.set_num_threads(1)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STREAM = CONFIGS / "dsrl_bullet.yaml"
+SEARCH = CONFIGS / "search_dsrl.yaml"
+ENVS = ("ballrun", "carrun", "dronerun", "antrun",
+        "ballcircle", "carcircle", "dronecircle", "antcircle")
+
+
+@pytest.mark.parametrize("scale", ["smoke", "small", "paper"])
+def test_each_env_has_a_base_a_reward_skill_and_a_safety_skill_on_one_dataset(scale):
+    stream = load_stream(STREAM, scale)
+    # Smaller scales keep the envs whose behaviour policies are in tasks/experts.
+    envs = ENVS if scale == "paper" else ENVS[:2]
+    assert [t.name for t in stream.tasks] == [
+        f"{env}-{part}" for env in envs for part in ("base", "reward", "safety")]
+    for env in envs:
+        base, reward, safety = (stream.task(f"{env}-{p}") for p in ("base", "reward", "safety"))
+        assert (base.role, base.objective) == ("base", "bc")
+        assert (reward.role, reward.base, reward.objective) == ("skill", base.name, "advantage")
+        assert (safety.role, safety.base, safety.objective) == ("skill", base.name,
+                                                                "feasibility")
+        # The same generator, episodes and seed: the same table for all three.
+        assert dump(base.data) == dump(reward.data) == dump(safety.data)
+        assert base.data.policy == "expert"  # the behaviour-policy mixture on bullet_safety
+        (composer,) = safety.composers
+        assert composer.skills == [BASE, reward.name]
+        assert safety.composer_skills(composer) == [BASE, reward.name, safety.name]
+        assert (composer.data.top_episodes, composer.data.max_episode_cost) == (30, 10.0)
+        assert safety.eval.cost_threshold == 10.0
+    if scale != "smoke":
+        assert stream.tasks[2].eval.episodes == 20
+
+
+def test_the_plan_fits_critics_skills_and_the_composer_on_the_safe_subset():
+    plan = plan_stream(load_stream(STREAM, "smoke"))
+    stages = {stage.name: stage for unit in plan.units.values() for stage in unit.stages}
+    assert stages["ballrun-base"].kind == "base"
+    assert stages["ballrun-reward-critics"].kind == "critics"
+    assert stages["ballrun-safety-critics"].kind == "critics"
+    assert stages["ballrun-reward"].kind == stages["ballrun-safety"].kind == "skill"
+    composer = stages["ballrun-psec"]
+    assert composer.kind == "composer" and composer.method == "psec"
+    assert composer.skills == [BASE, "ballrun-reward", "ballrun-safety"]
+    assert not composer.composer.data.selects_all
+    # The reward and safety skills fit side by side; the composer waits for both.
+    units = plan.units
+    assert units["ballrun-reward"].after == units["ballrun-safety"].after == ["ballrun-base"]
+    unit = next(u for u in units.values() if any(s.name == "ballrun-psec" for s in u.stages))
+    assert {"ballrun-reward", "ballrun-safety"} <= set(unit.after) | {unit.name}
+
+
+def test_the_search_runs_every_baseline_on_the_same_data():
+    search = load_search(SEARCH, "smoke")
+    stream = search.load_stream()
+    points = enumerate_points(search)
+    assert {p.method for p in points} == {"psec", "nsec", "asec", "fixed", "bc"}
+    assert search.controls == ["single"]  # BC-All (the base) and the reward skill alone
+    assert len([p for p in points if p.method == "fixed"]) == 2
+    for point in points:
+        task = trial_task(search, stream, point)
+        if point.method == "bc":
+            # BC-Safe: a policy from scratch, plain BC, on the composer's safe subset.
+            assert (task.role, task.objective, task.composers) == ("base", "bc", [])
+            assert task.data.source == "store" and task.data.dataset.startswith(
+                "ballrun-safety") and task.data.dataset != "ballrun-safety"
+            continue
+        (composer,) = task.composers
+        assert composer.skills == [BASE, "ballrun-reward_lora8"]
+        assert (composer.data.top_episodes, composer.data.max_episode_cost) == (30, 10.0)
+        assert task.data.dataset == "ballrun-safety" and task.objective == "feasibility"
+
+
+def _tiny_dsrl_file(path, episodes=6, steps=5, obs_dim=8, act_dim=2):
+    """A DSRL-layout HDF5 file: episodes with increasing return, every other one costly."""
+    n = episodes * steps
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
+    episode = np.repeat(np.arange(episodes), steps)
+    with h5py.File(path, "w") as f:
+        f["observations"] = obs
+        f["next_observations"] = np.roll(obs, -1, axis=0)
+        f["actions"] = rng.uniform(-1, 1, (n, act_dim)).astype(np.float32)
+        f["rewards"] = episode.astype(np.float32)
+        f["costs"] = (episode % 2).astype(np.float32) * 5.0  # odd episodes cost 25
+        f["terminals"] = np.zeros(n, bool)
+        f["timeouts"] = np.arange(n) % steps == steps - 1
+    return path
+
+
+def test_the_same_stream_runs_on_an_imported_dsrl_file(tmp_path):
+    """Real DSRL data: import once, then all three tasks of an env read it from the store."""
+    from tasks.importers import import_dsrl
+    from tasks.subsets import composer_subset
+
+    table = import_dsrl(_tiny_dsrl_file(tmp_path / "ballrun.hdf5"), suite="bullet_safety",
+                        env="SafetyBallRun-v0")
+    store = SkillStore(str(tmp_path / "store"))
+    store.put_dataset("ballrun-dsrl", table)
+    data = dump(load_stream(STREAM, "smoke"))
+    data["tasks"] = [t for t in data["tasks"] if t["name"].startswith("ballrun-")]
+    for task in data["tasks"]:
+        task["data"] = {"source": "store", "dataset": "ballrun-dsrl"}
+    stream = parse_stream(data)
+    plan = plan_stream(stream)
+    assert {unit.dataset for unit in plan.units.values()} == {"ballrun-dsrl"}
+    check_plan(plan, store)  # dims, bases and datasets all check out; nothing is written
+    composer = stream.task("ballrun-safety").composers[0]
+    subset = composer_subset(table, composer.data, composer.name)
+    # Episodes 0, 2, 4 cost 0; odd ones cost 25 > 10: the safe subset is the even ones.
+    assert dataset_meta(subset)["composer_subset"]["episodes"] == 3
+    assert set(np.unique(subset.column("rewards").to_numpy())) == {0.0, 2.0, 4.0}
+
+
+def _rows(search, reward_of, cost_of):
+    """Results rows of every trial point, as tune records them (tags search/trial)."""
+    rows = []
+    for point in enumerate_points(search):
+        tag = point.tag()
+        task = f"ballrun-safety_{point.skill_tag()}"
+        item = task if point.method == "bc" else f"ballrun-psec_{tag}"
+        names = [item] if point.method == "bc" else [item, task]
+        for name in names:
+            rows.append({"stream": stream_name(search, point), "search": search.name,
+                         "trial": tag, "name": name, "eval_task": task, "seed": 0,
+                         "score": reward_of(point, name == task),
+                         "cost": cost_of(point, name == task)})
+    controls = f"{search.name}_controls"
+    for item, score, cost in (("ballrun-base", 0.9, 40.0), ("ballrun-reward_lora8", 1.1, 80.0)):
+        rows.append({"stream": controls, "name": item, "eval_task": "ballrun-safety",
+                     "seed": 0, "score": score, "cost": cost})
+    return rows
+
+
+def test_the_table_1_section_from_results_rows(tmp_path):
+    from tune.safe_table import COLUMNS, safe_section, safe_table
+
+    search = load_search(SEARCH, "small")
+    rewards = {"psec": 0.6, "nsec": 0.5, "asec": 0.4, "bc": 0.3}
+
+    def reward(point, is_skill):
+        if is_skill:
+            return 0.2
+        if point.method == "fixed":  # the safe start point has the lower reward
+            return 0.45 if point.alpha.init == "newest" else 0.8
+        return rewards[point.method] + 0.01 * point.seed
+
+    def cost(point, is_skill):
+        if point.method == "fixed":
+            return 2.0 if point.alpha.init == "newest" else 30.0
+        return {"asec": 15.0}.get(point.method, 5.0)
+
+    table = safe_table(search, _rows(search, reward, cost))
+    cells = table.cells["BallRun"]
+    assert cells["psec"].reward == pytest.approx([0.6, 0.61, 0.62])
+    assert cells["psec"].cost == pytest.approx([0.5] * 3)  # cost 5 / threshold 10
+    # Fixed: the safe start point wins although the other earns more.
+    assert table.fixed_choice == {"BallRun": "softmax/newest"}
+    assert cells["fixed"].mean_reward == pytest.approx(0.45)
+    assert cells["bc-all"].reward == [0.9] and cells["bc-all"].cost == [4.0]
+    assert cells["safety-skill"].reward == [0.2] * 3  # one skill per seed, not per method
+    text = safe_section(table, None, "psec tune configs/search_dsrl.yaml", [], None)
+    assert "## Safe composition" in text and "Not run in this store yet" in text
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| task |"))
+    assert header.split(" | ")[1:] == list(COLUMNS.values())[:-1] + ["PSEC |"]
+    ballrun = next(line for line in lines if line.startswith("| BallRun |"))
+    assert "**0.61** / 0.50 |" in ballrun  # the best safe reward is bold
+    assert "0.90 / 4.00 †" in ballrun and "0.41 / 1.50 †" in ballrun
+    assert "| **average** | 0.90 / 4.00 † |" in text  # one target: its own values
+    # Unmeasured targets of another scale show dashes and no average.
+    paper = safe_table(load_search(SEARCH, "paper"), [])
+    assert all(not cell.measured for cells in paper.cells.values() for cell in cells.values())
+    assert "| CarRun | " + " | ".join(["—"] * 8) + " |" in "\n".join(
+        safe_section(paper, None, "cmd", [], None).splitlines())
+
+
+def test_the_subset_dataset_of_bc_safe_is_made_from_the_target_dataset(tmp_path):
+    from tune.trials import subset_datasets
+
+    search = load_search(SEARCH, "smoke")
+    stream = search.load_stream()
+    points = enumerate_points(search)
+    (name, (source, data, composer, limit)), = subset_datasets(search, stream, points).items()
+    bc = next(p for p in points if p.method == "bc")
+    assert trial_task(search, stream, bc).data.dataset == name
+    assert (source, composer, limit) == ("ballrun-safety", "ballrun-psec", None)
+    assert (data.top_episodes, data.max_episode_cost) == (30, 10.0)
+
+
+def test_the_alpha_trace_records_costs(tmp_path):
+    """α(s) over one episode on a safety env: one α row and one cost per step."""
+    from pipeline_builders import register_base
+
+    from library.composition import AlphaConfig, Composer
+    from library.lora import add_skill
+    from library.serialization import dump_composer, dump_skill, load_base
+    from tune.alpha_trace import trace
+
+    store = SkillStore(str(tmp_path / "store"))
+    rng = np.random.default_rng(0)
+    n = 20
+    arrays = dict(obs=rng.normal(size=(n, 7)).astype(np.float32),
+                  actions=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+                  rewards=np.ones(n, np.float32), costs=np.zeros(n, np.float32),
+                  next_obs=rng.normal(size=(n, 7)).astype(np.float32),
+                  terminals=np.zeros(n, bool), timeouts=np.arange(n) % 10 == 9)
+    store.put_dataset("d", to_table(arrays, {"suite": "bullet_safety",
+                                             "env": "SafetyBallRun-v0"}))
+    register_base(store.uri, "b", "d")
+    policy = load_base(*store.load("b"))
+    add_skill(policy, "s", rank=2)
+    store.register("s", "skill", *dump_skill(policy, "s", base_name="b"), parent="b")
+    composer = Composer(policy, [BASE, "s"], "parameter", AlphaConfig(output="softmax"))
+    store.register("c", "composer", *dump_composer(composer), parent="b")
+    task = load_stream(STREAM, "smoke").task("ballrun-safety").model_copy(
+        update={"eval": load_stream(STREAM, "smoke").task("ballrun-safety").eval.model_copy(
+            update={"max_steps": 6})})
+    skills, alphas, rewards, costs = trace(store, "c", task)
+    assert skills == [BASE, "s"] and alphas.shape == (6, 2)
+    assert np.allclose(alphas.sum(axis=1), 1.0)  # softmax weights
+    assert rewards.shape == costs.shape == (6,) and (costs >= 0).all()

@@ -1,0 +1,327 @@
+"""A safe-composition search's results in the layout of the paper's Table 1.
+
+The paper (after FISOR) reports, per DSRL task, each method's normalised reward ↑ and
+normalised cost ↓ (DSRL: episode cost / threshold; a policy is safe when it is below 1),
+and their averages over the tasks. Here a row is a target (one env of
+`configs/dsrl_bullet.yaml`) plus the average, a column a method, a cell
+`reward / cost`:
+
+* BC-All: the target's base (BC on the whole dataset) alone on the target
+  (`controls: [single]`; fitted once, with the stream's seed);
+* BC-Safe: method `bc`, BC from scratch on the composer's safe subset;
+* reward skill and safety skill alone: the stored reward skill (`controls: [single]`)
+  and each trial's new skill, the safety skill (the composers' own skill);
+* Fixed: the best start point of the constant α per target, "best" being the highest
+  reward among the safe ones and the lowest cost when none is safe (the search tunes the
+  fixed weights with the criterion of the table);
+* NSEC, ASEC, PSEC: the composing methods.
+
+A cell is the mean over training seeds (n given when not every seed ran) of each trial's
+mean over evaluation episodes and seeds; the ± table below gives the std over training
+seeds. Unsafe cells carry †; the best reward among the safe cells of a row is bold.
+`<search>-alpha.png` shows α(s) over one episode with the per-step cost beneath (Fig. 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from library.errors import PsecError
+from library.names import BASE
+from library.store import DEFAULT_URI, SkillStore
+from tasks.spec import TaskSpec
+from tune.search import read_record
+from tune.spec import SearchSpec, find_composer, load_search
+from tune.table import SearchResults, collect, replace_section
+from tune.trials import alpha_label, variant_name
+
+COLUMNS = {"bc-all": "BC-All", "bc": "BC-Safe", "reward-skill": "Reward skill",
+           "safety-skill": "Safety skill", "fixed": "Fixed", "nsec": "NSEC", "asec": "ASEC",
+           "psec": "PSEC"}
+"""Column key -> heading, in the table's order (baselines first, PSEC last as in the
+paper). Keys that are search methods come from trials, the others from controls."""
+
+SAFE = 1.0
+"""Normalised cost at or below which a policy is safe (DSRL)."""
+
+
+@dataclass
+class Cell:
+    """One method on one target: per-training-seed normalised reward and cost."""
+
+    reward: list[float] = field(default_factory=list)
+    """Normalised reward (DSRL), one value per training seed."""
+    cost: list[float] = field(default_factory=list)
+    """Normalised cost (episode cost / the target's threshold), one per training seed."""
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.reward) and bool(self.cost)
+
+    @property
+    def mean_reward(self) -> float:
+        return _mean(self.reward)
+
+    @property
+    def mean_cost(self) -> float:
+        return _mean(self.cost)
+
+    @property
+    def safe(self) -> bool:
+        return self.measured and self.mean_cost <= SAFE
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _std(values: Sequence[float]) -> float:
+    if not values:
+        return math.nan
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def better(a: Cell, b: Cell) -> bool:
+    """Whether `a` beats `b` by the safe criterion: a safe policy beats an unsafe one;
+    among safe ones the higher reward wins, among unsafe ones the lower cost."""
+    if not b.measured:
+        return a.measured
+    if not a.measured:
+        return False
+    if a.safe != b.safe:
+        return a.safe
+    return a.mean_reward > b.mean_reward if a.safe else a.mean_cost < b.mean_cost
+
+
+@dataclass
+class SafeTable:
+    """Every cell of the table, and what the fixed baseline's tuning picked."""
+
+    search: SearchSpec
+    cells: dict[str, dict[str, Cell]]
+    """Target label -> column key -> cell."""
+    fixed_choice: dict[str, str] = field(default_factory=dict)
+    """Target label -> the α start point of the Fixed cell."""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """Target label -> the cost threshold its costs are normalised by."""
+
+    @property
+    def columns(self) -> list[str]:
+        methods = set(self.search.methods)
+        keys = [k for k in COLUMNS if k in methods or k not in _METHOD_KEYS]
+        return keys
+
+
+_METHOD_KEYS = {"bc", "fixed", "nsec", "asec", "psec"}
+
+
+def _target_task(search: SearchSpec, results: SearchResults, label: str) -> TaskSpec:
+    composer = next(t.composer for t in search.targets if t.label == label)
+    return find_composer(results.stream, composer, "targets")[0]
+
+
+def safe_table(search: SearchSpec, rows: list[dict]) -> SafeTable:
+    """Match the store's results rows to the search's points; normalise the costs."""
+    by_metric = {metric: collect(search.model_copy(update={"metric": metric}), rows)
+                 for metric in ("score", "cost")}
+    scores, costs = by_metric["score"], by_metric["cost"]
+    table = SafeTable(search, {t.label: {} for t in search.targets})
+    for target in search.targets:
+        task = _target_task(search, scores, target.label)
+        table.thresholds[target.label] = task.eval.cost_threshold
+    fixed: dict[str, dict[str, Cell]] = {t.label: {} for t in search.targets}
+    seen_skills: set[tuple[str, str]] = set()
+    for score, cost in zip(scores.measured, costs.measured):
+        point = score.point
+        threshold = table.thresholds[point.target]
+        if point.method in _METHOD_KEYS and score.value is not None and cost.value is not None:
+            if point.method == "fixed":
+                cell = fixed[point.target].setdefault(alpha_label(point.alpha), Cell())
+            else:
+                cell = table.cells[point.target].setdefault(point.method, Cell())
+            cell.reward.append(score.value)
+            cell.cost.append(cost.value / threshold)
+        # The new skill (the safety skill) is shared by every method with its seed.
+        key = (point.target, point.skill_tag())
+        if score.skill_value is not None and cost.skill_value is not None and \
+                key not in seen_skills:
+            seen_skills.add(key)
+            cell = table.cells[point.target].setdefault("safety-skill", Cell())
+            cell.reward.append(score.skill_value)
+            cell.cost.append(cost.skill_value / threshold)
+    for label, choices in fixed.items():
+        best_alpha, best = None, Cell()
+        for alpha, cell in choices.items():
+            if better(cell, best):
+                best_alpha, best = alpha, cell
+        if best_alpha is not None:
+            table.cells[label]["fixed"] = best
+            table.fixed_choice[label] = best_alpha
+    for target in search.targets:
+        task = _target_task(search, scores, target.label)
+        composer = find_composer(scores.stream, target.composer, "targets")[1]
+        stored = [s for s in composer.skills if s != BASE]
+        controls = {"bc-all": task.base}
+        if stored:  # the reward skill: the first stored skill the composer blends
+            controls["reward-skill"] = variant_name(stored[0], f"lora{search.ranks[0]}")
+        for key, item in controls.items():
+            rewards = scores.controls.get((item, task.name), [])
+            item_costs = costs.controls.get((item, task.name), [])
+            if rewards and item_costs:
+                # One fit (the stream's seed): its evaluation seeds make one value.
+                table.cells[target.label][key] = Cell(
+                    [_mean(rewards)], [_mean(item_costs) / table.thresholds[target.label]])
+    return table
+
+
+def _value(values: list[float], seeds: int) -> str:
+    text = f"{_mean(values):.2f}"
+    return text if len(values) >= seeds else f"{text} (n={len(values)})"
+
+
+def table_lines(table: SafeTable) -> list[str]:
+    """The Table 1 layout: `reward / cost` per target and method, then the average."""
+    columns = table.columns
+    seeds = len(table.search.seeds)
+    head = ["| task | " + " | ".join(COLUMNS[c] for c in columns) + " |",
+            "| --- |" + " :---: |" * len(columns)]
+    lines = list(head)
+    for label, cells in table.cells.items():
+        safe = [c for c in columns if cells.get(c, Cell()).safe]
+        best = max(safe, key=lambda c: cells[c].mean_reward) if safe else None
+        row = []
+        for column in columns:
+            cell = cells.get(column)
+            if cell is None or not cell.measured:
+                row.append("—")
+                continue
+            reward = _value(cell.reward, 1 if column in ("bc-all", "reward-skill") else seeds)
+            reward = f"**{reward}**" if column == best else reward
+            mark = "" if cell.safe else " †"
+            row.append(f"{reward} / {_mean(cell.cost):.2f}{mark}")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    average = []
+    for column in columns:
+        cells = [table.cells[label].get(column, Cell()) for label in table.cells]
+        if all(cell.measured for cell in cells):
+            reward = _mean([c.mean_reward for c in cells])
+            cost = _mean([c.mean_cost for c in cells])
+            average.append(f"{reward:.2f} / {cost:.2f}{'' if cost <= SAFE else ' †'}")
+        else:
+            average.append("—")
+    lines.append("| **average** | " + " | ".join(average) + " |")
+    return lines
+
+
+def spread_lines(table: SafeTable) -> list[str]:
+    """Std over training seeds of each trial cell (`reward / cost`)."""
+    columns = [c for c in table.columns if c in _METHOD_KEYS or c == "safety-skill"]
+    lines = ["| task | " + " | ".join(COLUMNS[c] for c in columns) + " |",
+             "| --- |" + " :---: |" * len(columns)]
+    for label, cells in table.cells.items():
+        row = []
+        for column in columns:
+            cell = cells.get(column)
+            row.append("—" if cell is None or not cell.measured else
+                       f"± {_std(cell.reward):.2f} / ± {_std(cell.cost):.2f}")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return lines
+
+
+def safe_section(table: SafeTable, record: dict | None, command: str,
+                 plots: list[tuple[str, str]], trace_note: str | None) -> str:
+    """The search's section of the results file (between its `tune:` markers)."""
+    search = table.search
+    thresholds = sorted(set(table.thresholds.values()))
+    lines = [f"<!-- tune:{search.name} -->", "## Safe composition", "",
+             f"Search `{search.name}` (paper Table 1, Bullet-Safety-Gym). Regenerate: "
+             f"`{command}`.", ""]
+    if record is not None:
+        lines.append(f"Measured at scale `{record['scale']}` on {record['machine']}: "
+                     f"{record['completed']} of {record['trials']} trials completed, wall time "
+                     f"{record['wall_seconds']:.0f} s (of which {record['prepare_seconds']:.0f}"
+                     f" s preparing the datasets, base and reward skill), finished "
+                     f"{record['finished']}.")
+    else:
+        lines.append("Not run in this store yet: no numbers below are measured.")
+    lines += ["", "Cells: normalised reward ↑ / normalised cost ↓ (DSRL: episode cost / "
+              f"threshold {', '.join(f'{t:g}' for t in thresholds)}; † unsafe, cost > 1; bold: "
+              "the best reward among the safe cells of the row), mean over training seeds "
+              f"{search.seeds} of each trial's mean over its evaluation episodes. BC-All and "
+              "the reward skill are fitted once (the stream's seed).", ""]
+    lines += table_lines(table) + [""]
+    if table.fixed_choice:
+        lines += ["Fixed: the start point of the constant α picked per task (then trained): "
+                  + "; ".join(f"{label}: {alpha}" for label, alpha in table.fixed_choice.items())
+                  + ".", ""]
+    lines += ["Std over training seeds:", ""] + spread_lines(table) + [""]
+    for title, file in plots:
+        lines += [f"![{title}]({file})", ""]
+    if trace_note:
+        lines += [trace_note, ""]
+    lines.append(f"<!-- /tune:{search.name} -->")
+    return "\n".join(lines) + "\n"
+
+
+def write_safe_section(search_path: str, scale: str, store_uri: str, results_path: str,
+                       command: str) -> str:
+    """Rewrite the search's section of `results_path` (and its α(s) plot); the path."""
+    search = load_search(search_path, scale)
+    store = SkillStore(store_uri)
+    table = safe_table(search, store.results().to_pylist())
+    folder = os.path.dirname(os.path.abspath(results_path))
+    os.makedirs(folder, exist_ok=True)
+    plots, trace_note = [], None
+    if search.alpha_trace is not None:
+        from tune.alpha_trace import plot_trace
+
+        file = f"{search.name}-alpha.png"
+        try:
+            trace_note = plot_trace(search, search.load_stream(), store,
+                                    os.path.join(folder, file))
+            plots.append(("α(s) over one episode, cost per step beneath", file))
+        except PsecError as error:
+            trace_note = f"α(s) over one episode: not plotted ({error})."
+    text = "# Results\n"
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            text = f.read()
+    section = safe_section(table, read_record(store.uri, search.name), command, plots,
+                           trace_note)
+    with open(results_path, "w") as f:
+        f.write(replace_section(text, search.name, section))
+    return results_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tune.safe_table SEARCH.yaml --scale S --store URI --results FILE`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tune.safe_table",
+        description="Write a safe-composition search's Table-1 section from the store.")
+    parser.add_argument("search", metavar="SEARCH.yaml")
+    parser.add_argument("--scale", default="smoke")
+    parser.add_argument("--store", default=DEFAULT_URI, metavar="URI")
+    parser.add_argument("--results", required=True, metavar="RESULTS.md")
+    args = parser.parse_args(argv)
+    command = " ".join(shlex.quote(p) for p in [
+        "psec", "tune", args.search, "--scale", args.scale, "--store", args.store])
+    command += " && " + " ".join(shlex.quote(p) for p in [
+        "python", "-m", "tune.safe_table", args.search, "--scale", args.scale, "--store",
+        args.store, "--results", args.results])
+    try:
+        path = write_safe_section(args.search, args.scale, args.store, args.results, command)
+    except PsecError as error:
+        print(f"psec: error: {error}")
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
