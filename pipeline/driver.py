@@ -95,7 +95,7 @@ class ItemScore:
     episodes: int
     """Episodes rolled out in total."""
     env: str = ""
-    """Env it was rolled out in (the task's env unless the task lists eval.envs)."""
+    """Env it was rolled out in when not the task's own (one of its eval.envs), else ''."""
 
 
 @dataclass
@@ -408,7 +408,8 @@ class Driver:
                 "cost": sum(row.cost for row in rows) / len(rows)})
         if job.row_task == stage.task:
             self.summary.scores.append(ItemScore(job.item, job.task.name, stage.method, score,
-                                                 returns, episodes, job.task.env))
+                                                 returns, episodes,
+                                                 "" if in_own_env else job.task.env))
         label = job.task.name if in_own_env else f"{job.task.name}/{job.task.env}"
         with RunLog(self.store.uri, run_name(job.item, stage.method, self.stream_seed)) as log:
             log.scalars({f"{label}/score": score, f"{label}/return": returns},
