@@ -321,7 +321,10 @@ class EvalSpec(_Spec):
 class TaskSpec(_Spec):
     """One task of a stream: its env, its data, and what to fit on it."""
 
-    name: str = Field(description="Store name of what this task fits (base or skill).")
+    name: str = Field(
+        description="Store name of what this task fits (base or skill; a composer task "
+        "stores only its composers) and of its dataset and result rows."
+    )
     suite: str = Field(description=f"Benchmark suite: one of {', '.join(SUITES)}.")
     env: str = Field(description="Env name inside the suite, e.g. walker-walk or hammer-v3.")
     dynamics: Dynamics = Field(default_factory=Dynamics, description="Physics overrides.")
