@@ -240,3 +240,16 @@ def test_the_alpha_trace_records_costs(tmp_path):
     assert skills == [BASE, "s"] and alphas.shape == (6, 2)
     assert np.allclose(alphas.sum(axis=1), 1.0)  # softmax weights
     assert rewards.shape == costs.shape == (6,) and (costs >= 0).all()
+
+
+def test_psec_tune_results_writes_the_safe_composition_section(tmp_path):
+    """`layout: safe`: the search's section of the results file is the Table-1 one."""
+    from tune.table import write_section
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## Other\n\nkept\n")
+    write_section(str(SEARCH), "smoke", str(tmp_path / "store"), str(results), "psec tune X")
+    text = results.read_text()
+    assert "## Other\n\nkept" in text and "<!-- tune:dsrl -->\n## Safe composition" in text
+    assert "Not run in this store yet" in text and "| BallRun | " in text
+    assert "α(s) over one episode: not plotted" in text  # no composer in an empty store

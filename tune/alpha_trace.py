@@ -72,7 +72,7 @@ def plot_trace(search: SearchSpec, stream: StreamSpec, store, path: str) -> str:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 4.2), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1]})
     for index, skill in enumerate(skills):
-        top.plot(alphas[:, index], label=skill if skill != BASE else "base (zero adapter: its α has no effect)")
+        top.plot(alphas[:, index], label=skill if skill != BASE else "base (the zero adapter: W0 alone)")
     for step in np.flatnonzero(costs > 0):  # hazards: the steps that cost
         top.axvspan(step - 0.5, step + 0.5, color="red", alpha=0.12, linewidth=0)
     top.set_ylabel("α_i(s_t)")

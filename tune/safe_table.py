@@ -1,4 +1,5 @@
-"""A safe-composition search's results in the layout of the paper's Table 1.
+"""A safe-composition search's results in the layout of the paper's Table 1
+(`layout: safe`; `psec tune SEARCH.yaml --results RESULTS.md` writes the section).
 
 The paper (after FISOR) reports, per DSRL task, each method's normalised reward ↑ and
 normalised cost ↓ (DSRL: episode cost / threshold; a policy is safe when it is below 1),
@@ -24,20 +25,14 @@ seeds. Unsafe cells carry †; the best reward among the safe cells of a row is 
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from library.errors import PsecError
 from library.names import BASE
-from library.store import DEFAULT_URI, SkillStore
 from tasks.spec import TaskSpec
-from tune.search import read_record
-from tune.spec import SearchSpec, find_composer, load_search
-from tune.table import SearchResults, collect, replace_section
+from tune.spec import SearchSpec, find_composer
+from tune.table import SearchResults, collect
 from tune.trials import alpha_label, variant_name
 
 COLUMNS = {"bc-all": "BC-All", "bc": "BC-Safe", "reward-skill": "Reward skill",
@@ -241,7 +236,8 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
     thresholds = sorted(set(table.thresholds.values()))
     lines = [f"<!-- tune:{search.name} -->", "## Safe composition", "",
              f"Search `{search.name}` (paper Table 1, Bullet-Safety-Gym). Regenerate: "
-             f"`{command}`.", ""]
+             f"`{command}` on a fresh store (`--table-only` rewrites this section from the "
+             "store as it is).", ""]
     if record is not None:
         lines.append(f"Measured at scale `{record['scale']}` on {record['machine']}: "
                      f"{record['completed']} of {record['trials']} trials completed, wall time "
@@ -267,61 +263,3 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
         lines += [trace_note, ""]
     lines.append(f"<!-- /tune:{search.name} -->")
     return "\n".join(lines) + "\n"
-
-
-def write_safe_section(search_path: str, scale: str, store_uri: str, results_path: str,
-                       command: str) -> str:
-    """Rewrite the search's section of `results_path` (and its α(s) plot); the path."""
-    search = load_search(search_path, scale)
-    store = SkillStore(store_uri)
-    table = safe_table(search, store.results().to_pylist())
-    folder = os.path.dirname(os.path.abspath(results_path))
-    os.makedirs(folder, exist_ok=True)
-    plots, trace_note = [], None
-    if search.alpha_trace is not None:
-        from tune.alpha_trace import plot_trace
-
-        file = f"{search.name}-alpha.png"
-        try:
-            trace_note = plot_trace(search, search.load_stream(), store,
-                                    os.path.join(folder, file))
-            plots.append(("α(s) over one episode, cost per step beneath", file))
-        except PsecError as error:
-            trace_note = f"α(s) over one episode: not plotted ({error})."
-    text = "# Results\n"
-    if os.path.exists(results_path):
-        with open(results_path) as f:
-            text = f.read()
-    section = safe_section(table, read_record(store.uri, search.name), command, plots,
-                           trace_note)
-    with open(results_path, "w") as f:
-        f.write(replace_section(text, search.name, section))
-    return results_path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tune.safe_table SEARCH.yaml --scale S --store URI --results FILE`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tune.safe_table",
-        description="Write a safe-composition search's Table-1 section from the store.")
-    parser.add_argument("search", metavar="SEARCH.yaml")
-    parser.add_argument("--scale", default="smoke")
-    parser.add_argument("--store", default=DEFAULT_URI, metavar="URI")
-    parser.add_argument("--results", required=True, metavar="RESULTS.md")
-    args = parser.parse_args(argv)
-    command = " ".join(shlex.quote(p) for p in [
-        "psec", "tune", args.search, "--scale", args.scale, "--store", args.store])
-    command += " && " + " ".join(shlex.quote(p) for p in [
-        "python", "-m", "tune.safe_table", args.search, "--scale", args.scale, "--store",
-        args.store, "--results", args.results])
-    try:
-        path = write_safe_section(args.search, args.scale, args.store, args.results, command)
-    except PsecError as error:
-        print(f"psec: error: {error}")
-        return 2
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

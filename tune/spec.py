@@ -203,10 +203,11 @@ class SearchSpec(_Spec):
     """Whether the metric is maximised or minimised."""
     alpha_trace: AlphaTraceSpec | None = None
     """The composer whose α(s) over one episode is plotted, if any."""
-    layout: Literal["methods", "dynamics_shift"] = "methods"
-    """Table of the results section: methods (a row per method, a column per target) or
+    layout: Literal["methods", "dynamics_shift", "safe"] = "methods"
+    """Table of the results section: methods (a row per method, a column per target),
     dynamics_shift (paper Table 8: a column per target dataset, a row per method and
-    shift of the target's base; `tune.shift_table`)."""
+    shift of the target's base; `tune.shift_table`) or safe (paper Table 1: a row per
+    safety task, a column per method, normalised reward / cost; `tune.safe_table`)."""
     paper: dict[str, dict[str, str]] = Field(default_factory=dict)
     """Reference figures from the paper beside ours: {row label: {target label: text}}."""
     scales: dict[str, SearchScale]

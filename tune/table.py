@@ -427,6 +427,11 @@ def write_section(search_path: str, scale: str, store_uri: str, results_path: st
         from tune.shift_table import shift_section
 
         section = shift_section(results, record, command)
+    elif search.layout == "safe":
+        from tune.safe_table import safe_section, safe_table
+
+        table = safe_table(search, store.results().to_pylist())
+        section = safe_section(table, record, command, plots, trace_note)
     else:
         section = _section(results, record, command, plots, trace_note)
     with open(results_path, "w") as f:
