@@ -170,7 +170,19 @@ def test_the_table_1_section_from_results_rows(tmp_path):
             return 2.0 if point.alpha.init == "newest" else 30.0
         return {"asec": 15.0}.get(point.method, 5.0)
 
-    table = safe_table(search, _rows(search, reward, cost))
+    # The BC-Safe subset as tune's prepare stores it: its size is reported.
+    from tasks.importers import import_dsrl
+    from tasks.subsets import composer_subset
+    from tune.trials import subset_datasets
+
+    store = SkillStore(str(tmp_path / "store"))
+    (name, (_, selection, composer, _)), = subset_datasets(
+        search, search.load_stream(), enumerate_points(search)).items()
+    full = import_dsrl(_tiny_dsrl_file(tmp_path / "d.hdf5"), suite="bullet_safety",
+                       env="SafetyBallRun-v0")
+    store.put_dataset(name, composer_subset(full, selection, composer))
+    table = safe_table(search, _rows(search, reward, cost), store)
+    assert table.subsets == {"BallRun": (3, 6)}
     cells = table.cells["BallRun"]
     assert cells["psec"].reward == pytest.approx([0.6, 0.61, 0.62])
     assert cells["psec"].cost == pytest.approx([0.5] * 3)  # cost 5 / threshold 10
@@ -181,6 +193,7 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     assert cells["safety-skill"].reward == [0.2] * 3  # one skill per seed, not per method
     text = safe_section(table, None, "psec tune configs/search_dsrl.yaml", [], None)
     assert "## Safe composition" in text and "Not run in this store yet" in text
+    assert "safe subset: BallRun: 3 of 6 episodes." in text
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| task |"))
     assert header.split(" | ")[1:] == list(COLUMNS.values())[:-1] + ["PSEC |"]

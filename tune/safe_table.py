@@ -30,10 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from library.names import BASE
+from tasks.dataset import dataset_meta
 from tasks.spec import TaskSpec
 from tune.spec import SearchSpec, find_composer
 from tune.table import SearchResults, collect
-from tune.trials import alpha_label, variant_name
+from tune.trials import alpha_label, subset_dataset, variant_name
 
 COLUMNS = {"bc-all": "BC-All", "bc": "BC-Safe", "reward-skill": "Reward skill",
            "safety-skill": "Safety skill", "fixed": "Fixed", "nsec": "NSEC", "asec": "ASEC",
@@ -105,6 +106,9 @@ class SafeTable:
     """Target label -> the α start point of the Fixed cell."""
     thresholds: dict[str, float] = field(default_factory=dict)
     """Target label -> the cost threshold its costs are normalised by."""
+    subsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Target label -> (episodes in the composer's subset, episodes in the dataset), for
+    the targets whose BC-Safe subset is in the store."""
 
     @property
     def columns(self) -> list[str]:
@@ -121,8 +125,9 @@ def _target_task(search: SearchSpec, results: SearchResults, label: str) -> Task
     return find_composer(results.stream, composer, "targets")[0]
 
 
-def safe_table(search: SearchSpec, rows: list[dict]) -> SafeTable:
-    """Match the store's results rows to the search's points; normalise the costs."""
+def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
+    """Match the store's results rows to the search's points; normalise the costs. With
+    `store`, the sizes of the stored safe subsets are read too."""
     by_metric = {metric: collect(search.model_copy(update={"metric": metric}), rows)
                  for metric in ("score", "cost")}
     scores, costs = by_metric["score"], by_metric["cost"]
@@ -130,6 +135,11 @@ def safe_table(search: SearchSpec, rows: list[dict]) -> SafeTable:
     for target in search.targets:
         task = _target_task(search, scores, target.label)
         table.thresholds[target.label] = task.eval.cost_threshold
+        composer = find_composer(scores.stream, target.composer, "targets")[1]
+        subset = subset_dataset(task, None, composer)
+        if store is not None and store.has_dataset(subset):
+            meta = dataset_meta(store.get_dataset(subset))["composer_subset"]
+            table.subsets[target.label] = (meta["episodes"], meta["of_episodes"])
     fixed: dict[str, dict[str, Cell]] = {t.label: {} for t in search.targets}
     seen_skills: set[tuple[str, str]] = set()
     for score, cost in zip(scores.measured, costs.measured):
@@ -256,6 +266,10 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
         lines += ["Fixed: the start point of the constant α picked per task (then trained): "
                   + "; ".join(f"{label}: {alpha}" for label, alpha in table.fixed_choice.items())
                   + ".", ""]
+    if table.subsets:
+        lines += ["The composers and BC-Safe train on the safe subset: "
+                  + "; ".join(f"{label}: {kept} of {total} episodes"
+                              for label, (kept, total) in table.subsets.items()) + ".", ""]
     lines += ["Std over training seeds:", ""] + spread_lines(table) + [""]
     for title, file in plots:
         lines += [f"![{title}]({file})", ""]

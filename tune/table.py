@@ -430,7 +430,7 @@ def write_section(search_path: str, scale: str, store_uri: str, results_path: st
     elif search.layout == "safe":
         from tune.safe_table import safe_section, safe_table
 
-        table = safe_table(search, store.results().to_pylist())
+        table = safe_table(search, store.results().to_pylist(), store)
         section = safe_section(table, record, command, plots, trace_note)
     else:
         section = _section(results, record, command, plots, trace_note)
