@@ -266,3 +266,13 @@ def test_psec_tune_results_writes_the_safe_composition_section(tmp_path):
     assert "## Other\n\nkept" in text and "<!-- tune:dsrl -->\n## Safe composition" in text
     assert "Not run in this store yet" in text and "| BallRun | " in text
     assert "α(s) over one episode: not plotted" in text  # no composer in an empty store
+
+
+def test_psec_run_at_smoke_scale_passes_every_check_on_a_fresh_store(tmp_path):
+    """Ball and Car Run have their behaviour policies in tasks/experts; nothing is written."""
+    store = SkillStore(str(tmp_path / "store"))
+    plan = plan_stream(load_stream(STREAM, "smoke"))
+    checked = check_plan(plan, store)
+    assert set(checked.dims) == {f"{env}-{part}" for env in ENVS[:2]
+                                 for part in ("base", "reward", "safety")}
+    assert store.list() == [] and not store.has_dataset("ballrun-base")
