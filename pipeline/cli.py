@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="episodes per seed (default: the task's eval.episodes)")
     evaluate.add_argument("--seeds", type=int, nargs="+", default=None,
                           help="evaluation seeds (default: the task's eval.seeds)")
+    evaluate.add_argument("--env", default=None,
+                          help="roll out in this env of the task's suite instead of the task's "
+                               "own (e.g. one of a zero-shot composer's eval.envs)")
     _add_store(evaluate)
     _add_address(evaluate, "default: a private local instance")
     evaluate.set_defaults(handler=_eval)
@@ -242,13 +245,16 @@ def _data_generate(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pipeline.evaluation import evaluate_stored
+    from pipeline.evaluation import evaluate_stored, task_in_env
     from pipeline.runtime import connect
 
     store = SkillStore(args.store)
-    store.entry(args.name)  # an unknown name fails before Ray starts
+    entry = store.entry(args.name)  # an unknown name or env fails before Ray starts
+    if entry.task_spec is not None:
+        task_in_env(entry.task_spec, args.env)
     connect(args.address)
-    summary = evaluate_stored(store.uri, args.name, episodes=args.episodes, seeds=args.seeds)
+    summary = evaluate_stored(store.uri, args.name, episodes=args.episodes, seeds=args.seeds,
+                              env=args.env)
     print(summary.describe())
     return 0
 

@@ -128,9 +128,26 @@ class EvalSummary:
                 f"{episodes} episodes in {self.seconds:.0f} s")
 
 
+def task_in_env(task_spec: dict[str, Any], env: str | None) -> TaskSpec:
+    """A stored item's task, moved to `env` of its suite when given (SpecError naming
+    --env for an env the suite does not have)."""
+    from library.errors import PsecError, SpecError
+    from tasks.suites import get_suite
+
+    task = parse_task(task_spec)
+    if env is None or env == task.env:
+        return task
+    try:
+        get_suite(task.suite).check_env(env)
+    except PsecError as error:
+        raise SpecError("--env", str(error)) from None
+    return task.model_copy(update={"env": env})
+
+
 def evaluate_stored(store_uri: str, item: str, episodes: int | None = None,
-                    seeds: list[int] | None = None) -> EvalSummary:
-    """Roll a stored item out on the task it was fitted for (Ray must be connected)."""
+                    seeds: list[int] | None = None, env: str | None = None) -> EvalSummary:
+    """Roll a stored item out on the task it was fitted for, or in `env` of that task's
+    suite (e.g. one of a zero-shot composer's eval.envs). Ray must be connected."""
     from library.errors import StoreError
     from pipeline.store_actor import StoreHandle
 
@@ -139,11 +156,12 @@ def evaluate_stored(store_uri: str, item: str, episodes: int | None = None,
     if entry.task_spec is None:
         raise StoreError(f"{item!r} was stored without a task spec: nothing says where to "
                          "roll it out")
-    task = parse_task(entry.task_spec)
+    task = task_in_env(entry.task_spec, env)
     job = EvalJob(item=item, task=task, row_task=task.name, position=0,
                   seeds=seeds or list(task.eval.seeds), episodes=episodes)
     started = time.perf_counter()
     refs = launch_evaluation(store, job, ray.cluster_resources())
     stats = [episode for chunk in ray.get(refs) for episode in chunk]
-    return EvalSummary(item, task.name, summarise_job(job, stats),
+    where = task.name if env is None else f"{task.name} [{task.env}]"
+    return EvalSummary(item, where, summarise_job(job, stats),
                        time.perf_counter() - started)

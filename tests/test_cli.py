@@ -189,6 +189,18 @@ def test_report_and_eval_of_an_empty_store_are_user_errors(tmp_path, store, caps
     assert_one_line_error(code, err, "no item named 'walk'")
 
 
+def test_eval_in_an_env_the_suite_lacks_is_refused_before_ray(tmp_path, store, capsys):
+    from library.diffusion import DiffusionPolicy, PolicyConfig
+    from library.serialization import dump_base
+    from tasks.spec import parse_task
+
+    config, tensors = dump_base(DiffusionPolicy(PolicyConfig(obs_dim=24, act_dim=6, hidden=8)))
+    spec = parse_task(task("stand", "d24", role="base")).model_dump(mode="json")
+    store.register("stand", "base", config, tensors, task_spec=spec)
+    code, _, err = run_cli(capsys, "eval", "stand", "--env", "walker-fly", "--store", store.uri)
+    assert_one_line_error(code, err, "--env", "walker-fly")
+
+
 def test_python_dash_m_pipeline_is_the_psec_command(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipeline", "skills", "show", "nothing",
                              "--store", str(tmp_path / "s")], capture_output=True, text=True,

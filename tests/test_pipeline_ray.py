@@ -123,8 +123,6 @@ def test_a_fit_with_two_workers_averages_gradients_across_them(ray_cluster, tmp_
 
 
 def test_a_user_error_in_a_fit_is_raised_once_and_keeps_what_was_stored(ray_cluster, tmp_path):
-    import time
-
     import numpy as np
     from pipeline_builders import synthetic_table
 
@@ -140,12 +138,28 @@ def test_a_user_error_in_a_fit_is_raised_once_and_keeps_what_was_stored(ray_clus
     costly["costs"] = np.ones(len(costly["rewards"]), np.float32)  # 50 per episode
     store.put_dataset("run-data", to_table(costly, {"suite": "dmc", "env": "walker-walk"}))
     plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
-    started = time.perf_counter()
     with pytest.raises(DataError, match=r"composer 'safe'.*cost <= 1") as error:
         run_plan(plan, store_uri, DriverOptions(progress=False, fit=FitOptions(max_failures=3)))
     assert "\n" not in str(error.value)
     assert [entry.name for entry in SkillStore(store_uri).list()] == ["stand"]
-    # The failing unit left no checkpoints behind, and was not retried: a retried unit
-    # would have started its worker group four times (~15 s each) before failing.
+    # The failing unit left no checkpoints behind.
     assert not os.path.exists(os.path.join(checkpoint_root(store_uri), "tiny__run"))
-    assert time.perf_counter() - started < 120
+
+
+def test_psec_eval_rolls_a_stored_item_out_in_its_env_or_another(ray_cluster, tmp_path):
+    from library.serialization import dump_base, load_base
+    from pipeline.evaluation import evaluate_stored
+    from tasks.spec import parse_task
+
+    store_uri = str(tmp_path / "store")
+    spec = tiny_task("stand", role="base")
+    store = put_datasets(store_uri, [spec])
+    register_base(store_uri, "stand-untagged", "stand-data")
+    config, tensors = store.load("stand-untagged")
+    store.register("stand", "base", *dump_base(load_base(config, tensors)),
+                   task_spec=parse_task(spec).model_dump(mode="json"))
+    own = evaluate_stored(store_uri, "stand", episodes=1, seeds=[0, 1])
+    other = evaluate_stored(store_uri, "stand", episodes=1, seeds=[0], env="walker-run")
+    assert own.task == "stand" and sorted(own.per_seed) == [0, 1]
+    assert other.task == "stand [walker-run]" and list(other.per_seed) == [0]
+    assert "stand [walker-run]: normalised score" in other.describe()
