@@ -132,6 +132,18 @@ def test_the_same_stream_runs_on_an_imported_dsrl_file(tmp_path):
     assert set(np.unique(subset.column("rewards").to_numpy())) == {0.0, 2.0, 4.0}
 
 
+def _ballrun_only(scale):
+    """The search at `scale` with its Ball Run target alone."""
+    from tune.spec import parse_search
+
+    data = dump(load_search(SEARCH, scale))
+    data["targets"] = [t for t in data["targets"] if t["label"] == "BallRun"]
+    for named in data["scales"].values():
+        named["targets"] = ["BallRun"]
+    data["alpha_trace"] = None
+    return parse_search(data)
+
+
 def _rows(search, reward_of, cost_of):
     """Results rows of every trial point, as tune records them (tags search/trial)."""
     rows = []
@@ -155,7 +167,7 @@ def _rows(search, reward_of, cost_of):
 def test_the_table_1_section_from_results_rows(tmp_path):
     from tune.safe_table import COLUMNS, safe_section, safe_table
 
-    search = load_search(SEARCH, "small")
+    search = _ballrun_only("small")
     rewards = {"psec": 0.6, "nsec": 0.5, "asec": 0.4, "bc": 0.3}
 
     def reward(point, is_skill):
@@ -261,7 +273,7 @@ def test_psec_tune_results_writes_the_safe_composition_section(tmp_path):
 
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n\n## Other\n\nkept\n")
-    write_section(str(SEARCH), "smoke", str(tmp_path / "store"), str(results), "psec tune X")
+    write_section(str(SEARCH), "small", str(tmp_path / "store"), str(results), "psec tune X")
     text = results.read_text()
     assert "## Other\n\nkept" in text and "<!-- tune:dsrl -->\n## Safe composition" in text
     assert "Not run in this store yet" in text and "| BallRun | " in text
