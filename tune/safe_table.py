@@ -33,7 +33,7 @@ from library.names import BASE
 from tasks.dataset import dataset_meta
 from tasks.spec import TaskSpec
 from tune.spec import SearchSpec, find_composer
-from tune.table import SearchResults, collect
+from tune.table import SearchResults, collect, measured_line, section_tail
 from tune.trials import alpha_label, subset_dataset, variant_name
 
 COLUMNS = {"bc-all": "BC-All", "bc": "BC-Safe", "reward-skill": "Reward skill",
@@ -248,14 +248,7 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
              f"Search `{search.name}` (paper Table 1, Bullet-Safety-Gym). Regenerate: "
              f"`{command}` on a fresh store (`--table-only` rewrites this section from the "
              "store as it is).", ""]
-    if record is not None:
-        lines.append(f"Measured at scale `{record['scale']}` on {record['machine']}: "
-                     f"{record['completed']} of {record['trials']} trials completed, wall time "
-                     f"{record['wall_seconds']:.0f} s (of which {record['prepare_seconds']:.0f}"
-                     f" s preparing the datasets, base and reward skill), finished "
-                     f"{record['finished']}.")
-    else:
-        lines.append("Not run in this store yet: no numbers below are measured.")
+    lines.append(measured_line(record, "the datasets, base and reward skill"))
     lines += ["", "Cells: normalised reward ↑ / normalised cost ↓ (DSRL: episode cost / "
               f"threshold {', '.join(f'{t:g}' for t in thresholds)}; † unsafe, cost > 1; bold: "
               "the best reward among the safe cells of the row), mean over training seeds "
@@ -271,9 +264,4 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
                   + "; ".join(f"{label}: {kept} of {total} episodes"
                               for label, (kept, total) in table.subsets.items()) + ".", ""]
     lines += ["Std over training seeds:", ""] + spread_lines(table) + [""]
-    for title, file in plots:
-        lines += [f"![{title}]({file})", ""]
-    if trace_note:
-        lines += [trace_note, ""]
-    lines.append(f"<!-- /tune:{search.name} -->")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + section_tail(search.name, plots, trace_note)) + "\n"

@@ -26,7 +26,7 @@ from collections import defaultdict
 from library.names import BASE
 from tasks.spec import StreamSpec, TaskSpec
 from tune.spec import COMPOSING, FROM_SCRATCH, SearchSpec, find_composer
-from tune.table import ROW_LABELS, SearchResults, _fmt
+from tune.table import ROW_LABELS, SearchResults, _fmt, measured_line
 
 SHIFT_FIELDS = {"friction": "friction", "gravity": "gravity", "thigh_size": "thigh size"}
 """Dynamics fields -> how a row names them."""
@@ -132,14 +132,7 @@ def shift_section(results: SearchResults, record: dict | None, command: str) -> 
     lines = [f"<!-- tune:{search.name} -->", f"### Search `{search.name}` (Table 8 layout)", "",
              f"Regenerate: `{command}` on a fresh store (`--table-only` rewrites this section "
              "from the store as it is).", ""]
-    if record is not None:
-        lines.append(f"Measured at scale `{record['scale']}` on {record['machine']}: "
-                     f"{record['completed']} of {record['trials']} trials completed, wall "
-                     f"time {record['wall_seconds']:.0f} s (of which "
-                     f"{record['prepare_seconds']:.0f} s preparing data and bases), finished "
-                     f"{record['finished']}.")
-    else:
-        lines.append("Not run in this store yet: no numbers below are measured.")
+    lines.append(measured_line(record, "data and bases"))
     lines += ["", f"{done} of {len(results.measured)} trial points have results. Cells: "
               f"D4RL-normalised `{search.metric}` (mean over evaluation episodes and seeds), "
               f"then mean ± std over training seeds {search.seeds} (n = seeds measured).", ""]

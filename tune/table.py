@@ -359,13 +359,7 @@ def _section(results: SearchResults, record: dict | None, command: str,
     lines = [f"<!-- tune:{search.name} -->", f"## Search `{search.name}`", ""]
     lines += [f"Regenerate: `{command}` on a fresh store (`--table-only` rewrites this "
               "section from the store as it is).", ""]
-    if record is not None:
-        lines.append(f"Measured at scale `{record['scale']}` on {record['machine']}: "
-                     f"{record['completed']} of {record['trials']} trials completed, wall "
-                     f"time {record['wall_seconds']:.0f} s (of which {record['prepare_seconds']:.0f}"
-                     f" s preparing the shared base and skills), finished {record['finished']}.")
-    else:
-        lines.append("Not run in this store yet: no numbers below are measured.")
+    lines.append(measured_line(record, "the shared base and skills"))
     lines += ["", f"{done} of {len(results.measured)} trial points have results. Metric: "
               f"`{search.metric}` (mean over evaluation seeds), then mean ± std over "
               f"training seeds {search.seeds}.", ""]
@@ -374,12 +368,28 @@ def _section(results: SearchResults, record: dict | None, command: str,
     if controls:
         lines += ["Controls (DESIGN.md: a composition claim is made against them):", ""]
         lines += controls + [""]
+    return "\n".join(lines + section_tail(search.name, plots, trace_note)) + "\n"
+
+
+def measured_line(record: dict | None, prepared: str) -> str:
+    """Where, at what scale and in how much wall time the search ran (`prepared`: what
+    its preparation fitted), or that it has not run in this store."""
+    if record is None:
+        return "Not run in this store yet: no numbers below are measured."
+    return (f"Measured at scale `{record['scale']}` on {record['machine']}: "
+            f"{record['completed']} of {record['trials']} trials completed, wall time "
+            f"{record['wall_seconds']:.0f} s (of which {record['prepare_seconds']:.0f} s "
+            f"preparing {prepared}), finished {record['finished']}.")
+
+
+def section_tail(name: str, plots: list[tuple[str, str]], trace_note: str | None) -> list[str]:
+    """The plots, the α(s) trace note and the end marker of search `name`'s section."""
+    lines: list[str] = []
     for title, file in plots:
         lines += [f"![{title}]({file})", ""]
     if trace_note:
         lines += [trace_note, ""]
-    lines.append(f"<!-- /tune:{search.name} -->")
-    return "\n".join(lines) + "\n"
+    return lines + [f"<!-- /tune:{name} -->"]
 
 
 def replace_section(text: str, name: str, section: str) -> str:
