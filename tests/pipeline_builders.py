@@ -68,3 +68,21 @@ def register_base(store_uri, name, dataset_name):
                              StateNormalizer.from_data(data.obs))
     config, tensors = dump_base(policy)
     return store.register(name, "base", config, tensors)
+
+
+def stand_base_with_walk_skill(store_uri, tasks, store_class=SkillStore, walk_spec=None):
+    """Store the datasets of `tasks` (the first is `stand`), an untrained base `stand` on
+    its normaliser, and a trained-looking rank-4 skill `walk` on it (registered with
+    `walk_spec` as its task spec when given). Returns the store as `store_class`."""
+    from library_builders import add_trained_looking_skill
+
+    from library.serialization import dump_skill, load_base
+
+    put_datasets(store_uri, tasks)
+    register_base(store_uri, "stand", "stand-data")
+    store = store_class(store_uri)
+    policy = load_base(*store.load("stand"))
+    add_trained_looking_skill(policy, "walk", seed=5)
+    store.register("walk", "skill", *dump_skill(policy, "walk", base_name="stand"),
+                   parent="stand", task_spec=walk_spec)
+    return store

@@ -6,11 +6,8 @@ import time
 
 import pytest
 import torch
-from library_builders import add_trained_looking_skill
-from pipeline_builders import put_datasets, register_base, tiny_task
+from pipeline_builders import stand_base_with_walk_skill, tiny_task
 
-from library.serialization import dump_skill, load_base
-from library.store import SkillStore
 from pipeline.driver import DriverOptions, run_plan
 from pipeline.plan import plan_task
 from tasks.spec import parse_task
@@ -28,13 +25,7 @@ def test_a_composer_task_fits_its_composers_and_is_evaluated_in_its_eval_envs(
         {"name": "zero-nsec", "skills": ["walk"], "mode": "noise", "steps": 5}],
         eval={"episodes": 1, "seeds": [0], "max_steps": 5,
               "envs": ["walker-walk", "walker-run"]})
-    put_datasets(uri, [tiny_task("stand"), zero])
-    register_base(uri, "stand", "stand-data")
-    store = SkillStore(uri)
-    policy = load_base(*store.load("stand"))
-    add_trained_looking_skill(policy, "walk", seed=5)
-    store.register("walk", "skill", *dump_skill(policy, "walk", base_name="stand"),
-                   parent="stand")
+    store = stand_base_with_walk_skill(uri, [tiny_task("stand"), zero])
     plan = plan_task(parse_task(zero), ["stand"], stream="unseen")
     started = time.perf_counter()
     summary = run_plan(plan, uri, DriverOptions(progress=False))

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 from library_builders import ACT_DIM, add_trained_looking_skill, observations, tiny_policy
-from pipeline_builders import put_datasets, register_base, tiny_task
+from pipeline_builders import stand_base_with_walk_skill, tiny_task
 
 from library.composition import AlphaConfig, Composer
 from library.errors import SpecError, StoreError
@@ -121,17 +121,9 @@ class PlainStore(SkillStore):
 def walker_store(tmp_path):
     """A base `stand` and a trained-looking rank-4 skill `walk` on it, and run's data."""
     tasks = [tiny_task("stand", role="base"), tiny_task("walk"), tiny_task("run")]
-    uri = str(tmp_path / "store")
-    put_datasets(uri, tasks)
-    register_base(uri, "stand", "stand-data")
-    store = PlainStore(uri)
-    config, tensors = store.load("stand")
-    policy = load_base(config, tensors)
-    add_trained_looking_skill(policy, "walk", seed=5)
     walk = parse_task({**tiny_task("walk"), "base": "stand"})
-    store.register("walk", "skill", *dump_skill(policy, "walk", base_name="stand"),
-                   parent="stand", task_spec=walk.model_dump(mode="json"))
-    return store
+    return stand_base_with_walk_skill(str(tmp_path / "store"), tasks, store_class=PlainStore,
+                                      walk_spec=walk.model_dump(mode="json"))
 
 
 def _fit_composers(store, task):

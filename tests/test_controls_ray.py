@@ -3,11 +3,8 @@ composer and a random-LoRA bank are fitted, registered, evaluated and tagged."""
 
 import pytest
 import torch
-from library_builders import add_trained_looking_skill
-from pipeline_builders import put_datasets, register_base, tiny_task
+from pipeline_builders import stand_base_with_walk_skill, tiny_task
 
-from library.serialization import dump_skill, load_base
-from library.store import SkillStore
 from pipeline.driver import DriverOptions, run_plan
 from pipeline.plan import plan_task
 from pipeline.stages import load_composer, random_skill_name
@@ -22,13 +19,7 @@ def test_uniform_and_random_bank_controls_run_end_to_end(ray_cluster, tmp_path):
     run = tiny_task("run", steps=5, composers=[
         {"name": "uniform", "skills": ["base", "walk"], "mode": "fixed", "steps": 0},
         {"name": "noise", "skills": ["base", "walk"], "steps": 5, "bank": "random"}])
-    put_datasets(uri, [tiny_task("stand"), run])
-    register_base(uri, "stand", "stand-data")
-    store = SkillStore(uri)
-    policy = load_base(*store.load("stand"))
-    add_trained_looking_skill(policy, "walk", seed=5)
-    store.register("walk", "skill", *dump_skill(policy, "walk", base_name="stand"),
-                   parent="stand")
+    store = stand_base_with_walk_skill(uri, [tiny_task("stand"), run])
     plan = plan_task(parse_task({**run, "base": "stand"}), ["stand"], stream="controls")
     options = DriverOptions(progress=False, result_tags={"search": "s", "trial": "t"})
     summary = run_plan(plan, uri, options)
