@@ -283,6 +283,17 @@ def episodes(arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]
         yield {key: value[start:stop] for key, value in arrays.items()}
 
 
+def episode_totals(arrays: Mapping[str, np.ndarray]) -> tuple[list[int], list[float], list[float]]:
+    """(episode ids, returns, total costs) of each episode in order; cost 0 without a
+    costs column."""
+    ids, returns, costs = [], [], []
+    for episode in episodes(arrays):
+        ids.append(int(episode["episode"][0]))
+        returns.append(float(episode["rewards"].sum(dtype=np.float64)))
+        costs.append(float(episode["costs"].sum(dtype=np.float64)) if "costs" in episode else 0.0)
+    return ids, returns, costs
+
+
 def _rows(table: pa.Table, mask: np.ndarray, meta_update: Mapping[str, Any]) -> pa.Table:
     arrays = {key: value[mask] for key, value in to_arrays(table).items()}
     return to_table(arrays, dataset_meta(table) | dict(meta_update))
@@ -297,11 +308,7 @@ def top_trajectories(table: pa.Table, k: int, cost_below: float | None = None) -
     arrays = to_arrays(table)
     if cost_below is not None and "costs" not in arrays:
         raise DataError("cost_below needs a dataset with a costs column")
-    ids, returns, costs = [], [], []
-    for episode in episodes(arrays):
-        ids.append(int(episode["episode"][0]))
-        returns.append(float(episode["rewards"].sum(dtype=np.float64)))
-        costs.append(float(episode["costs"].sum(dtype=np.float64)) if "costs" in episode else 0.0)
+    ids, returns, costs = episode_totals(arrays)
     candidates = [i for i in range(len(ids)) if cost_below is None or costs[i] < cost_below]
     if not candidates:
         raise DataError(f"no episode has a total cost below {cost_below}")

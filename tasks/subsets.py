@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from library.errors import DataError
-from tasks.dataset import dataset_meta, episodes, to_arrays, to_table
+from tasks.dataset import dataset_meta, episode_totals, to_arrays, to_table
 from tasks.spec import ComposerData
 
 
@@ -28,11 +28,7 @@ def composer_subset(table: pa.Table, data: ComposerData, composer: str) -> pa.Ta
     if data.selects_all:
         return table
     arrays = to_arrays(table)
-    ids, returns, costs = [], [], []
-    for episode in episodes(arrays):
-        ids.append(int(episode["episode"][0]))
-        returns.append(float(episode["rewards"].sum(dtype=np.float64)))
-        costs.append(float(episode["costs"].sum(dtype=np.float64)) if "costs" in episode else 0.0)
+    ids, returns, costs = episode_totals(arrays)
     chosen = list(range(len(ids)))
     if data.max_episode_cost is not None:
         chosen = [i for i in chosen if costs[i] <= data.max_episode_cost]
