@@ -249,6 +249,12 @@ def psec_cause(error: BaseException) -> PsecError | None:
     return None
 
 
+def _new_report(unit: str) -> dict[str, Any]:
+    """A unit's FitReport (as plain data) before any stage ran."""
+    return {"unit": unit, "registered": [], "skipped": [], "stage_seconds": {},
+            "wall_seconds": 0.0}
+
+
 def _error_record(error: PsecError) -> dict[str, str]:
     return {"type": type(error).__name__, "message": str(error)}
 
@@ -387,15 +393,11 @@ def unit_loop(config: dict[str, Any]) -> None:
         # subset) fails the same way on every rank and on every retry: hand it to the
         # driver in a final report instead of letting Ray Train restart the workers.
         meta = {"fingerprint": fingerprint, "stage_index": 0, "step": 0,
-                "report": {"unit": job.unit.name, "registered": [], "skipped": [],
-                           "stage_seconds": {}, "wall_seconds": 0.0,
-                           "user_error": _error_record(error)}}
+                "report": {**_new_report(job.unit.name), "user_error": _error_record(error)}}
         _report_checkpoint(rank, {"stage": -1, "step": 0}, meta,
                            {"learner": {}, "optimizer": {}, "carry": {}})
         return
-    report = dict(resume.report) if resume is not None else {
-        "unit": job.unit.name, "registered": [], "skipped": [], "stage_seconds": {},
-        "wall_seconds": 0.0}
+    report = dict(resume.report) if resume is not None else _new_report(job.unit.name)
     if resume is not None:
         unit_ctx.restore_carry(resume.carry)
     options = job.options
