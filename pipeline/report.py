@@ -124,10 +124,9 @@ def continual_matrix(rows: Iterable[dict]) -> tuple[list[str], list[str], dict]:
     return tasks, columns, means
 
 
-def has_continual_matrix(rows: Iterable[dict]) -> bool:
-    """Whether any task was re-evaluated after a later task (a non-continual stream only
-    has the diagonal, which the per-item table already shows)."""
-    tasks, _, means = continual_matrix(rows)
+def has_continual_matrix(tasks: list[str], means: dict) -> bool:
+    """Whether, in `continual_matrix`'s output, any task was re-evaluated after a later
+    task (a non-continual stream only has the diagonal, which the per-item table shows)."""
     return len(tasks) > 1 and any(row != column for row, column in means)
 
 
@@ -150,7 +149,7 @@ def markdown(stream: str, rows: list[dict], command: str, plots: list[str]) -> s
             f"{_fmt(_mean_std(cell.returns)[0])} | {_fmt(_mean_std(cell.success)[0])} | "
             f"{_fmt(_mean_std(cell.cost)[0])} | {cell.steps} |")
     tasks, columns, means = continual_matrix(rows)
-    if has_continual_matrix(rows):
+    if has_continual_matrix(tasks, means):
         lines += ["", "Continual matrix: score of each task's own policy (columns) after each "
                   "task of the stream (rows).", "",
                   "| after \\ on | " + " | ".join(columns) + " |",
@@ -199,7 +198,7 @@ def plot_scores(stream: str, rows: list[dict], path: str) -> None:
 
 def plot_continual(stream: str, rows: list[dict], path: str) -> bool:
     tasks, columns, means = continual_matrix(rows)
-    if not has_continual_matrix(rows):
+    if not has_continual_matrix(tasks, means):
         return False
     import matplotlib
 
