@@ -3,6 +3,7 @@
     python -m benchmarks.pipeline --json           # the figures (tens of minutes on 2 CPUs)
     python -m benchmarks.pipeline --json --quick   # tiny sizes, for tests (a few minutes)
     python -m benchmarks.pipeline --json --only parallel_speedup
+    python -m benchmarks.pipeline --json --only train_contention
 
 `skill_registered_s` — a `psec serve` driver is running on a store holding a walker-stand
 base; a walker-walk skill spec is submitted (`psec submit`) and the clock stops when the
@@ -16,6 +17,12 @@ after the other, then both at once, each fit sized as the driver sizes fits that
 2 CPUs (1 worker × 1 CPU). Trainer start-up and shut-down are counted: they are part of
 what a fit costs. Goal ≥ 1.8×. `speedup_vs_whole_machine` compares the concurrent pair
 with the pair fitted one after the other with both CPUs each (2 torch threads).
+
+`train_contention` — the same LoRA training as one fit of `parallel_speedup` (5k steps,
+batch 256, 1 torch thread), in plain processes without Ray: one alone, then two at once.
+`ceiling` = 2 × alone / pair is the speedup that running two fits at once could give on
+this machine if starting and stopping them cost nothing: the bound `parallel_speedup`
+cannot pass here, whatever the pipeline does.
 
 `stage_wall_s` lines — where the time of the submitted skill went: dataset generation,
 TorchTrainer start-up, training, shut-down, evaluation.
@@ -191,13 +198,65 @@ def parallel_speedup(root: Path, base, quick: bool, as_json: bool) -> None:
            "train_s_whole_machine": round(whole_train, 1)}, as_json)
 
 
+def _train_in_process(config: dict, tensors: dict, table: pa.Table, steps: int,
+                      barrier, seconds) -> None:
+    """One LoRA skill trained on `table` in this (spawned) process; its training seconds
+    go to the `seconds` queue. The barrier starts every process's training at once."""
+    import torch
+
+    from library.learners import SkillLearner
+    from library.serialization import load_base
+    from library.training import train
+    from tasks.dataset import to_offline_data
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    learner = SkillLearner(load_base(config, tensors), "skill")
+    data = to_offline_data(table)
+    barrier.wait()
+    seconds.put(train(learner, data, steps=steps, batch_size=256, lr=3e-4, seed=0).seconds)
+
+
+def train_contention(root: Path, base, quick: bool, as_json: bool) -> None:
+    import multiprocessing
+
+    from tasks.generators import generate
+    from tasks.spec import parse_task
+
+    config, tensors, _ = base
+    table = generate(parse_task({
+        "name": "walker-walk", "suite": "dmc", "env": "walker-walk",
+        "data": {"source": "generate", "policy": "expert", "episodes": 2 if quick else 10}}))
+    steps = 100 if quick else 5_000
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds Ray
+
+    def run(count: int) -> float:
+        """Mean training seconds of `count` processes trained at once."""
+        barrier, seconds = spawn.Barrier(count), spawn.Queue()
+        workers = [spawn.Process(target=_train_in_process,
+                                 args=(config, tensors, table, steps, barrier, seconds))
+                   for _ in range(count)]
+        for worker in workers:
+            worker.start()
+        times = [seconds.get() for _ in workers]
+        for worker in workers:
+            worker.join()
+        return sum(times) / count
+
+    alone, pair = run(1), run(2)
+    _emit({"metric": "train_contention", "value": round(pair / alone, 3), "steps": steps,
+           "train_s_alone": round(alone, 1), "train_s_pair": round(pair, 1),
+           "ceiling": round(2 * alone / pair, 2)}, as_json)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print JSON lines")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the Ray instance")
-    parser.add_argument("--only", choices=("skill_registered", "parallel_speedup"),
-                        default=None, help="run one of the two measurements")
+    parser.add_argument("--only",
+                        choices=("skill_registered", "parallel_speedup", "train_contention"),
+                        default=None, help="run one of the measurements")
     args = parser.parse_args(argv)
 
     import ray
@@ -215,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                 skill_registered(root, base, args.quick, args.json)
             if args.only in (None, "parallel_speedup"):
                 parallel_speedup(root, base, args.quick, args.json)
+            if args.only in (None, "train_contention"):
+                train_contention(root, base, args.quick, args.json)
     finally:
         ray.shutdown()
     return 0

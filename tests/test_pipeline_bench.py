@@ -21,3 +21,18 @@ def test_the_pipeline_benchmark_prints_its_figures():
     assert {"dataset", "trainer_start", "train", "trainer_stop", "evaluation"} <= set(stages)
     total = next(line["value"] for line in lines if line["metric"] == "skill_registered_s")
     assert 0 < stages["train"] < total
+
+
+@pytest.mark.slow
+def test_train_contention_compares_one_training_with_two_at_once():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.pipeline", "--json", "--quick",
+         "--only", "train_contention"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [line] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert line["metric"] == "train_contention" and line["steps"] == 100
+    assert line["train_s_alone"] > 0 and line["train_s_pair"] > 0
+    # The seconds are printed to 0.1 s and the quick trainings last about a second.
+    assert line["value"] == pytest.approx(line["train_s_pair"] / line["train_s_alone"], rel=0.1)
+    assert line["ceiling"] == pytest.approx(2 / line["value"], rel=0.01)
