@@ -35,7 +35,7 @@ import pyarrow as pa
 import ray
 from pydantic import BaseModel, ConfigDict
 
-from library.errors import PsecError, ShapeError, SpecError, StoreError
+from library.errors import PsecError, ShapeError, StoreError
 from library.names import BASE
 from library.store import ManifestEntry, SkillStore
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
@@ -194,35 +194,6 @@ def _task_dims(task: TaskSpec, dataset: str, store: SkillStore,
     return get_suite(task.suite).dims(task.env, task.dynamics)
 
 
-def _check_generator(task: TaskSpec) -> None:
-    """A dataset that is to be generated must have what its generator rolls out.
-
-    Generation fails on a missing expert actor anyway, but only after earlier datasets
-    were made and stored; checking here keeps a refused run from writing anything.
-    """
-    from tasks.generators import experts
-    from tasks.generators.generator import behaviour_kinds, check_policy
-
-    policy = task.data.policy
-    check_policy(task.suite, policy)
-    envs = task.data.envs or [task.env]
-    needed = {"expert": ["expert"], "medium": ["medium"], "medium-expert": ["medium", "expert"]}
-    for env in envs:
-        if task.suite == "bullet_safety" and policy == "expert":
-            missing = [] if behaviour_kinds(env) else ["behaviour policies"]
-        elif task.suite in ("dmc", "mujoco") and policy in needed:
-            missing = [f"{kind} actor" for kind in needed[policy]
-                       if not experts.actor_path(env, kind).exists()]
-        elif task.suite in ("dmc", "mujoco") and policy == "medium-replay":
-            missing = [] if experts.replay_path(env).exists() else ["medium-replay data"]
-        else:
-            missing = []
-        if missing:
-            raise SpecError("data.policy", f"task {task.name!r} needs the {' and '.join(missing)} "
-                            f"of {env!r}, which tasks/experts lacks: train it with "
-                            f"`{experts.train_command(env, task.suite)}`")
-
-
 def _check_eval_envs(task: TaskSpec, dims: tuple[int, int]) -> None:
     """Every env in `eval.envs` must take the observations and actions of the task's data."""
     from tasks.suites import get_suite
@@ -260,6 +231,8 @@ def same_fit(stored_spec: dict[str, Any], task: TaskSpec, name: str) -> bool:
 
 def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
     """Every check that can fail on user input, before anything is written."""
+    from tasks.generators.generator import check_can_generate  # loads the experts registry
+
     store.check_writable()
     checked = Checked(dims={}, imported={})
     stored = {entry.name: entry for entry in store.list()}
@@ -274,7 +247,7 @@ def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
                     f"{name!r} is in the store from a different spec of task {task.name!r} "
                     f"(another scale or an edited stream): remove it or rename the task")
         if task.data.source == "generate" and not store.has_dataset(task_plan.dataset):
-            _check_generator(task)
+            check_can_generate(task)
         if task.data.source == "store" and task_plan.dataset in made_here \
                 and not store.has_dataset(task_plan.dataset):
             # A dataset an earlier task of the plan makes (e.g. the base's pretraining data

@@ -55,6 +55,33 @@ def behaviour_kinds(env: str, directory: Path = experts.EXPERTS_DIR) -> list[str
     return sorted(kinds, key=lambda k: stored[k].get("cost_penalty", 0.0))
 
 
+def check_can_generate(task: TaskSpec) -> None:
+    """SpecError on `data.policy` unless `task`'s data can be generated here: a generator
+    for its policy, and the committed actors (or replay data) that generator rolls out.
+
+    Generation fails on a missing actor anyway, but only after the stream's earlier
+    datasets were made and stored; the driver checks every task first, so a refused run
+    writes nothing.
+    """
+    policy = task.data.policy
+    check_policy(task.suite, policy)
+    needed = {"expert": ["expert"], "medium": ["medium"], "medium-expert": ["medium", "expert"]}
+    for env in task.data.envs or [task.env]:
+        if task.suite == "bullet_safety" and policy == "expert":
+            missing = [] if behaviour_kinds(env) else ["behaviour policies"]
+        elif task.suite in ("dmc", "mujoco") and policy in needed:
+            missing = [f"{kind} actor" for kind in needed[policy]
+                       if not experts.actor_path(env, kind).exists()]
+        elif task.suite in ("dmc", "mujoco") and policy == "medium-replay":
+            missing = [] if experts.replay_path(env).exists() else ["medium-replay data"]
+        else:
+            missing = []
+        if missing:
+            raise SpecError("data.policy", f"task {task.name!r} needs the {' and '.join(missing)} "
+                            f"of {env!r}, which tasks/experts lacks: train it with "
+                            f"`{experts.train_command(env, task.suite)}`")
+
+
 def _record_env(suite_name: str, suite: Suite, task: TaskSpec, env: str, episodes: int,
                 seed: int, directory: Path) -> tuple[Recording, dict]:
     """Roll out the task's policy in `env`; returns the recording and extra metadata."""
