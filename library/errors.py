@@ -1,5 +1,8 @@
 """Errors a user can cause. Each renders as one line; the CLI prints it and exits 2."""
 
+import sys
+from collections.abc import Callable
+
 
 class PsecError(Exception):
     """Any failure caused by user input or state: bad spec, bad file, bad store."""
@@ -26,3 +29,15 @@ class ShapeError(PsecError):
 
 class DataError(PsecError):
     """A dataset file is truncated, inconsistent or in an unknown layout."""
+
+
+def exit_status(command: Callable[[], int | None]) -> int:
+    """Run a command-line entry point's body under the CLI contract: its status (0 when it
+    returns None), or, when it raises a PsecError, the error's one line on stderr as
+    `psec: error: …` and status 2."""
+    try:
+        status = command()
+    except PsecError as error:
+        print(f"psec: error: {error}", file=sys.stderr)
+        return 2
+    return 0 if status is None else status

@@ -17,7 +17,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from library.errors import PsecError, StoreError
+from library.errors import PsecError, StoreError, exit_status
 from library.store import DEFAULT_URI, SkillStore
 
 IMPORT_FORMATS = ("d4rl", "dsrl", "minari", "parquet")
@@ -273,10 +273,7 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
-    except PsecError as error:
-        print(f"psec: error: {error}", file=sys.stderr)
-        return 2
+        return exit_status(lambda: args.handler(args))
     except KeyboardInterrupt:
         print("psec: interrupted (what was registered stays; run again to resume)",
               file=sys.stderr)

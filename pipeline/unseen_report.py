@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from library.errors import PsecError
+from library.errors import exit_status
 from library.store import SkillStore
 from tasks.spec import StreamSpec, load_stream
 
@@ -162,16 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = (f"python -m pipeline.unseen_report {args.stream} --scale {args.scale} "
                f"--store {args.store}" + (f" --results {args.results}" if args.results else ""))
-    try:
+
+    def run() -> None:
         text = section(args.stream, args.scale, args.store, command)
         if args.results:
             write_section(args.results, text, load_stream(args.stream).name)
         else:
             print(text)
-    except PsecError as error:
-        print(f"psec: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

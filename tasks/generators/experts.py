@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from library.errors import DataError, PsecError
+from library.errors import DataError, exit_status
 from tasks.generators.rollouts import record as record_episodes
 from tasks.generators.sac import (
     DEFAULT_CACHE,
@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     learning.add_argument("--run-dir", type=Path, default=None)
     learning.add_argument("--every", type=int, default=25_000)
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         if args.command == "export-medium":
             print(json.dumps(export_medium(args.env, args.suite, args.run_dir, args.max_episodes,
                                            step=args.step), indent=1))
@@ -399,10 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             print(table())
         else:
             print(curve(args.env, args.suite, args.run_dir, args.every))
-    except PsecError as error:
-        print(f"psec: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

@@ -606,7 +606,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SACConfig, argparse.Names
 
 
 def main(argv: list[str] | None = None) -> int:
-    from library.errors import PsecError
+    from library.errors import exit_status
     from tasks.generators.experts import export_if_better
 
     config, args = parse_args(argv)
@@ -616,12 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_export:
             export_if_better(agent.actor, config, row)
 
-    try:
-        train(config, args.run_dir, on_eval=on_eval, log=lambda m: print(m, flush=True))
-    except PsecError as e:
-        print(f"psec: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: train(config, args.run_dir, on_eval=on_eval,
+                                     log=lambda m: print(m, flush=True)))
 
 
 if __name__ == "__main__":
