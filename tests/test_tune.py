@@ -134,6 +134,23 @@ def test_a_scale_narrows_the_axes(tmp_path):
     assert paper.ranks == [2, 4, 8] and paper.seeds == [0, 1, 2] and len(paper.targets) == 2
 
 
+
+def test_a_scale_can_try_fewer_fixed_weight_start_points(tmp_path):
+    search = changed(
+        methods=["psec", "fixed"],
+        fixed_alpha=[{"init": "uniform"}, {"init": "newest"}, {"output": "softmax"}],
+        scales={"smoke": {"stream_scale": "smoke", "fixed_alpha": [{"init": "newest"}]},
+                "paper": {"stream_scale": "paper"}})
+    smoke = load_search(write(tmp_path, search), scale="smoke")
+    assert [choice.init for choice in smoke.fixed_alpha] == ["newest"]
+    assert sum(p.method == "fixed" for p in enumerate_points(smoke)) == 1
+    assert len(load_search(write(tmp_path, search), scale="paper").fixed_alpha) == 3
+    bad = copy.deepcopy(search)
+    bad["scales"]["smoke"]["fixed_alpha"] = [{"output": "softmax", "init": "zero"}]
+    with pytest.raises(SpecError, match=r"scales\.smoke\.fixed_alpha\[0\]\.init.*zero"):
+        load_search(write(tmp_path, bad), scale="paper")
+
+
 # ------------------------------------------------------ methods as stream transformations
 
 

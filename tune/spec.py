@@ -145,6 +145,9 @@ class SearchScale(_Spec):
     """LoRA ranks."""
     data_episodes: list[int] | None = Field(None, min_length=1)
     """Trajectory counts of the target's data."""
+    fixed_alpha: list[AlphaSpec] | None = Field(None, min_length=1)
+    """Start points of the fixed-weight baseline (fewer at a small scale: each is a trial
+    per target and seed)."""
     num_samples: int | None = Field(None, ge=1)
     """searcher.num_samples."""
     max_concurrent_trials: int | None = Field(None, ge=1)
@@ -295,6 +298,10 @@ class SearchSpec(_Spec):
                                           error.message) from None
                 if values is not None and field == "data_episodes" and min(values) < 1:
                     raise FieldError(("scales", scale_name, field), "must be >= 1")
+            for index, choice in enumerate(scale.fixed_alpha or []):
+                if choice.init == "zero" and choice.output == "softmax":
+                    raise FieldError(("scales", scale_name, "fixed_alpha", index, "init"),
+                                      "'zero' is impossible with softmax weights")
         for index, choice in enumerate(self.fixed_alpha):
             if choice.init == "zero" and choice.output == "softmax":
                 raise FieldError(("fixed_alpha", index, "init"),
@@ -323,6 +330,8 @@ class SearchSpec(_Spec):
         for field in ("seeds", "ranks", "data_episodes"):
             if getattr(scale, field) is not None:
                 data[field] = getattr(scale, field)
+        if scale.fixed_alpha is not None:
+            data["fixed_alpha"] = [choice.model_dump(mode="json") for choice in scale.fixed_alpha]
         if scale.targets is not None:
             data["targets"] = [t for t in data["targets"] if t["label"] in scale.targets]
             trace = data.get("alpha_trace")
