@@ -131,6 +131,15 @@ class SkillStore:
         """The store's folder on this machine, or None for a remote store."""
         return self._root if self._local else None
 
+    def uri_of(self, *parts: str) -> str:
+        """The path or URI of `<store>/<parts>` for tools that open it themselves (Ray Train
+        checkpoints, TensorBoard runs, Tune records): a remote store's query
+        (`?endpoint_override=…&region=…`) stays at the end, where pyarrow reads it."""
+        if self._local:
+            return os.path.join(self._root, *parts)
+        base, sep, query = self._uri.partition("?")
+        return f"{base.rstrip('/')}/{'/'.join(parts)}{sep}{query}"
+
     # ------------------------------------------------------------------ items
 
     def register(
@@ -234,7 +243,7 @@ class SkillStore:
     def exists(self, name: str) -> bool:
         """Whether `name` is committed (has a manifest entry)."""
         check_name(name)
-        return self._fs.get_file_info(self._entry_path(name)).type == pafs.FileType.File
+        return self._info(self._entry_path(name)).type == pafs.FileType.File
 
     def list(self, kind: str | None = None) -> list[ManifestEntry]:
         """Every committed entry, oldest first; only those of `kind` if given."""
@@ -277,7 +286,7 @@ class SkillStore:
                 )
             self._guard(lambda: self._fs.delete_file(self._entry_path(name)))
             item = self._path("items", name)
-            if self._fs.get_file_info(item).type == pafs.FileType.Directory:
+            if self._info(item).type == pafs.FileType.Directory:
                 self._guard(lambda: self._fs.delete_dir(item))
 
     # --------------------------------------------------------------- datasets
@@ -312,7 +321,7 @@ class SkillStore:
         """Whether a dataset is stored under `name`."""
         check_name(name)
         path = self._path("datasets", f"{name}.parquet")
-        return self._fs.get_file_info(path).type == pafs.FileType.File
+        return self._info(path).type == pafs.FileType.File
 
     # ---------------------------------------------------------------- results
 
@@ -350,7 +359,7 @@ class SkillStore:
 
     def check_writable(self) -> None:
         """Write and delete a probe file; StoreError in one line if the store cannot be written."""
-        if self._root and self._fs.get_file_info(self._root).type == pafs.FileType.File:
+        if self._root and self._info(self._root).type == pafs.FileType.File:
             raise StoreError(
                 f"store at {self._uri} is not writable: {self._root} is a file, not a folder"
             )
@@ -371,7 +380,7 @@ class SkillStore:
         selector = pafs.FileSelector(self._path(folder), allow_not_found=True)
         return sorted(
             info.path
-            for info in self._fs.get_file_info(selector)
+            for info in self._info(selector)
             if info.type == pafs.FileType.File
             and info.base_name.endswith(suffix)
             and not info.base_name.startswith(".")
@@ -388,11 +397,19 @@ class SkillStore:
                 return f.read()
         except FileNotFoundError:
             return None
-        except OSError:
-            # Object stores report a missing key as a generic OSError.
-            if self._fs.get_file_info(path).type == pafs.FileType.NotFound:
+        except OSError as e:
+            # Object stores may report a missing key as a generic OSError.
+            if self._info(path).type == pafs.FileType.NotFound:
                 return None
-            raise
+            raise StoreError(f"store at {self._uri} cannot be read: {e}") from e
+
+    def _info(self, what: str | pafs.FileSelector):
+        """`get_file_info`; a failure (an unreachable endpoint, denied access, a missing
+        bucket's listing) becomes the one-line 'cannot be read' StoreError."""
+        try:
+            return self._fs.get_file_info(what)
+        except OSError as e:
+            raise StoreError(f"store at {self._uri} cannot be read: {e}") from e
 
     def _guard(self, write) -> None:
         """Run a write; a filesystem failure becomes the one-line 'not writable' StoreError."""
