@@ -139,11 +139,8 @@ def checkpoint_root(store_uri: str) -> str:
     """RunConfig.storage_path: a folder under a local store, the URI for a remote one."""
     from library.store import SkillStore
 
-    store = SkillStore(store_uri)
-    local = store.local_path
-    if local is not None:
-        return os.path.join(local, CHECKPOINTS_FOLDER)
-    return f"{store.uri.rstrip('/')}/{CHECKPOINTS_FOLDER}"
+    # uri_of keeps a remote store's query (endpoint, region): Ray resolves it with pyarrow.
+    return SkillStore(store_uri).uri_of(CHECKPOINTS_FOLDER)
 
 
 def _filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:

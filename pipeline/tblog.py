@@ -2,18 +2,19 @@
 
 `tensorboard --logdir <store>/runs` then shows every fit of every stream side by side.
 For a local store the writer writes there directly; for a remote store (s3://...) it
-writes to a temporary folder and copies the files up on `close`.
+writes to a temporary folder and copies the files up on `close` (TensorBoard's writer
+cannot open a pyarrow URI), so a remote run shows up when its stage or evaluation ends.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
 
 import pyarrow.fs as pafs
 
+from library.errors import StoreError
 from library.store import SkillStore
 
 RUNS_FOLDER = "runs"
@@ -36,13 +37,14 @@ class RunLog:
             return
         from torch.utils.tensorboard import SummaryWriter  # 0.3 s; only where used
 
-        local = SkillStore(store_uri).local_path
-        if local is not None:
-            folder = os.path.join(local, RUNS_FOLDER, run)
+        store = SkillStore(store_uri)
+        if store.local_path is not None:
+            folder = store.uri_of(RUNS_FOLDER, run)
         else:
             self._tmp = tempfile.mkdtemp(prefix="psec-tb-")
             folder = self._tmp
-            self._upload_to = f"{store_uri.rstrip('/')}/{RUNS_FOLDER}/{run}"
+            # uri_of keeps the store URI's query (endpoint, region) where pyarrow reads it.
+            self._upload_to = store.uri_of(RUNS_FOLDER, run)
         self._writer = SummaryWriter(log_dir=folder)
 
     def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
@@ -57,9 +59,13 @@ class RunLog:
         self._writer.close()
         self._writer = None
         if self._upload_to is not None and self._tmp is not None:
-            fs, path = pafs.FileSystem.from_uri(self._upload_to)
-            fs.create_dir(path, recursive=True)
-            pafs.copy_files(self._tmp, path, destination_filesystem=fs)
+            try:
+                fs, path = pafs.FileSystem.from_uri(self._upload_to)
+                fs.create_dir(path, recursive=True)
+                pafs.copy_files(self._tmp, path, destination_filesystem=fs)
+            except OSError as e:
+                raise StoreError(f"TensorBoard run {self._upload_to} not uploaded "
+                                 f"(its events stay in {self._tmp}): {e}") from e
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> RunLog:

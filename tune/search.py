@@ -129,7 +129,7 @@ class SearchSummary:
 
 def experiment_path(store_uri: str, search: str) -> str:
     """Tune's experiment folder (or URI) for `search` in the store."""
-    return f"{SkillStore(store_uri).uri.rstrip('/')}/{TUNE_FOLDER}/{search}"
+    return SkillStore(store_uri).uri_of(TUNE_FOLDER, search)
 
 
 def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
@@ -362,7 +362,8 @@ def _tuner(search: SearchSpec, context: SearchContext, points: list[TrialPoint],
         point = TrialPoint.model_validate(trial.config["point"])
         return f"{point.tag()}_{trial.trial_id}"
 
-    root, name = experiment.rsplit("/", 1)
+    # Not split from `experiment`: a remote store's URI ends in its query (endpoint, region).
+    root, name = SkillStore(context.store_uri).uri_of(TUNE_FOLDER), search.name
     return tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
