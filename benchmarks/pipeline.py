@@ -14,8 +14,9 @@ driver with one task at a time sizes it) and registered, and the skill evaluated
 
 `parallel_speedup` — two skills on the same base (5k steps each): their fit units one
 after the other, then both at once, each fit sized as the driver sizes fits that share
-2 CPUs (1 worker × 1 CPU). Trainer start-up and shut-down are counted: they are part of
-what a fit costs. Goal ≥ 1.8×. `speedup_vs_whole_machine` compares the concurrent pair
+2 CPUs (1 worker × 1 CPU: a plain Ray task, or with `--single-worker trainer` a
+TorchTrainer of one worker). Start-up and shut-down are counted: they are part of what a
+fit costs. Goal ≥ 1.8×. `speedup_vs_whole_machine` compares the concurrent pair
 with the pair fitted one after the other with both CPUs each (2 torch threads).
 
 `train_contention` — the same LoRA training as one fit of `parallel_speedup` (5k steps,
@@ -142,7 +143,8 @@ def skill_registered(root: Path, base, quick: bool, as_json: bool) -> None:
           as_json)
 
 
-def parallel_speedup(root: Path, base, quick: bool, as_json: bool) -> None:
+def parallel_speedup(root: Path, base, quick: bool, as_json: bool,
+                     single_worker: str = "task") -> None:
     import ray
 
     from pipeline.fit import FitOptions, fit_unit, size_job
@@ -171,8 +173,8 @@ def parallel_speedup(root: Path, base, quick: bool, as_json: bool) -> None:
                                "data": {"source": "store", "dataset": "walk-data"},
                                "train": {"steps": steps, "batch_size": 256}})
             unit = plan_task(task, ["walker-stand"]).units[skill]
-            jobs.append(size_job(unit, name, 0, FitOptions(concurrent_fits=concurrent_fits),
-                                 ray.cluster_resources()))
+            options = FitOptions(concurrent_fits=concurrent_fits, single_worker=single_worker)
+            jobs.append(size_job(unit, name, 0, options, ray.cluster_resources()))
         started = time.perf_counter()
         if together:
             reports = ray.get([fit_unit.remote(job, handle, None) for job in jobs])
@@ -189,7 +191,8 @@ def parallel_speedup(root: Path, base, quick: bool, as_json: bool) -> None:
     # train_s: training seconds of one fit (without trainer start/stop) in each setting;
     # concurrent > sequential shows the two fits competing for CPU beyond their one each.
     _emit({"metric": "parallel_speedup", "value": round(sequential / concurrent, 2),
-           "goal": ">= 1.8", "steps": steps, "sequential_s": round(sequential, 1),
+           "goal": ">= 1.8", "steps": steps, "single_worker": single_worker,
+           "sequential_s": round(sequential, 1),
            "concurrent_s": round(concurrent, 1),
            "sequential_whole_machine_s": round(whole, 1),
            "speedup_vs_whole_machine": round(whole / concurrent, 2),
@@ -257,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only",
                         choices=("skill_registered", "parallel_speedup", "train_contention"),
                         default=None, help="run one of the measurements")
+    parser.add_argument("--single-worker", choices=("task", "trainer"), default="task",
+                        help="how parallel_speedup runs its one-worker fits (FitOptions)")
     args = parser.parse_args(argv)
 
     import ray
@@ -273,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, "skill_registered"):
                 skill_registered(root, base, args.quick, args.json)
             if args.only in (None, "parallel_speedup"):
-                parallel_speedup(root, base, args.quick, args.json)
+                parallel_speedup(root, base, args.quick, args.json, args.single_worker)
             if args.only in (None, "train_contention"):
                 train_contention(root, base, args.quick, args.json)
     finally:

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fits sized to run side by side (default 2)")
     run.add_argument("--max-failures", type=int, default=2,
                      help="worker failures a fit recovers from (Ray Train FailureConfig)")
+    run.add_argument("--single-worker", choices=("task", "trainer"), default="task",
+                     help="a one-worker fit as a plain Ray task (default) or a TorchTrainer")
     run.set_defaults(handler=_run)
 
     serve = commands.add_parser("serve", help="keep a driver running that fits submitted tasks")
@@ -150,7 +152,8 @@ def _run(args: argparse.Namespace) -> int:
     summary = run_stream_file(
         args.stream, args.store, scale=args.scale, address=args.address,
         options=DriverOptions(concurrent_fits=args.concurrent_fits,
-                              max_failures=args.max_failures))
+                              max_failures=args.max_failures,
+                              single_worker=args.single_worker))
     print(summary.describe())
     return 0
 

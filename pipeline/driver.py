@@ -29,7 +29,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import ray
@@ -57,11 +57,13 @@ class DriverOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     fit: FitOptions = FitOptions()
-    """Ray Train settings of every fit."""
+    """How every fit runs (workers, checkpoints, retries)."""
     concurrent_fits: int | None = None
     """Shortcut for fit.concurrent_fits (the CLI's --concurrent-fits)."""
     max_failures: int | None = None
     """Shortcut for fit.max_failures (the CLI's --max-failures)."""
+    single_worker: Literal["task", "trainer"] | None = None
+    """Shortcut for fit.single_worker (the CLI's --single-worker)."""
     progress: bool | None = None
     """Progress bars: None draws them when stderr is a terminal."""
     result_tags: dict[str, str] = {}
@@ -74,6 +76,8 @@ class DriverOptions(BaseModel):
             update["concurrent_fits"] = self.concurrent_fits
         if self.max_failures is not None:
             update["max_failures"] = self.max_failures
+        if self.single_worker is not None:
+            update["single_worker"] = self.single_worker
         return self.fit.model_copy(update=update)
 
 

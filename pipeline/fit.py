@@ -1,8 +1,14 @@
-"""Fit units on Ray Train: one TorchTrainer per unit, sized from the cluster.
+"""Fit units on Ray: one TorchTrainer per unit of several workers, sized from the cluster.
 
 `fit_unit` (a Ray task, so several units run at once) builds a `TorchTrainer` whose
 workers run `unit_loop`: every stage of the unit in order, through
-`library.training.train`. On each worker:
+`library.training.train`. A unit sized to ONE worker runs the same loop in one plain Ray
+task instead (`FitOptions.single_worker`, default "task"): a TorchTrainer around a single
+worker averages no gradients, yet costs ~10 s of start-up and shut-down and six helper
+actors that take CPU from the fits beside it (docs/BENCHMARKS.md). The task reserves the
+worker's CPUs (and GPUs), writes the same checkpoints itself under the same folder, and
+Ray retries it `max_failures` times when its process dies, resuming from the latest one.
+On each worker:
 
 * torch threads = the worker's CPUs (Ray sets OMP_NUM_THREADS, torch does not follow it);
 * with more than one worker, gradients are averaged with `torch.distributed.all_reduce`
@@ -24,11 +30,12 @@ spec changed) is ignored.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow.fs as pafs
 import ray
@@ -74,6 +81,10 @@ class FitOptions(BaseModel):
     """Steps between progress reports and TensorBoard points."""
     cpus_per_worker: int | None = None
     """CPUs per Ray Train worker (default: sized from the cluster)."""
+    single_worker: Literal["task", "trainer"] = "task"
+    """How a unit sized to one worker runs: task = the unit loop in one plain Ray task
+    (same checkpoints, resume and retries, without a TorchTrainer's start-up and helper
+    actors); trainer = a TorchTrainer of one worker, like larger units."""
     fail_at: FailurePoint | None = None
     """Fault tests only: kill a worker once at this point."""
 
@@ -122,11 +133,12 @@ class FitReport(BaseModel):
     stage_seconds: dict[str, float]
     """Wall seconds of each stage fitted now (steps only, without trainer start-up)."""
     wall_seconds: float
-    """Seconds from submitting the TorchTrainer to its end (start-up and stop included)."""
+    """Seconds from submitting the fit (TorchTrainer or task) to its end, start-up and
+    stop included."""
     start_seconds: float = 0.0
-    """TorchTrainer start-up: from `fit()` to the first line of the training loop."""
+    """Start-up: from submitting the fit to the first line of the training loop."""
     stop_seconds: float = 0.0
-    """TorchTrainer shut-down: from the end of the training loop to `fit()` returning."""
+    """Shut-down: from the end of the training loop to the fit returning."""
     worker_started: float = 0.0
     """Unix time at which rank 0 entered the training loop (this attempt)."""
     worker_finished: float = 0.0
@@ -175,9 +187,45 @@ def size_job(unit: FitUnit, stream: str, stream_seed: int, options: FitOptions,
 
 @ray.remote(num_cpus=0, max_retries=0)
 def fit_unit(job: FitJob, store: StoreHandle, board, *upstream: Any) -> FitReport:
-    """Run one unit's TorchTrainer. `upstream` are the refs of the units and datasets it
-    waits for: Ray starts this task only once they are done, which makes the DAG."""
+    """Fit one unit (a TorchTrainer, or one task for a one-worker unit). `upstream` are
+    the refs of the units and datasets it waits for: Ray starts this task only once they
+    are done, which makes the DAG."""
+    if job.workers == 1 and job.options.single_worker == "task":
+        return run_task(job, store, board)
     return run_trainer(job, store, board)
+
+
+def _finish(job: FitJob, store: StoreHandle, board, report: FitReport, started: float,
+            started_unix: float) -> FitReport:
+    """The driver's side of a unit's end: a user error raised as its own class, the
+    checkpoints removed (the store is the record now), the timings filled in."""
+    ended_unix = time.time()
+    remove_run(store.uri, job.run_name)
+    if report.user_error is not None:
+        raise _error_from_record(report.user_error)
+    report.wall_seconds = time.perf_counter() - started
+    report.start_seconds = max(0.0, report.worker_started - started_unix)
+    report.stop_seconds = max(0.0, ended_unix - report.worker_finished)
+    if board is not None:
+        board.finish.remote(job.unit.name)
+    return report
+
+
+def run_task(job: FitJob, store: StoreHandle, board) -> FitReport:
+    """A one-worker unit in one Ray task that holds the worker's resources; Ray runs it
+    again (from the latest checkpoint) when its process dies."""
+    started, started_unix = time.perf_counter(), time.time()
+    config = {"job": job.model_dump(mode="json"), "store": store, "board": board}
+    remote = _unit_task.options(num_cpus=job.cpus_per_worker, num_gpus=job.gpus_per_worker,
+                                max_retries=job.options.max_failures, retry_exceptions=False)
+    try:
+        report = FitReport.model_validate(ray.get(remote.remote(config)))
+    except Exception as error:  # a RayTaskError wrapping the loop's exception
+        cause = psec_cause(error)
+        if cause is not None:
+            raise cause from None
+        raise
+    return _finish(job, store, board, report, started, started_unix)
 
 
 def run_trainer(job: FitJob, store: StoreHandle, board) -> FitReport:
@@ -209,18 +257,7 @@ def run_trainer(job: FitJob, store: StoreHandle, board) -> FitReport:
         raise
     if result.error is not None:
         raise result.error
-    report = _read_report(result)
-    if report.user_error is not None:
-        remove_run(store.uri, job.run_name)
-        raise _error_from_record(report.user_error)
-    ended_unix = time.time()
-    remove_run(store.uri, job.run_name)
-    report.wall_seconds = time.perf_counter() - started
-    report.start_seconds = max(0.0, report.worker_started - started_unix)
-    report.stop_seconds = max(0.0, ended_unix - report.worker_finished)
-    if board is not None:
-        board.finish.remote(job.unit.name)
-    return report
+    return _finish(job, store, board, _read_report(result), started, started_unix)
 
 
 def psec_cause(error: BaseException) -> PsecError | None:
@@ -321,33 +358,108 @@ class _Resume(BaseModel):
     """The FitReport so far (registered and skipped stages, stage seconds)."""
 
 
-def _load_resume(fingerprint: str) -> _Resume | None:
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        with open(os.path.join(folder, META_FILE)) as f:
-            meta = json.load(f)
-        if meta.get("fingerprint") != fingerprint:
-            return None  # another plan with the same run name: start afresh
-        # weights_only: tensors and plain containers, never arbitrary pickled objects.
-        state = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
+def _resume_from(meta: dict, state_bytes: bytes, fingerprint: str) -> _Resume | None:
+    if meta.get("fingerprint") != fingerprint:
+        return None  # another plan with the same run name: start afresh
+    # weights_only: tensors and plain containers, never arbitrary pickled objects.
+    state = torch.load(io.BytesIO(state_bytes), weights_only=True)
     return _Resume(stage_index=meta["stage_index"], step=meta["step"],
                    learner_state=state["learner"], optimizer_state=state["optimizer"],
                    carry=state["carry"], report=meta["report"])
 
 
-def _report_checkpoint(rank: int, metrics: dict[str, float], meta: dict | None,
-                       state: dict | None) -> None:
-    """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
-    if rank != 0 or meta is None:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory(prefix="psec-ckpt-") as folder:
-        torch.save(state, os.path.join(folder, STATE_FILE))
-        with open(os.path.join(folder, META_FILE), "w") as f:
-            json.dump(meta, f)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+class _TrainSession:
+    """The unit loop inside a Ray Train worker group: checkpoints through Ray Train."""
+
+    def __init__(self, job: FitJob):
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = (ray.train.torch.get_device() if job.gpus_per_worker > 0
+                       else torch.device("cpu"))
+
+    def load_resume(self, fingerprint: str) -> _Resume | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            with open(os.path.join(folder, META_FILE)) as f:
+                meta = json.load(f)
+            with open(os.path.join(folder, STATE_FILE), "rb") as f:
+                return _resume_from(meta, f.read(), fingerprint)
+
+    def report(self, metrics: dict[str, float], meta: dict, state: dict,
+               final: bool = False) -> None:
+        """Every rank reports (it is a barrier); rank 0 attaches the checkpoint. The final
+        one carries the FitReport to the driver (Result.checkpoint)."""
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="psec-ckpt-") as folder:
+            torch.save(state, os.path.join(folder, STATE_FILE))
+            with open(os.path.join(folder, META_FILE), "w") as f:
+                json.dump(meta, f)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+class _TaskSession:
+    """The unit loop in one plain Ray task (a one-worker unit): it writes its own
+    checkpoints, `<run folder>/task-<stage>-<step>/` with meta.json written last (a
+    checkpoint without it is incomplete and ignored), and keeps the newest two."""
+
+    KEEP = 2
+
+    def __init__(self, job: FitJob, store_uri: str):
+        self.rank, self.world = 0, 1
+        self.device = torch.device("cuda") if job.gpus_per_worker > 0 else torch.device("cpu")
+        self.fs, root = _filesystem(checkpoint_root(store_uri))
+        self.folder = f"{root}/{job.run_name}"
+        self.final: dict | None = None
+
+    def _complete(self) -> list[str]:
+        """Paths of complete checkpoints, oldest first."""
+        selector = pafs.FileSelector(self.folder, allow_not_found=True)
+        names = sorted(info.base_name for info in self.fs.get_file_info(selector)
+                       if info.type == pafs.FileType.Directory
+                       and info.base_name.startswith("task-"))
+        paths = [f"{self.folder}/{name}" for name in names]
+        return [path for path in paths
+                if self.fs.get_file_info(f"{path}/{META_FILE}").type == pafs.FileType.File]
+
+    def load_resume(self, fingerprint: str) -> _Resume | None:
+        complete = self._complete()
+        if not complete:
+            return None
+        with self.fs.open_input_stream(f"{complete[-1]}/{META_FILE}") as f:
+            meta = json.loads(f.read())
+        with self.fs.open_input_stream(f"{complete[-1]}/{STATE_FILE}") as f:
+            return _resume_from(meta, f.read(), fingerprint)
+
+    def report(self, metrics: dict[str, float], meta: dict, state: dict,
+               final: bool = False) -> None:
+        if final:  # the task returns the report itself: nothing left to resume
+            self.final = meta["report"]
+            return
+        # Names sort in training order: stage index, then step (zero-padded).
+        path = f"{self.folder}/task-{meta['stage_index']:04d}-{meta['step']:012d}"
+        self.fs.create_dir(path, recursive=True)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with self.fs.open_output_stream(f"{path}/{STATE_FILE}") as f:
+            f.write(buffer.getvalue())
+        with self.fs.open_output_stream(f"{path}/{META_FILE}") as f:
+            f.write(json.dumps(meta).encode())
+        for old in self._complete()[:-self.KEEP]:
+            self.fs.delete_dir(old)
+
+
+@ray.remote(max_retries=0)  # run_task sets its resources and retries
+def _unit_task(config: dict[str, Any]) -> dict[str, Any]:
+    """A one-worker unit: `unit_loop` in this task; returns the FitReport as plain data."""
+    job = FitJob.model_validate(config["job"])
+    session = _TaskSession(job, config["store"].uri)
+    _run_unit(job, config["store"], config["board"], session)
+    assert session.final is not None  # _run_unit always ends with a final report
+    return session.final
 
 
 def _maybe_fail(options: FitOptions, stage: str, step: int, marker_root: str,
@@ -367,22 +479,25 @@ def _maybe_fail(options: FitOptions, stage: str, step: int, marker_root: str,
 
 
 def unit_loop(config: dict[str, Any]) -> None:
-    """train_loop_per_worker: every stage of the unit, resumable from a checkpoint."""
+    """train_loop_per_worker of a unit's TorchTrainer."""
+    job = FitJob.model_validate(config["job"])
+    _run_unit(job, config["store"], config["board"], _TrainSession(job))
+
+
+def _run_unit(job: FitJob, store: StoreHandle, board,
+              session: _TrainSession | _TaskSession) -> None:
+    """Every stage of the unit, resumable from the session's latest checkpoint."""
     from library.training import train
     from pipeline.stages import UnitContext
     from pipeline.tblog import RunLog, run_name
 
     worker_started = time.time()
-    job = FitJob.model_validate(config["job"])
-    store: StoreHandle = config["store"]
-    reporter = ProgressReporter(config["board"], job.unit.name)
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    reporter = ProgressReporter(board, job.unit.name)
+    rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(job.cpus_per_worker)
-    device = ray.train.torch.get_device() if job.gpus_per_worker > 0 else torch.device("cpu")
 
     fingerprint = job.fingerprint()
-    resume = _load_resume(fingerprint)
+    resume = session.load_resume(fingerprint)
     try:
         unit_ctx = UnitContext(store, job.unit, device, rank=rank)
     except PsecError as error:
@@ -391,8 +506,8 @@ def unit_loop(config: dict[str, Any]) -> None:
         # driver in a final report instead of letting Ray Train restart the workers.
         meta = {"fingerprint": fingerprint, "stage_index": 0, "step": 0,
                 "report": {**_new_report(job.unit.name), "user_error": _error_record(error)}}
-        _report_checkpoint(rank, {"stage": -1, "step": 0}, meta,
-                           {"learner": {}, "optimizer": {}, "carry": {}})
+        session.report({"stage": -1, "step": 0}, meta,
+                       {"learner": {}, "optimizer": {}, "carry": {}}, final=True)
         return
     report = dict(resume.report) if resume is not None else _new_report(job.unit.name)
     if resume is not None:
@@ -435,7 +550,7 @@ def unit_loop(config: dict[str, Any]) -> None:
                     "report": report}
             state = {"learner": checkpoint.learner_state,
                      "optimizer": checkpoint.optimizer_state, "carry": unit_ctx.carry()}
-            _report_checkpoint(rank, {"stage": index, "step": checkpoint.step}, meta, state)
+            session.report({"stage": index, "step": checkpoint.step}, meta, state)
 
         terms: dict[str, float] = {}
         data = unit_ctx.data_for(stage)
@@ -463,10 +578,10 @@ def unit_loop(config: dict[str, Any]) -> None:
 
     report["worker_started"] = worker_started
     report["worker_finished"] = time.time()
-    # A final checkpoint carries the report to the driver (Result.checkpoint); every
-    # stage is in the store by now, so resuming from it does nothing.
-    _report_checkpoint(rank, {"stage": len(job.unit.stages), "step": 0},
-                       {"fingerprint": fingerprint, "stage_index": len(job.unit.stages),
-                        "step": 0, "report": report},
-                       {"learner": {}, "optimizer": {}, "carry": {}})
+    # The final report goes to the driver; every stage is in the store by now, so
+    # resuming from it would do nothing.
+    session.report({"stage": len(job.unit.stages), "step": 0},
+                   {"fingerprint": fingerprint, "stage_index": len(job.unit.stages),
+                    "step": 0, "report": report},
+                   {"learner": {}, "optimizer": {}, "carry": {}}, final=True)
 

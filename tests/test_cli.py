@@ -207,3 +207,26 @@ def test_python_dash_m_pipeline_is_the_psec_command(tmp_path):
                             timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("psec: error: no item named 'nothing'")
+
+
+def test_run_passes_its_fit_flags_to_the_driver(tmp_path, monkeypatch):
+    import pipeline.driver as driver
+    from pipeline.cli import main
+
+    seen = {}
+
+    class Summary:
+        def describe(self) -> str:
+            return "nothing to do"
+
+    def fake_run(stream, store, scale=None, address=None, options=None):
+        seen["fit"] = options.fit_options()
+        return Summary()
+
+    monkeypatch.setattr(driver, "run_stream_file", fake_run)
+    assert main(["run", "s.yaml", "--store", str(tmp_path / "store")]) == 0
+    assert seen["fit"].single_worker == "task" and seen["fit"].concurrent_fits == 2
+    assert main(["run", "s.yaml", "--store", str(tmp_path / "store"), "--single-worker",
+                 "trainer", "--concurrent-fits", "1", "--max-failures", "0"]) == 0
+    assert (seen["fit"].single_worker, seen["fit"].concurrent_fits,
+            seen["fit"].max_failures) == ("trainer", 1, 0)

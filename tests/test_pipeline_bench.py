@@ -36,3 +36,16 @@ def test_train_contention_compares_one_training_with_two_at_once():
     # The seconds are printed to 0.1 s and the quick trainings last about a second.
     assert line["value"] == pytest.approx(line["train_s_pair"] / line["train_s_alone"], rel=0.1)
     assert line["ceiling"] == pytest.approx(2 / line["value"], rel=0.01)
+
+
+@pytest.mark.slow
+def test_parallel_speedup_prints_both_pairs_and_how_fits_ran():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.pipeline", "--json", "--quick",
+         "--only", "parallel_speedup"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [line] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert line["metric"] == "parallel_speedup" and line["single_worker"] == "task"
+    assert line["value"] == pytest.approx(line["sequential_s"] / line["concurrent_s"], rel=0.05)
+    assert 0 < line["train_s_sequential"] < line["sequential_s"]

@@ -1,5 +1,6 @@
-"""The pipeline on a 2-CPU Ray instance: the store actor, a fault that kills a Ray Train
-worker on purpose and the resume from its checkpoint, and the serve/submit round trip."""
+"""The pipeline on a 2-CPU Ray instance: the store actor, a fault that kills a fit's
+worker on purpose and the resume from its checkpoint (a one-worker unit as a plain task and
+as a TorchTrainer), and the serve/submit round trip."""
 
 import os
 import threading
@@ -48,13 +49,14 @@ def test_store_actor_serialises_registrations_and_keeps_errors_one_line(ray_clus
         store.load("ghost")
 
 
-def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path):
+@pytest.mark.parametrize("single_worker", ["task", "trainer"])
+def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path, single_worker):
     tasks = [tiny_task("stand", role="base", steps=60)]
     store_uri = str(tmp_path / "store")
     put_datasets(store_uri, tasks)
     plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
     options = DriverOptions(progress=False, fit=FitOptions(
-        log_every=10, checkpoint_every=10, max_failures=2,
+        log_every=10, checkpoint_every=10, max_failures=2, single_worker=single_worker,
         fail_at=FailurePoint(stage="stand", step=35)))
     summary = run_plan(plan, store_uri, options)
 
@@ -122,7 +124,9 @@ def test_a_fit_with_two_workers_averages_gradients_across_them(ray_cluster, tmp_
     assert metrics["workers"] == 2 and metrics["train_steps"] == 30
 
 
-def test_a_user_error_in_a_fit_is_raised_once_and_keeps_what_was_stored(ray_cluster, tmp_path):
+@pytest.mark.parametrize("single_worker", ["task", "trainer"])
+def test_a_user_error_in_a_fit_is_raised_once_and_keeps_what_was_stored(ray_cluster, tmp_path,
+                                                                        single_worker):
     import numpy as np
     from pipeline_builders import synthetic_table
 
@@ -139,7 +143,8 @@ def test_a_user_error_in_a_fit_is_raised_once_and_keeps_what_was_stored(ray_clus
     store.put_dataset("run-data", to_table(costly, {"suite": "dmc", "env": "walker-walk"}))
     plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
     with pytest.raises(DataError, match=r"composer 'safe'.*cost <= 1") as error:
-        run_plan(plan, store_uri, DriverOptions(progress=False, fit=FitOptions(max_failures=3)))
+        run_plan(plan, store_uri, DriverOptions(progress=False, fit=FitOptions(
+            max_failures=3, single_worker=single_worker)))
     assert "\n" not in str(error.value)
     assert [entry.name for entry in SkillStore(store_uri).list()] == ["stand"]
     # The failing unit left no checkpoints behind.
