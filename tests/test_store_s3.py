@@ -378,3 +378,36 @@ def test_a_tune_experiment_is_stored_under_the_store(uri: str, tmp_path):
     # Making the Tuner (no Ray needed) resolves its storage and writes its first record.
     _tuner(search, context, enumerate_points(search), experiment_path(uri, search.name), False)
     assert f"{TUNE_FOLDER}/{search.name}/tuner.pkl" in objects(uri)
+
+
+@pytest.mark.slow
+def test_a_stream_on_s3_resumes_a_killed_fit_from_its_s3_checkpoint(endpoint, ray_cluster, uri,
+                                                                    tmp_path):
+    """`psec run` on the bucket: the store actor, Ray Train checkpoints on S3 and the resume
+    from them after a worker is killed, results, TensorBoard runs; no checkpoints left."""
+    from pipeline_builders import put_datasets, tiny_task, write_stream
+
+    from pipeline.driver import DriverOptions, run_plan
+    from pipeline.fit import FailurePoint, FitOptions
+    from pipeline.plan import plan_stream
+    from tasks.spec import load_stream
+
+    torch.set_num_threads(1)
+    tasks = [tiny_task("stand", role="base", steps=40)]
+    put_datasets(uri, tasks)
+    plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
+    options = DriverOptions(progress=False, fit=FitOptions(
+        log_every=10, checkpoint_every=10, max_failures=2,
+        fail_at=FailurePoint(stage="stand", step=25)))
+    summary = run_plan(plan, uri, options)
+
+    assert summary.fitted == ["stand"]
+    store = SkillStore(uri)
+    # The restarted worker found a checkpoint on S3 (step 10 or 20), not a fresh start.
+    assert store.entry("stand").metrics["resumed_from"] in (10, 20)
+    assert [row["name"] for row in store.results().to_pylist()] == ["stand"]
+    keys = list(objects(uri))
+    # The fault marker stays; the finished unit's checkpoints are gone.
+    assert [k for k in keys if k.startswith("checkpoints/")] == [
+        "checkpoints/tiny__stand-failed-once"]
+    assert any(k.startswith("runs/stand__") and "events.out" in k for k in keys)
