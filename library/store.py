@@ -420,7 +420,7 @@ class SkillStore:
         except OSError as e:
             raise StoreError(f"store at {self._uri} is not writable: {e}") from e
 
-    def _write(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
+    def _write(self, path: str, data: bytes | pa.Buffer, *, exclusive: bool = False) -> None:
         """Replace `path` with `data` atomically; with `exclusive`, fail if it already exists."""
         if self._local:
             self._guard(lambda: _write_local(path, lambda tmp: _write_file(tmp, data), exclusive))
@@ -442,11 +442,12 @@ class SkillStore:
             self._guard(lambda: _write_local(path, lambda tmp: pq.write_table(table, tmp), False))
             return
 
-        def put() -> None:
-            self._make_parent(path)
-            pq.write_table(table, path, filesystem=self._fs)
-
-        self._guard(put)
+        # The finished file in one PUT: an object-store upload stream closed on the way out
+        # of an error (or a Ctrl-C) completes its upload, so writing the table straight to
+        # it could commit a valid but truncated file.
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self._write(path, sink.getvalue())
 
     def _make_parent(self, path: str) -> None:
         # Object stores need no folders, but HDFS-like filesystems do; "" is the mock root.

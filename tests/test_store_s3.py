@@ -411,3 +411,24 @@ def test_a_stream_on_s3_resumes_a_killed_fit_from_its_s3_checkpoint(endpoint, ra
     assert [k for k in keys if k.startswith("checkpoints/")] == [
         "checkpoints/tiny__stand-failed-once"]
     assert any(k.startswith("runs/stand__") and "events.out" in k for k in keys)
+
+
+def test_a_write_interrupted_midway_leaves_no_dataset(store: SkillStore, monkeypatch):
+    import pyarrow.parquet as pq
+
+    table = pa.table({"x": list(range(100))})
+    original = pq.ParquetWriter.write_table
+
+    def half_then_interrupted(self, table, *args, **kwargs):
+        original(self, table.slice(0, 50), *args, **kwargs)
+        raise RuntimeError("interrupted")
+
+    # An S3 upload stream closed on the way out of an error still completes the upload:
+    # written straight to S3, the first half would land as a valid 50-row dataset.
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", half_then_interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        store.put_dataset("walk", table)
+    monkeypatch.undo()
+    assert not store.has_dataset("walk")
+    store.put_dataset("walk", table)
+    assert store.get_dataset("walk").equals(table)
