@@ -381,10 +381,12 @@ def test_a_tune_experiment_is_stored_under_the_store(uri: str, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("single_worker", ["task", "trainer"])
 def test_a_stream_on_s3_resumes_a_killed_fit_from_its_s3_checkpoint(endpoint, ray_cluster, uri,
-                                                                    tmp_path):
-    """`psec run` on the bucket: the store actor, Ray Train checkpoints on S3 and the resume
-    from them after a worker is killed, results, TensorBoard runs; no checkpoints left."""
+                                                                    tmp_path, single_worker):
+    """`psec run` on the bucket: the store actor, checkpoints on S3 (the plain Ray task's
+    own, or Ray Train's storage_path) and the resume from them after a worker is killed,
+    results, TensorBoard runs; no checkpoints left."""
     from pipeline_builders import put_datasets, tiny_task, write_stream
 
     from pipeline.driver import DriverOptions, run_plan
@@ -397,7 +399,7 @@ def test_a_stream_on_s3_resumes_a_killed_fit_from_its_s3_checkpoint(endpoint, ra
     put_datasets(uri, tasks)
     plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
     options = DriverOptions(progress=False, fit=FitOptions(
-        log_every=10, checkpoint_every=10, max_failures=2,
+        log_every=10, checkpoint_every=10, max_failures=2, single_worker=single_worker,
         fail_at=FailurePoint(stage="stand", step=25)))
     summary = run_plan(plan, uri, options)
 
