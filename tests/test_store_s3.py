@@ -2,8 +2,8 @@
 
 The same `SkillStore` calls as tests/test_store.py, on `s3://…?endpoint_override=…`, plus
 the pieces beside the store that open its URI themselves: TensorBoard runs (`RunLog`),
-Ray Train's checkpoint folder (`checkpoint_root`, `remove_run`) and Tune's records.
-No Ray instance is started here.
+the checkpoint folder (`checkpoint_root`, `remove_run`) and Tune's records, without Ray.
+One slow test runs a stream on the bucket on a 2-CPU Ray, a fit killed and resumed.
 """
 
 import hashlib
