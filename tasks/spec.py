@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     StrictBool,
     ValidationError,
     field_validator,
@@ -299,7 +300,10 @@ class EvalSpec(_Spec):
     """How a fitted policy is evaluated."""
 
     episodes: int = Field(10, ge=1, description="Episodes per seed.")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Eval seeds.")
+    # Env reset seeds derive from these; numpy refuses negative ones mid-rollout.
+    seeds: list[NonNegativeInt] = Field(
+        default_factory=lambda: [0], min_length=1, description="Eval seeds."
+    )
     n_candidates: int = Field(
         1, ge=1, description="IDQL: candidate actions per state, ranked by the critic when present."
     )
@@ -462,7 +466,7 @@ class Scale(_Spec):
         description="data.episodes of every generating task, or per task name ({name: n}).",
     )
     eval_episodes: int | None = Field(None, ge=1, description="eval.episodes of every task.")
-    eval_seeds: list[int] | None = Field(
+    eval_seeds: list[NonNegativeInt] | None = Field(
         None, min_length=1, description="eval.seeds of every task."
     )
     max_steps: int | None = Field(None, ge=1, description="eval.max_steps of every task.")
@@ -747,6 +751,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except FileNotFoundError:
         raise SpecError(str(path), "no such file") from None
+    except UnicodeDecodeError as error:
+        raise SpecError(str(path), f"not a UTF-8 text file (byte {error.start}: "
+                                   f"{error.reason})") from None
     except OSError as error:
         raise SpecError(str(path), f"cannot read: {error.strerror or error}") from None
     try:
