@@ -392,6 +392,7 @@ class SkillStore:
 
     def _read(self, path: str) -> bytes | None:
         """A file's bytes, or None if it does not exist."""
+        self._refuse_file_root()
         try:
             with self._fs.open_input_stream(path) as f:
                 return f.read()
@@ -406,10 +407,20 @@ class SkillStore:
     def _info(self, what: str | pafs.FileSelector):
         """`get_file_info`; a failure (an unreachable endpoint, denied access, a missing
         bucket's listing) becomes the one-line 'cannot be read' StoreError."""
+        if what != self._root:  # check_writable asks about the root itself
+            self._refuse_file_root()
         try:
             return self._fs.get_file_info(what)
         except OSError as e:
             raise StoreError(f"store at {self._uri} cannot be read: {e}") from e
+
+    def _refuse_file_root(self) -> None:
+        """A local store whose folder is a file: every path under it reads as "not found",
+        so a mistyped --store would pass for an empty store. Refuse it in one line."""
+        if self._local and os.path.isfile(self._root):
+            raise StoreError(
+                f"store at {self._uri} cannot be read: {self._root} is a file, not a folder"
+            )
 
     def _guard(self, write) -> None:
         """Run a write; a filesystem failure becomes the one-line 'not writable' StoreError."""
