@@ -252,6 +252,8 @@ def read_dataset(path: str | os.PathLike) -> pa.Table:
         raise DataError(f"no such dataset file: {path}") from None
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"cannot read {path} as Parquet: {str(error).splitlines()[0]}") from None
+    if table.num_columns == 0:  # pyarrow reads a folder without Parquet files as no columns
+        raise DataError(f"{path} holds no Parquet data")
     return validate(table)
 
 

@@ -32,7 +32,8 @@ import numpy as np
 import pyarrow as pa
 
 from library.errors import DataError
-from tasks.dataset import read_dataset, to_table
+from tasks.dataset import dataset_meta, read_dataset, to_table
+from tasks.suites import get_suite
 
 FORMATS = ("d4rl", "dsrl", "minari", "parquet")
 
@@ -55,6 +56,8 @@ def _read_hdf5(path: str | os.PathLike, required: tuple[str, ...], optional: tup
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DataError(f"no such file: {path}")
+    if os.path.isdir(path):  # h5py's message for a folder runs over several lines
+        raise DataError(f"{path} is a folder, not an HDF5 file")
     try:
         with h5py.File(path, "r") as handle:
             missing = [key for key in required if key not in handle]
@@ -191,6 +194,13 @@ def import_minari(dataset_id: str, *, suite: str | None = None, env: str | None 
         ) from None
     try:
         dataset = minari.load_dataset(dataset_id)
+    except FileNotFoundError:
+        # Minari's own message suggests download=True, which psec does not offer.
+        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+        raise DataError(
+            f"no Minari dataset {dataset_id!r} under {root}: PATH is a Minari dataset id "
+            "(e.g. mujoco/hopper/medium-v0); fetch it first with `minari download <id>`"
+        ) from None
     except Exception as error:  # minari raises several kinds for unknown/corrupt datasets
         raise DataError(f"cannot load Minari dataset {dataset_id!r}: {error}") from None
     space = dataset.action_space
@@ -255,4 +265,12 @@ def import_dataset(
     """Import `path` in `format` (d4rl | dsrl | minari | parquet) as a canonical table."""
     if format not in IMPORTERS:
         raise DataError(f"unknown dataset format {format!r}; known: {', '.join(FORMATS)}")
-    return IMPORTERS[format](path, suite=suite, env=env)
+    if suite is not None:
+        get_suite(suite)  # before reading a file that may be large
+    table = IMPORTERS[format](path, suite=suite, env=env)
+    # An --env the user gave goes into the metadata as written: check it against the suite
+    # the data ends up with (given, or the file's own) so the metadata says no untruth.
+    known_suite = dataset_meta(table).get("suite")
+    if env is not None and known_suite is not None:
+        get_suite(known_suite).check_env(env)
+    return table
