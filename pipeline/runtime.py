@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 from library.errors import PsecError
@@ -48,6 +49,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address is None and not os.environ.get("RAY_ADDRESS"):
         address = "local"
+    if address not in (None, "auto", "local"):
+        check_reachable(address)
     try:
         ray.init(
             address=address,
@@ -61,6 +64,29 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         )
     except ConnectionError as error:
         raise PsecError(f"cannot reach a Ray cluster at {address!r}: {error}") from None
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """PsecError in one line unless something listens at `address` ('host:port' or
+    'ray://host:port'). Where nothing does, `ray.init` retries for minutes and prints a
+    warning per attempt; one TCP connection tells the same in seconds."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise PsecError(f"--address {address!r} is not 'auto', 'host:port' or "
+                        "'ray://host:port'")
+    hosts = [host]
+    if host in ("localhost", "127.0.0.1"):
+        import ray.util
+
+        hosts.append(ray.util.get_node_ip_address())  # where Ray itself dials these
+    for candidate in hosts:
+        try:
+            socket.create_connection((candidate, int(port)), timeout=timeout).close()
+            return
+        except OSError as error:
+            refused = error
+    raise PsecError(f"cannot reach a Ray cluster at {address!r}: "
+                    f"{refused.strerror or refused}")
 
 
 @dataclass(frozen=True)
