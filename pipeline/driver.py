@@ -632,20 +632,51 @@ def plan_submission(task: TaskSpec, store: SkillStore) -> StreamPlan:
     return plan_task(task, bases, position=_served_position(store))
 
 
+SERVER_WAIT_S = 30.0
+"""How long `psec submit --wait` waits for a `psec serve` of the store to attach."""
+
+
 def submit(spec_path: str, store_uri: str, address: str | None = None,
            wait: bool = False, poll: float = 1.0) -> Submission:
-    """`psec submit`: validate the spec and check it against the store, then queue it."""
+    """`psec submit`: validate the spec and check it against the store, then queue it.
+    With `wait`, follow it until a driver has run it; where no driver serves the store
+    (none attaches within SERVER_WAIT_S) that is a PsecError instead of a wait without
+    end — before queueing, or, if the driver stops, with the spec left in the queue."""
     task = load_task(spec_path)
     store = SkillStore(store_uri)
     check_plan(plan_submission(task, store), store)
     connect(address or "auto")
     inbox = inbox_actor(store.uri)
+    if wait:
+        _await_server(inbox, store.uri, None)
     submission_id = ray.get(inbox.put.remote(dump(task)))
     submission = ray.get(inbox.get.remote(submission_id))
     while wait and submission.status in ("pending", "running"):
+        if submission.status == "pending":
+            _await_server(inbox, store.uri, submission_id)
         time.sleep(poll)
         submission = ray.get(inbox.get.remote(submission_id))
     return submission
+
+
+def serving(store_uri: str) -> int:
+    """How many `psec serve` drivers serve the store's inbox (Ray must be connected)."""
+    return ray.get(inbox_actor(SkillStore(store_uri).uri).serving.remote())
+
+
+def _await_server(inbox: ray.actor.ActorHandle, store_uri: str,
+                  submission_id: str | None) -> None:
+    """Return once a driver serves `inbox`; PsecError if none does within SERVER_WAIT_S."""
+    deadline = time.monotonic() + SERVER_WAIT_S
+    while not ray.get(inbox.serving.remote()):
+        if time.monotonic() > deadline:
+            left = ("nothing was queued" if submission_id is None
+                    else f"submission {submission_id} stays queued for the next one")
+            raise PsecError(
+                f"no psec serve is running for the store at {store_uri} on the Ray cluster "
+                f"at {ray.get_runtime_context().gcs_address}: {left} "
+                f"(start one with `psec serve --store {store_uri}`)")
+        time.sleep(min(0.5, SERVER_WAIT_S))
 
 
 def serve(store_uri: str, address: str | None = None, max_tasks: int | None = None,
@@ -670,32 +701,37 @@ def serve(store_uri: str, address: str | None = None, max_tasks: int | None = No
           f"`psec submit SPEC.yaml --store {store.uri} --address {address}`",
           file=sys.stderr, flush=True)
     served = 0
-    while max_tasks is None or served < max_tasks:
-        submission: Submission | None = ray.get(inbox.take.remote())
-        if submission is None:
-            if once:
-                break
-            time.sleep(poll)
-            continue
-        try:
-            task = parse_task(submission.spec)
-            plan = plan_submission(task, store)
-            summary = run_plan(plan, store.uri, options)
-        except PsecError as error:
-            ray.get(inbox.finish.remote(submission.id, False, str(error)))
-        except KeyboardInterrupt:
-            ray.get(inbox.requeue.remote(submission.id))
-            raise
-        except Exception as error:  # a crash in one fit must not stop the server
-            message = " ".join(f"{type(error).__name__}: {error}".split())[:500]
-            ray.get(inbox.finish.remote(submission.id, False, message))
-        else:
-            if record is not None:
-                record.append(summary)
-            fitted = ", ".join(summary.fitted) or "nothing new"
-            scores = "; ".join(f"{s.name} {s.score:.3f}" for s in summary.scores
-                               if not math.isnan(s.score))
-            ray.get(inbox.finish.remote(submission.id, True, f"fitted {fitted}; {scores}"))
-        served += 1
+    # Attached while serving, so `psec submit --wait` can tell that someone serves.
+    token = ray.get(inbox.attach.remote())
+    try:
+        while max_tasks is None or served < max_tasks:
+            submission: Submission | None = ray.get(inbox.take.remote())
+            if submission is None:
+                if once:
+                    break
+                time.sleep(poll)
+                continue
+            try:
+                task = parse_task(submission.spec)
+                plan = plan_submission(task, store)
+                summary = run_plan(plan, store.uri, options)
+            except PsecError as error:
+                ray.get(inbox.finish.remote(submission.id, False, str(error)))
+            except KeyboardInterrupt:
+                ray.get(inbox.requeue.remote(submission.id))
+                raise
+            except Exception as error:  # a crash in one fit must not stop the server
+                message = " ".join(f"{type(error).__name__}: {error}".split())[:500]
+                ray.get(inbox.finish.remote(submission.id, False, message))
+            else:
+                if record is not None:
+                    record.append(summary)
+                fitted = ", ".join(summary.fitted) or "nothing new"
+                scores = "; ".join(f"{s.name} {s.score:.3f}" for s in summary.scores
+                                   if not math.isnan(s.score))
+                ray.get(inbox.finish.remote(submission.id, True, f"fitted {fitted}; {scores}"))
+            served += 1
+    finally:
+        ray.get(inbox.detach.remote(token))
     return served
 

@@ -4,7 +4,10 @@
 the cluster), then `put`s it here; the serving driver `take`s specs one at a time, runs
 each as a one-task continuation of what the store holds, and reports back with `finish`.
 The actor is detached, so specs submitted while no driver is serving wait for the next
-one, and it is named after the store, so each store has its own queue.
+one, and it is named after the store, so each store has its own queue. Serving drivers
+`attach` and `detach`, so a submitter can tell whether anyone is serving (`psec submit
+--wait` must not wait for a driver that does not exist); a driver killed outright stays
+counted until the actor goes.
 
 The queue lives in the actor's memory: it survives driver restarts, not a restart of the
 Ray cluster. What was fitted survives anyway, in the store.
@@ -50,6 +53,20 @@ class Inbox:
     def __init__(self) -> None:
         self._queue: deque[str] = deque()
         self._all: dict[str, Submission] = {}
+        self._drivers: set[str] = set()
+
+    def attach(self) -> str:
+        """A serving driver starts; returns its token for `detach`."""
+        token = uuid.uuid4().hex
+        self._drivers.add(token)
+        return token
+
+    def detach(self, token: str) -> None:
+        self._drivers.discard(token)
+
+    def serving(self) -> int:
+        """How many drivers serve this inbox now."""
+        return len(self._drivers)
 
     def put(self, spec: dict[str, Any]) -> str:
         submission = Submission(id=uuid.uuid4().hex[:12], spec=spec, submitted=time.time())
