@@ -1,7 +1,9 @@
 """Errors a user can cause. Each renders as one line; the CLI prints it and exits 2."""
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class PsecError(Exception):
@@ -41,3 +43,15 @@ def exit_status(command: Callable[[], int | None]) -> int:
         print(f"psec: error: {error}", file=sys.stderr)
         return 2
     return 0 if status is None else status
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse under the same contract: a bad command line (a missing argument, an unknown
+    choice, a value its `type` refuses) raises PsecError in one line instead of printing the
+    usage block, so `exit_status` reports it like any other user error. `--help` is as
+    argparse makes it. Subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        # "psec run" -> "run: ..."; the psec prefix is already in "psec: error:".
+        where = self.prog.removeprefix("psec").strip()
+        raise PsecError(f"{where + ': ' if where else ''}{message} (see {self.prog} --help)")

@@ -25,10 +25,29 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from library.errors import StoreError
+from library.errors import PsecError, StoreError
 from pipeline import continual_report
 
 REPORT_FILE = "results.md"
+
+
+def check_output(path: str, option: str, kind: str = "file") -> None:
+    """Refuse an output path that cannot be written — a folder where a `kind="file"` goes,
+    a file where a `kind="folder"` goes or in the way of its parents, a parent that is not
+    writable — in one PsecError naming `option`. The report writers call it before any
+    work, so a long search or rollout never ends in a traceback at its last write."""
+    path = os.path.abspath(path)
+    if kind == "file" and os.path.isdir(path):
+        raise PsecError(f"{option} {path} is a folder, not a file")
+    if kind == "folder" and os.path.exists(path) and not os.path.isdir(path):
+        raise PsecError(f"{option} {path} is a file, not a folder")
+    existing = os.path.dirname(path)
+    while not os.path.exists(existing):  # the folders still to be made
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise PsecError(f"{option} {path} cannot be written: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PsecError(f"{option} {path} cannot be written: {existing} is not writable")
 
 
 @dataclass

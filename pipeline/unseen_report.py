@@ -17,15 +17,15 @@ in the results file (appended at its end when the markers are absent), or prints
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from library.errors import exit_status
+from library.errors import ArgumentParser, exit_status
 from library.store import SkillStore
+from pipeline.report import check_output
 from tasks.spec import StreamSpec, load_stream
 
 SETTINGS = ("few-shot", "zero-shot")
@@ -153,17 +153,21 @@ def write_section(results_md: str, text: str, stream: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.unseen_report",
-                                     description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m pipeline.unseen_report",
+                            description=__doc__.split("\n\n")[0])
     parser.add_argument("stream", help="stream file with composer tasks")
     parser.add_argument("--scale", default="smoke", help="scale whose tasks to tabulate")
     parser.add_argument("--store", default="./psec-store", help="skill store URI")
     parser.add_argument("--results", help="Markdown file whose section to rewrite")
-    args = parser.parse_args(argv)
-    command = (f"python -m pipeline.unseen_report {args.stream} --scale {args.scale} "
-               f"--store {args.store}" + (f" --results {args.results}" if args.results else ""))
 
     def run() -> None:
+        # Parsed inside exit_status: a bad command line is a user error like any other.
+        args = parser.parse_args(argv)
+        command = (f"python -m pipeline.unseen_report {args.stream} --scale {args.scale} "
+                   f"--store {args.store}"
+                   + (f" --results {args.results}" if args.results else ""))
+        if args.results:
+            check_output(args.results, "--results")
         text = section(args.stream, args.scale, args.store, command)
         if args.results:
             write_section(args.results, text, load_stream(args.stream).name)

@@ -56,6 +56,10 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.table_only and not args.results:
         raise PsecError("--table-only needs --results RESULTS.md (the file to rewrite)")
+    if args.results:
+        from pipeline.report import check_output
+
+        check_output(args.results, "--results")  # before the search, not after it
     if not args.table_only:
         from tune.search import run_search
 

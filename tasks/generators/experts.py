@@ -7,7 +7,6 @@ repository and every generator is reproducible without retraining.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import os
@@ -20,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from library.errors import DataError, exit_status
+from library.errors import ArgumentParser, DataError, exit_status
 from tasks.generators.rollouts import record as record_episodes
 from tasks.generators.sac import (
     DEFAULT_CACHE,
@@ -202,6 +201,7 @@ def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
     `step` picks that evaluation's snapshot instead, for runs with no evaluation inside the
     band yet; the record then says `in_band: false` and gives the ratio to the expert.
     """
+    get_suite(suite).check_env(env)  # an unknown env is not "an expert not trained yet"
     run = RunDir(run_dir or default_run_dir(SACConfig(env=env, suite=suite)))
     expert = read_registry(directory).get(env, {}).get("expert")
     if expert is None:
@@ -269,7 +269,10 @@ def export_snapshot(run_dir: Path, step: int, directory: Path = EXPERTS_DIR) -> 
     policy `lambda<λ>-step<step>` — a policy between the ends of the reward–cost frontier
     that training passed through. Returns its record."""
     run = RunDir(run_dir)
-    config = SACConfig(**json.loads((run.path / "config.json").read_text()))
+    config_file = run.path / "config.json"
+    if not config_file.is_file():
+        raise DataError(f"{run.path} is not a SAC run folder: it has no config.json")
+    config = SACConfig(**json.loads(config_file.read_text()))
     rows = [r for r in read_jsonl(run.eval_log) if r["step"] == step]
     if not rows:
         raise DataError(f"{run.eval_log} has no evaluation at step {step}")
@@ -357,8 +360,8 @@ def curve(env: str, suite: str = "dmc", run_dir: Path | None = None, every: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.generators.experts",
-                                     description="Manage the committed expert actors.")
+    parser = ArgumentParser(prog="python -m tasks.generators.experts",
+                            description="Manage the committed expert actors.")
     commands = parser.add_subparsers(dest="command", required=True)
     medium = commands.add_parser("export-medium", help="export the medium actor and medium-replay data")
     medium.add_argument("--env", required=True)
@@ -384,9 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     learning.add_argument("--suite", default="dmc")
     learning.add_argument("--run-dir", type=Path, default=None)
     learning.add_argument("--every", type=int, default=25_000)
-    args = parser.parse_args(argv)
 
     def run() -> None:
+        # Parsed inside exit_status: a bad command line is a user error like any other.
+        args = parser.parse_args(argv)
         if args.command == "export-medium":
             print(json.dumps(export_medium(args.env, args.suite, args.run_dir, args.max_episodes,
                                            step=args.step), indent=1))
