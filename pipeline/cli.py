@@ -17,7 +17,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from library.errors import PsecError, StoreError, exit_status
+from library.errors import ArgumentParser, PsecError, StoreError, exit_status
 from library.store import DEFAULT_URI, SkillStore
 
 IMPORT_FORMATS = ("d4rl", "dsrl", "minari", "parquet")
@@ -35,18 +35,39 @@ def _add_address(parser: argparse.ArgumentParser, default_help: str) -> None:
                              f"({default_help})")
 
 
-def _positive(text: str) -> int:
+def _integer_from(low: int):
+    """An argparse `type`: an integer >= low (the message names the bound)."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return convert
+
+
+_positive = _integer_from(1)
+# Seeds become numpy seed sequences and Ray's retry counts; neither takes a negative.
+_non_negative = _integer_from(0)
+
+
+def _seconds(text: str) -> float:
+    """An argparse `type`: a positive, finite number of seconds."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="psec",
         description="PSEC: skill expansion and composition in parameter space, on Ray.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -60,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_address(run, "default: a private local instance, or RAY_ADDRESS under ray job submit")
     run.add_argument("--concurrent-fits", type=_positive, default=2,
                      help="fits sized to run side by side (default 2)")
-    run.add_argument("--max-failures", type=int, default=2,
+    run.add_argument("--max-failures", type=_non_negative, default=2,
                      help="worker failures a fit recovers from (Ray Train FailureConfig)")
     run.add_argument("--single-worker", choices=("task", "trainer"), default="task",
                      help="a one-worker fit as a plain Ray task (default) or a TorchTrainer")
@@ -73,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after this many submissions")
     serve.add_argument("--once", action="store_true",
                        help="fit what is in the inbox now, then stop")
-    serve.add_argument("--poll", type=float, default=1.0, help="seconds between inbox polls")
+    serve.add_argument("--poll", type=_seconds, default=1.0,
+                       help="seconds between inbox polls (default 1)")
     serve.set_defaults(handler=_serve)
 
     submit = commands.add_parser("submit", help="send a task spec to the serving driver")
@@ -121,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("name")
     evaluate.add_argument("--episodes", type=_positive, default=None,
                           help="episodes per seed (default: the task's eval.episodes)")
-    evaluate.add_argument("--seeds", type=int, nargs="+", default=None,
+    evaluate.add_argument("--seeds", type=_non_negative, nargs="+", default=None,
                           help="evaluation seeds (default: the task's eval.seeds)")
     evaluate.add_argument("--env", default=None,
                           help="roll out in this env of the task's suite instead of the task's "
@@ -168,13 +190,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipeline.driver import submit
+    from pipeline.driver import serving, submit
 
     submission = submit(args.spec, args.store, address=args.address, wait=args.wait)
     if args.wait:
         print(f"{submission.id}: {submission.status}: {submission.message}")
         return 0 if submission.status == "done" else 1
-    print(f"submitted {submission.id}")
+    note = "" if serving(args.store) else (
+        f"; no psec serve is running for this store on the cluster yet: it waits in the "
+        f"queue for `psec serve --store {args.store}`")
+    print(f"submitted {submission.id}{note}")
     return 0
 
 
@@ -248,13 +273,12 @@ def _data_generate(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pipeline.evaluation import evaluate_stored, task_in_env
+    from pipeline.evaluation import evaluate_stored, stored_task
     from pipeline.runtime import connect
 
     store = SkillStore(args.store)
-    entry = store.entry(args.name)  # an unknown name or env fails before Ray starts
-    if entry.task_spec is not None:
-        task_in_env(entry.task_spec, args.env)
+    # An unknown name or env, or an item with no task to roll out on, fails before Ray starts.
+    stored_task(store.entry(args.name), args.env)
     connect(args.address)
     summary = evaluate_stored(store.uri, args.name, episodes=args.episodes, seeds=args.seeds,
                               env=args.env)
@@ -263,8 +287,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipeline.report import write_report
+    from pipeline.report import check_output, write_report
 
+    check_output(args.out, "--out", kind="folder")
     store = SkillStore(args.store)
     command = " ".join(["psec", "report", "--store", shlex.quote(args.store),
                         "--out", shlex.quote(args.out)])
@@ -274,9 +299,13 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    def command() -> int:
+        # Parsed inside exit_status: a bad command line is a user error like any other.
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+
     try:
-        return exit_status(lambda: args.handler(args))
+        return exit_status(command)
     except KeyboardInterrupt:
         print("psec: interrupted (what was registered stays; run again to resume)",
               file=sys.stderr)

@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from library.store import ManifestEntry
 from tasks.evaluation import EpisodeStats
 from tasks.spec import TaskSpec, dump, parse_task
 
@@ -128,13 +129,18 @@ class EvalSummary:
                 f"{episodes} episodes in {self.seconds:.0f} s")
 
 
-def task_in_env(task_spec: dict[str, Any], env: str | None) -> TaskSpec:
-    """A stored item's task, moved to `env` of its suite when given (SpecError naming
-    --env for an env the suite does not have)."""
-    from library.errors import PsecError, SpecError
+def stored_task(entry: ManifestEntry, env: str | None) -> TaskSpec:
+    """The task a stored item is rolled out on: the one it was fitted for, moved to `env`
+    of its suite when given. StoreError for an item stored without a task spec, SpecError
+    naming --env for an env the suite does not have; both need no Ray, so `psec eval`
+    checks them before it starts any."""
+    from library.errors import PsecError, SpecError, StoreError
     from tasks.suites import get_suite
 
-    task = parse_task(task_spec)
+    if entry.task_spec is None:
+        raise StoreError(f"{entry.name!r} was stored without a task spec: nothing says where "
+                         "to roll it out")
+    task = parse_task(entry.task_spec)
     if env is None or env == task.env:
         return task
     try:
@@ -148,15 +154,10 @@ def evaluate_stored(store_uri: str, item: str, episodes: int | None = None,
                     seeds: list[int] | None = None, env: str | None = None) -> EvalSummary:
     """Roll a stored item out on the task it was fitted for, or in `env` of that task's
     suite (e.g. one of a zero-shot composer's eval.envs). Ray must be connected."""
-    from library.errors import StoreError
     from pipeline.store_actor import StoreHandle
 
     store = StoreHandle(store_uri)
-    entry = store.entry(item)
-    if entry.task_spec is None:
-        raise StoreError(f"{item!r} was stored without a task spec: nothing says where to "
-                         "roll it out")
-    task = task_in_env(entry.task_spec, env)
+    task = stored_task(store.entry(item), env)
     job = EvalJob(item=item, task=task, row_task=task.name, position=0,
                   seeds=seeds or list(task.eval.seeds), episodes=episodes)
     started = time.perf_counter()
