@@ -770,13 +770,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_stream(path: str | Path, scale: str | None = None) -> StreamSpec:
     """Load and validate a stream file; apply `scale` (e.g. "smoke") when given."""
-    stream = parse_stream(read_yaml(path))
+    data = read_yaml(path)
+    if "tasks" not in data and "suite" in data:  # else: "tasks: missing (and 9 more errors)"
+        raise SpecError(str(path), "holds one task spec (it has `suite`, no `tasks`): a stream "
+                                   "lists its tasks under `tasks:`; `psec submit` takes one task")
+    stream = parse_stream(data)
     return stream if scale is None else stream.at_scale(scale)
 
 
 def load_task(path: str | Path) -> TaskSpec:
     """Load and validate a single task spec file (what `psec submit` sends)."""
-    return parse_task(read_yaml(path))
+    data = read_yaml(path)
+    if "tasks" in data and "suite" not in data:
+        raise SpecError(str(path), "holds a stream (it has `tasks`, no `suite`): give one task "
+                                   "spec, such as one entry of its `tasks:` list")
+    return parse_task(data)
 
 
 def dump(spec: BaseModel) -> dict[str, Any]:

@@ -94,6 +94,19 @@ def test_a_spec_that_is_not_text_names_the_file(tmp_path, store, capsys):
     assert snapshot(store.local_path) == before
 
 
+def test_a_task_spec_where_a_stream_goes_and_back_says_so(tmp_path, store, capsys):
+    task = tmp_path / "task.yaml"
+    task.write_text(yaml.safe_dump(tiny_task("walk", base="stand")))
+    stream = write_stream(tmp_path / "stream.yaml", [tiny_task("stand", role="base")])
+    before = snapshot(store.local_path)
+    one_line_error(capsys, main, ["run", str(task), "--store", store.uri],
+                   "task.yaml: holds one task spec", "`tasks:`")
+    for command in (["submit"], ["data", "generate"]):
+        one_line_error(capsys, main, [*command, stream, "--store", store.uri],
+                       "stream.yaml: holds a stream", "one task spec")
+    assert snapshot(store.local_path) == before
+
+
 def test_negative_eval_seeds_in_a_stream_name_the_field(tmp_path, store, capsys):
     task = tiny_task("stand", role="base")
     task["eval"]["seeds"] = [0, -1]
