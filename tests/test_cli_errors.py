@@ -259,3 +259,11 @@ def test_submit_says_when_no_server_serves_the_store(tmp_path, store, capsys, mo
     ray.get(inbox.detach.remote(token))
     assert driver.serving(store.uri) == 0
     ray.kill(inbox)
+
+
+def test_the_sac_command_line_is_one_line_too(capsys):
+    from tasks.generators.sac import main as sac_main
+
+    assert sac_main(["--steps", "many"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--steps: invalid int value: 'many'" in err

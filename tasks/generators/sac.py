@@ -590,7 +590,9 @@ def train(config: SACConfig, run_dir: Path | None = None,
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SACConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(prog="python -m tasks.generators.sac", description=__doc__.split("\n")[0])
+    from library.errors import ArgumentParser  # a bad command line: one line, exit 2
+
+    parser = ArgumentParser(prog="python -m tasks.generators.sac", description=__doc__.split("\n")[0])
     for f in dataclasses.fields(SACConfig):
         default = f.default
         kind = {"int": int, "float": float, "str": str}.get(type(default).__name__, int)
@@ -609,15 +611,17 @@ def main(argv: list[str] | None = None) -> int:
     from library.errors import exit_status
     from tasks.generators.experts import export_if_better
 
-    config, args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    def run() -> None:
+        config, args = parse_args(argv)
+        torch.set_num_threads(args.threads)
 
-    def on_eval(agent: SAC, row: dict) -> None:
-        if not args.no_export:
-            export_if_better(agent.actor, config, row)
+        def on_eval(agent: SAC, row: dict) -> None:
+            if not args.no_export:
+                export_if_better(agent.actor, config, row)
 
-    return exit_status(lambda: train(config, args.run_dir, on_eval=on_eval,
-                                     log=lambda m: print(m, flush=True)))
+        train(config, args.run_dir, on_eval=on_eval, log=lambda m: print(m, flush=True))
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":
