@@ -147,7 +147,7 @@ def parallel_speedup(root: Path, base, quick: bool, as_json: bool,
                      single_worker: str = "task") -> None:
     import ray
 
-    from pipeline.fit import FitOptions, fit_unit, size_job
+    from pipeline.fit import FitOptions, launch_fit, size_job
     from pipeline.plan import plan_task
     from pipeline.store_actor import StoreHandle
     from tasks.spec import parse_task
@@ -177,9 +177,9 @@ def parallel_speedup(root: Path, base, quick: bool, as_json: bool,
             jobs.append(size_job(unit, name, 0, options, ray.cluster_resources()))
         started = time.perf_counter()
         if together:
-            reports = ray.get([fit_unit.remote(job, handle, None) for job in jobs])
+            reports = ray.get([launch_fit(job, handle, None) for job in jobs])
         else:
-            reports = [ray.get(fit_unit.remote(job, handle, None)) for job in jobs]
+            reports = [ray.get(launch_fit(job, handle, None)) for job in jobs]
         wall = time.perf_counter() - started
         train = sum(sum(r.stage_seconds.values()) for r in reports) / len(reports)
         return wall, train

@@ -39,7 +39,7 @@ from library.errors import PsecError, ShapeError, StoreError
 from library.names import BASE
 from library.store import ManifestEntry, SkillStore
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
-from pipeline.fit import FitOptions, FitReport, fit_unit, psec_cause, size_job
+from pipeline.fit import FitOptions, FitReport, launch_fit, psec_cause, size_job
 from pipeline.inbox import Submission, inbox_actor
 from pipeline.plan import StreamPlan, TaskPlan, plan_stream, plan_task
 from pipeline.progress import ProgressView
@@ -442,7 +442,7 @@ class Driver:
             if unit.dataset in data_refs:
                 upstream.append(data_refs[unit.dataset])
             job = size_job(unit, plan.stream, self.stream_seed, self.fit_options, resources)
-            ref = fit_unit.remote(job, store, view.board, *upstream)
+            ref = launch_fit(job, store, view.board, *upstream)
             unit_refs[name] = ref
             pending[ref] = ("fit", name)
         self.fitting = set(unit_refs)

@@ -1,7 +1,7 @@
 """Fit units on Ray: one TorchTrainer per unit of several workers, sized from the cluster.
 
-`fit_unit` (a Ray task, so several units run at once) builds a `TorchTrainer` whose
-workers run `unit_loop`: every stage of the unit in order, through
+`launch_fit` starts a Ray task per unit, so several units run at once: `fit_unit` builds a
+`TorchTrainer` whose workers run `unit_loop`: every stage of the unit in order, through
 `library.training.train`. A unit sized to ONE worker runs the same loop in one plain Ray
 task instead (`FitOptions.single_worker`, default "task"): a TorchTrainer around a single
 worker averages no gradients, yet costs ~10 s of start-up and shut-down and six helper
@@ -185,13 +185,23 @@ def size_job(unit: FitUnit, stream: str, stream_seed: int, options: FitOptions,
 # ------------------------------------------------------------------ the driver's side
 
 
+def launch_fit(job: FitJob, store: StoreHandle, board, *upstream: Any) -> ray.ObjectRef:
+    """Start fitting one unit once `upstream` (refs of the units and datasets it waits
+    for) are done: a ref to its FitReport. Ray schedules the fit only then, which makes
+    the DAG. A one-worker unit (`single_worker` "task") is one task holding the worker's
+    CPUs and GPUs, retried from its latest checkpoint when its process dies; any other is
+    a zero-CPU task driving a TorchTrainer."""
+    if job.workers == 1 and job.options.single_worker == "task":
+        return _unit_task.options(
+            num_cpus=job.cpus_per_worker, num_gpus=job.gpus_per_worker,
+            max_retries=job.options.max_failures, retry_exceptions=False,
+        ).remote(job, store, board, *upstream)
+    return fit_unit.remote(job, store, board, *upstream)
+
+
 @ray.remote(num_cpus=0, max_retries=0)
 def fit_unit(job: FitJob, store: StoreHandle, board, *upstream: Any) -> FitReport:
-    """Fit one unit (a TorchTrainer, or one task for a one-worker unit). `upstream` are
-    the refs of the units and datasets it waits for: Ray starts this task only once they
-    are done, which makes the DAG."""
-    if job.workers == 1 and job.options.single_worker == "task":
-        return run_task(job, store, board)
+    """Run one unit's TorchTrainer (see `launch_fit`)."""
     return run_trainer(job, store, board)
 
 
@@ -209,23 +219,6 @@ def _finish(job: FitJob, store: StoreHandle, board, report: FitReport, started: 
     if board is not None:
         board.finish.remote(job.unit.name)
     return report
-
-
-def run_task(job: FitJob, store: StoreHandle, board) -> FitReport:
-    """A one-worker unit in one Ray task that holds the worker's resources; Ray runs it
-    again (from the latest checkpoint) when its process dies."""
-    started, started_unix = time.perf_counter(), time.time()
-    config = {"job": job.model_dump(mode="json"), "store": store, "board": board}
-    remote = _unit_task.options(num_cpus=job.cpus_per_worker, num_gpus=job.gpus_per_worker,
-                                max_retries=job.options.max_failures, retry_exceptions=False)
-    try:
-        report = FitReport.model_validate(ray.get(remote.remote(config)))
-    except Exception as error:  # a RayTaskError wrapping the loop's exception
-        cause = psec_cause(error)
-        if cause is not None:
-            raise cause from None
-        raise
-    return _finish(job, store, board, report, started, started_unix)
 
 
 def run_trainer(job: FitJob, store: StoreHandle, board) -> FitReport:
@@ -452,14 +445,15 @@ class _TaskSession:
             self.fs.delete_dir(old)
 
 
-@ray.remote(max_retries=0)  # run_task sets its resources and retries
-def _unit_task(config: dict[str, Any]) -> dict[str, Any]:
-    """A one-worker unit: `unit_loop` in this task; returns the FitReport as plain data."""
-    job = FitJob.model_validate(config["job"])
-    session = _TaskSession(job, config["store"].uri)
-    _run_unit(job, config["store"], config["board"], session)
+@ray.remote(max_retries=0)  # launch_fit sets its resources and retries
+def _unit_task(job: FitJob, store: StoreHandle, board, *upstream: Any) -> FitReport:
+    """A one-worker unit: the unit loop in this task, then the driver's side of its end."""
+    started, started_unix = time.perf_counter(), time.time()
+    session = _TaskSession(job, store.uri)
+    _run_unit(job, store, board, session)
     assert session.final is not None  # _run_unit always ends with a final report
-    return session.final
+    report = FitReport.model_validate(session.final)
+    return _finish(job, store, board, report, started, started_unix)
 
 
 def _maybe_fail(options: FitOptions, stage: str, step: int, marker_root: str,
