@@ -5,6 +5,8 @@ pays for Ray Train and the DMC rollouts, not for data generation. Dims are those
 dm_control walker (obs 24, act 6) because evaluation rolls out in walker envs.
 """
 
+import os
+
 import numpy as np
 import yaml
 
@@ -86,3 +88,13 @@ def stand_base_with_walk_skill(store_uri, tasks, store_class=SkillStore, walk_sp
     store.register("walk", "skill", *dump_skill(policy, "walk", base_name="stand"),
                    parent="stand", task_spec=walk_spec)
     return store
+
+
+def snapshot(root):
+    """Every file under root with its size and mtime: 'store unchanged' means equal."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            found[path] = (os.path.getsize(path), os.path.getmtime(path))
+    return found

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from pipeline_builders import snapshot
 
 from library.store import SkillStore
 from pipeline.cli import main
@@ -24,16 +25,6 @@ def dataset(obs_dim=24, act_dim=6, n=60, seed=0):
                   rewards=rng.normal(size=n).astype(np.float32), next_obs=obs,
                   terminals=np.zeros(n, bool), timeouts=np.arange(n) % 20 == 19)
     return to_table(arrays, {"suite": "dmc", "env": "walker-walk"})
-
-
-def snapshot(root):
-    """Every file under root with its size and mtime: 'store unchanged' means equal."""
-    found = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            found[path] = (os.path.getsize(path), os.path.getmtime(path))
-    return found
 
 
 def write_yaml(path, data):

@@ -7,14 +7,18 @@ import sys
 import pytest
 
 
-@pytest.mark.slow
-def test_the_pipeline_benchmark_prints_its_figures():
+def run_benchmark(only: str) -> list[dict]:
+    """`python -m benchmarks.pipeline --json --quick --only ONLY`: its JSON lines."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.pipeline", "--json", "--quick",
-         "--only", "skill_registered"],
+        [sys.executable, "-m", "benchmarks.pipeline", "--json", "--quick", "--only", only],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_the_pipeline_benchmark_prints_its_figures():
+    lines = run_benchmark("skill_registered")
     metrics = {line["metric"] for line in lines}
     assert metrics == {"skill_registered_s", "stage_wall_s"}
     stages = {line["stage"]: line["value"] for line in lines if line["metric"] == "stage_wall_s"}
@@ -25,12 +29,7 @@ def test_the_pipeline_benchmark_prints_its_figures():
 
 @pytest.mark.slow
 def test_train_contention_compares_one_training_with_two_at_once():
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.pipeline", "--json", "--quick",
-         "--only", "train_contention"],
-        capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    [line] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    [line] = run_benchmark("train_contention")
     assert line["metric"] == "train_contention" and line["steps"] == 100
     assert line["train_s_alone"] > 0 and line["train_s_pair"] > 0
     # The seconds are printed to 0.1 s and the quick trainings last about a second.
@@ -40,12 +39,7 @@ def test_train_contention_compares_one_training_with_two_at_once():
 
 @pytest.mark.slow
 def test_parallel_speedup_prints_both_pairs_and_how_fits_ran():
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.pipeline", "--json", "--quick",
-         "--only", "parallel_speedup"],
-        capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    [line] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    [line] = run_benchmark("parallel_speedup")
     assert line["metric"] == "parallel_speedup" and line["single_worker"] == "task"
     assert line["value"] == pytest.approx(line["sequential_s"] / line["concurrent_s"], rel=0.05)
     assert 0 < line["train_s_sequential"] < line["sequential_s"]
