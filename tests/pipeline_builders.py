@@ -98,3 +98,22 @@ def snapshot(root):
             path = os.path.join(folder, name)
             found[path] = (os.path.getsize(path), os.path.getmtime(path))
     return found
+
+
+def fit_base_killed_once(store_uri, stream_path, steps, fail_step, single_worker):
+    """A one-task stream whose base "stand" (`steps` steps, a checkpoint every 10) has
+    its worker killed once at the first progress report at or after `fail_step`; runs it
+    with `single_worker` and returns (plan, summary)."""
+    from pipeline.driver import DriverOptions, run_plan
+    from pipeline.fit import FailurePoint, FitOptions
+    from pipeline.plan import plan_stream
+    from tasks.spec import load_stream
+
+    tasks = [tiny_task("stand", role="base", steps=steps)]
+    put_datasets(store_uri, tasks)
+    plan = plan_stream(load_stream(write_stream(stream_path, tasks)))
+    options = DriverOptions(progress=False, fit=FitOptions(
+        log_every=10, checkpoint_every=10, max_failures=2, single_worker=single_worker,
+        fail_at=FailurePoint(stage="stand", step=fail_step)))
+    return plan, run_plan(plan, store_uri, options)
+

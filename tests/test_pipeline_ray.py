@@ -9,12 +9,18 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 import yaml
-from pipeline_builders import put_datasets, register_base, tiny_task, write_stream
+from pipeline_builders import (
+    fit_base_killed_once,
+    put_datasets,
+    register_base,
+    tiny_task,
+    write_stream,
+)
 
 from library.errors import StoreError
 from library.store import SkillStore
 from pipeline.driver import DriverOptions, run_plan, serve, submit
-from pipeline.fit import FailurePoint, FitOptions, checkpoint_root
+from pipeline.fit import FitOptions, checkpoint_root
 from pipeline.plan import plan_stream
 from pipeline.stages import UnitContext
 from pipeline.store_actor import StoreHandle
@@ -51,14 +57,9 @@ def test_store_actor_serialises_registrations_and_keeps_errors_one_line(ray_clus
 
 @pytest.mark.parametrize("single_worker", ["task", "trainer"])
 def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path, single_worker):
-    tasks = [tiny_task("stand", role="base", steps=60)]
     store_uri = str(tmp_path / "store")
-    put_datasets(store_uri, tasks)
-    plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
-    options = DriverOptions(progress=False, fit=FitOptions(
-        log_every=10, checkpoint_every=10, max_failures=2, single_worker=single_worker,
-        fail_at=FailurePoint(stage="stand", step=35)))
-    summary = run_plan(plan, store_uri, options)
+    plan, summary = fit_base_killed_once(store_uri, tmp_path / "s.yaml", steps=60,
+                                         fail_step=35, single_worker=single_worker)
 
     assert summary.fitted == ["stand"]
     metrics = SkillStore(store_uri).entry("stand").metrics

@@ -387,21 +387,11 @@ def test_a_stream_on_s3_resumes_a_killed_fit_from_its_s3_checkpoint(endpoint, ra
     """`psec run` on the bucket: the store actor, checkpoints on S3 (the plain Ray task's
     own, or Ray Train's storage_path) and the resume from them after a worker is killed,
     results, TensorBoard runs; no checkpoints left."""
-    from pipeline_builders import put_datasets, tiny_task, write_stream
-
-    from pipeline.driver import DriverOptions, run_plan
-    from pipeline.fit import FailurePoint, FitOptions
-    from pipeline.plan import plan_stream
-    from tasks.spec import load_stream
+    from pipeline_builders import fit_base_killed_once
 
     torch.set_num_threads(1)
-    tasks = [tiny_task("stand", role="base", steps=40)]
-    put_datasets(uri, tasks)
-    plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
-    options = DriverOptions(progress=False, fit=FitOptions(
-        log_every=10, checkpoint_every=10, max_failures=2, single_worker=single_worker,
-        fail_at=FailurePoint(stage="stand", step=25)))
-    summary = run_plan(plan, uri, options)
+    _, summary = fit_base_killed_once(uri, tmp_path / "s.yaml", steps=40, fail_step=25,
+                                      single_worker=single_worker)
 
     assert summary.fitted == ["stand"]
     store = SkillStore(uri)
