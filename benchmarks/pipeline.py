@@ -143,7 +143,23 @@ def skill_registered(root: Path, base, quick: bool, as_json: bool) -> None:
           as_json)
 
 
-def parallel_speedup(root: Path, base, quick: bool, as_json: bool,
+def _walk_table(quick: bool) -> pa.Table:
+    """Walker-walk expert data of the two skills of `parallel_speedup` (and of the
+    trainings of `train_contention`)."""
+    from tasks.generators import generate
+    from tasks.spec import parse_task
+
+    return generate(parse_task({
+        "name": "walker-walk", "suite": "dmc", "env": "walker-walk",
+        "data": {"source": "generate", "policy": "expert", "episodes": 2 if quick else 10}}))
+
+
+def _pair_steps(quick: bool) -> int:
+    """Training steps of each skill of the pair (and of each `train_contention` run)."""
+    return 100 if quick else 5_000
+
+
+def parallel_speedup(root: Path, base, walk_table: pa.Table, quick: bool, as_json: bool,
                      single_worker: str = "task") -> None:
     import ray
 
@@ -152,14 +168,7 @@ def parallel_speedup(root: Path, base, quick: bool, as_json: bool,
     from pipeline.store_actor import StoreHandle
     from tasks.spec import parse_task
 
-    walk = _fresh_store(root, "walk-data", base)
-    from tasks.generators import generate
-
-    walk_table = generate(parse_task({
-        "name": "walker-walk", "suite": "dmc", "env": "walker-walk",
-        "data": {"source": "generate", "policy": "expert", "episodes": 2 if quick else 10}}))
-    del walk
-    steps = 100 if quick else 5_000
+    steps = _pair_steps(quick)
 
     def fit_pair(name: str, concurrent_fits: int, together: bool) -> tuple[float, float]:
         """(wall seconds of the pair, mean training seconds of one fit)."""
@@ -220,17 +229,11 @@ def _train_in_process(config: dict, tensors: dict, table: pa.Table, steps: int,
     seconds.put(train(learner, data, steps=steps, batch_size=256, lr=3e-4, seed=0).seconds)
 
 
-def train_contention(root: Path, base, quick: bool, as_json: bool) -> None:
+def train_contention(root: Path, base, table: pa.Table, quick: bool, as_json: bool) -> None:
     import multiprocessing
 
-    from tasks.generators import generate
-    from tasks.spec import parse_task
-
     config, tensors, _ = base
-    table = generate(parse_task({
-        "name": "walker-walk", "suite": "dmc", "env": "walker-walk",
-        "data": {"source": "generate", "policy": "expert", "episodes": 2 if quick else 10}}))
-    steps = 100 if quick else 5_000
+    steps = _pair_steps(quick)
     spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds Ray
 
     def run(count: int) -> float:
@@ -277,10 +280,13 @@ def main(argv: list[str] | None = None) -> int:
             base = _base_item(args.quick)
             if args.only in (None, "skill_registered"):
                 skill_registered(root, base, args.quick, args.json)
+            # The same walk data serves both pair measurements: generated once.
+            walk = (_walk_table(args.quick)
+                    if args.only in (None, "parallel_speedup", "train_contention") else None)
             if args.only in (None, "parallel_speedup"):
-                parallel_speedup(root, base, args.quick, args.json, args.single_worker)
+                parallel_speedup(root, base, walk, args.quick, args.json, args.single_worker)
             if args.only in (None, "train_contention"):
-                train_contention(root, base, args.quick, args.json)
+                train_contention(root, base, walk, args.quick, args.json)
     finally:
         ray.shutdown()
     return 0
