@@ -327,3 +327,14 @@ def test_tables_and_plots_from_results_rows(tmp_path):
     assert plot_data(results, str(tmp_path / "data.png"))
     assert (tmp_path / "ranks.png").stat().st_size > 0
     assert not plot_ranks(collect(search, []), str(tmp_path / "none.png"))
+
+
+def test_the_regenerate_line_names_a_store_a_reader_can_use(tmp_path, monkeypatch):
+    from tune.cli import portable_store
+
+    monkeypatch.chdir(tmp_path)
+    assert portable_store("s3://bucket/store?endpoint_override=x", "small") == \
+        "s3://bucket/store?endpoint_override=x"
+    assert portable_store("./store-smoke", "smoke") == "./store-smoke"
+    assert portable_store(str(tmp_path / "stores" / "a"), "small") == "stores/a"
+    assert portable_store("/elsewhere/store-dmc-small", "small") == "./store-small"

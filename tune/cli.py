@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 from library.store import DEFAULT_URI
 
@@ -44,11 +45,24 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def command_line(args: argparse.Namespace) -> str:
     """The command that regenerates a section from scratch (written into it, STYLE habit
-    6): the search itself, without --resume or --table-only."""
-    parts = ["psec", "tune", args.search, "--scale", args.scale, "--store", args.store]
+    6): the search itself, without --resume or --table-only. A local store outside the
+    working folder is written as ./store-<scale>: the command is for a fresh store on the
+    reader's machine, and this machine's folder names mean nothing there."""
+    parts = ["psec", "tune", args.search, "--scale", args.scale, "--store",
+             portable_store(args.store, args.scale)]
     if args.results:
         parts += ["--results", args.results]
     return " ".join(shlex.quote(part) for part in parts)
+
+
+def portable_store(store: str, scale: str) -> str:
+    """store as a reader can type it: remote URIs and relative paths as given."""
+    if "://" in store or not Path(store).is_absolute():
+        return store
+    try:
+        return str(Path(store).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return f"./store-{scale}"
 
 
 def handle(args: argparse.Namespace) -> int:
