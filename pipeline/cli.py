@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="keep a driver running that fits submitted tasks")
     _add_store(serve)
-    _add_address(serve, "default: attach to a running cluster, else start a local one")
+    _add_address(serve, "default: a private local instance, or RAY_ADDRESS under ray job submit; "
+                        "psec submit finds it through the store")
     serve.add_argument("--max-tasks", type=_positive, default=None,
                        help="stop after this many submissions")
     serve.add_argument("--once", action="store_true",
@@ -101,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="send a task spec to the serving driver")
     submit.add_argument("spec", metavar="SPEC.yaml")
     _add_store(submit)
-    _add_address(submit, "default: auto, the running cluster")
+    _add_address(submit, "default: the Ray instance of the psec serve serving the store, "
+                         "or RAY_ADDRESS under ray job submit; with an address the spec "
+                         "waits in that cluster's queue if no psec serve runs yet")
     submit.add_argument("--wait", action="store_true",
                         help="wait until the driver has fitted the task")
     submit.set_defaults(handler=_submit)
@@ -196,9 +199,11 @@ def _submit(args: argparse.Namespace) -> int:
     if args.wait:
         print(f"{submission.id}: {submission.status}: {submission.message}")
         return 0 if submission.status == "done" else 1
+    # Only with an address (or RAY_ADDRESS) can nobody be serving: the spec waits there.
+    address = f" --address {args.address}" if args.address else ""
     note = "" if serving(args.store) else (
         f"; no psec serve is running for this store on the cluster yet: it waits in the "
-        f"queue for `psec serve --store {args.store}`")
+        f"queue for `psec serve --store {args.store}{address}`")
     print(f"submitted {submission.id}{note}")
     return 0
 

@@ -25,6 +25,7 @@ is not repeated, and a unit that was interrupted resumes from its last checkpoin
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -40,7 +41,14 @@ from library.names import BASE
 from library.store import ManifestEntry, SkillStore
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
 from pipeline.fit import FitOptions, FitReport, launch_fit, psec_cause, size_job
-from pipeline.inbox import Submission, inbox_actor
+from pipeline.inbox import (
+    Submission,
+    existing_inbox,
+    inbox_actor,
+    remove_record,
+    serve_records,
+    serving_lease,
+)
 from pipeline.plan import StreamPlan, TaskPlan, plan_stream, plan_task
 from pipeline.progress import ProgressView
 from pipeline.results import ResultRow, existing_env_keys, now
@@ -639,14 +647,23 @@ SERVER_WAIT_S = 30.0
 def submit(spec_path: str, store_uri: str, address: str | None = None,
            wait: bool = False, poll: float = 1.0) -> Submission:
     """`psec submit`: validate the spec and check it against the store, then queue it.
-    With `wait`, follow it until a driver has run it; where no driver serves the store
-    (none attaches within SERVER_WAIT_S) that is a PsecError instead of a wait without
-    end — before queueing, or, if the driver stops, with the spec left in the queue."""
+
+    Without `address` (and RAY_ADDRESS) it goes to the `psec serve` recorded in the store,
+    on that server's own Ray instance; where none serves the store that is a PsecError and
+    nothing is queued (with `wait`, once none has appeared within SERVER_WAIT_S). With an
+    address it goes to that cluster's inbox, where it waits for the next server if none
+    runs yet. With `wait`, follow it until a driver has run it; where no driver serves the
+    store (none attaches within SERVER_WAIT_S) that is a PsecError instead of a wait
+    without end — before queueing, or, if the driver stops, with the spec left in the
+    queue."""
     task = load_task(spec_path)
     store = SkillStore(store_uri)
     check_plan(plan_submission(task, store), store)
-    connect(address or "auto")
-    inbox = inbox_actor(store.uri)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        inbox = _recorded_server_inbox(store, wait)
+    else:
+        connect(address)
+        inbox = inbox_actor(store.uri)
     if wait:
         _await_server(inbox, store.uri, None)
     submission_id = ray.get(inbox.put.remote(dump(task)))
@@ -657,6 +674,38 @@ def submit(spec_path: str, store_uri: str, address: str | None = None,
         time.sleep(poll)
         submission = ray.get(inbox.get.remote(submission_id))
     return submission
+
+
+def _recorded_server_inbox(store: SkillStore, wait: bool) -> ray.actor.ActorHandle:
+    """The inbox of the newest `psec serve` recorded in the store, on its Ray instance.
+    Ray is started only once a live-looking record names where: `ray.init("auto")` would
+    take whatever instance started last on this machine, serving or not."""
+    start = f"start one with `psec serve --store {store.uri}`"
+    deadline = time.monotonic() + (SERVER_WAIT_S if wait else 0.0)
+    while not (records := serve_records(store)):
+        if time.monotonic() >= deadline:
+            raise PsecError(f"no psec serve is serving the store at {store.uri}: nothing was "
+                            f"queued ({start}, or name a Ray cluster to queue on with "
+                            f"--address)")
+        time.sleep(0.5)
+    record = records[0]
+    where = f"the psec serve recorded for it (pid {record.pid} on {record.host})"
+    try:
+        connect(record.address)
+    except PsecError as error:
+        raise PsecError(f"{where} cannot be reached for the store at {store.uri}: {error} "
+                        f"(if it stopped, {start})") from None
+    attached_to = ray.get_runtime_context().gcs_address
+    if attached_to != record.address:
+        raise PsecError(f"this process is attached to Ray at {attached_to}, but {where} "
+                        f"runs on Ray at {record.address}")
+    inbox = existing_inbox(store.uri)
+    if inbox is None or not ray.get(inbox.serves.remote(record.token)):
+        # Killed outright on another host (or its Ray instance restarted): its lease lapsed.
+        remove_record(store, record.token)
+        raise PsecError(f"no psec serve is serving the store at {store.uri}: {where} on Ray "
+                        f"at {record.address} has stopped; nothing was queued ({start})")
+    return inbox
 
 
 def serving(store_uri: str) -> int:
@@ -688,24 +737,19 @@ def serve(store_uri: str, address: str | None = None, max_tasks: int | None = No
     error and the server goes on."""
     store = SkillStore(store_uri)
     store.check_writable()
-    if address is None:
-        try:
-            connect("auto")
-        except PsecError:
-            connect("local")
-    else:
-        connect(address)
+    # Like `psec run`: a private instance unless told where (an "auto" attach could land
+    # in another program's instance); `psec submit` finds it through the serve record.
+    connect(address)
     inbox = inbox_actor(store.uri)
-    address = ray.get_runtime_context().gcs_address
-    print(f"psec serve: store {store.uri} on Ray at {address}; send tasks with "
-          f"`psec submit SPEC.yaml --store {store.uri} --address {address}`",
+    print(f"psec serve: store {store.uri} on Ray at {ray.get_runtime_context().gcs_address}; "
+          f"send tasks with `psec submit SPEC.yaml --store {store.uri}`",
           file=sys.stderr, flush=True)
     served = 0
-    # Attached while serving, so `psec submit --wait` can tell that someone serves.
-    token = ray.get(inbox.attach.remote())
-    try:
+    # Leased and recorded while serving, so `psec submit` finds this driver and can tell
+    # that someone serves — and can tell once it no longer does, even if it was killed.
+    with serving_lease(store, inbox) as token:
         while max_tasks is None or served < max_tasks:
-            submission: Submission | None = ray.get(inbox.take.remote())
+            submission: Submission | None = ray.get(inbox.take.remote(token))
             if submission is None:
                 if once:
                     break
@@ -731,7 +775,5 @@ def serve(store_uri: str, address: str | None = None, max_tasks: int | None = No
                                    if not math.isnan(s.score))
                 ray.get(inbox.finish.remote(submission.id, True, f"fitted {fitted}; {scores}"))
             served += 1
-    finally:
-        ray.get(inbox.detach.remote(token))
     return served
 

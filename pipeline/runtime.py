@@ -9,8 +9,9 @@ through `connect`, so the choices below are made once:
   the user chose a mode; a cluster with tokens keeps working with RAY_AUTH_MODE=token.
 * Without an address, `ray.init()` attaches to whatever local cluster was started last
   (/tmp/ray/ray_current_cluster). On a shared machine that is somebody else's instance,
-  so `psec run` starts its own unless it is given `--address` or runs under
-  `ray job submit` (which sets RAY_ADDRESS).
+  so `psec run` and `psec serve` start their own unless given `--address` or run under
+  `ray job submit` (which sets RAY_ADDRESS); `psec submit` goes to the Ray address its
+  store's serve recorded (pipeline/inbox.py).
 * A Ray Train run that asks for more CPUs than exist waits forever, so every fit is
   sized from `ray.cluster_resources()` (`plan_fit_resources`).
 """

@@ -230,7 +230,9 @@ def test_submit_says_when_no_server_serves_the_store(tmp_path, store, capsys, mo
     spec = tmp_path / "walk.yaml"
     spec.write_text(yaml.safe_dump(walk))
 
-    assert main(["submit", str(spec), "--store", store.uri]) == 0
+    # With an address (here the test's own instance) the cluster's inbox keeps the spec
+    # for the next server; without one, submit needs a running serve (tests/test_submit.py).
+    assert main(["submit", str(spec), "--store", store.uri, "--address", "auto"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("submitted ") and "no psec serve is running for this store" in out
     inbox = inbox_actor(store.uri)
@@ -238,7 +240,8 @@ def test_submit_says_when_no_server_serves_the_store(tmp_path, store, capsys, mo
 
     # --wait would wait for ever: it gives up in one line, and queues nothing more.
     before = snapshot(store.local_path)
-    one_line_error(capsys, main, ["submit", str(spec), "--store", store.uri, "--wait"],
+    one_line_error(capsys, main, ["submit", str(spec), "--store", store.uri, "--wait",
+                                  "--address", "auto"],
                    "no psec serve is running for the store at", "nothing was queued")
     assert ray.get(inbox.pending.remote()) == 1
     assert snapshot(store.local_path) == before
