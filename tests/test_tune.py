@@ -89,6 +89,7 @@ def changed(**edits):
     ({"metric": "speed"}, "metric"),
     ({"alpha_trace": {"target": "nowhere"}}, "alpha_trace.target"),
     ({"alpha_trace": {"target": "S→W", "method": "scratch"}}, "alpha_trace.method"),
+    ({"alpha_trace": [{"target": "S→W"}, {"target": "nowhere"}]}, "alpha_trace[1].target"),
     ({"scales": {"smoke": {"stream_scale": "smoke"}}}, "scales"),
     ({"scales": {"smoke": {"stream_scale": "smoke", "ranks": [0]},
                  "paper": {"stream_scale": "paper"}}}, "scales.smoke.ranks[0]"),
@@ -123,13 +124,14 @@ def test_a_scale_narrows_the_axes(tmp_path):
     search = changed(
         ranks=[2, 4, 8], seeds=[0, 1, 2],
         targets=[{"label": "S→W", "composer": "s2w"}, {"label": "S+W→R", "composer": "sw2r"}],
-        alpha_trace={"target": "S+W→R"},
+        alpha_trace=[{"target": "S+W→R"}, {"target": "S→W", "seed": 1}],
         scales={"smoke": {"stream_scale": "smoke", "ranks": [2], "seeds": [0],
                           "targets": ["S→W"]},
                 "paper": {"stream_scale": "paper"}})
     smoke = load_search(write(tmp_path, search), scale="smoke")
     assert smoke.ranks == [2] and smoke.seeds == [0] and smoke.stream_scale == "smoke"
-    assert [t.label for t in smoke.targets] == ["S→W"] and smoke.alpha_trace is None
+    assert [t.label for t in smoke.targets] == ["S→W"]
+    assert [(t.target, t.seed) for t in smoke.alpha_trace] == [("S→W", 1)]
     paper = load_search(write(tmp_path, search), scale="paper")
     assert paper.ranks == [2, 4, 8] and paper.seeds == [0, 1, 2] and len(paper.targets) == 2
 

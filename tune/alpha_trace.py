@@ -17,7 +17,7 @@ from library.names import BASE
 from pipeline.stages import load_acting, load_composer
 from tasks.spec import StreamSpec
 from tasks.suites import get_suite
-from tune.spec import SearchSpec, find_composer
+from tune.spec import AlphaTraceSpec, SearchSpec, find_composer
 from tune.trials import TrialPoint, enumerate_points
 
 
@@ -48,10 +48,10 @@ def trace(store, name: str, task, seed: int = 0
     return list(composer.skills), np.stack(alphas), np.asarray(rewards), np.asarray(costs)
 
 
-def plot_trace(search: SearchSpec, stream: StreamSpec, store, path: str) -> str:
-    """Plot the α(s) trace of the search's `alpha_trace` composer; a one-line note."""
-    spec = search.alpha_trace
-    assert spec is not None
+def plot_trace(search: SearchSpec, spec: AlphaTraceSpec, stream: StreamSpec, store,
+               path: str) -> str:
+    """Plot the α(s) trace of one of the search's `alpha_trace` composers; a one-line
+    note."""
     points = [p for p in enumerate_points(search)
               if p.target == spec.target and p.method == spec.method and p.seed == spec.seed]
     if not points:

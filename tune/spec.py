@@ -204,8 +204,9 @@ class SearchSpec(_Spec):
     """Results-table column a trial reports (mean over evaluation seeds)."""
     mode: Literal["max", "min"] = "max"
     """Whether the metric is maximised or minimised."""
-    alpha_trace: AlphaTraceSpec | None = None
-    """The composer whose α(s) over one episode is plotted, if any."""
+    alpha_trace: list[AlphaTraceSpec] = Field(default_factory=list)
+    """The composers whose α(s) over one episode is plotted, one plot each (one mapping
+    or a list of them in YAML; none by default)."""
     layout: Literal["methods", "dynamics_shift", "safe"] = "methods"
     """Table of the results section: methods (a row per method, a column per target),
     dynamics_shift (paper Table 8: a column per target dataset, a row per method and
@@ -230,6 +231,14 @@ class SearchSpec(_Spec):
         if len(value) > MAX_SEARCH_NAME:
             raise ValueError(f"must have at most {MAX_SEARCH_NAME} characters, got {len(value)}")
         return value
+
+    @field_validator("alpha_trace", mode="before")
+    @classmethod
+    def _traces(cls, value):
+        """One mapping, a list of them, or nothing (null)."""
+        if value is None:
+            return []
+        return [value] if isinstance(value, dict) else value
 
     @field_validator("ranks")
     @classmethod
@@ -310,13 +319,13 @@ class SearchSpec(_Spec):
             if choice.init == "zero" and choice.output == "softmax":
                 raise FieldError(("alpha", index, "init"),
                                   "'zero' is impossible with softmax weights")
-        if self.alpha_trace is not None:
-            if self.alpha_trace.target not in labels:
-                raise FieldError(("alpha_trace", "target"),
-                                  f"no target labelled {self.alpha_trace.target!r}")
-            if self.alpha_trace.method not in COMPOSING:
-                raise FieldError(("alpha_trace", "method"),
-                                  f"{self.alpha_trace.method!r} composes nothing")
+        for index, trace in enumerate(self.alpha_trace):
+            # One trace (the usual case) is named without an index, as it was written.
+            where = ("alpha_trace",) if len(self.alpha_trace) == 1 else ("alpha_trace", index)
+            if trace.target not in labels:
+                raise FieldError((*where, "target"), f"no target labelled {trace.target!r}")
+            if trace.method not in COMPOSING:
+                raise FieldError((*where, "method"), f"{trace.method!r} composes nothing")
         return self
 
     # ---------------------------------------------------------------- scales
@@ -334,9 +343,8 @@ class SearchSpec(_Spec):
             data["fixed_alpha"] = [choice.model_dump(mode="json") for choice in scale.fixed_alpha]
         if scale.targets is not None:
             data["targets"] = [t for t in data["targets"] if t["label"] in scale.targets]
-            trace = data.get("alpha_trace")
-            if trace is not None and trace["target"] not in scale.targets:
-                data["alpha_trace"] = None
+            data["alpha_trace"] = [trace for trace in data["alpha_trace"]
+                                   if trace["target"] in scale.targets]
             for other in data["scales"].values():
                 # Other scales may keep targets this one drops; they no longer apply.
                 if other["targets"] is not None:

@@ -416,16 +416,22 @@ def write_section(search_path: str, scale: str, store_uri: str, results_path: st
         file = f"{search.name}-{suffix}.png"
         if plot(results, os.path.join(folder, file)):
             plots.append((title, file))
-    trace_note = None
-    if search.alpha_trace is not None:
+    notes = []
+    for index, trace in enumerate(search.alpha_trace):
         from tune.alpha_trace import plot_trace
 
-        file = f"{search.name}-alpha.png"
+        # The first keeps the file name a single trace always had (links to it stay); the
+        # others are named by their target's composer (a store-safe name, unlike labels).
+        composer = next(t.composer for t in search.targets if t.label == trace.target)
+        file = f"{search.name}-alpha.png" if index == 0 else \
+            f"{search.name}-alpha-{composer}.png"
         try:
-            trace_note = plot_trace(search, results.stream, store, os.path.join(folder, file))
-            plots.append(("α(s) over one episode", file))
+            notes.append(plot_trace(search, trace, results.stream, store,
+                                    os.path.join(folder, file)))
+            plots.append((f"α(s) over one episode ({trace.target})", file))
         except PsecError as error:
-            trace_note = f"α(s) over one episode: not plotted ({error})."
+            notes.append(f"α(s) over one episode on {trace.target}: not plotted ({error}).")
+    trace_note = "\n\n".join(notes) or None
     text = ""
     if os.path.exists(results_path):
         with open(results_path) as f:
