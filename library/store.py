@@ -34,6 +34,7 @@ import json
 import math
 import os
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
@@ -57,6 +58,13 @@ DEFAULT_URI = "./psec-store"
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 
+# pyarrow's GCS client retries a failing request (an endpoint that does not answer, or a
+# credentials lookup with no network) for minutes; its S3 client gives up after 3 attempts.
+# A store that cannot be reached should say so within seconds on GCS too, so a gs:// URI that
+# sets no `retry_limit_seconds` of its own gets this one (tests/test_store_gcs.py times the
+# one-line error). It goes into the store's URI, so every tool that opens store paths itself
+# (`uri_of`) retries alike; a URI may set a longer limit.
+GCS_RETRY_LIMIT_S = 3
 # How many names an "unknown name" error lists before "and N more".
 _HINT_NAMES = 5
 # The config summary in a manifest entry keeps scalars and short lists of scalars, flattened
@@ -99,6 +107,7 @@ class SkillStore:
         if not isinstance(uri, str) or not uri:
             raise StoreError(f"store URI must be a non-empty string, got {uri!r}")
         if "://" in uri:
+            uri = _with_gcs_retry_limit(uri)
             try:
                 fs, root = pafs.FileSystem.from_uri(uri)
             except (pa.ArrowInvalid, OSError) as e:
@@ -402,7 +411,7 @@ class SkillStore:
             # Object stores may report a missing key as a generic OSError.
             if self._info(path).type == pafs.FileType.NotFound:
                 return None
-            raise StoreError(f"store at {self._uri} cannot be read: {e}") from e
+            raise StoreError(f"store at {self._uri} cannot be read: {_reason(e)}") from e
 
     def _info(self, what: str | pafs.FileSelector):
         """`get_file_info`; a failure (an unreachable endpoint, denied access, a missing
@@ -412,7 +421,7 @@ class SkillStore:
         try:
             return self._fs.get_file_info(what)
         except OSError as e:
-            raise StoreError(f"store at {self._uri} cannot be read: {e}") from e
+            raise StoreError(f"store at {self._uri} cannot be read: {_reason(e)}") from e
 
     def _refuse_file_root(self) -> None:
         """A local store whose folder is a file: every path under it reads as "not found",
@@ -429,7 +438,7 @@ class SkillStore:
         except StoreError:
             raise
         except OSError as e:
-            raise StoreError(f"store at {self._uri} is not writable: {e}") from e
+            raise StoreError(f"store at {self._uri} is not writable: {_reason(e)}") from e
 
     def _write(self, path: str, data: bytes | pa.Buffer, *, exclusive: bool = False) -> None:
         """Replace `path` with `data` atomically; with `exclusive`, fail if it already exists."""
@@ -607,6 +616,26 @@ def _parse_entry(data: bytes, path: str) -> ManifestEntry:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "entry"
         raise StoreError(f"manifest entry {path} is unreadable: {where}: {first['msg']}") from e
+
+
+def _with_gcs_retry_limit(uri: str) -> str:
+    """`uri`, with `retry_limit_seconds=GCS_RETRY_LIMIT_S` added to a gs:// (or gcs://) URI
+    whose query sets none."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("gs", "gcs"):
+        return uri
+    if "retry_limit_seconds" in dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True)):
+        return uri
+    limit = f"retry_limit_seconds={GCS_RETRY_LIMIT_S}"
+    return urllib.parse.urlunsplit(
+        parts._replace(query=f"{parts.query}&{limit}" if parts.query else limit)
+    )
+
+
+def _reason(error: OSError) -> str:
+    """A filesystem error's message, without the `error_info={…}` block google-cloud-cpp
+    (pyarrow's GCS) appends, which repeats the message with retry metadata."""
+    return str(error).split(" error_info={", 1)[0]
 
 
 def _hint(names: list[str]) -> str:
