@@ -43,8 +43,10 @@ def test_unreachable_endpoint_is_a_one_line_store_error(aws_env: None):
     assert "\n" not in str(info.value)
 
 
-def test_uri_of_keeps_the_query(s3_uri: str, moto_port: int):
-    runs = SkillStore(s3_uri).uri_of("runs", "walk__psec__0")
+def test_uri_of_keeps_the_query_and_there_is_no_local_path(s3_uri: str, moto_port: int):
+    store = SkillStore(s3_uri)
+    assert store.local_path is None
+    runs = store.uri_of("runs", "walk__psec__0")
     prefix = s3_uri.split("?")[0]
     assert runs == f"{prefix}/runs/walk__psec__0?{s3_query(moto_port)}"
     fs, path = pafs.FileSystem.from_uri(runs)
