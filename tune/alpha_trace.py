@@ -76,7 +76,9 @@ def plot_trace(search: SearchSpec, spec: AlphaTraceSpec, stream: StreamSpec, sto
     for step in np.flatnonzero(costs > 0):  # hazards: the steps that cost
         top.axvspan(step - 0.5, step + 0.5, color="red", alpha=0.12, linewidth=0)
     top.set_ylabel("α_i(s_t)")
-    top.set_title(f"{search.name}: α(s) of {name} over one episode on {task.env}")
+    # Two lines: composer and env names are long enough to run off one.
+    top.set_title(f"{search.name}: α(s) of {name}\nover one episode on {task.env}",
+                  fontsize="medium")
     top.legend(fontsize="small")
     bottom.plot(rewards, color="grey")
     bottom.set_ylabel("reward")
