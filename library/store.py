@@ -364,6 +364,33 @@ class SkillStore:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise StoreError(f"stored results have conflicting column types: {e}") from e
 
+    # ------------------------------------------------------------ small files
+
+    # Bookkeeping that is not an item (the serve records of pipeline.inbox), with the
+    # store's own atomic writes and one-line errors. `folder` is relative to the store.
+
+    def put_file(self, folder: str, name: str, data: bytes) -> None:
+        """Replace `<store>/<folder>/<name>` with `data` atomically."""
+        self._write(self._path(folder, name), data)
+
+    def get_file(self, folder: str, name: str) -> bytes | None:
+        """The bytes of `<store>/<folder>/<name>`, or None if it does not exist."""
+        return self._read(self._path(folder, name))
+
+    def file_names(self, folder: str, suffix: str) -> list[str]:
+        """Names of the committed files in `<store>/<folder>` ending in `suffix`, sorted."""
+        return [path.rsplit("/", 1)[-1] for path in self._files(folder, suffix)]
+
+    def delete_file(self, folder: str, name: str) -> None:
+        """Delete `<store>/<folder>/<name>`; nothing if it is gone already."""
+        path = self._path(folder, name)
+
+        def delete() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                self._fs.delete_file(path)
+
+        self._guard(delete)
+
     # ------------------------------------------------------------------ admin
 
     def check_writable(self) -> None:

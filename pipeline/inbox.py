@@ -37,12 +37,10 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-import pyarrow as pa
-import pyarrow.fs as pafs
 import ray
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -276,50 +274,34 @@ def _pid_runs(pid: int) -> bool:
         return True  # no /proc (macOS): signal 0 is all there is
 
 
-def _serving_folder(store: SkillStore) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(store.uri_of(SERVING_FOLDER))
+def _record_file(token: str) -> str:
+    return f"{token}.json"
 
 
 def write_record(store: SkillStore, record: ServeRecord) -> None:
-    """Publish `record` in the store (written aside, then moved: a reader never sees half)."""
-    fs, folder = _serving_folder(store)
-    try:
-        fs.create_dir(folder, recursive=True)
-        with fs.open_output_stream(f"{folder}/{record.token}.tmp") as f:
-            f.write(record.model_dump_json(indent=2).encode())
-        fs.move(f"{folder}/{record.token}.tmp", f"{folder}/{record.token}.json")
-    except (OSError, pa.ArrowException) as error:
-        raise StoreError(f"store at {store.uri} is not writable: {error}") from error
+    """Publish `record` in the store (atomically: a reader never sees half of it)."""
+    store.put_file(SERVING_FOLDER, _record_file(record.token),
+                   record.model_dump_json(indent=2).encode())
 
 
 def remove_record(store: SkillStore, token: str) -> None:
     """Withdraw the record of `token` (nothing if it is gone already)."""
-    fs, folder = _serving_folder(store)
-    try:
-        fs.delete_file(f"{folder}/{token}.json")
-    except (OSError, pa.ArrowException):
-        # Gone already, or the store is read-only here: a record left behind names a pid
-        # that no longer runs and a lapsed lease, so it is recognised as stale anyway.
-        pass
+    # A record left behind (a read-only store here) names a pid that no longer runs and a
+    # lapsed lease, so it is recognised as stale anyway.
+    with suppress(StoreError):
+        store.delete_file(SERVING_FOLDER, _record_file(token))
 
 
 def serve_records(store: SkillStore) -> list[ServeRecord]:
     """The live-looking records of the store, newest first; stale ones (`is_stale`) are
     removed on the way. Only serve records are ever removed: nothing stored is touched."""
-    fs, folder = _serving_folder(store)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    except (OSError, pa.ArrowException) as error:
-        raise StoreError(f"store at {store.uri} cannot be read: {error}") from error
     records = []
-    for info in infos:
-        if info.type != pafs.FileType.File or not info.path.endswith(".json"):
-            continue
-        try:
-            with fs.open_input_stream(info.path) as f:
-                record = ServeRecord.model_validate_json(f.read())
-        except FileNotFoundError:
+    for name in store.file_names(SERVING_FOLDER, ".json"):
+        data = store.get_file(SERVING_FOLDER, name)
+        if data is None:
             continue  # its serve stopped while we listed
+        try:
+            record = ServeRecord.model_validate_json(data)
         except ValidationError:
             continue  # not ours to judge or delete: written by another psec version
         if is_stale(record):

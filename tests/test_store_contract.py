@@ -342,3 +342,20 @@ def test_uri_of_names_a_place_inside_the_store(store: SkillStore):
     with fs.open_output_stream(f"{path}/events") as f:
         f.write(b"event")
     assert files(store.uri, "runs") == {"runs/walk__psec__0/events": b"event"}
+
+
+def test_small_files_are_written_whole_listed_read_and_deleted(store: SkillStore):
+    """The bookkeeping files beside the items (pipeline.inbox's serve records)."""
+    assert store.file_names("serving", ".json") == [] and store.get_file("serving", "a.json") is None
+    store.put_file("serving", "b.json", b'{"b": 1}')
+    store.put_file("serving", "a.json", b"first")
+    store.put_file("serving", "a.json", b"second")  # replaced whole
+    store.put_file("serving", "c.txt", b"other")
+    assert store.file_names("serving", ".json") == ["a.json", "b.json"]
+    assert store.get_file("serving", "a.json") == b"second"
+    assert files(store.uri, "serving") == {"serving/a.json": b"second",
+                                           "serving/b.json": b'{"b": 1}',
+                                           "serving/c.txt": b"other"}  # no temp file left
+    store.delete_file("serving", "a.json")
+    store.delete_file("serving", "a.json")  # gone already: nothing happens
+    assert store.file_names("serving", ".json") == ["b.json"]
