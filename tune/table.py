@@ -416,10 +416,10 @@ def write_section(search_path: str, scale: str, store_uri: str, results_path: st
         file = f"{search.name}-{suffix}.png"
         if plot(results, os.path.join(folder, file)):
             plots.append((title, file))
+    from tune.alpha_trace import plot_trace  # rollouts: imported only when a section is written
+
     notes = []
     for index, trace in enumerate(search.alpha_trace):
-        from tune.alpha_trace import plot_trace
-
         # The first keeps the file name a single trace always had (links to it stay); the
         # others are named by their target's composer (a store-safe name, unlike labels).
         composer = next(t.composer for t in search.targets if t.label == trace.target)
