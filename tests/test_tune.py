@@ -340,3 +340,19 @@ def test_the_regenerate_line_names_a_store_a_reader_can_use(tmp_path, monkeypatc
     assert portable_store("./store-smoke", "smoke") == "./store-smoke"
     assert portable_store(str(tmp_path / "stores" / "a"), "small") == "stores/a"
     assert portable_store("/elsewhere/store-dmc-small", "small") == "./store-small"
+
+
+def test_a_search_record_is_a_store_file_and_a_broken_one_a_one_line_error(tmp_path):
+    from library.errors import StoreError
+    from tune.search import RECORD_FILE, TUNE_FOLDER, _write_record, read_record
+
+    store = str(tmp_path / "store")
+    assert read_record(store, "s1") is None
+    _write_record(store, "s1", {"search": "s1", "wall_seconds": 1.5})
+    path = tmp_path / "store" / TUNE_FOLDER / "s1" / RECORD_FILE
+    assert read_record(store, "s1") == {"search": "s1", "wall_seconds": 1.5}
+    path.write_text('{"search": "s1", "wall_')   # cut off mid-write by hand
+    with pytest.raises(StoreError, match=f"{RECORD_FILE} .* is not valid JSON") as raised:
+        read_record(store, "s1")
+    assert "\n" not in str(raised.value)
+    assert path.read_text() == '{"search": "s1", "wall_'   # left for the user to look at

@@ -140,19 +140,20 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
 
 def read_record(store_uri: str, search: str) -> dict[str, Any] | None:
     """The record `run_search` wrote for `search`, or None."""
-    fs, root = _filesystem(experiment_path(store_uri, search))
-    path = f"{root}/{RECORD_FILE}"
-    if fs.get_file_info(path).type != pafs.FileType.File:
+    data = SkillStore(store_uri).get_file(f"{TUNE_FOLDER}/{search}", RECORD_FILE)
+    if data is None:
         return None
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
+    try:
+        return json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise StoreError(f"search record {TUNE_FOLDER}/{search}/{RECORD_FILE} in the store at "
+                         f"{store_uri} is not valid JSON ({error}): delete it and run the "
+                         "search again") from None
 
 
 def _write_record(store_uri: str, search: str, record: dict[str, Any]) -> None:
-    fs, root = _filesystem(experiment_path(store_uri, search))
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/{RECORD_FILE}") as f:
-        f.write(json.dumps(record, indent=1).encode())
+    SkillStore(store_uri).put_file(f"{TUNE_FOLDER}/{search}", RECORD_FILE,
+                                   json.dumps(record, indent=1).encode())
 
 
 def _cpu_model() -> str:
