@@ -12,7 +12,8 @@ Two records say who serves a store, one on each side of the Ray connection:
   with `heartbeat` every HEARTBEAT_S from a thread (`serving_lease`), `detach` closes it.
   A driver killed outright (SIGKILL, the OOM killer, a lost node) never detaches; its
   lease lapses LEASE_S after its last beat, it stops being counted, and a submission it
-  was running goes back to the front of the queue. A lease rather than a pid, because
+  was running goes back to the front of the queue, where the next driver takes it as a
+  retry (`Submission.attempts`) and resumes it. A lease rather than a pid, because
   the inbox may live on another node than the driver; a heartbeat thread rather than the
   driver's polls, because a driver busy with a fit polls nothing for hours.
 * *In the store, a `ServeRecord` per serving driver* (`<store>/serving/<token>.json`):
@@ -74,6 +75,16 @@ class Submission(BaseModel):
     """pending → running → done | failed."""
     message: str = ""
     """One line: the registered names on success, the error on failure."""
+    attempts: int = 0
+    """How many times a driver has taken it (`take` counts). Above 1 when a driver took it
+    before and stopped without finishing it — killed (its lease lapsed) or interrupted (it
+    put it back with `requeue`): the items of its task already in the store may then be
+    that driver's work, which the next driver resumes (`retried`)."""
+
+    @property
+    def retried(self) -> bool:
+        """Whether an earlier driver took this submission and stopped before finishing it."""
+        return self.attempts > 1
 
 
 class InboxQueue:
@@ -143,6 +154,7 @@ class InboxQueue:
                 return None
             submission = self._all[self._queue.popleft()]
             submission.status = "running"
+            submission.attempts += 1
             self._taken[submission.id] = token
             return submission
 
@@ -157,7 +169,8 @@ class InboxQueue:
                 self._queue.remove(submission_id)
 
     def requeue(self, submission_id: str) -> None:
-        """Put a running submission back at the front (its driver stopped before it ran)."""
+        """Put a running submission back at the front: its driver stops before finishing it
+        (interrupted), so the next `take` is a retry that resumes it."""
         with self._lock:
             self._requeue(submission_id)
 
@@ -184,7 +197,8 @@ class InboxQueue:
         lapsed = {token for token, until in self._leases.items() if until < now}
         for token in lapsed:
             del self._leases[token]
-        for submission_id in [s for s, token in self._taken.items() if token in lapsed]:
+        # Newest first, each to the front: they queue again in the order they were taken.
+        for submission_id in reversed([s for s, token in self._taken.items() if token in lapsed]):
             self._requeue(submission_id)
 
 

@@ -61,3 +61,27 @@ def test_taking_renews_the_lease_and_a_late_beat_says_it_had_lapsed():
     # It finished the task after all: done, and not run a second time.
     inbox.finish(submission, True, "fitted walk")
     assert inbox.get(submission).status == "done" and inbox.pending() == 0
+
+
+def test_a_submission_taken_again_after_its_driver_stopped_is_marked_a_retry():
+    clock = Clock()
+    inbox = InboxQueue(lease_s=30.0, clock=clock)
+    walk, run, hop = inbox.put({"name": "walk"}), inbox.put({"name": "run"}), inbox.put({})
+    assert inbox.get(walk).attempts == 0 and not inbox.get(walk).retried
+    first = inbox.take(inbox.attach())
+    assert first.id == walk and first.attempts == 1 and not first.retried
+    assert inbox.take(inbox.attach()).id == run
+    clock.now += 31.0  # both drivers SIGKILLed mid-run: no beats, their leases lapse
+    fresh = inbox.attach()
+    # Back in the order they were taken, ahead of the one never taken.
+    again = inbox.take(fresh)
+    assert again.id == walk and again.attempts == 2 and again.retried
+    inbox.finish(walk, True, "fitted s2w; kept walk")
+    assert inbox.take(fresh).id == run and inbox.get(run).retried
+    inbox.finish(run, True, "fitted run")
+    # A driver interrupted (Ctrl-C) puts its submission back: the next take is a retry too.
+    assert not inbox.take(fresh).retried
+    inbox.requeue(hop)
+    assert inbox.get(hop).status == "pending"
+    assert inbox.take(fresh).retried
+    assert inbox.take(fresh) is None
