@@ -621,23 +621,42 @@ def run_stream_file(path: str, store_uri: str, scale: str | None = None,
     return run_plan(plan_stream(stream), store_uri, options, stream.seed, address)
 
 
-def _served_position(store: SkillStore) -> int:
+def _served_position(store: SkillStore, retried: str | None = None) -> int:
+    """The position in the `served` stream (which the stage seeds derive from) of a task
+    submitted now: after every task served so far. `retried` names a task that an earlier
+    driver was running when it stopped: where that attempt recorded results, the task keeps
+    the position they carry, so a resumed task fits with the seeds of an uninterrupted one
+    (it is not counted among the tasks served before it)."""
     results = store.results()
     if results.num_rows == 0 or "stream" not in results.column_names:
         return 0
-    streams = results.column("stream").to_pylist()
-    tasks = results.column("task").to_pylist()
-    return len({task for stream, task in zip(streams, tasks) if stream == "served"})
+    served = [(task, position) for stream, task, position in zip(
+        results.column("stream").to_pylist(), results.column("task").to_pylist(),
+        results.column("position").to_pylist()) if stream == "served"]
+    if retried is not None:
+        recorded = [position for task, position in served if task == retried]
+        if recorded:
+            return min(recorded)
+    return len({task for task, _ in served})
 
 
-def plan_submission(task: TaskSpec, store: SkillStore) -> StreamPlan:
-    """A submitted task as a one-task continuation of the store."""
-    if any(store.exists(name) for name in task.stored_names()):
-        taken = [name for name in task.stored_names() if store.exists(name)]
+def plan_submission(task: TaskSpec, store: SkillStore, retried: bool = False) -> StreamPlan:
+    """A submitted task as a one-task continuation of the store.
+
+    A new submission must bring new names: one already in the store is a clash with
+    something else. A `retried` one (`Submission.retried`: a driver was running it and
+    stopped) may find items of its own in the store, stored by that driver; it resumes
+    like a stream run again — `check_plan` keeps those stored from the same spec and
+    refuses those from another. An item stored without a task spec was never stored by
+    a driver, so it clashes either way."""
+    taken = [name for name in task.stored_names() if store.exists(name)
+             and (not retried or store.entry(name).task_spec is None)]
+    if taken:
         raise StoreError(f"{', '.join(map(repr, taken))} already in the store: "
                          "a submitted task must bring new names")
     bases = [entry.name for entry in store.list("base")]
-    return plan_task(task, bases, position=_served_position(store))
+    position = _served_position(store, task.name if retried else None)
+    return plan_task(task, bases, position=position)
 
 
 SERVER_WAIT_S = 30.0
@@ -734,7 +753,9 @@ def serve(store_uri: str, address: str | None = None, max_tasks: int | None = No
     """`psec serve`: take submissions from the store's inbox and run each; returns how many
     were served (and appends each run's summary to `record` when given). A submission
     that fails (bad against the store, a failed fit) is marked failed with its one-line
-    error and the server goes on."""
+    error and the server goes on. One that an earlier driver was running when it stopped
+    (killed: its lease lapsed; interrupted: it put it back) is resumed: what that driver
+    stored from the same spec is kept, the rest is fitted and evaluated."""
     store = SkillStore(store_uri)
     store.check_writable()
     # Like `psec run`: a private instance unless told where (an "auto" attach could land
@@ -757,7 +778,7 @@ def serve(store_uri: str, address: str | None = None, max_tasks: int | None = No
                 continue
             try:
                 task = parse_task(submission.spec)
-                plan = plan_submission(task, store)
+                plan = plan_submission(task, store, retried=submission.retried)
                 summary = run_plan(plan, store.uri, options)
             except PsecError as error:
                 ray.get(inbox.finish.remote(submission.id, False, str(error)))
@@ -771,9 +792,13 @@ def serve(store_uri: str, address: str | None = None, max_tasks: int | None = No
                 if record is not None:
                     record.append(summary)
                 fitted = ", ".join(summary.fitted) or "nothing new"
+                # A retry names what it kept of the stopped attempt's work.
+                kept = f"kept {', '.join(summary.skipped)}; " \
+                    if submission.retried and summary.skipped else ""
                 scores = "; ".join(f"{s.name} {s.score:.3f}" for s in summary.scores
                                    if not math.isnan(s.score))
-                ray.get(inbox.finish.remote(submission.id, True, f"fitted {fitted}; {scores}"))
+                ray.get(inbox.finish.remote(submission.id, True,
+                                            f"fitted {fitted}; {kept}{scores}"))
             served += 1
     return served
 

@@ -1,7 +1,13 @@
 """`psec submit` reaches the `psec serve` of *its* store or says in one line that none
 serves it; it never hands a spec to whatever Ray instance runs on the machine. Serve
 records of killed servers are recognised and cleaned, by pid before Ray and by lease on
-Ray (the last test SIGKILLs a real `psec serve`)."""
+Ray (the last test SIGKILLs a real `psec serve`).
+
+A submission whose serve died mid-run is resumed by the next serve, like a stream run
+again: what the dead driver stored from the same spec is kept (bit for bit), the rest is
+fitted and evaluated, and the task keeps its place — and so its seeds — in the served
+stream. Items stored under its names from another spec still fail it; a new submission
+bringing names the store holds is refused at submit time."""
 
 import os
 import signal
@@ -10,12 +16,16 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 from pipeline_builders import put_datasets, register_base, snapshot, tiny_task
 
+from library.errors import StoreError
 from library.store import SkillStore
 from pipeline import driver
+from pipeline import inbox as inbox_module
 from pipeline.cli import main
+from pipeline.driver import DriverOptions, check_plan, plan_submission, serve
 from pipeline.inbox import (
     ServeRecord,
     is_stale,
@@ -23,6 +33,10 @@ from pipeline.inbox import (
     serve_records,
     write_record,
 )
+from pipeline.results import ResultRow
+from tasks.spec import dump, parse_task
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -174,3 +188,138 @@ def test_a_sigkilled_psec_serve_stops_counting(ray_cluster, tmp_path, store, cap
     assert "no psec serve is running for this store" in capsys.readouterr().out
     assert ray.get(inbox.pending.remote()) == 1 and ray.get(inbox.serves.remote(token)) is False
     ray.kill(inbox)
+
+
+# ------------------------------------------------- resuming a submission
+
+
+def walk_spec(steps=20):
+    """A skill `walk` on base `stand` with one composer `s2w` (base + walk)."""
+    return tiny_task("walk", base="stand", steps=steps,
+                     composers=[{"name": "s2w", "skills": ["base"]}])
+
+
+def store_skill_as_a_driver_would(store, spec):
+    """What a driver running `spec` (not yet finished) leaves behind: its skill, stored
+    with the task spec its plan carries, and no composer or results yet."""
+    from library_builders import add_trained_looking_skill
+
+    from library.serialization import dump_skill, load_base
+
+    plan = plan_submission(parse_task(spec), store)
+    policy = load_base(*store.load("stand"))
+    add_trained_looking_skill(policy, spec["name"], seed=5)
+    store.register(spec["name"], "skill",
+                   *dump_skill(policy, spec["name"], base_name="stand"), parent="stand",
+                   task_spec=dump(plan.tasks[0].task))
+
+
+def served_row(task, position, name):
+    """A result row of the served stream, as a driver records it after `task`'s fit."""
+    return ResultRow(stream="served", task=task, position=position, name=name, kind="skill",
+                     method="skill", composer=None, skills=[name], seed=0, eval_task=task,
+                     episodes=1, return_mean=0.0, return_std=0.0, score=0.0, success=0.0,
+                     cost=0.0, steps=20, wall_s=0.0, scale="as-written",
+                     time="2026-11-21T00:00:00+00:00").model_dump(mode="json")
+
+
+def seeds(plan):
+    """Every stage's seed, by stage name."""
+    return {stage.name: stage.seed for unit in plan.units.values() for stage in unit.stages}
+
+
+def test_a_retry_keeps_its_place_in_the_served_stream(store):
+    task = parse_task(walk_spec())
+    store.append_results([served_row("stand2", 0, "stand2"), served_row("hop", 1, "hop")])
+    first = plan_submission(task, store)
+    assert first.tasks[0].position == 2
+    # The driver running `walk` stored its skill, recorded the skill's rows, then died.
+    store_skill_as_a_driver_would(store, walk_spec())
+    store.append_results([served_row("walk", 2, "walk")])
+    resumed = plan_submission(task, store, retried=True)
+    assert resumed.tasks[0].position == 2
+    assert seeds(resumed) == seeds(first)
+    # A task served after it while it waited does not move it either.
+    store.append_results([served_row("run", 3, "run")])
+    assert plan_submission(task, store, retried=True).tasks[0].position == 2
+    # Without rows of its own (it died before evaluating), it comes after the others.
+    assert plan_submission(task.model_copy(update={"name": "jump"}), store,
+                           retried=True).tasks[0].position == 4
+
+
+def test_a_retry_refuses_items_of_another_spec_or_of_no_driver(store):
+    # Stored by a driver from a spec with other steps: check_plan's one-line refusal.
+    store_skill_as_a_driver_would(store, walk_spec(steps=30))
+    task = parse_task(walk_spec())
+    with pytest.raises(StoreError, match="already in the store: a submitted task must bring"):
+        plan_submission(task, store)
+    with pytest.raises(StoreError, match=r"^'walk' is in the store from a different spec of "
+                                         r"task 'walk' \(another scale"):
+        check_plan(plan_submission(task, store, retried=True), store)
+    # Registered by hand (no task spec): no driver of this submission stored it.
+    store.remove("walk")
+    from library_builders import add_trained_looking_skill
+
+    from library.serialization import dump_skill, load_base
+
+    policy = load_base(*store.load("stand"))
+    add_trained_looking_skill(policy, "walk", seed=5)
+    store.register("walk", "skill", *dump_skill(policy, "walk", base_name="stand"),
+                   parent="stand")
+    with pytest.raises(StoreError, match=r"^'walk' already in the store: a submitted task"):
+        plan_submission(task, store, retried=True)
+
+
+def test_serve_resumes_a_submission_whose_driver_died(ray_cluster, store, monkeypatch):
+    import ray
+
+    # A short lease (renewed often enough by the live serve) so the dead one lapses fast.
+    monkeypatch.setattr(inbox_module, "HEARTBEAT_S", 0.2)
+    inbox = inbox_module.inbox_actor(store.uri, lease_s=2.0)
+    walk_id = ray.get(inbox.put.remote(walk_spec()))
+    # A second submission whose name holds a skill of another spec of it.
+    run = tiny_task("run", base="stand", steps=20, data={"source": "store",
+                                                       "dataset": "walk-data"})
+    run_id = ray.get(inbox.put.remote(run))
+    # Two drivers took them, stored the skills and were SIGKILLed: no beats, no finish.
+    for _ in range(2):
+        assert ray.get(inbox.take.remote(ray.get(inbox.attach.remote()))) is not None
+    store_skill_as_a_driver_would(store, walk_spec())
+    store_skill_as_a_driver_would(store, {**run, "train": {"steps": 30, "batch_size": 32}})
+    kept = {path: stat for path, stat in snapshot(store.local_path).items()
+            if os.sep + os.path.join("items", "walk") + os.sep in path}
+    walk_entry = store.entry("walk")
+    deadline = time.monotonic() + 30
+    while ray.get(inbox.get.remote(walk_id)).status != "pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+    served = serve(store.uri, max_tasks=2, poll=0.2, options=DriverOptions(progress=False))
+
+    assert served == 2
+    done = ray.get(inbox.get.remote(walk_id))
+    assert done.status == "done" and done.attempts == 2, done.message
+    assert done.message.startswith("fitted s2w; kept walk;"), done.message
+    assert store.exists("s2w") and store.entry("s2w").parent == "stand"
+    # The dead driver's skill is as it left it: same files, same checksum, same entry.
+    assert {path: stat for path, stat in snapshot(store.local_path).items()
+            if path in kept} == kept and len(kept) == 2
+    entry = store.entry("walk")
+    assert (entry.sha256, entry.created, entry.task_spec) == \
+        (walk_entry.sha256, walk_entry.created, walk_entry.task_spec)
+    rows = store.results().to_pylist()
+    assert {(r["name"], r["position"]) for r in rows} == {("walk", 0), ("s2w", 0)}
+    failed = ray.get(inbox.get.remote(run_id))
+    assert failed.status == "failed" and failed.attempts == 2
+    assert failed.message.startswith("'run' is in the store from a different spec of task 'run'")
+    ray.kill(inbox)
+
+
+@pytest.mark.usefixtures("no_ray")
+def test_a_new_submission_with_a_stored_name_is_refused_at_submit(tmp_path, store, capsys):
+    # Even stored from the very same spec: a new submission must bring new names.
+    store_skill_as_a_driver_would(store, tiny_task("walk", base="stand"))
+    before = snapshot(store.local_path)
+    submit_error(capsys, [str(tmp_path / "walk.yaml"), "--store", store.uri],
+                 "'walk' already in the store: a submitted task must bring new names")
+    assert snapshot(store.local_path) == before
