@@ -2,9 +2,10 @@
 
 An evaluation of an item on a task with seeds [s1, s2] and 10 episodes per seed on a
 4-CPU cluster becomes 4 Ray tasks of 5 episodes each. Episode i of seed s is always
-reset with the same env seed, whatever the chunking, so adding CPUs changes the wall
-time, not the episodes. Each task loads the item through the store actor, builds the
-task's env (tasks.suites) and rolls out with `tasks.evaluation.rollout`.
+reset with the same env seed, and the policy's sampling noise restarts from that seed at
+the episode's start, whatever the chunking, so adding CPUs changes the wall time, not the
+episodes (tests/test_determinism.py). Each task loads the item through the store actor,
+builds the task's env (tasks.suites) and rolls out with `tasks.evaluation.rollout`.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def chunks_per_seed(episodes: int, seeds: int, cpus: int) -> int:
 def rollout_chunk(store, item: str, task_json: dict[str, Any], seed: int, first: int,
                   count: int) -> list[EpisodeStats]:
     """Episodes first .. first+count-1 of eval seed `seed` of item on the task."""
+    return roll_episodes(store, item, task_json, seed, first, count)
+
+
+def roll_episodes(store, item: str, task_json: dict[str, Any], seed: int, first: int,
+                  count: int) -> list[EpisodeStats]:
+    """The body of `rollout_chunk`, in this process: episode i of eval seed s is the same
+    whatever `first` and `count` cut around it."""
     import torch
 
     from pipeline.stages import load_acting
@@ -70,10 +78,16 @@ def rollout_chunk(store, item: str, task_json: dict[str, Any], seed: int, first:
     suite = get_suite(task.suite)
     env = suite.make_env(task.env, task.dynamics, seed=seed, horizon=task.horizon)
     try:
-        act = load_acting(store, item, n_candidates=task.eval.n_candidates,
-                          seed=seed * EPISODE_SEED_STRIDE + first)
-        return rollout(env, act, count, seed * EPISODE_SEED_STRIDE + first,
-                       horizon=task.eval.max_steps, suite=suite, env_name=task.env)
+        first_seed = seed * EPISODE_SEED_STRIDE + first
+        act = load_acting(store, item, n_candidates=task.eval.n_candidates, seed=first_seed)
+        episodes: list[EpisodeStats] = []
+        for episode_seed in range(first_seed, first_seed + count):
+            # One episode at a time, the noise restarted from its own seed: an episode's
+            # return must not depend on which chunk (which cluster size) it fell in.
+            act.reseed(episode_seed)
+            episodes.extend(rollout(env, act, 1, episode_seed, horizon=task.eval.max_steps,
+                                    suite=suite, env_name=task.env))
+        return episodes
     finally:
         env.close()
 

@@ -561,6 +561,9 @@ def _run_unit(job: FitJob, store: StoreHandle, board,
             metrics = {"train_steps": stage.steps, "train_seconds": round(seconds, 3),
                        "train_transitions": len(data.obs),
                        "resumed_from": start, "workers": world,
+                       # Workers and threads are training inputs like the seed: a refit
+                       # reproduces these weights bit for bit only with both the same.
+                       "threads": job.cpus_per_worker,
                        **{f"train_{k}": v for k, v in terms.items() if "/" not in k}}
             if rank == 0:
                 created = unit_ctx.register(stage, learner, metrics)

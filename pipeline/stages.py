@@ -352,10 +352,27 @@ class UnitContext:
 # ------------------------------------------------------------------- acting in an env
 
 
-def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0
-                ) -> Callable[[np.ndarray], np.ndarray]:
+class Acting:
+    """A stored policy acting in an env: `obs [S] -> action [A]`, its sampling noise drawn
+    from its own generator. `reseed(seed)` restarts that noise, so an episode reseeded with
+    its own seed acts the same whichever episodes ran before it in the process."""
+
+    def __init__(self, sample: Callable[[Tensor], Tensor], seed: int):
+        self._sample = sample  # obs [B, S] -> actions [B, A], drawing from self.generator
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    @torch.no_grad()
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        batch = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)  # [1, S]
+        return self._sample(batch)[0].numpy()
+
+
+def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0) -> Acting:
     """A stored base, skill or composer as `obs [S] -> action [A]` (IDQL selection over
-    `n_candidates` samples when its task stored critics)."""
+    `n_candidates` samples when its task stored critics), its noise seeded with `seed`."""
     entry = store.entry(name)
     config, tensors = store.load(name)
     own, critic_tensors = split_item(tensors)
@@ -387,16 +404,13 @@ def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0
         q_fn, minimize = feasibility.q, True
     elif iql is not None:
         q_fn = iql.q
-    generator = torch.Generator().manual_seed(seed)
 
-    @torch.no_grad()
-    def act(obs: np.ndarray) -> np.ndarray:
-        batch = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)  # [1, S]
-        action = select_action(lambda o: sample_policy(o, generator), batch, n_candidates,
-                               q_fn=q_fn, minimize=minimize)
-        return action[0].numpy()
+    def sample(batch: Tensor) -> Tensor:
+        return select_action(lambda o: sample_policy(o, acting.generator), batch, n_candidates,
+                             q_fn=q_fn, minimize=minimize)
 
-    return act
+    acting = Acting(sample, seed)
+    return acting
 
 
 def _composer_on(store, policy: DiffusionPolicy, config: dict, tensors: dict[str, Tensor]
