@@ -11,6 +11,7 @@ What stays outside these guarantees (docs/DEVIATIONS.md, "Reproducibility"): the
 of Ray Train workers and of torch threads per worker are training inputs, like the seed.
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,40 +40,48 @@ class LocalStore(SkillStore):
         return self.register(name, kind, config, tensors, **kwargs), True
 
 
-def fit_tiny_base(root: Path, seed: int, threads: int = 1) -> str:
-    """Fit a 40-step base of stream seed `seed` in a fresh store under `root` with `threads`
-    torch threads (the worker's CPUs); its sha256."""
-    tasks = [tiny_task("stand", role="base", train={"steps": 40, "batch_size": 32})]
+def fit_tiny_stream(root: Path, seed: int, threads: int = 1) -> dict[str, str]:
+    """Fit a tiny stream of stream seed `seed` in a fresh store under `root`, each unit
+    through the one-worker unit loop with `threads` torch threads (the worker's CPUs): a
+    base `stand`, a LoRA skill `walk` on it and a composer `s2w` of base + walk (every
+    stage kind that draws initial weights). Returns each item's sha256."""
+    tasks = [tiny_task("stand", role="base", train={"steps": 30, "batch_size": 32}),
+             tiny_task("walk", base="stand", train={"steps": 10, "batch_size": 32},
+                       lora={"rank": 2}, composers=[{"name": "s2w", "skills": ["base"],
+                                                     "steps": 10}])]
     store = LocalStore(str(root / "store"))
     put_datasets(store.uri, tasks)
     path = Path(write_stream(root / "stream.yaml", tasks))
     path.write_text(path.read_text().replace("continual: true", f"continual: true\nseed: {seed}"))
     plan = plan_stream(load_stream(str(path)))
-    unit = plan.units["stand"]
-    job = FitJob(stream=plan.stream, stream_seed=seed, unit=unit, workers=1, cpus_per_worker=threads,
-                 gpus_per_worker=0, options=FitOptions(checkpoint_every=20))
-    _run_unit(job, store, None, _TaskSession(job, store.uri))
-    return store.entry("stand").sha256
+    for unit in plan.units.values():  # in an order where a unit follows those it needs
+        job = FitJob(stream=plan.stream, stream_seed=seed, unit=unit, workers=1,
+                     cpus_per_worker=threads, gpus_per_worker=0,
+                     options=FitOptions(checkpoint_every=10))
+        _run_unit(job, store, None, _TaskSession(job, store.uri))
+    return {entry.name: entry.sha256 for entry in store.list()}
 
 
 def test_two_fits_with_the_same_seed_store_bit_identical_weights(tmp_path):
-    first = fit_tiny_base(tmp_path / "a", seed=0)
-    again = fit_tiny_base(tmp_path / "b", seed=0)
-    other = fit_tiny_base(tmp_path / "c", seed=1)
+    first = fit_tiny_stream(tmp_path / "a", seed=0)
+    again = fit_tiny_stream(tmp_path / "b", seed=0)
+    other = fit_tiny_stream(tmp_path / "c", seed=1)
 
+    assert set(first) == {"stand", "walk", "s2w"}
     assert again == first
-    assert other != first  # the seed reaches the weights: the equality above is not vacuous
+    # The seed reaches every item's weights: the equality above is not vacuous.
+    assert all(other[name] != first[name] for name in first)
 
 
 def test_a_fit_in_a_fresh_process_stores_the_same_weights(tmp_path):
-    here = fit_tiny_base(tmp_path / "here", seed=0)
+    here = fit_tiny_stream(tmp_path / "here", seed=0)
     script = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); "
               "from pathlib import Path; import torch; torch.set_num_threads(1); "
-              "from test_determinism import fit_tiny_base; "
-              f"print(fit_tiny_base(Path({str(tmp_path / 'there')!r}), seed=0))")
+              "import json; from test_determinism import fit_tiny_stream; "
+              f"print(json.dumps(fit_tiny_stream(Path({str(tmp_path / 'there')!r}), seed=0)))")
     there = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                           text=True, cwd=TESTS.parent).stdout.split()[-1]
-    assert there == here
+                           text=True, cwd=TESTS.parent).stdout.splitlines()[-1]
+    assert json.loads(there) == here
 
 
 @pytest.fixture(scope="module")
