@@ -23,16 +23,17 @@ torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STREAM = CONFIGS / "dsrl_bullet.yaml"
 SEARCH = CONFIGS / "search_dsrl.yaml"
-ENVS = ("ballrun", "carrun", "dronerun", "antrun",
-        "ballcircle", "carcircle", "dronecircle", "antcircle")
+ENVS = ("ballrun", "carrun", "ballcircle", "carcircle",
+        "dronerun", "antrun", "dronecircle", "antcircle")
 
 
 @pytest.mark.parametrize("scale", ["smoke", "small", "paper"])
 def test_each_env_has_a_base_a_reward_skill_and_a_safety_skill_on_one_dataset(scale):
     stream = load_stream(STREAM, scale)
-    # Smaller scales keep the envs whose behaviour policies are in tasks/experts.
-    envs = {"paper": ENVS, "small": ("ballrun", "carrun", "ballcircle", "carcircle"),
-            "smoke": ENVS[:2]}[scale]
+    # Drone and Ant come last: they were added after the others were measured, and a
+    # task's position in the stream seeds its fits.
+    # Ant Circle has no behaviour policies yet, so the small scale leaves it out.
+    envs = {"paper": ENVS, "small": ENVS[:-1], "smoke": ENVS[:2]}[scale]
     assert [t.name for t in stream.tasks] == [
         f"{env}-{part}" for env in envs for part in ("base", "reward", "safety")]
     for env in envs:
