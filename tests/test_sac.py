@@ -2,6 +2,10 @@
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -77,6 +81,44 @@ def test_resume_from_checkpoint_is_bit_exact(tmp_path):
     assert all(np.array_equal(replay_a[k], replay_b[k]) for k in replay_a.files)
     evals = [(tmp_path / d / "eval.jsonl").read_text().splitlines() for d in ("straight", "resumed")]
     assert [json.loads(r)["returns"] for r in evals[0]] == [json.loads(r)["returns"] for r in evals[1]]
+
+
+def test_a_stopped_run_checkpoints_at_the_episode_end_and_resumes_bit_exact(tmp_path):
+    straight = tmp_path / "straight"
+    train(SACConfig(**TINY, steps=120), straight, log=quiet)
+    stopped = tmp_path / "stopped"
+    asked = []
+    # Asked at every episode end (20 steps); says stop at the third, between checkpoints.
+    first = train(SACConfig(**TINY, steps=120), stopped, log=quiet,
+                  should_stop=lambda: asked.append(1) or len(asked) == 3)
+    assert first.step == 60 and RunDir(stopped).latest().name == "checkpoint-60"
+    second = train(SACConfig(**TINY, steps=120), stopped, log=quiet)
+    assert second.step == 120
+    (agent_a, replay_a), (agent_b, replay_b) = _final_state(straight), _final_state(stopped)
+    for name in ("actor", "critic", "critic_target"):
+        for key, tensor in agent_a[name].items():
+            assert torch.equal(tensor, agent_b[name][key]), f"{name}.{key} differs after a stop"
+    assert all(np.array_equal(replay_a[k], replay_b[k]) for k in replay_a.files)
+
+
+def test_sigterm_stops_the_cli_with_a_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tasks.generators.sac", *args, "--steps=1000000",
+         f"--run-dir={run_dir}", "--no-export"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not (run_dir / "train.jsonl").exists():  # the first episode has ended
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0]
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "SIGTERM: stopping at the end of this episode" in output
+    checkpoint = RunDir(run_dir).latest()
+    assert checkpoint is not None
+    assert 0 < int(checkpoint.name.removeprefix("checkpoint-")) < 1_000_000
 
 
 def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):

@@ -2,9 +2,9 @@
 
 One file in the CleanRL manner — networks, replay buffer, update and loop — with what a
 run of hours on shared CPUs needs on top: a checkpoint (networks, optimisers, temperature,
-counters, every RNG state and the replay buffer) written every `checkpoint_every` steps to
-a folder outside the repository, from which a killed run continues exactly where it
-stopped; an evaluation log; an actor snapshot per evaluation (the medium policy is picked
+counters, every RNG state and the replay buffer) written every `checkpoint_every` steps,
+and at the episode end after a SIGTERM or Ctrl-C, to a folder outside the repository, from
+which a stopped or killed run continues exactly where it stopped; an evaluation log; an actor snapshot per evaluation (the medium policy is picked
 from these later); and export of the best actor to `tasks/experts/`.
 
     python -m tasks.generators.sac --env walker-stand --steps 500000 --threads 1
@@ -27,7 +27,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -508,10 +510,13 @@ def save_actor(actor: Actor, path: Path, metadata: dict | None = None) -> None:
 
 def train(config: SACConfig, run_dir: Path | None = None,
           on_eval: Callable[[SAC, dict], None] | None = None,
-          log: Callable[[str], None] = print) -> Progress:
+          log: Callable[[str], None] = print,
+          should_stop: Callable[[], bool] | None = None) -> Progress:
     """Train (or resume) the run in `run_dir` until `config.steps`; returns the final counters.
 
     `on_eval(agent, row)` is called after every evaluation (the CLI exports experts there).
+    `should_stop()` is asked at every episode end; when it says yes the run writes a
+    checkpoint there and returns early, and a later call resumes it as if never stopped.
     """
     config.validate()
     run = RunDir(run_dir or default_run_dir(config))
@@ -582,10 +587,17 @@ def train(config: SACConfig, run_dir: Path | None = None,
             if on_eval is not None:
                 on_eval(agent, row)
 
-        if progress.step >= progress.next_checkpoint or progress.step >= config.steps:
-            progress.next_checkpoint = progress.step + config.checkpoint_every
+        stopping = should_stop is not None and progress.step < config.steps and should_stop()
+        if progress.step >= progress.next_checkpoint or progress.step >= config.steps or stopping:
+            if not stopping:
+                # A stop's checkpoint leaves the schedule alone (it changes nothing learned).
+                progress.next_checkpoint = progress.step + config.checkpoint_every
             progress.rng_state = rng.bit_generator.state
             run.save_checkpoint(agent, buffer, progress)
+        if stopping:
+            log(f"sac: stopped at step {progress.step}; checkpoint written, the same command "
+                "resumes it")
+            break
     return progress
 
 
@@ -619,7 +631,21 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_export:
                 export_if_better(agent.actor, config, row)
 
-        train(config, args.run_dir, on_eval=on_eval, log=lambda m: print(m, flush=True))
+        # SIGTERM or Ctrl-C: finish the episode, checkpoint and exit 0 (a second one kills
+        # at once), so a run stopped at any time loses at most one episode.
+        stop = threading.Event()
+
+        def request_stop(signum: int, _frame: object) -> None:
+            print(f"sac: {signal.Signals(signum).name}: stopping at the end of this episode "
+                  "(send it again to kill now)", flush=True)
+            stop.set()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        train(config, args.run_dir, on_eval=on_eval, log=lambda m: print(m, flush=True),
+              should_stop=stop.is_set)
 
     return exit_status(run)
 
