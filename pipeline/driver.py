@@ -188,6 +188,10 @@ def _task_dims(task: TaskSpec, dataset: str, store: SkillStore,
 
     if store.has_dataset(dataset):
         meta = dataset_meta(store.get_dataset(dataset))
+        if task.data.source == "generate":
+            from tasks.generators.generator import check_stored
+
+            check_stored(task, dataset, meta)  # not made from another spec or older actors
         return int(meta["obs_dim"]), int(meta["act_dim"])
     if task.data.source == "store":
         raise StoreError(f"task {task.name!r}: dataset {task.data.dataset!r} is not in the store")

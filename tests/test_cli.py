@@ -111,6 +111,29 @@ def test_an_item_from_another_spec_is_not_silently_reused(tmp_path, store, capsy
     assert_one_line_error(code, err, "'stand'", "different spec")
 
 
+def test_a_dataset_generated_by_older_actors_is_not_silently_reused(tmp_path, store, capsys):
+    from tasks.generators.generator import generation_key
+    from tasks.spec import parse_task
+
+    stand = {"name": "stand", "suite": "dmc", "env": "walker-stand", "role": "base",
+             "data": {"source": "generate", "policy": "expert", "episodes": 2}}
+    key = generation_key(parse_task(stand))
+    key["actors"]["walker-stand/expert"] = "0123456789abcdef"  # as if retrained since
+    store.put_dataset("stand", _with_meta(dataset(), generated_from=key))
+    before = snapshot(store.local_path)
+    path = write_yaml(tmp_path / "s.yaml", stream([stand]))
+    code, _, err = run_cli(capsys, "run", path, "--store", store.uri)
+    assert_one_line_error(code, err, "dataset 'stand'", "other actors",
+                          "walker-stand/expert: 0123456789abcdef ->")
+    assert snapshot(store.local_path) == before
+
+
+def _with_meta(table, **meta):
+    from tasks.dataset import dataset_meta, to_arrays
+
+    return to_table(to_arrays(table), dataset_meta(table) | meta)
+
+
 def test_submit_validates_the_spec_before_reaching_a_cluster(tmp_path, store, capsys):
     bad = task("walk", "d24", composers=[{"name": "walk", "skills": ["base"]}])
     code, _, err = run_cli(capsys, "submit", write_yaml(tmp_path / "t.yaml", bad),

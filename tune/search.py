@@ -300,6 +300,12 @@ def prepare(search: SearchSpec, stream: StreamSpec, points: list[TrialPoint], st
     store = SkillStore(store_uri)
     handle = StoreHandle(store.uri)
     datasets = target_datasets(search, stream, points)
+    for name, task in datasets.items():
+        if task.data.source == "generate" and store.has_dataset(name):
+            from tasks.dataset import dataset_meta
+            from tasks.generators.generator import check_stored
+
+            check_stored(task, name, dataset_meta(store.get_dataset(name)))
     refs = [make_dataset.remote(dump(task), name, handle, None)
             for name, task in datasets.items() if not store.has_dataset(name)]
     ray.get(refs)
