@@ -465,6 +465,11 @@ class Scale(_Spec):
         None,
         description="data.episodes of every generating task, or per task name ({name: n}).",
     )
+    data_transitions: int | dict[str, int] | None = Field(
+        None,
+        description="data.max_transitions (keep the first N transitions) of every task, or "
+        "per task name ({name: n}): sizes data in transitions where episode lengths vary.",
+    )
     eval_episodes: int | None = Field(None, ge=1, description="eval.episodes of every task.")
     eval_seeds: list[NonNegativeInt] | None = Field(
         None, min_length=1, description="eval.seeds of every task."
@@ -490,9 +495,9 @@ class Scale(_Spec):
                 raise FieldError((index,), f"{name!r} is listed twice")
         return tasks
 
-    @field_validator("data_episodes", mode="before")
+    @field_validator("data_episodes", "data_transitions", mode="before")
     @classmethod
-    def _episodes(cls, value: Any) -> Any:
+    def _per_task_counts(cls, value: Any) -> Any:
         def positive(number: Any) -> bool:
             return isinstance(number, int) and not isinstance(number, bool) and number >= 1
 
@@ -512,6 +517,12 @@ class Scale(_Spec):
         if isinstance(self.data_episodes, dict):
             return self.data_episodes.get(task)
         return self.data_episodes
+
+    def transitions_for(self, task: str) -> int | None:
+        """The data_transitions override for `task`, or None."""
+        if isinstance(self.data_transitions, dict):
+            return self.data_transitions.get(task)
+        return self.data_transitions
 
 
 class StreamSpec(_Spec):
@@ -620,6 +631,11 @@ class StreamSpec(_Spec):
                         raise FieldError(field, f"no task named {task_name!r}")
                     if names[task_name].data.source != "generate":
                         raise FieldError(field, f"task {task_name!r} does not generate its data")
+            if isinstance(scale.data_transitions, dict):
+                for task_name in scale.data_transitions:
+                    if task_name not in names:
+                        raise FieldError(("scales", scale_name, "data_transitions", task_name),
+                                         f"no task named {task_name!r}")
             kept = scale.tasks or ()
             for index, task_name in enumerate(kept):
                 field = ("scales", scale_name, "tasks", index)
@@ -668,6 +684,7 @@ class StreamSpec(_Spec):
                     _set(composer, "steps", scale.composer_steps)
             if task["data"]["source"] == "generate":
                 _set(task["data"], "episodes", scale.episodes_for(task["name"]))
+            _set(task["data"], "max_transitions", scale.transitions_for(task["name"]))
             _set(task["eval"], "episodes", scale.eval_episodes)
             _set(task["eval"], "seeds", scale.eval_seeds)
             _set(task["eval"], "max_steps", scale.max_steps)

@@ -159,6 +159,9 @@ BAD_FIELDS = [
     (_set("scales.smoke.data_episodes", {"tgt": 2}), "scales.smoke.data_episodes.tgt", "generate"),
     (_set("scales.smoke.data_episodes", {"src": 0}), "scales.smoke.data_episodes.src", ">= 1"),
     (_set("scales.smoke.data_episodes", "lots"), "scales.smoke.data_episodes", "integer >= 1"),
+    (_set("scales.smoke.data_transitions", {"nope": 9}), "scales.smoke.data_transitions.nope",
+     "no task"),
+    (_set("scales.smoke.data_transitions", 0), "scales.smoke.data_transitions", "integer >= 1"),
     (_set("scales.smoke.eval_seeds", []), "scales.smoke.eval_seeds", "at least 1"),
 ]
 
@@ -201,11 +204,22 @@ def test_at_scale_applies_overrides_and_keeps_the_original():
     assert [t.train.steps for t in smoke.tasks[1:]] == [3, 3]
     assert smoke.tasks[1].composers[0].steps == 2
     assert smoke.tasks[0].data.episodes == 2
+    assert [t.data.max_transitions for t in smoke.tasks] == [None, None, None]
     paper = stream.at_scale("paper")
     assert paper.tasks[0].train.steps == 1000
     assert all(task.eval.seeds == [0, 1] for task in paper.tasks)
     with pytest.raises(SpecError, match=r"^scale: unknown scale 'huge'; defined: smoke, paper$"):
         stream.at_scale("huge")
+
+
+def test_a_scale_sizes_data_in_transitions_per_task_or_for_all():
+    data = _stream()
+    data["scales"]["smoke"]["data_transitions"] = {"src": 500, "tgt2": 40}
+    smoke = parse_stream(data).at_scale("smoke")
+    assert [t.data.max_transitions for t in smoke.tasks] == [500, None, 40]
+    data["scales"]["paper"]["data_transitions"] = 7
+    paper = parse_stream(data).at_scale("paper")
+    assert [t.data.max_transitions for t in paper.tasks] == [7, 7, 7]
 
 
 def test_dump_round_trips(tmp_path):
