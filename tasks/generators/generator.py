@@ -73,25 +73,25 @@ def check_can_generate(task: TaskSpec) -> None:
     """
     policy = task.data.policy
     check_policy(task.suite, policy)
-    needed = {"expert": ["expert"], "medium": ["medium"], "medium-expert": ["medium", "expert"]}
     for env in task.data.envs or [task.env]:
-        if task.suite == "bullet_safety" and policy == "expert":
-            missing = [] if behaviour_kinds(env) else ["behaviour policies"]
-        elif task.suite in ("dmc", "mujoco") and policy in needed:
-            missing = [f"{kind} actor" for kind in needed[policy]
-                       if not experts.actor_path(env, kind).exists()]
-        elif task.suite in ("dmc", "mujoco") and policy == "medium-replay":
-            missing = [] if experts.replay_path(env).exists() else ["medium-replay data"]
+        files = _source_files(task, env)
+        if task.suite == "bullet_safety" and policy == "expert" and not files:
+            missing = ["behaviour policies"]
         else:
-            missing = []
+            kinds = [label.rsplit("/", 1)[1] for label, path in files.items()
+                     if not path.exists()]
+            missing = [f"{kind} data" if kind == "medium-replay" else f"{kind} actor"
+                       for kind in kinds]
         if missing:
             raise SpecError("data.policy", f"task {task.name!r} needs the {' and '.join(missing)} "
                             f"of {env!r}, which tasks/experts lacks: train it with "
                             f"`{experts.train_command(env, task.suite)}`")
 
 
-def _source_files(task: TaskSpec, env: str, directory: Path) -> dict[str, Path]:
-    """The committed files whose contents decide `task`'s data in `env`: label -> path."""
+def _source_files(task: TaskSpec, env: str,
+                  directory: Path = experts.EXPERTS_DIR) -> dict[str, Path]:
+    """The committed files whose contents decide `task`'s data in `env`: `<env>/<kind>` ->
+    path (an actor of that kind, or kind medium-replay: the stored replay data)."""
     policy = task.data.policy
     if task.suite == "bullet_safety" and policy == "expert":
         kinds = behaviour_kinds(env, directory)

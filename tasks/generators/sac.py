@@ -4,8 +4,9 @@ One file in the CleanRL manner — networks, replay buffer, update and loop — 
 run of hours on shared CPUs needs on top: a checkpoint (networks, optimisers, temperature,
 counters, every RNG state and the replay buffer) written every `checkpoint_every` steps,
 and at the episode end after a SIGTERM or Ctrl-C, to a folder outside the repository, from
-which a stopped or killed run continues exactly where it stopped; an evaluation log; an actor snapshot per evaluation (the medium policy is picked
-from these later); and export of the best actor to `tasks/experts/`.
+which a stopped or killed run continues exactly where it stopped; an evaluation log; an
+actor snapshot per evaluation (the medium policy is picked from these later); and export
+of the best actor to `tasks/experts/`.
 
     python -m tasks.generators.sac --env walker-stand --steps 500000 --threads 1
 
