@@ -83,6 +83,31 @@ def test_medium_expert_is_medium_then_expert(actors):
     assert meta["episode_policy"] == ["medium", "medium", "expert"]
 
 
+def test_medium_expert_cut_keeps_half_of_each_actor(actors):
+    # 4 episodes of 20 steps: medium 0-1, expert 2-3. A plain cut at 30 would keep only
+    # medium transitions; the medium-expert cut keeps the first 15 of each half.
+    table = generate(task("medium-expert", episodes=4, max_transitions=30), directory=actors)
+    arrays = to_arrays(table)
+    assert len(arrays["obs"]) == 30 and list(np.unique(arrays["episode"])) == [0, 1]
+    expert = experts.load_actor("walker-stand", "expert", directory=actors)
+    medium = experts.load_actor("walker-stand", "medium", directory=actors)
+    acted = {name: actor.act(torch.tensor(arrays["obs"])).numpy()
+             for name, actor in (("expert", expert), ("medium", medium))}
+    assert np.allclose(arrays["actions"][:15], acted["medium"][:15], atol=1e-6)
+    assert np.allclose(arrays["actions"][15:], acted["expert"][15:], atol=1e-6)
+    assert arrays["timeouts"][14] and arrays["timeouts"][29] and arrays["timeouts"].sum() == 2
+    assert dataset_meta(table)["episode_policy"] == ["medium", "expert"]
+    # A half shorter than n/2 leaves the rest to the other: 3 episodes = 40 medium + 20
+    # expert transitions; a cut at 50 keeps 30 medium and all 20 expert.
+    short = to_arrays(generate(task("medium-expert", episodes=3, max_transitions=50),
+                               directory=actors))
+    assert len(short["obs"]) == 50
+    assert np.allclose(short["actions"][:30], medium.act(torch.tensor(short["obs"][:30])).numpy(),
+                       atol=1e-6)
+    assert np.allclose(short["actions"][30:], expert.act(torch.tensor(short["obs"][30:])).numpy(),
+                       atol=1e-6)
+
+
 def test_missing_expert_is_one_line_naming_the_command(tmp_path):
     with pytest.raises(DataError) as error:
         generate(task("expert", env="walker-run"), directory=tmp_path)

@@ -8,7 +8,7 @@ What `data.policy` means per suite (D4RL's definitions where they exist):
 | dmc, mujoco | medium | the committed mid-training actor, ≈ 1/3–1/2 of expert return |
 | dmc, mujoco | random | uniform actions |
 | dmc, mujoco | medium-replay | the SAC replay buffer up to the medium snapshot (stored episodes) |
-| dmc, mujoco | medium-expert | half the episodes medium, half expert, concatenated |
+| dmc, mujoco | medium-expert | half the episodes medium, half expert, concatenated (with `max_transitions`: half the transitions each) |
 | metaworld | scripted | Meta-World's hand-written expert (+ `action_noise` for mixed quality) |
 | metaworld | random | uniform actions |
 | bullet_safety | expert | a mixture of behaviour policies spanning the reward–cost frontier: one SAC actor per penalty λ on r − λ·c, episodes split evenly |
@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from library.errors import DataError, SpecError, StoreError
-from tasks.dataset import concatenate, dataset_meta, limit_transitions, to_table
+from tasks.dataset import concatenate, dataset_meta, limit_transitions, to_arrays, to_table
 from tasks.generators import experts
 from tasks.generators.rollouts import Recording, derive_seed, noisy, random_policy, record
 from tasks.spec import TaskSpec
@@ -257,5 +257,31 @@ def generate(task: TaskSpec, episodes: int | None = None,
         table = concatenate(tables, {**common, "env": task.env, "envs": envs,
                                      "episodes_per_env": episodes, "per_env": per_env})
     if data.max_transitions is not None:
+        if data.policy == "medium-expert" and len(tables) == 1:
+            table = _halves(table, (episodes + 1) // 2, data.max_transitions)
         table = limit_transitions(table, data.max_transitions)
     return table
+
+
+def _halves(table: pa.Table, medium_episodes: int, n: int) -> pa.Table:
+    """At most `n` transitions of a medium-expert table, half from each actor (D4RL's
+    medium-expert is half of each): the first n/2 of the medium episodes and the first
+    n/2 of the expert ones. A half shorter than n/2 leaves its remainder to the other.
+
+    A plain cut (`limit_transitions`) keeps only medium transitions once the medium
+    episodes alone fill n."""
+    arrays = to_arrays(table)
+    is_medium = arrays["episode"] < medium_episodes
+    available = int(is_medium.sum()), int((~is_medium).sum())
+    keep_medium = min(available[0], max((n + 1) // 2, n - available[1]))
+    keep_expert = min(available[1], n - keep_medium)
+    meta = dataset_meta(table)
+    parts, kept = [], []  # kept: the recording's episode ids that survive the cut
+    for rows, keep in ((is_medium, keep_medium), (~is_medium, keep_expert)):
+        if keep:
+            episodes = arrays["episode"][rows][:keep]
+            kept += [int(e) for e in np.unique(episodes)]
+            parts.append(limit_transitions(to_table({k: v[rows] for k, v in arrays.items()}, meta), keep))
+    # The per-episode lists follow the kept episodes (a cut one keeps its recorded return).
+    lists = {key: [meta[key][e] for e in kept] for key in ("episode_policy", "episode_returns")}
+    return concatenate(parts, meta | lists | {"max_transitions": n})
