@@ -326,6 +326,17 @@ class SkillStore:
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"dataset {name!r} in the store is unreadable: {e}") from e
 
+    def get_dataset_schema(self, name: str) -> pa.Schema:
+        """The schema (with its metadata) of dataset `name`, read from the Parquet footer
+        alone: what a check of a stored dataset's provenance needs, without its rows."""
+        if not self.has_dataset(name):
+            self.get_dataset(name)  # the same StoreError naming what exists
+        path = self._path("datasets", f"{name}.parquet")
+        try:
+            return pq.read_schema(path, filesystem=self._fs)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"dataset {name!r} in the store is unreadable: {e}") from e
+
     def has_dataset(self, name: str) -> bool:
         """Whether a dataset is stored under `name`."""
         check_name(name)

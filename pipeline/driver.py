@@ -187,7 +187,7 @@ def _task_dims(task: TaskSpec, dataset: str, store: SkillStore,
     from tasks.suites import get_suite
 
     if store.has_dataset(dataset):
-        meta = dataset_meta(store.get_dataset(dataset))
+        meta = dataset_meta(store.get_dataset_schema(dataset))
         if task.data.source == "generate":
             from tasks.generators.generator import check_stored
 

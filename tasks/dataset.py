@@ -168,10 +168,11 @@ def to_table(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = 
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def dataset_meta(table: pa.Table) -> dict[str, Any]:
-    """The psec metadata of a canonical table (JSON-decoded)."""
+def dataset_meta(table: pa.Table | pa.Schema) -> dict[str, Any]:
+    """The psec metadata of a canonical table, or of its schema alone (JSON-decoded)."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
     meta = {}
-    for key, value in (table.schema.metadata or {}).items():
+    for key, value in (schema.metadata or {}).items():
         if key.startswith(_FOREIGN_META):
             continue
         try:

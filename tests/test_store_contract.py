@@ -284,12 +284,16 @@ def test_datasets_keep_schema_metadata(store: SkillStore):
     assert store.has_dataset("walk")
     got = store.get_dataset("walk")
     assert got.equals(table) and got.schema.metadata == table.schema.metadata
+    schema = store.get_dataset_schema("walk")  # the footer alone: metadata without rows
+    assert schema.metadata == table.schema.metadata and schema.names == table.schema.names
     with pytest.raises(StoreError, match="dataset 'walk' is already in the store"):
         store.put_dataset("walk", table.slice(0, 1))
     store.put_dataset("walk", table.slice(0, 1), overwrite=True)
     assert store.get_dataset("walk").num_rows == 1
     with pytest.raises(StoreError, match=r"no dataset named 'run' in the store \(it holds walk\)"):
         store.get_dataset("run")
+    with pytest.raises(StoreError, match=r"no dataset named 'run' in the store \(it holds walk\)"):
+        store.get_dataset_schema("run")
 
 
 def test_a_write_interrupted_midway_leaves_no_dataset(store: SkillStore, monkeypatch):

@@ -138,7 +138,7 @@ def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
         composer = find_composer(scores.stream, target.composer, "targets")[1]
         subset = subset_dataset(task, None, composer)
         if store is not None and store.has_dataset(subset):
-            meta = dataset_meta(store.get_dataset(subset))["composer_subset"]
+            meta = dataset_meta(store.get_dataset_schema(subset))["composer_subset"]
             table.subsets[target.label] = (meta["episodes"], meta["of_episodes"])
     fixed: dict[str, dict[str, Cell]] = {t.label: {} for t in search.targets}
     seen_skills: set[tuple[str, str]] = set()

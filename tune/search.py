@@ -305,7 +305,7 @@ def prepare(search: SearchSpec, stream: StreamSpec, points: list[TrialPoint], st
             from tasks.dataset import dataset_meta
             from tasks.generators.generator import check_stored
 
-            check_stored(task, name, dataset_meta(store.get_dataset(name)))
+            check_stored(task, name, dataset_meta(store.get_dataset_schema(name)))
     refs = [make_dataset.remote(dump(task), name, handle, None)
             for name, task in datasets.items() if not store.has_dataset(name)]
     ray.get(refs)
