@@ -138,6 +138,7 @@ def test_medium_export_and_medium_replay(tmp_path):
     chosen = rows[2]
     assert record["steps"] == chosen["step"] == 60 and record["return_mean"] == 45.0
     assert record["in_band"] and record["expert_fraction"] == 0.45
+    assert record["command"].endswith("export-medium --env walker-stand --max-episodes 2")
     medium = experts.load_actor("walker-stand", "medium", store)
     snapshot = experts._read_actor(run_dir / chosen["actor"])
     assert all(torch.equal(a, b) for a, b in zip(medium.state_dict().values(), snapshot.state_dict().values()))

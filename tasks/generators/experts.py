@@ -243,7 +243,8 @@ def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
               "in_band": bool(low <= row["return_mean"] <= high),
               "command": f"python -m tasks.generators.experts export-medium --env {env}"
               + (f" --suite {suite}" if suite != "dmc" else "")
-              + (f" --step {step}" if step is not None else "")}
+              + (f" --step {step}" if step is not None else "")
+              + (f" --max-episodes {max_episodes}" if max_episodes != MEDIUM_REPLAY_EPISODES else "")}
     replay_record = {"suite": suite, "steps": row["step"], "episodes_in_buffer": int(len(ends)),
                      "episodes": int(len(keep)), "transitions": int(len(rows_kept)),
                      "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)),
