@@ -4,6 +4,7 @@ produces the results table."""
 
 import copy
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -298,6 +299,34 @@ def test_two_trials_run_on_two_cpus_resume_and_make_the_table(tmp_path, ray_two_
     write_section(path, "smoke", store, str(results), "psec tune search.yaml")
     assert results.read_text().count("<!-- tune:tiny_search -->") == 1
     print(f"first run {first:.0f} s, {summary.describe()}")
+
+
+def test_resume_refuses_a_grid_edited_since_the_experiment_started(tmp_path):
+    """Tune's restore runs the grid the experiment started with: extending the search
+    and resuming would silently skip the new points. Checked before Ray starts."""
+    import json
+
+    from library.store import SkillStore
+    from tune.search import POINTS_FILE, _experiment_exists, experiment_path, run_search
+
+    store = str(tmp_path / "store")
+    experiment = Path(experiment_path(store, "tiny_search"))
+    # A run killed while preparing leaves only psec's points file: not an experiment yet.
+    old = [p.tag() for p in enumerate_points(load_search(write(tmp_path), "smoke"))]
+    SkillStore(store).put_file("tune/tiny_search", POINTS_FILE,
+                               json.dumps({"scale": "smoke", "points": old}).encode())
+    assert not _experiment_exists(str(experiment))
+    (experiment / "experiment_state.json").write_text("{}")  # what Tune leaves
+    assert _experiment_exists(str(experiment))
+    path = write(tmp_path, changed(seeds=[0, 1]))  # the search extended since
+    with pytest.raises(PsecError, match=r"^search 'tiny_search' has another grid now than "
+                                        r"when its experiment started \(scale 'smoke' then, "
+                                        r"'smoke' now; 2 point\(s\) added, 0 removed\): "
+                                        r"--resume runs only the old grid; remove .*tiny_search "
+                                        r"and run without --resume"):
+        run_search(str(path), store, resume=True, scale="smoke")
+    with pytest.raises(PsecError, match=r"already ran in this store .*\(trials stored already"):
+        run_search(str(path), store, scale="smoke")
 
 
 def test_tables_and_plots_from_results_rows(tmp_path):

@@ -30,7 +30,8 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help=f"skill store: a folder or a pyarrow URI (default {DEFAULT_URI})")
     parser.add_argument("--resume", action="store_true",
                         help="continue the search's Tune experiment in this store "
-                             "(Tuner.restore)")
+                             "(Tuner.restore: the grid it started with; an edited search "
+                             "is refused)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster: 'auto', 'host:port' or 'ray://...' (default: a "
                              "private local instance, or RAY_ADDRESS under ray job submit)")

@@ -75,6 +75,9 @@ TUNE_FOLDER = "tune"
 """Folder of the store that holds Tune experiments: `<store>/tune/<search>/`."""
 RECORD_FILE = "psec_search.json"
 """What `run_search` writes next to Tune's files: scale, machine, wall time."""
+POINTS_FILE = "psec_points.json"
+"""The grid an experiment was started with (its points' tags), written before it runs:
+`--resume` restores that grid only, so a search edited since is refused."""
 
 
 class SearchContext(BaseModel):
@@ -382,8 +385,31 @@ def _tuner(search: SearchSpec, context: SearchContext, points: list[TrialPoint],
 
 
 def _experiment_exists(experiment: str) -> bool:
+    """Whether Tune wrote anything at `experiment` (psec's own files do not count: the
+    points file is written before Tune starts)."""
     fs, path = _filesystem(experiment)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return False
+    ours = {RECORD_FILE, POINTS_FILE}
+    return any(info.base_name not in ours for info in fs.get_file_info(pafs.FileSelector(path)))
+
+
+def _check_same_grid(store: SkillStore, search: str, scale: str, tags: list[str],
+                     experiment: str) -> None:
+    """PsecError if the experiment was started with another grid than `tags` (Tune's
+    restore would silently run the old one). Experiments from before POINTS_FILE pass."""
+    data = store.get_file(f"{TUNE_FOLDER}/{search}", POINTS_FILE)
+    if data is None:
+        return
+    started = json.loads(data.decode())
+    before, now = set(started["points"]), set(tags)
+    if before != now:
+        raise PsecError(
+            f"search {search!r} has another grid now than when its experiment started "
+            f"(scale {started['scale']!r} then, {scale!r} now; {len(now - before)} point(s) "
+            f"added, {len(before - now)} removed): --resume runs only the old grid; remove "
+            f"{experiment} and run without --resume (trials stored already are found, not "
+            "refitted)")
 
 
 def run_search(path: str, store_uri: str, resume: bool = False, scale: str = "smoke",
@@ -403,7 +429,14 @@ def run_search(path: str, store_uri: str, resume: bool = False, scale: str = "sm
                         "resume: run it without --resume")
     if not resume and exists:
         raise PsecError(f"search {search.name!r} already ran in this store ({experiment}): "
-                        "continue it with --resume, or remove that folder to start afresh")
+                        "continue it with --resume, or remove that folder to start afresh "
+                        "(trials stored already are found, not refitted)")
+    tags = sorted({point.tag() for point in points})
+    if resume:
+        _check_same_grid(store, search.name, scale, tags, experiment)
+    else:
+        store.put_file(f"{TUNE_FOLDER}/{search.name}", POINTS_FILE,
+                       json.dumps({"scale": scale, "points": tags}).encode())
     connect(address)
     concurrency = _concurrency(search)
     options = DriverOptions(fit=FitOptions(concurrent_fits=concurrency))
