@@ -98,6 +98,9 @@ def test_tune_records_live_under_the_store(s3_uri: str):
     _write_record(s3_uri, "s1", {"search": "s1", "wall_seconds": 1.5})
     assert read_record(s3_uri, "s1") == {"search": "s1", "wall_seconds": 1.5}
     assert list(files(s3_uri)) == [f"{TUNE_FOLDER}/s1/{RECORD_FILE}"]
+    # psec's own files beside the experiment are not one; what Tune writes is.
+    assert not _experiment_exists(experiment_path(s3_uri, "s1"))
+    SkillStore(s3_uri).put_file(f"{TUNE_FOLDER}/s1", "experiment_state.json", b"{}")
     assert _experiment_exists(experiment_path(s3_uri, "s1"))
 
 
