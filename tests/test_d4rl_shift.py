@@ -89,10 +89,10 @@ def test_smoke_and_small_scales_narrow_the_search():
     smoke = enumerate_points(load_search(SEARCH, "smoke"))
     assert sorted(p.method for p in smoke) == ["bc", "joint", "psec", "scratch"]
     small = enumerate_points(load_search(SEARCH, "small"))
-    # HalfCheetah: friction, 4 methods on 2 datasets; gravity and thigh: PSEC and Joint on
-    # medium. Walker2d: friction, 4 methods on 3 datasets; gravity and thigh: PSEC and
-    # Joint on all 3. 3 seeds each.
-    assert len(small) == (2 * 4 + 2 * 2 + 3 * 4 + 6 * 2) * 3 == 108
+    # HalfCheetah: friction, 4 methods on 3 datasets; gravity and thigh: PSEC and Joint on
+    # medium and medium-replay. Walker2d: friction, 4 methods on 3 datasets; gravity and
+    # thigh: PSEC and Joint on all 3. 3 seeds each.
+    assert len(small) == (3 * 4 + 4 * 2 + 3 * 4 + 6 * 2) * 3 == 132
     assert {p.seed for p in small} == {0, 1, 2}
     assert {p.task.split("-")[0] for p in small} == {"halfcheetah", "walker2d"}
 
