@@ -36,7 +36,7 @@ import os
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -315,6 +315,16 @@ class SkillStore:
 
     def get_dataset(self, name: str) -> pa.Table:
         """The dataset stored under `name`; StoreError naming what exists if there is none."""
+        return self._read_dataset(name, pq.read_table)
+
+    def get_dataset_schema(self, name: str) -> pa.Schema:
+        """The schema (with its metadata) of dataset `name`, read from the Parquet footer
+        alone: what a check of a stored dataset's provenance needs, without its rows."""
+        return self._read_dataset(name, pq.read_schema)
+
+    def _read_dataset(self, name: str, read: Callable[..., Any]) -> Any:
+        """`read(path, filesystem=…)` of dataset `name`: StoreError naming what exists if
+        there is none, DataError if its file is unreadable."""
         if not self.has_dataset(name):
             names = [
                 os.path.basename(p)[: -len(".parquet")] for p in self._files("datasets", ".parquet")
@@ -322,18 +332,7 @@ class SkillStore:
             raise StoreError(f"no dataset named {name!r} in the store{_hint(names)}")
         path = self._path("datasets", f"{name}.parquet")
         try:
-            return pq.read_table(path, filesystem=self._fs)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"dataset {name!r} in the store is unreadable: {e}") from e
-
-    def get_dataset_schema(self, name: str) -> pa.Schema:
-        """The schema (with its metadata) of dataset `name`, read from the Parquet footer
-        alone: what a check of a stored dataset's provenance needs, without its rows."""
-        if not self.has_dataset(name):
-            self.get_dataset(name)  # the same StoreError naming what exists
-        path = self._path("datasets", f"{name}.parquet")
-        try:
-            return pq.read_schema(path, filesystem=self._fs)
+            return read(path, filesystem=self._fs)
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"dataset {name!r} in the store is unreadable: {e}") from e
 

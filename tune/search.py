@@ -143,13 +143,18 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
 
 def read_record(store_uri: str, search: str) -> dict[str, Any] | None:
     """The record `run_search` wrote for `search`, or None."""
-    data = SkillStore(store_uri).get_file(f"{TUNE_FOLDER}/{search}", RECORD_FILE)
+    return _read_search_file(store_uri, search, RECORD_FILE)
+
+
+def _read_search_file(store_uri: str, search: str, name: str) -> dict[str, Any] | None:
+    """JSON file `name` that `run_search` wrote beside `search`'s experiment, or None."""
+    data = SkillStore(store_uri).get_file(f"{TUNE_FOLDER}/{search}", name)
     if data is None:
         return None
     try:
         return json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise StoreError(f"search record {TUNE_FOLDER}/{search}/{RECORD_FILE} in the store at "
+        raise StoreError(f"search record {TUNE_FOLDER}/{search}/{name} in the store at "
                          f"{store_uri} is not valid JSON ({error}): delete it and run the "
                          "search again") from None
 
@@ -398,10 +403,9 @@ def _check_same_grid(store: SkillStore, search: str, scale: str, tags: list[str]
                      experiment: str) -> None:
     """PsecError if the experiment was started with another grid than `tags` (Tune's
     restore would silently run the old one). Experiments from before POINTS_FILE pass."""
-    data = store.get_file(f"{TUNE_FOLDER}/{search}", POINTS_FILE)
-    if data is None:
+    started = _read_search_file(store.uri, search, POINTS_FILE)
+    if started is None:
         return
-    started = json.loads(data.decode())
     before, now = set(started["points"]), set(tags)
     if before != now:
         raise PsecError(

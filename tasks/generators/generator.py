@@ -258,24 +258,23 @@ def generate(task: TaskSpec, episodes: int | None = None,
                                      "episodes_per_env": episodes, "per_env": per_env})
     if data.max_transitions is not None:
         if data.policy == "medium-expert" and len(tables) == 1:
-            table = _halves(table, (episodes + 1) // 2, data.max_transitions)
+            table = _halves(table, data.max_transitions)
         table = limit_transitions(table, data.max_transitions)
     return table
 
 
-def _halves(table: pa.Table, medium_episodes: int, n: int) -> pa.Table:
+def _halves(table: pa.Table, n: int) -> pa.Table:
     """At most `n` transitions of a medium-expert table, half from each actor (D4RL's
     medium-expert is half of each): the first n/2 of the medium episodes and the first
     n/2 of the expert ones. A half shorter than n/2 leaves its remainder to the other.
 
     A plain cut (`limit_transitions`) keeps only medium transitions once the medium
     episodes alone fill n."""
-    arrays = to_arrays(table)
-    is_medium = arrays["episode"] < medium_episodes
+    arrays, meta = to_arrays(table), dataset_meta(table)
+    is_medium = np.asarray(meta["episode_policy"])[arrays["episode"]] == "medium"
     available = int(is_medium.sum()), int((~is_medium).sum())
     keep_medium = min(available[0], max((n + 1) // 2, n - available[1]))
     keep_expert = min(available[1], n - keep_medium)
-    meta = dataset_meta(table)
     parts, kept = [], []  # kept: the recording's episode ids that survive the cut
     for rows, keep in ((is_medium, keep_medium), (~is_medium, keep_expert)):
         if keep:
