@@ -8,7 +8,16 @@ everything but the stage at which skills are combined (paper §4.3 and its basel
 * "noise" (NSEC): ε(a_t, s, t) = Σ_i α_i(s) ε_i(a_t, s, t), each ε_i from skill i alone.
 * "action" (ASEC): a = Σ_i α_i(s) a_i, each a_i sampled by skill i alone.
 
-Any number of skills compose; "base" in the list is the base alone (the zero adapter).
+Any number of skills compose. "base" in the list is the base alone: in "noise" and
+"action" modes it is a policy of its own (ε_0, a_0) with its own weight; in "parameter" and
+"fixed" modes it is dropped, because W0 is in every composed layer at weight 1 already (as
+in the official code, whose composer weighs only the LoRA skills) and a weight on a zero
+adapter would do nothing but take a share of a softmax.
+
+By default a composer starts at the task's new skill (the last in the list) alone at full
+strength, and a regulariser pulls the batch means of α back there (the official code's
+`(mean α − α_full/2)² + (mean α_new − α_full)²`, written for k skills): composition starts
+from the new skill alone and is credited only with what it adds to it.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from torch import Tensor, nn
 from library.config import config_from_dict
 from library.diffusion import DiffusionPolicy
 from library.errors import SpecError, StoreError
-from library.lora import skill_names, use_skills
+from library.lora import DEFAULT_SCALING, skill_names, use_skills
 from library.names import BASE
 
 MODES = ("parameter", "noise", "action", "fixed")
@@ -43,16 +52,20 @@ class AlphaConfig:
     or "sigmoid" (each u_i in (0, 1) independently)."""
     scale: float = 1.0
     """Multiplies u; e.g. softmax with scale 2 lets the weights sum to 2."""
-    init: str = "uniform"
-    """Where u starts, the same for every state: "uniform" (1/k each), "newest" (all on the
-    last skill in the list) or "zero" (the base alone; raw only). Softmax and sigmoid reach
-    "newest" and sigmoid "zero" approximately (99% / 1%)."""
+    init: str = "newest"
+    """Where u starts, the same for every state: "newest" (all on the last skill in the
+    list, the task's new skill: the official regulariser's target), "uniform" (1/k each) or
+    "zero" (the base alone; raw only). Softmax and sigmoid reach "newest" and sigmoid
+    "zero" approximately (99% / 1%)."""
     hidden: int = 256
     """Width of the two hidden layers of the context network."""
-    reg: float = 0.0
-    """Weight of a regulariser pulling the batch mean of α(s) toward the initial α:
-    reg · ‖mean_B α(s) − α_init‖² is added to the loss. 0 turns it off (the paper's
-    setting; the official code has an undocumented one of this kind)."""
+    reg: float = 1.0
+    """Weight of the official code's regulariser, generalised to k skills:
+    (mean_{s,i} α_i(s) − 1/k)² + (mean_s α_new(s) − 1)², which pulls the new skill toward
+    full strength and the others toward zero *on average* while α(s) still varies with s.
+    It is counted in the official code's units so that reg = 1 is its weight: there α is
+    16 at full strength and the ε-loss sums over the A action dims where ours averages, so
+    the term added to our loss is reg · 16² / A times the bracket. 0 turns it off."""
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -177,6 +190,10 @@ class Composer(nn.Module):
         unknown = [s for s in skills if s != BASE and s not in known]
         if unknown:
             raise StoreError(f"unknown skills {unknown} (known: {', '.join(known) or 'none'})")
+        if mode in ("parameter", "fixed"):
+            skills = [s for s in skills if s != BASE]  # W0 is always in, at weight 1
+            if not skills:
+                raise SpecError("skills", f"{mode} composition needs a skill besides 'base'")
         self.policy = policy.requires_grad_(False)
         self.skills = skills
         self.mode = mode
@@ -264,16 +281,18 @@ class Composer(nn.Module):
         return terms
 
     def alpha_reg(self, obs: Tensor) -> Tensor:
-        """reg · ‖mean over states of α(s) − initial α‖² for raw obs [B, S] (a scalar).
+        """The α regulariser (`AlphaConfig.reg`) on raw obs [B, S]: a scalar.
 
-        It pulls the average weights, not each state's, so α(s) may still vary with s.
+        reg · 16²/A · [(mean_{s,i} α_i(s) − 1/k)² + (mean_s α_new(s) − 1)²], with the new
+        skill last. It pulls the average weights, not each state's, so α(s) may still vary.
         """
-        k = len(self.skills)
         if self.alpha_config.reg == 0:
             return torch.zeros((), device=obs.device)
-        init = self.alpha_config.weights(self.alpha_config.initial_logits(k)).to(obs.device)
-        mean = self.alpha(obs).mean(dim=0)  # [k]
-        return self.alpha_config.reg * (mean - init).pow(2).sum()
+        alpha = self.alpha(obs)  # [B, k]
+        k = alpha.shape[1]
+        bracket = (alpha.mean() - 1.0 / k).pow(2) + (alpha[:, -1].mean() - 1.0).pow(2)
+        units = DEFAULT_SCALING**2 / self.policy.config.act_dim
+        return self.alpha_config.reg * units * bracket
 
     def _composed_loss(
         self, obs: Tensor, actions: Tensor, weights: Tensor | None, generator

@@ -233,7 +233,7 @@ class SkillLearner(_PolicyLearner):
         policy: DiffusionPolicy,
         name: str,
         rank: int = 8,
-        alpha: float = 16.0,
+        alpha: float | None = None,
         kind: str = "lora",
         weighting: str = "bc",
         iql: IQLCritics | None = None,

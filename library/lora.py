@@ -1,5 +1,12 @@
 """Skills as adapters on a frozen base: LoRA (`W0 + (alpha/r)·B A`) and full-rank (`W0 + ΔW`).
 
+The LoRA multiplier follows the official PSEC code, which adds `alpha_r · x A B` with
+alpha_r = 16 used directly (not divided by the rank) and A drawn lecun-normal. In peft's
+convention (`lora_alpha` / `r`) that is `lora_alpha = 16 · r`, the default here, so a stored
+skill reads as an ordinary peft LoRA with scaling 16. peft's own default (alpha/r = 2 with
+kaiming-uniform A) makes the effective step about 14× smaller, and a rank-8 skill then
+learns far slower than full fine-tuning (docs/DEVIATIONS.md, "LoRA strength").
+
 The layer is shaped like HuggingFace peft's `tuners/lora/layer.py`: `LoraLinear` wraps a
 `base_layer: nn.Linear`, and every adapter lives in `nn.ModuleDict`s keyed by the skill name
 (`lora_A[name]`, `lora_B[name]`, or `full_delta[name]` for the full-rank PSEC(MLP) baseline),
@@ -36,6 +43,23 @@ from library.names import BASE, check_name
 
 KINDS = ("lora", "full")
 
+DEFAULT_SCALING = 16.0
+"""The multiplier of B A when no alpha is given: the official code's alpha_r."""
+
+
+def default_alpha(rank: int) -> float:
+    """peft's `lora_alpha` that gives the official multiplier at `rank`: 16 · rank."""
+    return DEFAULT_SCALING * rank
+
+
+def lecun_normal_(weight: Tensor, generator: torch.Generator | None = None) -> None:
+    """JAX's `lecun_normal` for a torch [out, in] weight: a normal truncated at ±2σ, rescaled
+    so that the variance is 1 / fan_in (fan_in = in)."""
+    fan_in = weight.shape[1]
+    # 0.8796… is the std of a unit normal truncated to [-2, 2] (jax.nn.initializers).
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(weight, std=std, a=-2.0 * std, b=2.0 * std, generator=generator)
+
 
 @dataclass(frozen=True)
 class AdapterSpec:
@@ -46,7 +70,8 @@ class AdapterSpec:
     rank: int
     """LoRA rank r; 0 for "full" adapters."""
     alpha: float
-    """LoRA alpha; the update is scaled by alpha / rank. 1 for "full" adapters."""
+    """peft's `lora_alpha`; the update is scaled by alpha / rank (16 · rank by default, the
+    official multiplier of 16). 1 for "full" adapters."""
 
     @property
     def scaling(self) -> float:
@@ -159,14 +184,15 @@ class LoraLinear(nn.Module):
     def add_adapter(
         self, name: str, spec: AdapterSpec, generator: torch.Generator | None = None
     ) -> None:
-        """Add a zero-effect adapter: B (or ΔW) starts at zero, A kaiming-uniform as in peft."""
+        """Add a zero-effect adapter: B (or ΔW) starts at zero, A lecun-normal as in the
+        official code (peft draws A kaiming-uniform, with a third of the variance)."""
         weight = self.base_layer.weight
         factory = {"dtype": weight.dtype, "device": weight.device}
         if spec.kind == "lora":
             a = nn.Linear(self.in_features, spec.rank, bias=False, **factory)
             b = nn.Linear(spec.rank, self.out_features, bias=False, **factory)
             with torch.no_grad():
-                nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5), generator=generator)
+                lecun_normal_(a.weight, generator)
                 nn.init.zeros_(b.weight)
             self.lora_A[name] = a
             self.lora_B[name] = b
@@ -343,13 +369,14 @@ def add_skill(
     model: nn.Module,
     name: str,
     rank: int = 8,
-    alpha: float = 16.0,
+    alpha: float | None = None,
     kind: str = "lora",
     generator: torch.Generator | None = None,
 ) -> None:
     """Add skill `name` to every linear layer of `model`, wrapping each nn.Linear once.
 
-    The new adapter changes no output until it is trained (B or ΔW start at zero) and is
+    alpha is peft's `lora_alpha` (B A is scaled by alpha / rank); None gives
+    `default_alpha(rank)`, the official multiplier of 16 whatever the rank. The new adapter changes no output until it is trained (B or ΔW start at zero) and is
     inactive outside `use_skills`. Give `generator` to make A's initialisation reproducible.
     """
     check_name(name)
@@ -357,8 +384,13 @@ def add_skill(
         raise SpecError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "lora" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise SpecError("rank", f"must be a positive integer, got {rank!r}")
-    if kind == "lora" and not (isinstance(alpha, int | float) and math.isfinite(alpha)):
-        raise SpecError("alpha", f"must be a finite number, got {alpha!r}")
+    if kind == "lora" and alpha is None:
+        alpha = default_alpha(rank)
+    if kind == "lora" and not (
+        isinstance(alpha, int | float) and not isinstance(alpha, bool) and math.isfinite(alpha)
+        and alpha > 0
+    ):
+        raise SpecError("alpha", f"must be a positive finite number, got {alpha!r}")
     if name in skill_names(model):
         raise StoreError(f"skill {name!r} already exists on this model")
     if kind == "lora":

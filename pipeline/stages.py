@@ -339,9 +339,11 @@ class UnitContext:
 
     def _register_random_bank(self, stage: Stage, learner: ComposerLearner) -> None:
         """The random stand-ins of a random-bank composer, before the composer itself."""
-        for skill, composed in zip(stage.skills, learner.composer.skills):
-            if composed == skill:
-                continue
+        stand_ins = {random_skill_name(stage.name, skill): skill for skill in stage.skills}
+        for composed in learner.composer.skills:
+            skill = stand_ins.get(composed)
+            if skill is None:
+                continue  # a stored skill, the task's own, or "base"
             config, tensors = dump_skill(learner.composer.policy, composed,
                                          base_name=stage.parent)
             self.store.register_once(

@@ -169,7 +169,11 @@ class LoraSpec(_Spec):
     """Shape of the task's new skill adapter."""
 
     rank: int = Field(8, ge=1, description="LoRA rank n of every adapted layer.")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    alpha: float | None = Field(
+        None, gt=0,
+        description="peft's lora_alpha: B A is scaled by alpha / rank. Default 16·rank, the "
+        "official code's multiplier of 16 whatever the rank.",
+    )
     kind: Literal["lora", "full"] = Field(
         "lora", description="lora (B A) or full (full-rank delta: PSEC(MLP) baseline)."
     )

@@ -22,13 +22,17 @@ def policy_with_skills():
 
 
 def one_hot_composer(policy, skills, mode, index):
-    """A composer whose α(s) is exactly e_index for every state."""
+    """A composer whose α(s) is exactly e_index for every state (all zero when skills[index]
+    is "base" in a parameter-level mode, which has no weight for it)."""
     composer = Composer(policy, skills, mode, AlphaConfig(output="raw", init="zero"))
+    position = composer.skills.index(skills[index]) if skills[index] in composer.skills else None
     with torch.no_grad():
-        if mode == "fixed":
-            composer.logits[index] = 1.0
+        if position is None:
+            pass
+        elif mode == "fixed":
+            composer.logits[position] = 1.0
         else:
-            composer.context.net[-1].bias[index] = 1.0
+            composer.context.net[-1].bias[position] = 1.0
     return composer
 
 
@@ -40,11 +44,62 @@ def test_one_hot_composition_equals_the_single_skill_exactly(mode, index):
     composer = one_hot_composer(policy, skills, mode, index)
     obs = observations(9)
     alpha = composer.alpha(obs)
-    assert torch.equal(alpha, torch.eye(4)[index].expand(9, -1))
+    k = len(composer.skills)
+    assert torch.equal(alpha, torch.eye(4)[index][:k].expand(9, -1))
     composed = composer.sample(obs, torch.Generator().manual_seed(4))
     with use_skills(policy, [skills[index]]):
         single = policy.sample(obs, torch.Generator().manual_seed(4))
     assert torch.equal(composed, single)
+
+
+def test_base_has_a_weight_only_where_it_is_a_policy_of_its_own():
+    """W0 is in every parameter-level composition already: "base" gets no α slot there."""
+    policy = policy_with_skills()
+    for mode in ("parameter", "fixed"):
+        assert Composer(policy, ["base", "a", "b"], mode).skills == ["a", "b"]
+        with pytest.raises(SpecError, match="^skills: .*besides 'base'"):
+            Composer(policy, ["base"], mode)
+    for mode in ("noise", "action"):
+        composer = Composer(policy, ["base", "a", "b"], mode)
+        assert composer.skills == ["base", "a", "b"]
+        assert composer.alpha(observations(3)).shape == (3, 3)
+
+
+@pytest.mark.parametrize("mode", ["parameter", "noise", "action", "fixed"])
+def test_untrained_default_composer_is_the_new_skill_alone(mode):
+    """By default α starts at the new skill (last) at full strength: a composer with 0 steps
+    acts exactly like that skill, and the regulariser is 0 there."""
+    policy = policy_with_skills()
+    composer = Composer(policy, ["base", "a", "b"], mode, generator=torch.Generator().manual_seed(0))
+    obs = observations(8)
+    composed = composer.sample(obs, torch.Generator().manual_seed(5))
+    with use_skills(policy, ["b"]):
+        alone = policy.sample(obs, torch.Generator().manual_seed(5))
+    assert torch.equal(composed, alone)
+    assert composer.alpha_reg(obs).item() == 0.0
+
+
+def test_alpha_regulariser_is_the_official_one():
+    """For two skills it equals the official (mean α − α_r/2)² + (mean α_new − α_r)² with
+    α_r = 16 and the ε-loss summed (not averaged) over action dims; any k generalises it."""
+    policy = policy_with_skills()
+    composer = Composer(policy, ["a", "b"], "parameter", AlphaConfig(reg=0.5))
+    with torch.no_grad():
+        composer.context.net[-1].weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+        composer.context.net[-1].bias.copy_(torch.tensor([0.3, 0.6]))
+    obs = observations(32)
+    alpha16 = 16.0 * composer.alpha(obs).detach()  # the official units: 16 = full strength
+    official = (alpha16.mean() - 8.0) ** 2 + (alpha16[:, 1].mean() - 16.0) ** 2
+    ours = composer.alpha_reg(obs)
+    torch.testing.assert_close(ours * ACT_DIM, 0.5 * official)
+    # k = 3: the overall mean is pulled to 1/k, the new skill's mean to 1.
+    three = Composer(policy, ["a", "b", "c"], "parameter", AlphaConfig(reg=1.0, init="uniform"))
+    bracket = (1 / 3 - 1 / 3) ** 2 + (1 / 3 - 1.0) ** 2
+    torch.testing.assert_close(three.alpha_reg(obs).item(), 256 / ACT_DIM * bracket, rtol=1e-5,
+                               atol=1e-5)
+    terms = three.loss(obs, torch.zeros(32, ACT_DIM))
+    torch.testing.assert_close(terms["alpha_reg"].item(), 256 / ACT_DIM * bracket, rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_mixed_one_hot_rows_match_their_skills():

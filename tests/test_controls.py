@@ -27,34 +27,35 @@ torch.set_num_threads(1)
 # ------------------------------------------------------------------ library
 
 
-def test_uniform_alpha_is_exactly_uniform_and_the_regulariser_is_off_by_default():
+def test_uniform_alpha_is_exactly_uniform_over_the_skills_and_reg_0_turns_the_pull_off():
     policy = tiny_policy()
     for index, name in enumerate(("a", "b", "c")):
         add_trained_looking_skill(policy, name, seed=index)
     composer = Composer(policy, ["base", "a", "b", "c"], "fixed",
-                        AlphaConfig(output="raw", init="uniform"))
+                        AlphaConfig(output="raw", init="uniform", reg=0.0))
     obs = observations(8)
-    assert torch.equal(composer.alpha(obs), torch.full((8, 4), 0.25))
+    assert torch.equal(composer.alpha(obs), torch.full((8, 3), 1 / 3))  # no weight on W0
     terms = composer.loss(obs, torch.zeros(8, ACT_DIM))
     assert terms["alpha_reg"].item() == 0.0
 
 
-def test_the_regulariser_pulls_mean_alpha_toward_its_start_and_is_in_the_loss():
+def test_the_regulariser_is_in_the_loss_and_pulls_the_new_skill_to_full_strength():
     policy = tiny_policy()
     add_trained_looking_skill(policy, "a", seed=0)
+    add_trained_looking_skill(policy, "b", seed=1)
     obs, actions = observations(16), torch.zeros(16, ACT_DIM)
-    plain = Composer(policy, ["base", "a"], "fixed", AlphaConfig(init="uniform"))
-    pulled = Composer(policy, ["base", "a"], "fixed", AlphaConfig(init="uniform", reg=2.0))
+    plain = Composer(policy, ["a", "b"], "fixed", AlphaConfig(reg=0.0))
+    pulled = Composer(policy, ["a", "b"], "fixed", AlphaConfig(reg=2.0))
     with torch.no_grad():
         for composer in (plain, pulled):
-            composer.logits.copy_(torch.tensor([0.5, 1.5]))  # start was [0.5, 0.5]
-    generator = torch.Generator().manual_seed(0)
-    base_terms = plain.loss(obs, actions, generator=generator)
+            composer.logits.copy_(torch.tensor([0.5, 1.5]))  # start was [0, 1]
+    base_terms = plain.loss(obs, actions, generator=torch.Generator().manual_seed(0))
     terms = pulled.loss(obs, actions, generator=torch.Generator().manual_seed(0))
-    assert terms["alpha_reg"].item() == pytest.approx(2.0 * 1.0**2)
-    assert terms["loss"].item() == pytest.approx(base_terms["loss"].item() + 2.0, rel=1e-5)
+    expected = 2.0 * 256 / ACT_DIM * ((1.0 - 0.5) ** 2 + (1.5 - 1.0) ** 2)
+    assert terms["alpha_reg"].item() == pytest.approx(expected)
+    assert terms["loss"].item() == pytest.approx(base_terms["loss"].item() + expected, rel=1e-5)
     terms["loss"].backward()
-    assert pulled.logits.grad[1] > 0  # the gradient points back toward the start
+    assert pulled.logits.grad[1] > 0  # the new skill's weight is pushed back down toward 1
     with pytest.raises(SpecError, match="alpha.reg"):
         AlphaConfig(reg=-1.0)
 
@@ -146,10 +147,10 @@ def test_an_untrained_uniform_composer_and_a_random_bank_reach_the_store(walker_
     _fit_composers(walker_store, task)
     obs = torch.randn(5, 24)
     uniform = load_composer(walker_store, "uniform")
-    assert torch.equal(uniform.alpha(obs), torch.full((5, 3), 1 / 3))
+    assert torch.equal(uniform.alpha(obs), torch.full((5, 2), 1 / 2))  # walk, run
     noise = load_composer(walker_store, "noise")
     stand_in = random_skill_name("noise", "walk")
-    assert noise.skills == ["base", stand_in, "run"]
+    assert noise.skills == [stand_in, "run"]  # a parameter-level composer: W0 needs no weight
     entry = walker_store.entry(stand_in)
     assert entry.kind == "skill" and entry.parent == "stand"
     assert entry.metrics["random_like"] == "walk"

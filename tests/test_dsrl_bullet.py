@@ -264,7 +264,7 @@ def test_the_alpha_trace_records_costs(tmp_path):
         update={"eval": load_stream(STREAM, "smoke").task("ballrun-safety").eval.model_copy(
             update={"max_steps": 6})})
     skills, alphas, rewards, costs = trace(store, "c", task)
-    assert skills == [BASE, "s"] and alphas.shape == (6, 2)
+    assert skills == ["s"] and alphas.shape == (6, 1)  # W0 has no weight of its own
     assert np.allclose(alphas.sum(axis=1), 1.0)  # softmax weights
     assert rewards.shape == costs.shape == (6,) and (costs >= 0).all()
 

@@ -270,3 +270,48 @@ def test_caches_filled_in_inference_mode_do_not_break_training():
     with use_skills(policy, ["a"]):
         policy.loss(obs, actions)["loss"].backward()
     assert policy.net.output.lora_B["a"].weight.grad is not None
+
+
+@pytest.mark.parametrize(("rank", "alpha", "scaling"), [
+    (8, None, 16.0),   # the default: the official multiplier, whatever the rank
+    (4, None, 16.0),
+    (8, 16.0, 2.0),    # peft's usual alpha = 2·rank
+    (6, 3.0, 0.5),
+    (2, 10.0, 5.0),
+])
+def test_lora_update_is_scaled_by_alpha_over_rank(rank, alpha, scaling):
+    policy = tiny_policy()
+    a_t, s, t = net_inputs()
+    base_out = policy.net(a_t, s, t)
+    add_skill(policy, "walk", rank=rank, alpha=alpha, generator=torch.Generator().manual_seed(0))
+    layer = lora_layers(policy)["net.output"]
+    assert layer.adapters["walk"].scaling == scaling
+    with torch.no_grad():
+        layer.lora_B["walk"].weight.normal_(generator=torch.Generator().manual_seed(1))
+    # Only the output layer carries a non-zero B: its output moves by exactly scaling·B A h.
+    h = policy.net.out_norm(_hidden(policy, a_t, s, t))
+    lora = layer.lora_B["walk"].weight @ layer.lora_A["walk"].weight
+    with use_skills(policy, ["walk"]):
+        got = policy.net(a_t, s, t) - base_out
+    torch.testing.assert_close(got, scaling * h @ lora.t(), rtol=1e-4, atol=1e-5)
+
+
+def _hidden(policy, a_t, s, t):
+    """The residual stream just before the output norm, with no skill on."""
+    net = policy.net
+    phase = t.to(a_t.dtype).unsqueeze(-1) * net.freqs
+    emb = net.time_out(net.time_act(net.time_in(torch.cat([phase.sin(), phase.cos()], -1))))
+    x = net.input(torch.cat([a_t, s, emb], dim=-1))
+    for block in net.blocks:
+        x = block(x)
+    return x
+
+
+def test_lora_a_is_lecun_normal():
+    """A ~ truncated N(0, 1/fan_in) (the official init), not kaiming-uniform's 1/(3·fan_in)."""
+    policy = tiny_policy(hidden=256)
+    add_skill(policy, "walk", rank=64, generator=torch.Generator().manual_seed(0))
+    a = lora_layers(policy)["net.blocks.0.fc1"].lora_A["walk"].weight  # [64, 256]
+    var = a.var().item() * a.shape[1]
+    assert 0.9 < var < 1.1
+    assert a.abs().max().item() <= 2.0 / (0.87962566103423978 * a.shape[1] ** 0.5) + 1e-6
