@@ -6,8 +6,11 @@ the pipeline's Ray Train stages touch:
 * `module` — the nn.Module that holds what trains; `to(device)` moves it and the critics;
 * `parameters()` — the trainable parameters only, in a fixed order (the optimiser's);
 * `loss(batch) -> dict[str, Tensor]` — named terms; "loss" is the one minimised;
-* `after_step()` — bookkeeping after each optimiser step (critics: target networks);
-* `state_dict()` / `load_state_dict()` — copies of what a checkpoint must hold to resume.
+* `after_step()` — bookkeeping after each optimiser step (critics: target networks; the
+  base and skill learners: the EMA of their weights);
+* `state_dict()` / `load_state_dict()` — copies of what a checkpoint must hold to resume;
+* `ema_weights()` — a context in which the trained parameters hold their EMA (what is
+  stored and evaluated, as in IDQL and the official PSEC code), restored on exit.
 
 | learner | trains | loss |
 | --- | --- | --- |
@@ -23,6 +26,8 @@ read, through `library.weighting.make_weighting`.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,9 +35,15 @@ from torch import Tensor, nn
 
 from library.critics import FeasibilityCritic, IQLCritics
 from library.diffusion import DiffusionPolicy
-from library.errors import ShapeError
+from library.errors import ShapeError, SpecError
 from library.lora import add_skill, trainable_only, use_skills
-from library.weighting import WeightingConfig, make_weighting
+from library.weighting import WeightingConfig, effective_sample_size, make_weighting
+
+EMA_RATE = 1e-3
+"""Rate of the actor's exponential moving average (the paper's "target update rate"): after
+every step ema ← ema + rate·(θ − ema), from the initial weights, with no warm-up, as the
+official code's `optax.incremental_update` does. The composer's α(s) has none (official)."""
+EMA_PREFIX = "ema/"
 
 if TYPE_CHECKING:
     from library.composition import Composer
@@ -44,13 +55,22 @@ class Learner(abc.ABC):
     module: nn.Module
     """The module holding every trained parameter."""
 
-    def __init__(self, module: nn.Module, trainable: list[tuple[str, nn.Parameter]]):
+    def __init__(
+        self, module: nn.Module, trainable: list[tuple[str, nn.Parameter]], ema_rate: float = 0.0
+    ):
         if not trainable:
             raise ValueError(f"{type(self).__name__}: nothing to train in {type(module).__name__}")
+        if not 0.0 <= ema_rate <= 1.0:
+            raise SpecError("train.ema", f"must lie in [0, 1], got {ema_rate}")
         self.module = module
         # Fixed at construction: a later trainable_only() on a shared base must not change
         # which tensors this learner's optimiser state refers to.
         self._trainable = dict(trainable)
+        self.ema_rate = ema_rate
+        """EMA rate of the trained parameters; 0: no EMA (the last iterate is what counts)."""
+        self._ema: dict[str, Tensor] = (
+            {name: p.detach().clone() for name, p in self._trainable.items()} if ema_rate else {}
+        )
 
     @property
     @abc.abstractmethod
@@ -75,19 +95,51 @@ class Learner(abc.ABC):
         self.module.to(device)
         return self
 
-    def after_step(self) -> None:  # noqa: B027 - most learners have nothing to do here
-        """Called once after every optimiser step."""
+    def after_step(self) -> None:
+        """Called once after every optimiser step: moves the EMA toward the new weights."""
+        if self._ema:
+            with torch.no_grad():
+                for name, p in self._trainable.items():
+                    self._ema[name].lerp_(p.detach(), self.ema_rate)
+
+    @contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Inside the block the trained parameters hold their EMA (nothing changes without
+        one); the last iterate comes back on exit."""
+        if not self._ema:
+            yield
+            return
+        last = {name: p.detach().clone() for name, p in self._trainable.items()}
+        with torch.no_grad():
+            for name, p in self._trainable.items():
+                p.copy_(self._ema[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in self._trainable.items():
+                    p.copy_(last[name])
+
+    def _ema_state(self) -> dict[str, Tensor]:
+        return {EMA_PREFIX + name: t.clone() for name, t in self._ema.items()}
+
+    def _load_ema(self, state: dict[str, Tensor]) -> None:
+        for name, t in self._ema.items():
+            t.copy_(state[EMA_PREFIX + name])
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Copies of the trained tensors, by name."""
-        return {name: p.detach().clone() for name, p in self._trainable.items()}
+        """Copies of the trained tensors (and of their EMA, under "ema/"), by name."""
+        own = {name: p.detach().clone() for name, p in self._trainable.items()}
+        return {**own, **self._ema_state()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Copy `state` (from `state_dict()` of the same kind of learner) into place."""
-        _check_keys(self, state.keys(), self._trainable.keys())
+        expected = [*self._trainable, *(EMA_PREFIX + n for n in self._ema)]
+        _check_keys(self, state.keys(), expected)
         with torch.no_grad():
             for name, p in self._trainable.items():
                 p.copy_(state[name])
+            self._load_ema(state)
 
 
 def _check_keys(learner: Learner, got, expected) -> None:
@@ -139,7 +191,7 @@ class CriticLearner(Learner):
         return {"loss": total, **terms}
 
     def after_step(self) -> None:
-        for critic in self.critics.values():
+        for critic in self.critics.values():  # the targets are the critics' own EMA
             critic.update_target()
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -163,8 +215,9 @@ class _PolicyLearner(Learner):
         iql: IQLCritics | None,
         feasibility: FeasibilityCritic | None,
         weighting_config: WeightingConfig | None,
+        ema_rate: float = 0.0,
     ):
-        super().__init__(module, trainable)
+        super().__init__(module, trainable, ema_rate)
         self.policy = policy
         _freeze(iql, feasibility)
         self.weigh = make_weighting(weighting, iql, feasibility, weighting_config)
@@ -189,7 +242,8 @@ class _PolicyLearner(Learner):
     def _weighted(self, loss_fn, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         weights = self.weigh(batch)  # [B], no grad
         terms = loss_fn(batch["obs"], batch["actions"], weights=weights)
-        return {**terms, "weight_mean": weights.mean(), "weight_max": weights.max()}
+        return {**terms, "weight_mean": weights.mean(), "weight_max": weights.max(),
+                "weight_ess": effective_sample_size(weights)}
 
 
 class BaseLearner(_PolicyLearner):
@@ -202,11 +256,12 @@ class BaseLearner(_PolicyLearner):
         iql: IQLCritics | None = None,
         feasibility: FeasibilityCritic | None = None,
         weighting_config: WeightingConfig | None = None,
+        ema_rate: float = EMA_RATE,
     ):
         policy.requires_grad_(True)
         super().__init__(
             policy, list(policy.named_parameters()), policy, weighting, iql, feasibility,
-            weighting_config,
+            weighting_config, ema_rate,
         )
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -214,11 +269,15 @@ class BaseLearner(_PolicyLearner):
 
     def state_dict(self) -> dict[str, Tensor]:
         # The whole policy, normaliser buffers included: a base is everything it holds.
-        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        own = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        return {**own, **self._ema_state()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        _check_keys(self, state.keys(), self.policy.state_dict().keys())
-        self.policy.load_state_dict(state)
+        expected = [*self.policy.state_dict(), *(EMA_PREFIX + n for n in self._ema)]
+        _check_keys(self, state.keys(), expected)
+        self.policy.load_state_dict({k: v for k, v in state.items() if not k.startswith(EMA_PREFIX)})
+        with torch.no_grad():
+            self._load_ema(state)
 
 
 class SkillLearner(_PolicyLearner):
@@ -240,11 +299,13 @@ class SkillLearner(_PolicyLearner):
         feasibility: FeasibilityCritic | None = None,
         weighting_config: WeightingConfig | None = None,
         generator: torch.Generator | None = None,
+        ema_rate: float = EMA_RATE,
     ):
         add_skill(policy, name, rank=rank, alpha=alpha, kind=kind, generator=generator)
         mine = {id(p) for p in trainable_only(policy, name)}
         trainable = [(n, p) for n, p in policy.named_parameters() if id(p) in mine]
-        super().__init__(policy, trainable, policy, weighting, iql, feasibility, weighting_config)
+        super().__init__(policy, trainable, policy, weighting, iql, feasibility, weighting_config,
+                         ema_rate)
         self.name = name
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

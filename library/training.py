@@ -75,6 +75,11 @@ def step_rng(seed: int, step: int, device: torch.device) -> Iterator[torch.Gener
         yield torch.Generator().manual_seed(int(batch_seed))
 
 
+def cosine_lr(lr: float, step: int, decay_steps: int) -> float:
+    """optax's cosine_decay_schedule (final value 0): lr·½(1 + cos(π·min(step, T)/T))."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, decay_steps) / decay_steps))
+
+
 def train(
     learner: Learner,
     data: OfflineData,
@@ -90,6 +95,7 @@ def train(
     grad_clip: float | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
     checkpoint_every: int | None = None,
+    lr_decay_steps: int | None = None,
 ) -> TrainResult:
     """Run optimisation steps `start_step` .. `steps` − 1 of `learner` on `data`.
 
@@ -98,6 +104,8 @@ def train(
     same reduced gradient); `on_checkpoint(Checkpoint)` every `checkpoint_every` steps
     and after the last. To resume, load `checkpoint.learner_state` into the learner and
     pass `start_step=checkpoint.step, optimizer_state=checkpoint.optimizer_state`.
+    `lr_decay_steps`: the rate follows `cosine_lr` over that many steps (None: constant);
+    it is a function of the step alone, so a resumed run follows the same schedule.
     """
     if (data.obs_dim, data.act_dim) != (learner.obs_dim, learner.act_dim):
         raise ShapeError(
@@ -110,6 +118,8 @@ def train(
     for name, value in (("lr", lr), ("grad_clip", grad_clip)):
         if value is not None and not value > 0:
             raise SpecError(f"train.{name}", f"must be a positive number, got {value}")
+    if lr_decay_steps is not None and lr_decay_steps < 1:
+        raise SpecError("train.lr_decay_steps", f"must be a positive integer, got {lr_decay_steps}")
     if not 0 <= start_step <= steps:
         raise SpecError("train.start_step", f"must lie in [0, {steps}], got {start_step}")
     params = learner.parameters()
@@ -125,6 +135,9 @@ def train(
     result = TrainResult(steps=start_step, terms={})
     window: dict[str, list[Tensor]] = {}
     for step in range(start_step, steps):
+        if lr_decay_steps is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(lr, step, lr_decay_steps)
         with step_rng(seed, step, device) as generator:
             batch = {k: v.to(device) for k, v in data.sample(batch_size, generator).items()}
             terms = learner.loss(batch)

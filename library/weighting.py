@@ -60,6 +60,13 @@ class WeightingConfig:
                 raise SpecError(f"weighting.{name}", f"must be positive, got {getattr(self, name)}")
 
 
+def effective_sample_size(weights: Tensor) -> Tensor:
+    """(Σw)² / (B·Σw²): the fraction of a batch [B] that the weights effectively keep
+    (1 for equal weights, 1/B when one sample owns them all). A scalar, no grad."""
+    total = weights.sum()
+    return (total * total / (weights.shape[0] * weights.pow(2).sum())).detach()
+
+
 def advantage_weights(iql: IQLCritics, obs: Tensor, actions: Tensor, config: WeightingConfig) -> Tensor:
     """clip(exp(β·(Q − V)), 0, max_weight): [B]."""
     return torch.exp(config.beta * iql.advantage(obs, actions)).clamp(0.0, config.max_weight)

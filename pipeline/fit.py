@@ -472,6 +472,14 @@ def _maybe_fail(options: FitOptions, stage: str, step: int, marker_root: str,
     os._exit(17)  # a hard crash, as if the node went away
 
 
+def _lr_decay_steps(stage, task) -> int | None:
+    """The cosine horizon of a policy stage (base, skill); None (constant) for the others,
+    whose rates the official code keeps constant too."""
+    if stage.kind not in ("base", "skill") or task.train.lr_decay == 0:
+        return None
+    return max(1, round(task.train.lr_decay * stage.steps))
+
+
 def unit_loop(config: dict[str, Any]) -> None:
     """train_loop_per_worker of a unit's TorchTrainer."""
     job = FitJob.model_validate(config["job"])
@@ -554,7 +562,8 @@ def _run_unit(job: FitJob, store: StoreHandle, board,
                 stage.lr, seed=stage.seed + 7919 * rank, on_step=on_step,
                 grad_hook=_allreduce_mean if world > 1 else None, start_step=start,
                 optimizer_state=optimizer_state, log_every=min(options.log_every, stage.steps),
-                on_checkpoint=on_checkpoint, checkpoint_every=every).terms
+                on_checkpoint=on_checkpoint, checkpoint_every=every,
+                lr_decay_steps=_lr_decay_steps(stage, job.unit.task)).terms
         seconds = time.perf_counter() - stage_started
         log.close()
         if stage.stored:

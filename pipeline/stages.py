@@ -43,6 +43,8 @@ from pipeline.plan import FitUnit, Stage
 from tasks.spec import TaskSpec, dump
 
 CRITIC_PREFIX = "critics."
+LAST_PREFIX = "last_iterate."
+"""Tensors of a base or skill item that hold the last iterate beside the stored EMA."""
 ALPHA_SAMPLE = 512
 """States on which a composer's α(s) statistics are logged."""
 
@@ -102,8 +104,10 @@ def _load_critic_state(critic: torch.nn.Module, name: str, tensors: dict[str, Te
 
 
 def split_item(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(the item's own tensors, its critics' tensors)."""
-    own = {k: v for k, v in tensors.items() if not k.startswith(CRITIC_PREFIX)}
+    """(the item's own tensors, its critics' tensors); the last iterate kept beside an
+    EMA item is in neither."""
+    own = {k: v for k, v in tensors.items()
+           if not k.startswith(CRITIC_PREFIX) and not k.startswith(LAST_PREFIX)}
     critics = {k: v for k, v in tensors.items() if k.startswith(CRITIC_PREFIX)}
     return own, critics
 
@@ -227,12 +231,13 @@ class UnitContext:
         if stage.kind == "base":
             policy = DiffusionPolicy(PolicyConfig(obs_dim=obs_dim, act_dim=act_dim),
                                      StateNormalizer.from_data(self.data.obs))
-            return BaseLearner(policy, self.task.objective, **critics)
+            return BaseLearner(policy, self.task.objective, ema_rate=self.task.train.ema,
+                               **critics)
         if stage.kind == "skill":
             lora = self.task.lora
             return SkillLearner(self._base_policy(), stage.name, rank=lora.rank,
                                 alpha=lora.alpha, kind=lora.kind, weighting=self.task.objective,
-                                generator=generator, **critics)
+                                generator=generator, ema_rate=self.task.train.ema, **critics)
         policy = self._base_policy()
         skills = [self._composed_skill(policy, stage, index, skill)
                   for index, skill in enumerate(stage.skills)]
@@ -318,12 +323,8 @@ class UnitContext:
             critic_config = {name: critic.config.to_dict() for name, critic in
                              (("iql", self.iql), ("feasibility", self.feasibility))
                              if critic is not None}
-        if stage.kind == "base":
-            assert isinstance(learner, BaseLearner)
-            config, tensors = dump_base(learner.policy)
-        elif stage.kind == "skill":
-            assert isinstance(learner, SkillLearner)
-            config, tensors = dump_skill(learner.policy, stage.name, base_name=stage.parent)
+        if stage.kind in ("base", "skill"):
+            config, tensors = self._dump_policy_item(stage, learner)
         else:
             assert isinstance(learner, ComposerLearner)
             self._register_random_bank(stage, learner)
@@ -336,6 +337,25 @@ class UnitContext:
             task_spec=dump(self.task), dataset_fingerprint=self.fingerprint, metrics=metrics)
         learner.module.to(self.device)
         return created
+
+    @staticmethod
+    def _dump_policy_item(stage: Stage, learner: Learner) -> tuple[dict, dict[str, Tensor]]:
+        """A base or skill item: the EMA weights (what loads, evaluates and composes), with
+        the last iterate kept beside them under LAST_PREFIX; the config says which is which."""
+        assert isinstance(learner, BaseLearner | SkillLearner)
+
+        def dump_now() -> tuple[dict, dict[str, Tensor]]:
+            if stage.kind == "base":
+                return dump_base(learner.policy)
+            return dump_skill(learner.policy, stage.name, base_name=stage.parent)
+
+        config, last = dump_now()
+        if not learner.ema_rate:
+            return {**config, "weights": "last"}, last
+        with learner.ema_weights():
+            config, tensors = dump_now()
+        tensors.update({LAST_PREFIX + key: value for key, value in last.items()})
+        return {**config, "weights": "ema", "ema_rate": learner.ema_rate}, tensors
 
     def _register_random_bank(self, stage: Stage, learner: ComposerLearner) -> None:
         """The random stand-ins of a random-bank composer, before the composer itself."""

@@ -284,7 +284,18 @@ class TrainSpec(_Spec):
 
     steps: int = Field(100_000, ge=1, description="Gradient steps.")
     batch_size: int = Field(1024, ge=1, description="Transitions per gradient step (all workers).")
-    lr: float = Field(3e-4, gt=0, description="Adam learning rate.")
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate (the start of its decay).")
+    lr_decay: float = Field(
+        3.0, ge=0,
+        description="The policy's learning rate follows a cosine from lr to 0 over "
+        "lr_decay × steps, as the official actor's does (it pretrains 1M steps on a 3M-step "
+        "decay); 0 keeps it constant. Critics and composers keep theirs constant (official).",
+    )
+    ema: float = Field(
+        1e-3, ge=0, le=1,
+        description="Rate of the EMA of the fitted weights that is stored and evaluated "
+        "(IDQL and the official code: 1e-3 every step); 0 stores the last iterate.",
+    )
     workers: int | Literal["auto"] = Field(
         "auto", description="Ray Train workers, or 'auto' to size from the cluster's free CPUs."
     )

@@ -13,7 +13,7 @@ from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
 from library.errors import DataError, ShapeError, SpecError
 from library.learners import BaseLearner, ComposerLearner, CriticLearner, SkillLearner
 from library.lora import add_skill, lora_layers
-from library.training import train
+from library.training import cosine_lr, train
 
 torch.set_num_threads(1)
 S, A = 3, 2
@@ -71,7 +71,7 @@ LEARNERS = {
 @pytest.mark.parametrize("kind", sorted(LEARNERS))
 def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(kind):
     data = random_data()
-    run = {"batch_size": 32, "lr": 3e-3, "seed": 7, "log_every": 5}
+    run = {"batch_size": 32, "lr": 3e-3, "seed": 7, "log_every": 5, "lr_decay_steps": 20}
     whole = LEARNERS[kind]()
     checkpoints = []
     train(whole, data, steps=12, on_checkpoint=checkpoints.append, checkpoint_every=5, **run)
@@ -188,3 +188,67 @@ def test_bad_inputs_raise_one_line_errors():
               optimizer_state=critic_run.optimizer_state)
     with pytest.raises(DataError, match="training diverged: the loss is (nan|inf) by step"):
         train(learner, random_data(), steps=20, batch_size=8, lr=1e30, seed=0, log_every=1)
+
+
+@pytest.mark.parametrize("kind", ["base", "skill"])
+def test_the_ema_follows_every_step_from_the_initial_weights(kind):
+    learner = LEARNERS[kind]()
+    assert learner.ema_rate == 1e-3  # the official rate, on by default for policies
+    learner.ema_rate = 0.25
+    names = list(learner._trainable)
+    start = {n: p.detach().clone() for n, p in learner._trainable.items()}
+    expected = dict(start)
+    for step in range(3):
+        with torch.no_grad():
+            for p in learner.parameters():
+                p.add_(1.0 + step)
+        learner.after_step()
+        expected = {n: expected[n] + 0.25 * (learner._trainable[n] - expected[n]) for n in names}
+    last = {n: p.detach().clone() for n, p in learner._trainable.items()}
+    with learner.ema_weights():
+        for n in names:
+            torch.testing.assert_close(learner._trainable[n].detach(), expected[n])
+            assert not torch.equal(learner._trainable[n], last[n])
+    for n in names:  # the last iterate is back
+        assert torch.equal(learner._trainable[n], last[n])
+    assert any(k.startswith("ema/") for k in learner.state_dict())
+
+
+def test_a_composer_and_a_learner_with_rate_0_have_no_ema():
+    composer = LEARNERS["composer"]()
+    base = BaseLearner(small_policy(), ema_rate=0.0)
+    for learner in (composer, base):
+        assert not any(k.startswith("ema/") for k in learner.state_dict())
+        before = {k: v.clone() for k, v in learner.state_dict().items()}
+        with learner.ema_weights():
+            assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    with pytest.raises(SpecError, match="train.ema"):
+        BaseLearner(small_policy(), ema_rate=1.5)
+
+
+def test_the_cosine_schedule_sets_the_rate_of_every_step():
+    assert cosine_lr(3e-4, 0, 10) == 3e-4
+    assert cosine_lr(3e-4, 5, 10) == pytest.approx(1.5e-4)
+    assert cosine_lr(3e-4, 10, 10) == cosine_lr(3e-4, 25, 10) == 0.0
+    # A one-step horizon: every step after the first runs at rate 0, so 1 step and 6 steps
+    # end at the same weights (the EMA still moves: it is not a step of the optimiser).
+    data = random_data()
+    ends = []
+    for steps in (1, 6):
+        learner = BaseLearner(small_policy(), ema_rate=0.0)
+        train(learner, data, steps=steps, batch_size=32, lr=1e-2, seed=0, lr_decay_steps=1)
+        ends.append(learner.state_dict())
+    assert all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+    learner = BaseLearner(small_policy(), ema_rate=0.0)
+    train(learner, data, steps=6, batch_size=32, lr=1e-2, seed=0)
+    assert any(not torch.equal(ends[0][k], v) for k, v in learner.state_dict().items())
+
+
+def test_the_weights_effective_sample_size_is_logged():
+    from library.weighting import effective_sample_size
+
+    assert effective_sample_size(torch.ones(4)).item() == 1.0
+    assert effective_sample_size(torch.tensor([3.0, 0.0, 0.0, 0.0])).item() == 0.25
+    assert effective_sample_size(torch.tensor([1.0, 1.0, 0.0, 0.0])).item() == 0.5
+    result = train(LEARNERS["skill"](), random_data(), steps=2, batch_size=32, lr=1e-3, seed=0)
+    assert result.terms["weight_ess"] == 1.0  # bc: every sample counts

@@ -71,20 +71,28 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path,
     # The checkpoints of a finished unit are gone: the store is the record.
     assert not os.path.exists(os.path.join(checkpoint_root(store_uri), "tiny__stand"))
 
-    # Resuming restored learner and Adam state: the weights equal an uninterrupted run's.
+    # Resuming restored learner, EMA and Adam state: the stored EMA and the last iterate
+    # kept beside it equal an uninterrupted run's (on the same learning-rate schedule).
     from library.serialization import dump_base
     from library.training import train
+    from pipeline.fit import _lr_decay_steps
+    from pipeline.stages import LAST_PREFIX
 
-    stage = plan.units["stand"].stages[0]
-    context = UnitContext(SkillStore(store_uri), plan.units["stand"], torch.device("cpu"))
+    unit = plan.units["stand"]
+    stage = unit.stages[0]
+    context = UnitContext(SkillStore(store_uri), unit, torch.device("cpu"))
     torch.manual_seed(stage.seed)
     learner = context.build(stage)
     train(learner, context.data, stage.steps, stage.batch_size, stage.lr, seed=stage.seed,
-          log_every=10)
-    _, expected = dump_base(learner.policy)
-    _, stored = SkillStore(store_uri).load("stand")
-    for key, value in expected.items():
+          log_every=10, lr_decay_steps=_lr_decay_steps(stage, unit.task))
+    _, last = dump_base(learner.policy)
+    with learner.ema_weights():
+        _, ema = dump_base(learner.policy)
+    config, stored = SkillStore(store_uri).load("stand")
+    assert config["weights"] == "ema" and config["ema_rate"] == learner.ema_rate
+    for key, value in ema.items():
         torch.testing.assert_close(stored[key], value, rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(stored[LAST_PREFIX + key], last[key], rtol=0, atol=0, msg=key)
 
 
 def test_serve_fits_submitted_tasks_and_refuses_bad_ones(ray_cluster, tmp_path):
