@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import abc
 import copy
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -70,6 +72,10 @@ class CriticConfig:
     """τ of the (upper) expectile regression for V; IQL's default."""
     target_rate: float = 0.005
     """Polyak rate of the target Q networks: θ' ← (1 − rate)·θ' + rate·θ."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before the backup. IQL and the official code scale
+    D4RL rewards by 1000 / (max − min episode return) and DSRL's (after FISOR) by
+    horizon / (max − min): `reward_scale` below computes it from the data."""
 
     def __post_init__(self) -> None:
         for name in ("obs_dim", "act_dim", "hidden", "layers"):
@@ -78,6 +84,8 @@ class CriticConfig:
         for name in ("discount", "expectile"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise SpecError(f"critics.{name}", f"must lie strictly between 0 and 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.reward_scale) and self.reward_scale > 0):
+            raise SpecError("critics.reward_scale", f"must be a positive number, got {self.reward_scale}")
         if not 0.0 < self.target_rate <= 1.0:
             raise SpecError("critics.target_rate", f"must lie in (0, 1], got {self.target_rate}")
 
@@ -88,6 +96,14 @@ class CriticConfig:
     def from_dict(cls, data: dict) -> CriticConfig:
         """Build from a dict (e.g. a stored config); unknown or missing fields are errors."""
         return config_from_dict(cls, data, "critics")
+
+
+def reward_scale(episode_returns: Sequence[float], horizon: int) -> float:
+    """horizon / (max − min episode return): the scale that gives the dataset's returns a
+    range of `horizon` (IQL's 1000 / (max − min) on D4RL, whose horizon is 1000; FISOR's
+    on DSRL). 1 when every episode returns the same."""
+    spread = max(episode_returns) - min(episode_returns) if len(episode_returns) else 0.0
+    return float(horizon) / spread if spread > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -209,7 +225,8 @@ class IQLCritics(_TwinCritic):
 
     def _q_target(self, batch: dict[str, Tensor]) -> Tensor:
         not_done = 1.0 - batch["terminals"].float()
-        return batch["rewards"] + self.config.discount * not_done * self.value(batch["next_obs"])
+        rewards = batch["rewards"] * self.config.reward_scale
+        return rewards + self.config.discount * not_done * self.value(batch["next_obs"])
 
     def _value_loss(self, q_target_net: Tensor, v: Tensor) -> Tensor:
         return expectile_loss(q_target_net - v, self.config.expectile)

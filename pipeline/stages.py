@@ -23,7 +23,13 @@ import torch
 from torch import Tensor
 
 from library.composition import AlphaConfig, Composer
-from library.critics import CriticConfig, FeasibilityConfig, FeasibilityCritic, IQLCritics
+from library.critics import (
+    CriticConfig,
+    FeasibilityConfig,
+    FeasibilityCritic,
+    IQLCritics,
+    reward_scale,
+)
 from library.data import OfflineData
 from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer, select_action
 from library.errors import StoreError
@@ -59,17 +65,31 @@ def random_skill_name(composer: str, skill: str) -> str:
 # ------------------------------------------------------------------- critics in items
 
 
-def _critic_configs(task: TaskSpec, obs_dim: int, act_dim: int) -> dict[str, Any]:
-    """The critics a task's objective needs, as CriticConfig / FeasibilityConfig."""
+def _critic_configs(task: TaskSpec, obs_dim: int, act_dim: int, table) -> dict[str, Any]:
+    """The critics a task's objective needs, as CriticConfig / FeasibilityConfig; the
+    reward scale comes from the episodes of `table`, the task's dataset."""
     critic = task.critic
     configs: dict[str, Any] = {}
     if task.objective in ("advantage", "reward+feasibility"):
         configs["iql"] = CriticConfig(obs_dim=obs_dim, act_dim=act_dim,
-                                      discount=critic.discount, expectile=critic.expectile)
+                                      discount=critic.discount, expectile=critic.expectile,
+                                      reward_scale=_reward_scale(task, table))
     if task.objective in ("feasibility", "reward+feasibility"):
         configs["feasibility"] = FeasibilityConfig(obs_dim=obs_dim, act_dim=act_dim,
                                                    discount=critic.discount)
     return configs
+
+
+def _reward_scale(task: TaskSpec, table) -> float:
+    """CriticSpec.reward_norm as a factor: horizon / (max − min episode return), or 1."""
+    if task.critic.reward_norm == "none":
+        return 1.0
+    from tasks.dataset import episode_totals, to_arrays
+    from tasks.suites import get_suite
+
+    horizon = task.horizon or get_suite(task.suite).default_horizon(task.env)
+    _, returns, _ = episode_totals(to_arrays(table))
+    return reward_scale(list(returns), horizon)
 
 
 def _build_critics(configs: dict[str, Any], normalizer: StateNormalizer
@@ -223,7 +243,7 @@ class UnitContext:
         obs_dim, act_dim = self.data.obs_dim, self.data.act_dim
         if stage.kind == "critics":
             iql, feasibility = _build_critics(
-                _critic_configs(self.task, obs_dim, act_dim), self._normalizer())
+                _critic_configs(self.task, obs_dim, act_dim, self.table), self._normalizer())
             return CriticLearner(iql, feasibility)
         self._ensure_critics()
         critics = {"iql": self.iql, "feasibility": self.feasibility,
@@ -244,7 +264,8 @@ class UnitContext:
         composer = Composer(policy, skills, stage.composer.mode,
                             AlphaConfig(**stage.composer.alpha.model_dump()),
                             generator=generator)
-        return ComposerLearner(composer, self.task.objective, **critics)
+        return ComposerLearner(composer, stage.composer.objective or self.task.objective,
+                               **critics)
 
     def _composed_skill(self, policy: DiffusionPolicy, stage: Stage, index: int,
                         skill: str) -> str:
@@ -290,7 +311,7 @@ class UnitContext:
     def restore_carry(self, carry: dict[str, Tensor]) -> None:
         if not carry:
             return
-        configs = _critic_configs(self.task, self.data.obs_dim, self.data.act_dim)
+        configs = _critic_configs(self.task, self.data.obs_dim, self.data.act_dim, self.table)
         self.iql, self.feasibility = _build_critics(configs, self._normalizer())
         for name, critic in (("iql", self.iql), ("feasibility", self.feasibility)):
             if critic is not None:

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from library.composition import AlphaConfig
 from library.errors import PsecError, SpecError
 from library.names import BASE, check_name
 from tasks.suites import SUITES, get_suite
@@ -34,6 +35,7 @@ from tasks.suites import SUITES, get_suite
 Policy = Literal["expert", "medium", "random", "medium-replay", "medium-expert", "scripted"]
 ImportFormat = Literal["d4rl", "dsrl", "minari", "parquet"]
 Objective = Literal["bc", "advantage", "feasibility", "reward+feasibility"]
+_ALPHA_DEFAULTS = AlphaConfig()
 CRITIC_OBJECTIVES = ("advantage", "feasibility", "reward+feasibility")
 REQUIRED_SCALES = ("smoke", "paper")
 
@@ -180,20 +182,25 @@ class LoraSpec(_Spec):
 
 
 class AlphaSpec(_Spec):
-    """How the context network's outputs become composition weights α(s)."""
+    """How the context network's outputs become composition weights α(s); the defaults
+    are library.composition.AlphaConfig's (the official composer's start and regulariser)."""
 
     output: Literal["raw", "softmax", "sigmoid"] = Field(
-        "raw", description="raw (unbounded, as in the paper), softmax or sigmoid."
+        _ALPHA_DEFAULTS.output, description="raw (unbounded, as in the paper), softmax or sigmoid."
     )
-    scale: float = Field(1.0, gt=0, description="Multiplies the weights after `output`.")
+    scale: float = Field(
+        _ALPHA_DEFAULTS.scale, gt=0, description="Multiplies the weights after `output`."
+    )
     init: Literal["uniform", "newest", "zero"] = Field(
-        "uniform",
-        description="Initial α: equal weights, the newest (task's own) skill alone, or zero.",
+        _ALPHA_DEFAULTS.init,
+        description="Initial α: the newest (task's own) skill alone at full strength, equal "
+        "weights, or zero.",
     )
     reg: float = Field(
-        0.0,
+        _ALPHA_DEFAULTS.reg,
         ge=0,
-        description="Weight of reg·‖mean_s α(s) − initial α‖² added to the loss (0: off).",
+        description="Weight of the official regulariser (mean α − 1/k)² + (mean α_new − 1)², "
+        "in the official code's units (library.composition.AlphaConfig.reg); 0: off.",
     )
 
 
@@ -233,7 +240,16 @@ class ComposerSpec(_Spec):
         "parameter",
         description="parameter (PSEC), noise (NSEC), action (ASEC) or fixed (constant α).",
     )
-    alpha: AlphaSpec = Field(default_factory=AlphaSpec, description="α(s) parameterisation.")
+    alpha: AlphaSpec = Field(
+        default_factory=AlphaSpec,
+        description="α(s) parameterisation. Default: the new skill alone at the start with the "
+        "official regulariser; in a composer task (no skill of its own) uniform, reg 0.",
+    )
+    objective: Objective | None = Field(
+        None,
+        description="Sample weighting of the composer's loss; default the task's. The paper "
+        "trains the safe-composition composer by plain BC (bc) on its near-expert subset.",
+    )
     steps: int = Field(
         10_000,
         ge=0,
@@ -277,6 +293,12 @@ class CriticSpec(_Spec):
     beta: float = Field(3.0, gt=0, description="Inverse temperature of the advantage weights.")
     discount: float = Field(0.99, gt=0, le=1, description="Discount γ of the critics.")
     steps: int = Field(100_000, ge=1, description="Critic training steps.")
+    reward_norm: Literal["returns", "none"] = Field(
+        "returns",
+        description="returns: rewards × horizon / (max − min episode return) of the task's "
+        "data before the critics see them (IQL's and the official code's D4RL scaling, "
+        "1000 / (max − min), and FISOR's for DSRL); none: raw rewards.",
+    )
 
 
 class TrainSpec(_Spec):
@@ -443,6 +465,11 @@ class TaskSpec(_Spec):
             )
         if self.lora != LoraSpec():
             raise FieldError("lora", "a composer task fits no skill of its own; remove it")
+        for composer in self.composers:
+            # No new skill to start from or to pull toward: α starts uniform, unregularised,
+            # unless the spec says otherwise.
+            if "alpha" not in composer.model_fields_set:
+                composer.alpha = AlphaSpec(init="uniform", reg=0.0)
 
     @property
     def needs_critic(self) -> bool:

@@ -170,7 +170,8 @@ def test_an_untrained_uniform_composer_and_a_random_bank_reach_the_store(walker_
 
 def test_an_untrained_composer_learner_has_nothing_to_train_toward_but_its_start(walker_store):
     task = parse_task({**tiny_task("run", composers=[
-        {"name": "uniform", "skills": ["walk"], "mode": "fixed", "steps": 0}]),
+        {"name": "uniform", "skills": ["walk"], "mode": "fixed", "steps": 0,
+         "alpha": {"init": "uniform"}}]),
         "base": "stand"})
     plan = plan_task(task, ["stand"])
     context = UnitContext(walker_store, next(iter(plan.units.values())), torch.device("cpu"))

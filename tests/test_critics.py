@@ -13,6 +13,7 @@ from library.critics import (
     FeasibilityCritic,
     IQLCritics,
     expectile_loss,
+    reward_scale,
 )
 from library.diffusion import StateNormalizer
 from library.errors import SpecError
@@ -83,6 +84,18 @@ def test_iql_td_target_bootstraps_only_where_not_terminal():
         "next_obs": torch.zeros(3, 1),
     }
     torch.testing.assert_close(iql._q_target(batch), torch.tensor([2.8, 1.0, 2.8]))
+    scaled = IQLCritics(CriticConfig(obs_dim=1, act_dim=1, hidden=8, discount=0.9,
+                                     reward_scale=4.0), StateNormalizer.identity(1))
+    constant_value(scaled, 2.0)
+    torch.testing.assert_close(scaled._q_target(batch), torch.tensor([5.8, 4.0, 5.8]))
+
+
+def test_reward_scale_gives_the_returns_a_range_of_one_horizon():
+    assert reward_scale([10.0, 60.0, 35.0], horizon=1000) == 20.0  # IQL: 1000 / (max − min)
+    assert reward_scale([-3.0, 2.0], horizon=200) == 40.0
+    assert reward_scale([5.0, 5.0], horizon=1000) == 1.0  # no spread: left alone
+    with pytest.raises(SpecError, match="critics.reward_scale"):
+        CriticConfig(obs_dim=1, act_dim=1, reward_scale=0.0)
 
 
 def test_hj_backup_follows_fisor():

@@ -155,7 +155,8 @@ def test_a_target_can_be_a_real_d4rl_file(tmp_path):
         "halfcheetah-gravity-src", "halfcheetah-gravity-medium")]
     data["tasks"][1]["data"] = {"source": "import", "format": "d4rl", "path": str(path),
                                 "max_transitions": 6}
-    data["scales"].pop("small")  # it names the source tasks left out here
+    # The small and paper scales name the source tasks left out here.
+    data["scales"] = {"smoke": data["scales"]["smoke"], "paper": {}}
     stream = parse_stream(data).at_scale("smoke")
     checked = check_plan(plan_stream(stream), SkillStore(str(tmp_path / "store")))
     table = checked.imported["halfcheetah-gravity-medium"]
@@ -289,3 +290,20 @@ def test_the_smoke_search_runs_every_baseline_and_writes_the_table(tmp_path, ray
                 "new LoRA skill alone (friction ×0.5)"):
         assert f"| {row} | " in text and "| — |" not in text.split(row)[1].split("\n")[0]
     assert "4 of 4 trials completed" in text
+
+
+def test_target_critics_see_rewards_scaled_to_one_horizon_of_return_range():
+    """IQL / the official code: D4RL rewards × 1000 / (max − min episode return)."""
+    from pipeline.stages import _critic_configs
+
+    task = load_stream(STREAM, "smoke").task("walker2d-gravity-medium")
+    n = 40
+    rewards = np.r_[np.full(20, 1.0), np.full(20, 3.5)].astype(np.float32)  # returns 20, 70
+    arrays = dict(obs=np.zeros((n, 17), np.float32), actions=np.zeros((n, 6), np.float32),
+                  rewards=rewards, next_obs=np.zeros((n, 17), np.float32),
+                  terminals=np.zeros(n, bool), timeouts=np.arange(n) % 20 == 19)
+    table = to_table(arrays, {"suite": "mujoco", "env": "Walker2d-v5"})
+    config = _critic_configs(task, 17, 6, table)["iql"]
+    assert config.reward_scale == pytest.approx(1000 / 50)
+    raw = task.model_copy(update={"critic": task.critic.model_copy(update={"reward_norm": "none"})})
+    assert _critic_configs(raw, 17, 6, table)["iql"].reward_scale == 1.0

@@ -48,7 +48,10 @@ def test_each_env_has_a_base_a_reward_skill_and_a_safety_skill_on_one_dataset(sc
         (composer,) = safety.composers
         assert composer.skills == [BASE, reward.name]
         assert safety.composer_skills(composer) == [BASE, reward.name, safety.name]
-        assert (composer.data.top_episodes, composer.data.max_episode_cost) == (30, 10.0)
+        # The paper's near-expert subset (top-30 by reward with cost < 5), plain BC.
+        assert (composer.data.top_episodes, composer.data.max_episode_cost) == (30, 4.0)
+        assert composer.objective == "bc" and composer.alpha.init == "newest"
+        assert reward.critic.beta == 1.0  # the official reward temperature on DSRL
         assert safety.eval.cost_threshold == 10.0
     if scale != "smoke":
         assert stream.tasks[2].eval.episodes == 20
@@ -89,7 +92,7 @@ def test_the_search_runs_every_baseline_on_the_same_data():
             continue
         (composer,) = task.composers
         assert composer.skills == [BASE, "ballrun-reward_lora8"]
-        assert (composer.data.top_episodes, composer.data.max_episode_cost) == (30, 10.0)
+        assert (composer.data.top_episodes, composer.data.max_episode_cost) == (30, 4.0)
         assert task.data.dataset == "ballrun-safety" and task.objective == "feasibility"
 
 
@@ -201,7 +204,7 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     assert cells["psec"].reward == pytest.approx([0.6, 0.61, 0.62])
     assert cells["psec"].cost == pytest.approx([0.5] * 3)  # cost 5 / threshold 10
     # Fixed: the safe start point wins although the other earns more.
-    assert table.fixed_choice == {"BallRun": "softmax/newest"}
+    assert table.fixed_choice == {"BallRun": "softmax/newest+reg 1"}
     assert cells["fixed"].mean_reward == pytest.approx(0.45)
     assert cells["bc-all"].reward == [0.9] and cells["bc-all"].cost == [4.0]
     assert cells["safety-skill"].reward == [0.2] * 3  # one skill per seed, not per method
@@ -232,7 +235,7 @@ def test_the_subset_dataset_of_bc_safe_is_made_from_the_target_dataset(tmp_path)
     bc = next(p for p in points if p.method == "bc")
     assert trial_task(search, stream, bc).data.dataset == name
     assert (source, composer, limit) == ("ballrun-safety", "ballrun-psec", None)
-    assert (data.top_episodes, data.max_episode_cost) == (30, 10.0)
+    assert (data.top_episodes, data.max_episode_cost) == (30, 4.0)
 
 
 def test_the_alpha_trace_records_costs(tmp_path):

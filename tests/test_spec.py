@@ -285,3 +285,30 @@ def test_cw10_is_the_continual_world_sequence():
     assert not set(base.data.envs) & set(CW10)  # the base never sees a CW10 task
     for index, task in enumerate(skills):
         assert task.composers[0].skills == ["base", *CW10[:index]]
+
+
+def test_alpha_and_lora_defaults_are_the_library_s():
+    """One source: the spec's α defaults are AlphaConfig's; its LoRA alpha defaults to the
+    library's (16·rank, the official multiplier)."""
+    from library.composition import AlphaConfig
+    from tasks.spec import AlphaSpec, LoraSpec
+
+    library = AlphaConfig().to_dict()
+    assert AlphaSpec().model_dump() == {k: library[k] for k in ("output", "scale", "init", "reg")}
+    assert LoraSpec().alpha is None
+
+
+def test_a_composer_task_s_composers_start_uniform_without_the_pull():
+    """A composer task has no new skill: "newest" would mean its last stored skill."""
+    from tasks.spec import load_stream
+
+    stream = load_stream("configs/metaworld_unseen.yaml", "smoke")
+    for task in stream.tasks:
+        for composer in task.composers:
+            expected = ("uniform", 0.0) if task.role == "composer" else ("newest", 1.0)
+            assert (composer.alpha.init, composer.alpha.reg) == expected, composer.name
+    explicit = stream.task("reach-wall-v3").model_dump(mode="json")
+    explicit["composers"][0]["alpha"] = {"init": "newest"}
+    from tasks.spec import parse_task
+
+    assert parse_task(explicit).composers[0].alpha.init == "newest"

@@ -385,3 +385,27 @@ def test_a_search_record_is_a_store_file_and_a_broken_one_a_one_line_error(tmp_p
         read_record(store, "s1")
     assert "\n" not in str(raised.value)
     assert path.read_text() == '{"search": "s1", "wall_'   # left for the user to look at
+
+
+def test_sample_efficiency_steps_grow_with_the_data_as_in_the_paper():
+    """Fig. 6(a): 10 / 30 / 50 / 100 trajectories train 10K / 30K / 50K / 100K skill steps."""
+    search = load_search("configs/search_sample_efficiency.yaml", "paper")
+    stream = search.load_stream()
+    steps = {}
+    for point in enumerate_points(search):
+        if point.method in ("psec", "scratch") and point.seed == 0 and point.target == "S→W":
+            task = trial_task(search, stream, point)
+            steps[(point.method, point.episodes)] = task.train.steps
+            if point.method == "psec":
+                assert task.composers[0].steps == 1000  # the composer keeps its 1K
+    assert steps == {(m, n): 1000 * n for m in ("psec", "scratch") for n in (10, 30, 50, 100)}
+
+
+def test_a_composer_s_own_objective_reaches_its_trials():
+    """The safe-composition composer trains by plain BC (the paper) in every trial."""
+    search = load_search("configs/search_dsrl.yaml", "paper")
+    stream = search.load_stream()
+    point = next(p for p in enumerate_points(search) if p.method == "psec")
+    task = trial_task(search, stream, point)
+    assert task.objective == "feasibility" and task.composers[0].objective == "bc"
+    assert task.composers[0].data.max_episode_cost == 4 and task.composers[0].steps == 1000

@@ -145,6 +145,8 @@ class SearchScale(_Spec):
     """LoRA ranks."""
     data_episodes: list[int] | None = Field(None, min_length=1)
     """Trajectory counts of the target's data."""
+    steps_per_episode: int | None = Field(None, ge=1)
+    """The target skill's steps per trajectory of its data (overrides the search's)."""
     fixed_alpha: list[AlphaSpec] | None = Field(None, min_length=1)
     """Start points of the fixed-weight baseline (fewer at a small scale: each is a trial
     per target and seed)."""
@@ -185,6 +187,11 @@ class SearchSpec(_Spec):
     and the stored skills are fitted once with the stream's seed and shared."""
     data_episodes: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
     """Trajectories of the target task's data; null = the stream's count at the scale."""
+    steps_per_episode: int | None = Field(None, ge=1)
+    """When set, the target's new skill (and a from-scratch policy) trains this many steps
+    per trajectory of its data instead of the stream's fixed budget: the paper's Fig. 6(a)
+    trains 10 / 30 / 50 / 100 trajectories for 10K / 30K / 50K / 100K steps (1000).
+    Composers keep their budget."""
     alpha: list[AlphaSpec] = Field(default_factory=lambda: [AlphaSpec()], min_length=1)
     """α(s) parameterisations of psec, nsec, asec, mlp and the random bank (output, scale,
     init, reg)."""
@@ -336,7 +343,7 @@ class SearchSpec(_Spec):
             raise SpecError("scale", f"unknown scale {name!r}; defined: {', '.join(self.scales)}")
         scale = self.scales[name]
         data = self.model_dump(mode="json")
-        for field in ("seeds", "ranks", "data_episodes"):
+        for field in ("seeds", "ranks", "data_episodes", "steps_per_episode"):
             if getattr(scale, field) is not None:
                 data[field] = getattr(scale, field)
         if scale.fixed_alpha is not None:

@@ -228,7 +228,10 @@ def trial_task(search: SearchSpec, stream: StreamSpec, point: TrialPoint,
     task, composer = _target(search, stream, point.target)
     tag = rung_tag(point.tag(), rung)
     data = dump(task)
-    train = {**data["train"], "steps": scaled_steps(task.train.steps, fraction)}
+    steps = task.train.steps
+    if search.steps_per_episode is not None:
+        steps = search.steps_per_episode * (point.episodes or task.data.episodes or 1)
+    train = {**data["train"], "steps": scaled_steps(steps, fraction)}
     stored = _stored_data(task, episodes_dataset(task, point.episodes))
     data.update(name=skill_item(task.name, point, rung), train=train,
                 data=stored.model_dump(exclude_none=True))
@@ -255,6 +258,7 @@ def trial_task(search: SearchSpec, stream: StreamSpec, point: TrialPoint,
     data.update(lora=_lora(task, variant), composers=[{
         "name": f"{composer.name}_{tag}", "skills": skills, "mode": MODE[point.method],
         "alpha": point.alpha.model_dump(), "steps": steps, "data": composer.data.model_dump(),
+        "objective": composer.objective,
         "bank": "random" if point.method == "random" else "stored"}])
     return parse_task(data)
 
