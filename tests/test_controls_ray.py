@@ -17,7 +17,8 @@ torch.set_num_threads(1)
 def test_uniform_and_random_bank_controls_run_end_to_end(ray_cluster, tmp_path):
     uri = str(tmp_path / "store")
     run = tiny_task("run", steps=5, composers=[
-        {"name": "uniform", "skills": ["base", "walk"], "mode": "fixed", "steps": 0},
+        {"name": "uniform", "skills": ["base", "walk"], "mode": "fixed", "steps": 0,
+         "alpha": {"init": "uniform"}},
         {"name": "noise", "skills": ["base", "walk"], "steps": 5, "bank": "random"}])
     store = stand_base_with_walk_skill(uri, [tiny_task("stand"), run])
     plan = plan_task(parse_task({**run, "base": "stand"}), ["stand"], stream="controls")
@@ -28,8 +29,9 @@ def test_uniform_and_random_bank_controls_run_end_to_end(ray_cluster, tmp_path):
     assert set(summary.fitted) == {"run", "uniform", "noise"}
     assert store.entry("uniform").metrics["train_steps"] == 0
     obs = torch.randn(4, 24)
-    assert torch.equal(load_composer(store, "uniform").alpha(obs), torch.full((4, 3), 1 / 3))
-    assert load_composer(store, "noise").skills == ["base", stand_in, "run"]
+    # walk and run at 1/2 each: W0 is in every layer and has no weight of its own.
+    assert torch.equal(load_composer(store, "uniform").alpha(obs), torch.full((4, 2), 1 / 2))
+    assert load_composer(store, "noise").skills == [stand_in, "run"]  # W0 has no weight
     rows = {r["name"]: r for r in store.results().to_pylist()}
     assert set(rows) == {"run", "uniform", "noise"}
     assert all(r["search"] == "s" and r["trial"] == "t" for r in rows.values())

@@ -35,7 +35,8 @@ def test_dmc_walker_stream_at_smoke_scale(ray_cluster, tmp_path, capsys):
     assert set(items) == {"walker-stand", "walker-walk", "walker-run", "s2w", "s2r", "sw2r"}
     assert items["walker-stand"].kind == "base"
     assert all(items[n].parent == "walker-stand" for n in items if n != "walker-stand")
-    assert items["sw2r"].config_summary["skills"] == ["base", "walker-walk", "walker-run"]
+    # A parameter-level composer weighs the LoRA skills only (W0 is always in).
+    assert items["sw2r"].config_summary["skills"] == ["walker-walk", "walker-run"]
     # Every item records the fingerprint of the dataset it was fitted on.
     for name in ("walker-stand", "walker-walk", "walker-run"):
         assert items[name].dataset_fingerprint == fingerprint(store.get_dataset(name))

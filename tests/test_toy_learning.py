@@ -80,7 +80,10 @@ def test_context_aware_composition_of_two_skills_fits_the_mixture():
     for name, half in (("left", left), ("right", right)):
         learner = SkillLearner(policy, name, rank=4, alpha=8, generator=torch.Generator().manual_seed(5))
         train(learner, half, steps=600, batch_size=256, lr=1e-3, seed=1)
-    composer = Composer(policy, ["left", "right"], "parameter", AlphaConfig(hidden=32),
+    # Neither skill is the task's own: α starts uniform, without the official pull toward
+    # the newest skill (which would hold mean α_right at 1 and keep "left" out).
+    composer = Composer(policy, ["left", "right"], "parameter",
+                        AlphaConfig(hidden=32, init="uniform", reg=0.0),
                         generator=torch.Generator().manual_seed(6))
     train(ComposerLearner(composer), both, steps=600, batch_size=256, lr=1e-3, seed=2)
 
