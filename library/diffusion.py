@@ -25,6 +25,7 @@ how noise-level composition (Σ α_i ε_i) reuses the same noising and sampling 
 """
 
 ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU}
+TIME_EMBEDDINGS = ("fixed", "learned")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class PolicyConfig:
     """VP schedule β_max."""
     activation: str = "mish"
     """Nonlinearity inside the network: "mish" or "relu"."""
+    block_width: int = 1
+    """Inner width of each residual block as a multiple of `hidden`: 1 (hidden → hidden,
+    ours) or 4 (hidden → 4·hidden → hidden, the official `MLPResNet`'s)."""
+    time_embedding: str = "fixed"
+    """"fixed" (log-spaced sinusoids) or "learned" (Fourier features with a trained
+    frequency per feature, drawn N(0, 0.2) as the official code's); an MLP follows either."""
 
     def __post_init__(self) -> None:
         positive = {"obs_dim": 1, "act_dim": 1, "hidden": 1, "n_blocks": 0, "time_dim": 2, "T": 1}
@@ -64,6 +71,13 @@ class PolicyConfig:
                 raise SpecError(name, f"must be a positive number, got {value!r}")
         if self.beta_max < self.beta_min:
             raise SpecError("beta_max", f"must be >= beta_min ({self.beta_min}), got {self.beta_max}")
+        if isinstance(self.block_width, bool) or not isinstance(self.block_width, int) or (
+            self.block_width < 1
+        ):
+            raise SpecError("block_width", f"must be an integer >= 1, got {self.block_width!r}")
+        if self.time_embedding not in TIME_EMBEDDINGS:
+            raise SpecError("time_embedding", f"must be one of {', '.join(TIME_EMBEDDINGS)}, "
+                                              f"got {self.time_embedding!r}")
         if self.activation not in ACTIVATIONS:
             raise SpecError("activation", f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
@@ -130,14 +144,14 @@ class StateNormalizer(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """x + fc2(act(fc1(LN(x))))."""
+    """x + fc2(act(fc1(LN(x)))), fc1: hidden → width·hidden, fc2 back to hidden."""
 
-    def __init__(self, hidden: int, activation: str):
+    def __init__(self, hidden: int, activation: str, width: int = 1):
         super().__init__()
         self.norm = nn.LayerNorm(hidden)
-        self.fc1 = nn.Linear(hidden, hidden)
+        self.fc1 = nn.Linear(hidden, width * hidden)
         self.act = ACTIVATIONS[activation]()
-        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc2 = nn.Linear(width * hidden, hidden)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.fc2(self.act(self.fc1(self.norm(x))))
@@ -153,14 +167,21 @@ class NoisePredictor(nn.Module):
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         half = cfg.time_dim // 2
-        # Log-spaced frequencies from 1 to 1/100 rad per step: distinct features for t = 1..T.
-        freqs = torch.exp(-math.log(100.0) * torch.arange(half, dtype=torch.float32) / max(half - 1, 1))
-        self.register_buffer("freqs", freqs, persistent=False)
+        if cfg.time_embedding == "learned":
+            # The official LoRA_FourierFeatures: f = 2π·t·w, w ~ N(0, 0.2), trained with the
+            # base (a parameter, not a Linear: skills leave it alone, as the official code).
+            self.freqs = nn.Parameter(2 * math.pi * 0.2 * torch.randn(half))
+        else:
+            # Log-spaced frequencies from 1 to 1/100 rad per step: distinct for t = 1..T.
+            freqs = torch.exp(-math.log(100.0) * torch.arange(half, dtype=torch.float32)
+                              / max(half - 1, 1))
+            self.register_buffer("freqs", freqs, persistent=False)
         self.time_in = nn.Linear(cfg.time_dim, 2 * cfg.time_dim)
         self.time_act = ACTIVATIONS[cfg.activation]()
         self.time_out = nn.Linear(2 * cfg.time_dim, cfg.time_dim)
         self.input = nn.Linear(cfg.act_dim + cfg.obs_dim + cfg.time_dim, cfg.hidden)
-        self.blocks = nn.ModuleList(ResidualBlock(cfg.hidden, cfg.activation) for _ in range(cfg.n_blocks))
+        self.blocks = nn.ModuleList(ResidualBlock(cfg.hidden, cfg.activation, cfg.block_width)
+                                    for _ in range(cfg.n_blocks))
         self.out_norm = nn.LayerNorm(cfg.hidden)
         self.output = nn.Linear(cfg.hidden, cfg.act_dim)
 

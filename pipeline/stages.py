@@ -249,7 +249,8 @@ class UnitContext:
         critics = {"iql": self.iql, "feasibility": self.feasibility,
                    "weighting_config": self.weighting}
         if stage.kind == "base":
-            policy = DiffusionPolicy(PolicyConfig(obs_dim=obs_dim, act_dim=act_dim),
+            policy = DiffusionPolicy(PolicyConfig(obs_dim=obs_dim, act_dim=act_dim,
+                                                  **self.task.network.model_dump()),
                                      StateNormalizer.from_data(self.data.obs))
             return BaseLearner(policy, self.task.objective, ema_rate=self.task.train.ema,
                                **critics)

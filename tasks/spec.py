@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from library.composition import AlphaConfig
+from library.diffusion import PolicyConfig
 from library.errors import PsecError, SpecError
 from library.names import BASE, check_name
 from tasks.suites import SUITES, get_suite
@@ -36,6 +37,7 @@ Policy = Literal["expert", "medium", "random", "medium-replay", "medium-expert",
 ImportFormat = Literal["d4rl", "dsrl", "minari", "parquet"]
 Objective = Literal["bc", "advantage", "feasibility", "reward+feasibility"]
 _ALPHA_DEFAULTS = AlphaConfig()
+_POLICY_DEFAULTS = PolicyConfig(obs_dim=1, act_dim=1)
 CRITIC_OBJECTIVES = ("advantage", "feasibility", "reward+feasibility")
 REQUIRED_SCALES = ("smoke", "paper")
 
@@ -165,6 +167,21 @@ class DataSpec(_Spec):
             if self.seed is None:
                 self.seed = 0
         return self
+
+
+class NetworkSpec(_Spec):
+    """Shape of a base's noise predictor (library.diffusion.PolicyConfig); its skills and
+    composers share it. The defaults are ours; `block_width: 4, time_embedding: learned`
+    is the official code's shape."""
+
+    block_width: int = Field(
+        _POLICY_DEFAULTS.block_width, ge=1,
+        description="Inner width of each residual block as a multiple of hidden (official: 4).",
+    )
+    time_embedding: Literal["fixed", "learned"] = Field(
+        _POLICY_DEFAULTS.time_embedding,
+        description="fixed sinusoids or learned Fourier features (official: learned).",
+    )
 
 
 class LoraSpec(_Spec):
@@ -391,6 +408,11 @@ class TaskSpec(_Spec):
         "stored skills only (at least one).",
     )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation settings.")
+    network: NetworkSpec = Field(
+        default_factory=NetworkSpec,
+        description="The noise predictor's shape (base tasks only: skills and composers "
+        "share their base's).",
+    )
     horizon: int | None = Field(
         None, ge=1, description="Episode length (default: the suite's default for the env)."
     )
@@ -433,6 +455,9 @@ class TaskSpec(_Spec):
                 suite.check_env(env)
             except PsecError as error:
                 raise _from_psec(error, f"eval.envs.{index}") from None
+        if self.role != "base" and self.network != NetworkSpec():
+            raise FieldError("network", "only a base task sets the network; its skills and "
+                                        "composers share it")
         if self.role == "base":
             if self.base is not None:
                 raise FieldError("base", "a base task has no base of its own")

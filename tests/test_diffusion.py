@@ -144,3 +144,35 @@ def test_select_action_picks_by_critic():
     assert seen == [3]  # no critic: one sample per state
     with pytest.raises(SpecError, match="n_candidates"):
         select_action(sample_fn, obs, 0)
+
+
+def test_the_official_network_shape_is_a_choice_skills_adapt_as_well():
+    """block_width 4 (hidden → 4·hidden → hidden) and learned Fourier time features."""
+    from library.lora import add_skill, lora_layers, trainable_only, use_skills
+    from library.serialization import dump_base, load_base
+
+    cfg = PolicyConfig(obs_dim=3, act_dim=2, hidden=16, n_blocks=2, block_width=4,
+                       time_embedding="learned")
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(cfg)
+    block = policy.net.blocks[0]
+    assert (block.fc1.in_features, block.fc1.out_features, block.fc2.out_features) == (16, 64, 16)
+    assert isinstance(policy.net.freqs, torch.nn.Parameter)
+    assert policy.net.freqs.requires_grad  # trained with the base
+    config, tensors = dump_base(policy)
+    assert "net.freqs" in tensors
+    again = load_base(config, tensors)
+    assert torch.equal(again.net.freqs, policy.net.freqs)
+    obs = torch.randn(4, 3)
+    g = torch.Generator().manual_seed(1)
+    before = policy.sample(obs, torch.Generator().manual_seed(1))
+    add_skill(policy, "walk", generator=g)
+    assert lora_layers(policy)["net.blocks.0.fc1"].lora_B["walk"].weight.shape == (64, 8)
+    params = trainable_only(policy, "walk")
+    assert not policy.net.freqs.requires_grad and all(p is not policy.net.freqs for p in params)
+    with use_skills(policy, ["walk"]):
+        assert torch.equal(policy.sample(obs, torch.Generator().manual_seed(1)), before)
+    with pytest.raises(SpecError, match="^block_width"):
+        PolicyConfig(obs_dim=3, act_dim=2, block_width=0)
+    with pytest.raises(SpecError, match="^time_embedding"):
+        PolicyConfig(obs_dim=3, act_dim=2, time_embedding="rope")

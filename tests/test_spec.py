@@ -312,3 +312,16 @@ def test_a_composer_task_s_composers_start_uniform_without_the_pull():
     from tasks.spec import parse_task
 
     assert parse_task(explicit).composers[0].alpha.init == "newest"
+
+
+def test_only_a_base_task_sets_the_network():
+    from tasks.spec import load_stream, parse_task
+
+    stream = load_stream("configs/dmc_walker.yaml", "smoke")
+    base = stream.task("walker-stand").model_dump(mode="json")
+    base["network"] = {"block_width": 4, "time_embedding": "learned"}
+    assert parse_task(base).network.block_width == 4
+    walk = stream.task("walker-walk").model_dump(mode="json")
+    walk["network"] = {"block_width": 4}
+    with pytest.raises(SpecError, match="network: only a base task"):
+        parse_task(walk)
