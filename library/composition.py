@@ -272,12 +272,16 @@ class Composer(nn.Module):
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         """Weighted loss of the composed policy on raw obs [B, S], actions [B, A], weights [B],
-        plus the α regulariser (term "alpha_reg", 0 when `AlphaConfig.reg` is 0)."""
-        terms = self._composed_loss(obs, actions, weights, generator)
-        reg = self.alpha_reg(obs)
+        plus the α regulariser (term "alpha_reg", 0 when `AlphaConfig.reg` is 0) and the
+        batch mean of each skill's weight (terms "alpha/<skill>", for the logs)."""
+        alpha = self._layer_weights(obs)  # computed once: the loss, the regulariser, the logs
+        terms = self._composed_loss(obs, actions, weights, generator, alpha)
+        reg = self._regulariser(alpha)
         if self.alpha_config.reg > 0:
             terms["loss"] = terms["loss"] + reg
         terms["alpha_reg"] = reg.detach()
+        mean = alpha.detach().reshape(-1, len(self.skills)).mean(dim=0)  # [k]
+        terms.update({f"alpha/{name}": mean[i] for i, name in enumerate(self.skills)})
         return terms
 
     def alpha_reg(self, obs: Tensor) -> Tensor:
@@ -286,21 +290,25 @@ class Composer(nn.Module):
         reg · 16²/A · [(mean_{s,i} α_i(s) − 1/k)² + (mean_s α_new(s) − 1)²], with the new
         skill last. It pulls the average weights, not each state's, so α(s) may still vary.
         """
+        return self._regulariser(self._layer_weights(obs))
+
+    def _regulariser(self, alpha: Tensor) -> Tensor:
+        """`alpha_reg` of weights already computed: [B, k], or [k] for "fixed"."""
         if self.alpha_config.reg == 0:
-            return torch.zeros((), device=obs.device)
-        alpha = self.alpha(obs)  # [B, k]
+            return torch.zeros((), device=alpha.device)
+        alpha = alpha.reshape(-1, alpha.shape[-1])  # a constant α is one state's worth
         k = alpha.shape[1]
         bracket = (alpha.mean() - 1.0 / k).pow(2) + (alpha[:, -1].mean() - 1.0).pow(2)
         units = DEFAULT_SCALING**2 / self.policy.config.act_dim
         return self.alpha_config.reg * units * bracket
 
     def _composed_loss(
-        self, obs: Tensor, actions: Tensor, weights: Tensor | None, generator
+        self, obs: Tensor, actions: Tensor, weights: Tensor | None, generator, alpha: Tensor
     ) -> dict[str, Tensor]:
+        """The mode's loss with the weights `alpha` of `_layer_weights(obs)`."""
         if self.mode in ("parameter", "fixed"):
-            with use_skills(self.policy, self.skills, self._layer_weights(obs)):
+            with use_skills(self.policy, self.skills, alpha):
                 return self.policy.loss(obs, actions, weights, generator)
-        alpha = self.alpha(obs)  # [B, k]
         if self.mode == "noise":
             names, alpha = self._live(alpha)
             with use_skills(self.policy, names, self._per_skill(names, obs.shape[0])):

@@ -123,6 +123,10 @@ class Learner(abc.ABC):
     def _ema_state(self) -> dict[str, Tensor]:
         return {EMA_PREFIX + name: t.clone() for name, t in self._ema.items()}
 
+    def _ema_keys(self) -> list[str]:
+        """The keys `_ema_state` adds to a state dict."""
+        return [EMA_PREFIX + name for name in self._ema]
+
     def _load_ema(self, state: dict[str, Tensor]) -> None:
         for name, t in self._ema.items():
             t.copy_(state[EMA_PREFIX + name])
@@ -134,8 +138,7 @@ class Learner(abc.ABC):
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Copy `state` (from `state_dict()` of the same kind of learner) into place."""
-        expected = [*self._trainable, *(EMA_PREFIX + n for n in self._ema)]
-        _check_keys(self, state.keys(), expected)
+        _check_keys(self, state.keys(), [*self._trainable, *self._ema_keys()])
         with torch.no_grad():
             for name, p in self._trainable.items():
                 p.copy_(state[name])
@@ -273,8 +276,7 @@ class BaseLearner(_PolicyLearner):
         return {**own, **self._ema_state()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        expected = [*self.policy.state_dict(), *(EMA_PREFIX + n for n in self._ema)]
-        _check_keys(self, state.keys(), expected)
+        _check_keys(self, state.keys(), [*self.policy.state_dict(), *self._ema_keys()])
         self.policy.load_state_dict({k: v for k, v in state.items() if not k.startswith(EMA_PREFIX)})
         with torch.no_grad():
             self._load_ema(state)
@@ -331,10 +333,6 @@ class ComposerLearner(_PolicyLearner):
         self.composer = composer
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        terms = self._weighted(self.composer.loss, batch)
-        with torch.no_grad():
-            mean_alpha = self.composer.alpha(batch["obs"]).mean(dim=0)  # [k]
-        # How the composition spreads over the skills, logged to see what α learned.
-        for i, name in enumerate(self.composer.skills):
-            terms[f"alpha/{name}"] = mean_alpha[i]
-        return terms
+        # The composer's terms include "alpha/<skill>": how the composition spreads over
+        # the skills, logged to see what α learned.
+        return self._weighted(self.composer.loss, batch)

@@ -376,8 +376,9 @@ def add_skill(
     """Add skill `name` to every linear layer of `model`, wrapping each nn.Linear once.
 
     alpha is peft's `lora_alpha` (B A is scaled by alpha / rank); None gives
-    `default_alpha(rank)`, the official multiplier of 16 whatever the rank. The new adapter changes no output until it is trained (B or ΔW start at zero) and is
-    inactive outside `use_skills`. Give `generator` to make A's initialisation reproducible.
+    `default_alpha(rank)`, the official multiplier of 16 whatever the rank. The new adapter
+    changes no output until it is trained (B or ΔW start at zero) and is inactive outside
+    `use_skills`. Give `generator` to make A's initialisation reproducible.
     """
     check_name(name)
     if kind not in KINDS:
