@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from library.config import config_from_dict
-from library.diffusion import DiffusionPolicy
+from library.diffusion import DiffusionPolicy, Noise
 from library.errors import SpecError, StoreError
 from library.lora import DEFAULT_SCALING, skill_names, use_skills
 from library.names import BASE
@@ -232,10 +232,14 @@ class Composer(nn.Module):
         return [self.skills[i] for i in keep], alpha[:, keep]
 
     # ------------------------------------------------------------------ one batched pass
+    # A batch of B states runs k skills as k·B rows, the k copies of a state adjacent (row
+    # b·k + i is state b under skill i): a state's rows stay one block, so one noise
+    # generator per state (evaluation's per-episode noise, library.diffusion.Noise) draws
+    # what it would draw for that state alone.
     def _per_skill(self, names: list[str], batch: int):
-        """One-hot layer weights that run skill i on the i-th copy of a batch: [k·B, k]."""
+        """One-hot layer weights that run skill i on row b·k + i: [B·k, k]."""
         k = len(names)
-        return torch.eye(k, device=self.policy.betas.device).repeat_interleave(batch, dim=0)
+        return torch.eye(k, device=self.policy.betas.device).repeat(batch, 1)
 
     def _composed_eps(self, alpha: Tensor, names: list[str]):
         """ε(a_t, s, t) = Σ_i α_i ε_i, all ε_i from one pass over k stacked copies of the batch.
@@ -249,8 +253,9 @@ class Composer(nn.Module):
             if k == 1:
                 return alpha[:, :1] * net(a_t, s_norm, t)
             batch = a_t.shape[0]
-            e = net(a_t.repeat(k, 1), s_norm.repeat(k, 1), t.repeat(k)).view(k, batch, -1)
-            return torch.einsum("bk,kba->ba", alpha, e)  # [B, A]
+            e = net(a_t.repeat_interleave(k, dim=0), s_norm.repeat_interleave(k, dim=0),
+                    t.repeat_interleave(k)).view(batch, k, -1)
+            return torch.einsum("bk,bka->ba", alpha, e)  # [B, A]
 
         return eps
 
@@ -261,7 +266,8 @@ class Composer(nn.Module):
             with use_skills(self.policy, names):
                 return self.policy.sample(obs, generator).unsqueeze(0)
         with use_skills(self.policy, names, self._per_skill(names, obs.shape[0])):
-            return self.policy.sample(obs.repeat(k, 1), generator).view(k, obs.shape[0], -1)
+            actions = self.policy.sample(obs.repeat_interleave(k, dim=0), generator)
+        return actions.view(obs.shape[0], k, -1).transpose(0, 1)
 
     # ------------------------------------------------------------------ loss and sampling
     def loss(
@@ -324,8 +330,9 @@ class Composer(nn.Module):
         return {"loss": loss, "mse": mse.detach().mean()}
 
     @torch.no_grad()
-    def sample(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Actions of the composed policy: raw obs [B, S] -> [B, A] in [-1, 1]."""
+    def sample(self, obs: Tensor, generator: Noise = None) -> Tensor:
+        """Actions of the composed policy: raw obs [B, S] -> [B, A] in [-1, 1]; `generator`
+        may be one per block of rows (library.diffusion.Noise)."""
         if self.mode in ("parameter", "fixed"):
             with use_skills(self.policy, self.skills, self._layer_weights(obs)):
                 return self.policy.sample(obs, generator)

@@ -8,7 +8,7 @@ T = 5 noise steps on a variance-preserving schedule, a noise predictor made only
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,6 +23,29 @@ EpsFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 `DiffusionPolicy.loss` and `.sample` take one to replace the policy's own network, which is
 how noise-level composition (Σ α_i ε_i) reuses the same noising and sampling code.
 """
+
+Noise = torch.Generator | Sequence[torch.Generator] | None
+"""Where sampling noise comes from: one generator for the whole batch (None: torch's
+global one), or one generator per equal block of consecutive rows. Evaluation gives each
+episode its own generator, so an episode draws the same noise whether it is rolled out
+alone or side by side with others (`standard_normal`)."""
+
+
+def standard_normal(shape: tuple[int, int], noise: Noise, like: Tensor) -> Tensor:
+    """N(0, I) of `shape` [R, A] on `like`'s device and dtype, drawn from `noise`.
+
+    With G generators, R must be a multiple of G: generator g fills rows g·R/G .. (g+1)·R/G − 1
+    with exactly the draw `torch.randn((R/G, A), generator=g)` would make alone.
+    """
+    if noise is None or isinstance(noise, torch.Generator):
+        return torch.randn(shape, generator=noise, device=like.device, dtype=like.dtype)
+    rows, width = shape
+    if not noise or rows % len(noise):
+        raise ShapeError(f"{rows} rows cannot be split among {len(noise)} noise generators")
+    block = rows // len(noise)
+    return torch.cat([torch.randn((block, width), generator=g, device=like.device, dtype=like.dtype)
+                      for g in noise])
+
 
 ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU}
 TIME_EMBEDDINGS = ("fixed", "learned")
@@ -256,25 +279,26 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, obs: Tensor, generator: torch.Generator | None = None, eps_fn: EpsFn | None = None
+        self, obs: Tensor, generator: Noise = None, eps_fn: EpsFn | None = None
     ) -> Tensor:
         """Ancestral DDPM from N(0, I): obs [B, S] raw -> actions [B, A] in [-1, 1].
 
         σ_t² = β_t and every x_t is clipped to [-1, 1], as in IDQL (on which PSEC builds).
+        `generator` may be one generator per block of rows (`Noise`).
         """
         self.check_inputs(obs)
         eps_fn = eps_fn or self.net
         s_norm = self.normalizer(obs)
         batch = obs.shape[0]
         shape = (batch, self.config.act_dim)
-        x = torch.randn(shape, generator=generator, device=obs.device, dtype=obs.dtype)
+        x = standard_normal(shape, generator, obs)
         for step, eps_coef, x_coef, sigma in self._steps:
             t = torch.full((batch,), step, dtype=torch.long, device=obs.device)
             eps = eps_fn(x, s_norm, t)
             # mean of x_{t-1}: (x_t − β_t/√(1−ᾱ_t)·ε) / √α_t
             x = torch.sub(x, eps, alpha=eps_coef).mul_(x_coef)
             if step > 1:
-                noise = torch.randn(shape, generator=generator, device=obs.device, dtype=obs.dtype)
+                noise = standard_normal(shape, generator, obs)
                 x.add_(noise, alpha=sigma)
             x.clamp_(-1.0, 1.0)
         return x
@@ -310,6 +334,8 @@ def select_action(
 
 __all__ = [
     "EpsFn",
+    "Noise",
+    "standard_normal",
     "PolicyConfig",
     "StateNormalizer",
     "NoisePredictor",

@@ -149,6 +149,28 @@ class _Stack:
         return self.first, self.second
 
 
+_ROW_ALIGNMENT = 16
+"""Floats in 64 bytes: rows of a contiguous [B, in] batch all start on a 64-byte boundary
+when `in` is a multiple of this."""
+
+
+def _down_project(x: Tensor, a_stack: Tensor) -> Tensor:
+    """x Aᵀ: [B, in] -> [B, R].
+
+    With few output columns (R <= 8 measured) the CPU GEMM computes a row differently,
+    in the last bits, depending on where the row starts in memory, so the same state would
+    get another projection at another place in its batch. Padding `in` with zeros to a
+    multiple of `_ROW_ALIGNMENT` puts every row on the same boundary: a state's result no
+    longer depends on its neighbours, which lets evaluation roll episodes out side by side
+    and still give each the actions it gets alone (tests/test_batched_evaluation.py). The
+    pad costs a copy of x in the layers whose `in` needs it (the network's input layer).
+    """
+    pad = -x.shape[-1] % _ROW_ALIGNMENT
+    if pad == 0:
+        return F.linear(x, a_stack)
+    return F.linear(F.pad(x, (0, pad)), F.pad(a_stack, (0, pad)))
+
+
 class LoraLinear(nn.Module):
     """An `nn.Linear` with any number of named adapters; the wrapped layer is frozen.
 
@@ -293,7 +315,7 @@ class LoraLinear(nn.Module):
             return y
         if lora is not None:
             a_stack, b_stack_t = lora.matrices()
-            h = F.linear(x, a_stack) * active.lora_cols  # [B, R]
+            h = _down_project(x, a_stack) * active.lora_cols  # [B, R]
             y = torch.addmm(y, h, b_stack_t) if h.dim() == 2 else y + h @ b_stack_t
         if full is not None:
             d_stack, _ = full.matrices()

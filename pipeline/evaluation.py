@@ -5,7 +5,8 @@ An evaluation of an item on a task with seeds [s1, s2] and 10 episodes per seed 
 reset with the same env seed, and the policy's sampling noise restarts from that seed at
 the episode's start, whatever the chunking, so adding CPUs changes the wall time, not the
 episodes (tests/test_determinism.py). Each task loads the item through the store actor,
-builds the task's env (tasks.suites) and rolls out with `tasks.evaluation.rollout`.
+builds one env per episode (tasks.suites) and rolls the chunk's episodes out side by side,
+one batched policy call per step (`tasks.evaluation.rollout_batch`).
 """
 
 from __future__ import annotations
@@ -64,32 +65,44 @@ def rollout_chunk(store, item: str, task_json: dict[str, Any], seed: int, first:
 
 
 def roll_episodes(store, item: str, task_json: dict[str, Any], seed: int, first: int,
-                  count: int) -> list[EpisodeStats]:
+                  count: int, side_by_side: bool = True) -> list[EpisodeStats]:
     """The body of `rollout_chunk`, in this process: episode i of eval seed s is the same
-    whatever `first` and `count` cut around it."""
+    whatever `first` and `count` cut around it.
+
+    Side by side (the default), the `count` episodes run at once in `count` envs with one
+    batched policy call per step (`tasks.evaluation.rollout_batch`); otherwise one after
+    the other in one env. Each episode's noise comes from a generator seeded with its own
+    env seed, and every policy call is padded to `pipeline.stages.MIN_ROWS` rows, so both
+    ways give the same episodes (tests/test_batched_evaluation.py).
+    """
     import torch
 
     from pipeline.stages import load_acting
-    from tasks.evaluation import rollout
+    from tasks.evaluation import rollout, rollout_batch
     from tasks.suites import get_suite
 
     torch.set_num_threads(1)  # one CPU per rollout task
     task = parse_task(task_json)
     suite = get_suite(task.suite)
-    env = suite.make_env(task.env, task.dynamics, seed=seed, horizon=task.horizon)
+    first_seed = seed * EPISODE_SEED_STRIDE + first
+    seeds = list(range(first_seed, first_seed + count))
+    act = load_acting(store, item, n_candidates=task.eval.n_candidates, seed=first_seed)
+    envs = [suite.make_env(task.env, task.dynamics, seed=seed, horizon=task.horizon)
+            for _ in range(count if side_by_side else 1)]
     try:
-        first_seed = seed * EPISODE_SEED_STRIDE + first
-        act = load_acting(store, item, n_candidates=task.eval.n_candidates, seed=first_seed)
+        if side_by_side:
+            generators = [torch.Generator().manual_seed(s) for s in seeds]
+            return rollout_batch(envs, lambda obs, live: act.batch(obs, [generators[i] for i in live]),
+                                 seeds, horizon=task.eval.max_steps, suite=suite, env_name=task.env)
         episodes: list[EpisodeStats] = []
-        for episode_seed in range(first_seed, first_seed + count):
-            # One episode at a time, the noise restarted from its own seed: an episode's
-            # return must not depend on which chunk (which cluster size) it fell in.
-            act.reseed(episode_seed)
-            episodes.extend(rollout(env, act, 1, episode_seed, horizon=task.eval.max_steps,
+        for episode_seed in seeds:
+            act.reseed(episode_seed)  # the episode's noise restarts from its own seed
+            episodes.extend(rollout(envs[0], act, 1, episode_seed, horizon=task.eval.max_steps,
                                     suite=suite, env_name=task.env))
         return episodes
     finally:
-        env.close()
+        for env in envs:
+            env.close()
 
 
 def launch_evaluation(store, job: EvalJob, resources: dict[str, float]) -> list[ray.ObjectRef]:

@@ -15,6 +15,7 @@ IDQL candidate selection at evaluation time.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ from library.critics import (
     reward_scale,
 )
 from library.data import OfflineData
-from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer, select_action
+from library.diffusion import DiffusionPolicy, Noise, PolicyConfig, StateNormalizer, select_action
 from library.errors import StoreError
 from library.learners import BaseLearner, ComposerLearner, CriticLearner, Learner, SkillLearner
 from library.lora import add_random_skill, remove_skill, use_skills
@@ -396,22 +397,43 @@ class UnitContext:
 # ------------------------------------------------------------------- acting in an env
 
 
-class Acting:
-    """A stored policy acting in an env: `obs [S] -> action [A]`, its sampling noise drawn
-    from its own generator. `reseed(seed)` restarts that noise, so an episode reseeded with
-    its own seed acts the same whichever episodes ran before it in the process."""
+MIN_ROWS = 8
+"""Every acting call runs at least this many rows, padding with copies of the first
+state. A CPU GEMM computes a row identically at any batch size from 4 rows up, but
+differently (in the last bits) at 1–3 rows (measured with torch 2.13's CPU kernels and
+asserted in tests/test_batched_evaluation.py): padding makes an episode's actions the same
+whether it is rolled out alone or side by side with others."""
 
-    def __init__(self, sample: Callable[[Tensor], Tensor], seed: int):
-        self._sample = sample  # obs [B, S] -> actions [B, A], drawing from self.generator
+
+class Acting:
+    """A stored policy acting in an env: obs -> action, its sampling noise drawn from
+    generators of its own. `__call__` acts for one state with `generator`, which
+    `reseed(seed)` restarts; `batch` acts for several episodes at once, each with its own
+    generator, and gives each the action it would get alone."""
+
+    def __init__(self, sample: Callable[[Tensor, Noise], Tensor], seed: int,
+                 rows_per_state: int = 1):
+        self._sample = sample  # obs [B, S], noise (one generator per state) -> actions [B, A]
+        self._rows_per_state = rows_per_state  # policy rows one state costs (IDQL candidates)
         self.generator = torch.Generator().manual_seed(seed)
+        self._padding = torch.Generator().manual_seed(0)  # noise of the padding rows only
 
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
 
-    @torch.no_grad()
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        batch = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)  # [1, S]
-        return self._sample(batch)[0].numpy()
+        return self.batch(np.asarray(obs, dtype=np.float32)[None], [self.generator])[0]
+
+    @torch.inference_mode()
+    def batch(self, obs: np.ndarray, generators: list[torch.Generator]) -> np.ndarray:
+        """Actions [E, A] for the states obs [E, S] of E episodes, state e's noise drawn
+        from generators[e]."""
+        states = torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(len(generators), -1)
+        padding = max(0, math.ceil(MIN_ROWS / self._rows_per_state) - len(generators))
+        if padding:
+            states = torch.cat([states, states[:1].expand(padding, -1)])
+        actions = self._sample(states, [*generators, *[self._padding] * padding])
+        return actions[: len(generators)].numpy()
 
 
 def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0) -> Acting:
@@ -423,14 +445,14 @@ def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0) -> Actin
     critics_config: dict = config
     if entry.kind == "base":
         policy = load_base(config, own)
-        sample_policy: Callable[[Tensor, torch.Generator], Tensor] = policy.sample
+        sample_policy: Callable[[Tensor, Noise], Tensor] = policy.sample
     else:
         base_config, base_tensors = store.load(entry.parent)
         policy = load_base(base_config, split_item(base_tensors)[0])
         if entry.kind == "skill":
             load_skill(policy, name, config, own)
 
-            def sample_policy(obs: Tensor, generator: torch.Generator) -> Tensor:
+            def sample_policy(obs: Tensor, generator: Noise) -> Tensor:
                 with use_skills(policy, [name]):
                     return policy.sample(obs, generator)
         else:
@@ -449,12 +471,11 @@ def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0) -> Actin
     elif iql is not None:
         q_fn = iql.q
 
-    def sample(batch: Tensor) -> Tensor:
-        return select_action(lambda o: sample_policy(o, acting.generator), batch, n_candidates,
+    def sample(batch: Tensor, noise: Noise) -> Tensor:
+        return select_action(lambda o: sample_policy(o, noise), batch, n_candidates,
                              q_fn=q_fn, minimize=minimize)
 
-    acting = Acting(sample, seed)
-    return acting
+    return Acting(sample, seed, n_candidates if q_fn is not None else 1)
 
 
 def _composer_on(store, policy: DiffusionPolicy, config: dict, tensors: dict[str, Tensor]

@@ -118,3 +118,12 @@ def test_an_episode_returns_the_same_whatever_chunk_it_is_rolled_out_in(stored_p
 
     assert [(e.seed, e.episode_return) for e in chunked] == [
         (e.seed, e.episode_return) for e in whole]
+
+
+def test_episodes_side_by_side_are_the_episodes_rolled_out_one_after_another(stored_policy):
+    store, task = stored_policy
+    together = roll_episodes(store, "stand", task, seed=0, first=0, count=3)
+    apart = roll_episodes(store, "stand", task, seed=0, first=0, count=3, side_by_side=False)
+
+    assert [(e.seed, e.episode_return, e.score) for e in apart] == [
+        (e.seed, e.episode_return, e.score) for e in together]
