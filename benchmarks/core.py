@@ -1,12 +1,18 @@
 """Speed of the core networks: training steps/s and action latency, as JSON lines.
 
-    python -m benchmarks.core --json          # the figures (under a minute on 2 CPU cores)
+    python -m benchmarks.core --json          # the figures (about 3 minutes on 2 CPU cores)
     python -m benchmarks.core --json --quick  # a few repetitions, for tests
 
-Training (batch 1024, hidden 256): full fine-tuning of the base, one LoRA skill (rank 8),
-and a composer over k=3 skills (parameter level, only θ trains). Each step is forward,
-backward and an Adam step; the three are stepped in turn. `value` is the median rate and
-`best` the rate of the fastest step (the least disturbed by other processes).
+Training (batch 1024 and 256, hidden 256): the base (every weight trains), one LoRA skill
+(rank 8) on a frozen base, and a composer over k=3 skills (parameter level, only α(s)
+trains), each through `library.training.train` as a fit runs it (batch sampling, per-step
+seeding, Adam, EMA): `value` is the marginal rate, the steps of a 2n-step run minus those
+of an n-step run over the difference in time, so start-up costs do not count. In the same
+run, `gemm_gflops` is this machine's fp32 GEMM rate at the shapes of one train step (every
+Linear layer's forward, input-gradient and weight-gradient products, best round) and
+`ceiling` = that rate ÷ the step's FLOPs (`step_flops`: 6·P·B for the base, 4·P·B plus the
+trainable extras for a frozen base): `fraction_of_ceiling` is how close the loop comes.
+`composer_step_ratio` = base steps/s ÷ composer steps/s (goal ≤ 1.3).
 
 Latency (full T=5 sampling, batch 1 and 50): the base alone; one LoRA skill switched on
 with `use_skills` (unmerged — its adapters run beside the base like the composer's do);
@@ -20,15 +26,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from library.composition import AlphaConfig, Composer
+from library.data import OfflineData
 from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
-from library.lora import add_skill, lora_layers, merge, trainable_only, unmerge, use_skills
+from library.learners import BaseLearner, ComposerLearner, Learner, SkillLearner
+from library.lora import LoraLinear, add_skill, lora_layers, merge, unmerge, use_skills
+from library.training import train
 
 OBS_DIM, ACT_DIM, K = 24, 6, 3
 SKILLS = [f"skill{i}" for i in range(K)]
@@ -53,46 +64,125 @@ def batch(size: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(size, OBS_DIM, generator=g), torch.rand(size, ACT_DIM, generator=g) * 2 - 1
 
 
-def train_step(loss_fn: Callable[[], torch.Tensor], params: list) -> Callable[[], None]:
-    """One optimiser step (forward, backward, Adam) as a callable."""
-    opt = torch.optim.Adam(params, lr=1e-4)
-
-    def step() -> None:
-        loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+def training_data(n: int = 20_000) -> OfflineData:
+    """Random transitions of the benchmark's dims (the step's cost does not depend on them)."""
+    rng = np.random.default_rng(2)
+    obs = rng.normal(size=(n, OBS_DIM)).astype(np.float32)
+    return OfflineData.from_arrays(
+        obs=obs, actions=rng.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
+        rewards=rng.normal(size=n).astype(np.float32), next_obs=obs,
+        terminals=np.zeros(n, bool), timeouts=np.arange(n) % 1000 == 999,
+        episode=np.arange(n) // 1000)
 
 
-def train_figures(steps: int) -> list[dict]:
-    obs, actions = batch(1024)
-    steps_by_what: dict[str, Callable[[], None]] = {}
+def learners(hidden: int = 256) -> dict[str, Callable[[], Learner]]:
+    """Fresh learners as fits build them: the base (every weight trains), a rank-8 LoRA
+    skill on a frozen base, a k=3 parameter-level composer (only α(s) trains)."""
 
-    policy = make_policy()
-    policy.requires_grad_(True)
-    steps_by_what["full"] = train_step(lambda: policy.loss(obs, actions)["loss"], list(policy.parameters()))
+    def base() -> Learner:
+        torch.manual_seed(0)
+        obs = torch.randn(4096, OBS_DIM, generator=torch.Generator().manual_seed(0))
+        return BaseLearner(DiffusionPolicy(PolicyConfig(OBS_DIM, ACT_DIM, hidden=hidden),
+                                           StateNormalizer.from_data(obs)))
 
-    skill_policy = make_policy()
-    params = trainable_only(skill_policy, SKILLS[0])
+    def skill() -> Learner:
+        policy = make_policy(hidden)
+        return SkillLearner(policy, "new", rank=8, generator=torch.Generator().manual_seed(3))
 
-    def lora_loss() -> torch.Tensor:
-        with use_skills(skill_policy, SKILLS[:1]):
-            return skill_policy.loss(obs, actions)["loss"]
+    def composer() -> Learner:
+        return ComposerLearner(Composer(make_policy(hidden), SKILLS, "parameter"))
 
-    steps_by_what["lora_r8"] = train_step(lora_loss, params)
+    return {"full": base, "lora_r8": skill, f"composer_k{K}": composer}
 
-    composer = Composer(make_policy(), SKILLS, "parameter", AlphaConfig(output="softmax"))
-    params = [p for p in composer.parameters() if p.requires_grad]
-    steps_by_what[f"composer_k{K}"] = train_step(lambda: composer.loss(obs, actions)["loss"], params)
 
-    times = interleaved_times(steps_by_what, steps, warmup=1, budget_s=25.0)
-    return [
-        {"name": "train_steps_per_s", "what": what, "value": 1.0 / statistics.median(ts),
-         "best": 1.0 / min(ts), "unit": "steps/s", "batch": 1024, "hidden": 256, "steps": len(ts)}
-        for what, ts in times.items()
-    ]
+def base_linears(policy: DiffusionPolicy) -> list[torch.nn.Linear]:
+    """The policy's own Linear layers (inside LoRA wrappers too), not its adapters'."""
+    adapters = {id(m) for layer in lora_layers(policy).values()
+                for part in (layer.lora_A, layer.lora_B, layer.full_delta) for m in part.values()}
+    return [m for m in policy.modules()
+            if isinstance(m, torch.nn.Linear) and not isinstance(m, LoraLinear) and id(m) not in adapters]
+
+
+def step_flops(what: str, policy: DiffusionPolicy, batch_size: int, extra_params: int) -> float:
+    """Multiply-adds ×2 of one train step's GEMMs: forward 2·P·B, gradient of the inputs
+    2·P·B, gradient of the weights 2·P·B for the weights that train. P counts the policy's
+    Linear weights; a frozen base's (skill, composer) needs no weight gradient, and the
+    trainable extras (adapters, α's network: `extra_params`) need all three."""
+    linear = sum(m.weight.numel() for m in base_linears(policy))
+    if what == "full":
+        return 6.0 * linear * batch_size
+    return (4.0 * linear + 6.0 * extra_params) * batch_size
+
+
+def gemm_rate(policy: DiffusionPolicy, batch_size: int, seconds: float = 1.5) -> float:
+    """The machine's fp32 GEMM rate (FLOP/s) at the shapes of one train step of `policy`:
+    each Linear layer's forward [B, in]·[in, out], input gradient [B, out]·[out, in] and
+    weight gradient [out, B]·[B, in], timed together, best of repeated rounds."""
+    shapes = [(m.in_features, m.out_features) for m in base_linears(policy)]
+    g = torch.Generator().manual_seed(4)
+    work = []
+    for fan_in, fan_out in shapes:
+        x = torch.randn(batch_size, fan_in, generator=g)
+        w = torch.randn(fan_in, fan_out, generator=g)
+        dy = torch.randn(batch_size, fan_out, generator=g)
+        work.append((x, w, dy))
+    flops = sum(6.0 * batch_size * x.shape[1] * w.shape[1] for x, w, _ in work)
+
+    def one_round() -> None:
+        for x, w, dy in work:
+            torch.mm(x, w)
+            torch.mm(dy, w.t())
+            torch.mm(dy.t(), x)
+
+    one_round()
+    best, deadline = math.inf, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        one_round()
+        best = min(best, time.perf_counter() - started)
+    return flops / best
+
+
+def train_rate(make: Callable[[], Learner], data: OfflineData, batch_size: int, steps: int) -> float:
+    """Steps/s of `library.training.train` as a fit runs it, without its fixed costs: the
+    difference between a run of 2·steps and one of `steps`, on fresh learners, after a
+    warm-up run (the first run in a process pays ~2 s of one-time kernel set-up, which
+    would otherwise make the difference, and the rate, look twice as good)."""
+    train(make(), data, min(steps, 20), batch_size, lr=3e-4, seed=0)
+    seconds = []
+    for n in (steps, 2 * steps):
+        learner = make()
+        started = time.perf_counter()
+        train(learner, data, n, batch_size, lr=3e-4, seed=0, log_every=100)
+        seconds.append(time.perf_counter() - started)
+    return steps / max(seconds[1] - seconds[0], 1e-9)
+
+
+def train_figures(steps: int, batches: tuple[int, ...] = (1024, 256)) -> list[dict]:
+    """Train steps/s of each learner through the real loop, and the fraction of the GEMM
+    ceiling (the machine's rate at the step's shapes ÷ the step's FLOPs) it reaches."""
+    data = training_data()
+    rows = []
+    for batch_size in batches:
+        for what, make in learners().items():
+            learner = make()
+            policy = learner.composer.policy if isinstance(learner, ComposerLearner) else learner.policy
+            extra = 0 if what == "full" else sum(p.numel() for p in learner.parameters())
+            flops = step_flops(what, policy, batch_size, extra)
+            rate = gemm_rate(policy, batch_size)
+            measured = train_rate(make, data, batch_size, steps * (4 if batch_size < 1024 else 1))
+            ceiling = rate / flops
+            rows.append({"name": "train_steps_per_s", "what": what, "batch": batch_size,
+                         "value": round(measured, 2), "unit": "steps/s",
+                         "ceiling": round(ceiling, 1), "fraction_of_ceiling": round(measured / ceiling, 3),
+                         "gemm_gflops": round(rate / 1e9, 1), "step_gflop": round(flops / 1e9, 3),
+                         "hidden": 256, "steps": steps, "goal": 0.75 if what == "full" else None})
+    for batch_size in batches:
+        by_what = {row["what"]: row["value"] for row in rows if row["batch"] == batch_size}
+        rows.append({"name": "composer_step_ratio", "what": f"full / composer_k{K} steps/s",
+                     "batch": batch_size, "value": round(by_what["full"] / by_what[f"composer_k{K}"], 2),
+                     "unit": "x", "goal": 1.3})
+    return rows
 
 
 def interleaved_times(
@@ -168,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = latency_figures(reps=10 if args.quick else 300)
-    rows += train_figures(steps=2 if args.quick else 12)
+    rows += train_figures(steps=3 if args.quick else 100, batches=(1024,) if args.quick else (1024, 256))
     for row in rows:
         row["threads"] = args.threads
         if args.json:
