@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -162,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_tune_parser(commands)
 
     report = commands.add_parser("report", help="results tables (Markdown) and plots (PNG)")
-    report.add_argument("--out", default="docs", help="folder to write into (default docs)")
+    report.add_argument("--out", default=None,
+                        help="folder to write into (default: <store>-report beside a local "
+                             "store, ./<store name>-report for a remote one)")
     _add_store(report)
     report.set_defaults(handler=_report)
     return parser
@@ -294,13 +297,22 @@ def _eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pipeline.report import check_output, write_report
 
-    check_output(args.out, "--out", kind="folder")
     store = SkillStore(args.store)
+    out = args.out or default_report_folder(store)
+    check_output(out, "--out", kind="folder")
     command = " ".join(["psec", "report", "--store", shlex.quote(args.store),
-                        "--out", shlex.quote(args.out)])
-    path = write_report(store.results(), args.out, command)
+                        "--out", shlex.quote(out)])
+    path = write_report(store.results(), out, command)
     print(f"wrote {path}")
     return 0
+
+
+def default_report_folder(store: SkillStore) -> str:
+    """Where `psec report` writes without --out: beside a local store (`<store>-report`),
+    or `./<last part of the URI>-report` for a remote one; never into the repository's docs/."""
+    if store.local_path is not None:
+        return store.local_path.rstrip("/") + "-report"
+    return os.path.abspath(store.uri.split("?")[0].rstrip("/").rsplit("/", 1)[-1] + "-report")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -315,3 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("psec: interrupted (what was registered stays; run again to resume)",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`psec skills show X | head`): it has what it wanted. Point
+        # stdout at /dev/null so the flush at exit does not raise again, and exit as a
+        # program killed by SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

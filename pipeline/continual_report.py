@@ -91,21 +91,31 @@ def stream_metrics(rows: list[dict],
     return p, continual_metrics(tasks, p, scratch_reference(all_rows, tasks))
 
 
-def metric_lines(metrics: ContinualMetrics) -> list[str]:
-    """The three headline lines, exactly as docs/RESULTS.md quotes them."""
-    return [f"average success {_fmt(metrics.average_success)}",
+def scores_are_success_rates(rows: list[dict]) -> bool:
+    """Whether the rows' scores are success rates (Meta-World's score is its success rate;
+    DMC's is the return, D4RL's a normalised return): every score equals its row's
+    success rate and some episode succeeded."""
+    return (all(float(row["score"]) == float(row["success"]) for row in rows)
+            and any(float(row["success"]) > 0 for row in rows))
+
+
+def metric_lines(metrics: ContinualMetrics, success: bool = True) -> list[str]:
+    """The three headline lines, exactly as docs/RESULTS.md quotes them; the first is
+    "average success" when p holds success rates, else "average score"."""
+    return [f"average {'success' if success else 'score'} {_fmt(metrics.average_success)}",
             f"forgetting {_fmt(metrics.forgetting)}",
             f"forward transfer {_fmt(metrics.forward_transfer)}"]
 
 
 def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
-             heat_map: str | None) -> str:
-    """The section `psec report` appends after a continual stream's tables."""
+             heat_map: str | None, success: bool = True) -> str:
+    """The section `psec report` appends after a continual stream's tables; `success` says
+    whether p holds success rates (`scores_are_success_rates`)."""
     lines = [f"### Continual metrics of `{stream}`", "",
              f"Over {len(metrics.tasks)} continual tasks ({', '.join(metrics.tasks)}; bases "
              "left out). p_i(t) is the mean score over seeds of task i's own skill after "
-             "task t (Meta-World: the success rate).", "", "```text",
-             *metric_lines(metrics), "```", ""]
+             "task t (Meta-World: the success rate; DMC: the return).", "", "```text",
+             *metric_lines(metrics, success), "```", ""]
     if math.isnan(metrics.forward_transfer):
         lines.append("Forward transfer needs a scratch reference (a base `<task>-scratch` "
                      "fitted on the task's data alone, e.g. configs/cw10_scratch.yaml); the "

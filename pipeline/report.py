@@ -267,7 +267,8 @@ def write_report(results: pa.Table, out: str, command: str) -> str:
             heat_map = f"{stream}-success.png"
             kept = [r for r in stream_rows if r["task"] in metrics.tasks]
             plot_continual(stream, kept, os.path.join(out, heat_map))
-            sections.append(continual_report.markdown(stream, p, metrics, heat_map))
+            success = continual_report.scores_are_success_rates(kept)
+            sections.append(continual_report.markdown(stream, p, metrics, heat_map, success))
     path = os.path.join(out, REPORT_FILE)
     with open(path, "w") as f:
         f.write("\n".join(sections))

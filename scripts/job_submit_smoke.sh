@@ -14,6 +14,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The venv's tools (ray, psec, python), whether or not it is activated: the job's
+# entrypoint inherits this PATH through the head node it runs on. PSEC_VENV overrides.
+VENV=$(cd "${PSEC_VENV:-.venv}" && pwd)
+if [ ! -x "$VENV/bin/ray" ]; then
+    echo "job_submit_smoke: no ray in $VENV/bin (run scripts/setup.sh, or set PSEC_VENV)" >&2
+    exit 1
+fi
+export PATH="$VENV/bin:$PATH"
+
 STREAM=${1:-configs/dmc_walker.yaml}
 # Absolute: the job runs in Ray's copy of the working dir, not here.
 STORE=$(python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' \

@@ -244,3 +244,29 @@ def test_run_passes_its_fit_flags_to_the_driver(tmp_path, monkeypatch):
                  "trainer", "--concurrent-fits", "1", "--max-failures", "0"]) == 0
     assert (seen["fit"].single_worker, seen["fit"].concurrent_fits,
             seen["fit"].max_failures) == ("trainer", 1, 0)
+
+
+def test_report_writes_beside_the_store_by_default(tmp_path, capsys):
+    from test_continual_report import cw_rows
+
+    store = SkillStore(str(tmp_path / "store"))
+    store.append_results(cw_rows())
+    code, out, _ = run_cli(capsys, "report", "--store", store.uri)
+    assert code == 0 and out.strip() == f"wrote {tmp_path / 'store-report' / 'results.md'}"
+    assert "--out " + str(tmp_path / "store-report") in (tmp_path / "store-report" / "results.md").read_text()
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    from library.diffusion import DiffusionPolicy, PolicyConfig
+    from library.serialization import dump_base
+
+    store = SkillStore(str(tmp_path / "s"))
+    config, tensors = dump_base(DiffusionPolicy(PolicyConfig(obs_dim=24, act_dim=6, hidden=8)))
+    store.register("stand", "base", config, tensors)
+    # `psec skills show stand | head -c 0`: the reader closes before the command writes.
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", "skills", "show", "stand",
+                              "--store", store.uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err

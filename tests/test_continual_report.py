@@ -11,11 +11,11 @@ from pipeline.results import ResultRow, now
 
 
 def row(after, position, name, eval_task, score, seed=0, kind="skill", method="skill",
-        stream="cw"):
+        stream="cw", success=None):
     return ResultRow(stream=stream, task=after, position=position, name=name, kind=kind,
                      method=method, composer=None, skills=[name], seed=seed,
                      eval_task=eval_task, episodes=2, return_mean=score, return_std=0.0,
-                     score=score, success=score, cost=0.0, steps=5, wall_s=1.0,
+                     score=score, success=score if success is None else success, cost=0.0, steps=5, wall_s=1.0,
                      scale="smoke", time=now()).model_dump(mode="json")
 
 
@@ -70,3 +70,12 @@ def test_report_writes_the_three_lines_and_the_heat_map(tmp_path):
     assert {"average success 0.33", "forgetting 0.17", "forward transfer —"} <= set(lines)
     assert "| a | 1.00 | 0.50 | 0.50 | — |" in lines
     assert (tmp_path / "cw-success.png").stat().st_size > 1000
+
+
+def test_a_stream_scored_by_return_reports_an_average_score_not_a_success(tmp_path):
+    # DMC: the score is the return and no episode reports success.
+    rows = [{**r, "score": 600 * r["score"], "return_mean": 600 * r["score"], "success": 0.0}
+            for r in cw_rows()]
+    lines = open(write_report(pa.Table.from_pylist(rows), str(tmp_path), "psec report")).read()
+    assert "average score 200.00" in lines.splitlines()
+    assert "average success" not in lines

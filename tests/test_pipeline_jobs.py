@@ -19,8 +19,14 @@ def test_a_stream_runs_as_a_ray_job(tmp_path):
     store_uri = str(tmp_path / "store")
     put_datasets(store_uri, tasks)
     stream = write_stream(tmp_path / "stream.yaml", tasks, name="job")
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    # No venv on PATH (as in a shell where it is not activated): the script finds its tools
+    # through PSEC_VENV, here the venv running the tests.
+    venv_bin = os.path.dirname(sys.executable)
+    path = [d for d in os.environ["PATH"].split(os.pathsep) if os.path.abspath(d) != venv_bin]
+    env = {**os.environ, "PATH": os.pathsep.join(path),
+           "PSEC_VENV": os.path.dirname(venv_bin)}
     env.pop("RAY_ADDRESS", None)
+    env.pop("VIRTUAL_ENV", None)
     result = subprocess.run(["bash", SCRIPT, stream, store_uri], env=env, capture_output=True,
                             text=True, timeout=500)
     output = result.stdout + result.stderr
