@@ -17,7 +17,13 @@ from library_builders import add_trained_looking_skill
 from torch import nn
 
 from library.composition import AlphaConfig, Composer
-from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer, select_action, standard_normal
+from library.diffusion import (
+    DiffusionPolicy,
+    PolicyConfig,
+    StateNormalizer,
+    select_action,
+    standard_normal,
+)
 from library.errors import ShapeError
 from pipeline.stages import MIN_ROWS, Acting
 from tasks.evaluation import rollout, rollout_batch
