@@ -98,6 +98,11 @@ class CriticConfig:
         return config_from_dict(cls, data, "critics")
 
 
+REWARD_NORMS = ("returns", "none")
+"""How a task's rewards are scaled before its critics see them: "returns" multiplies by
+`reward_scale` of its data, "none" leaves them raw."""
+
+
 def reward_scale(episode_returns: Sequence[float], horizon: int) -> float:
     """horizon / (max − min episode return): the scale that gives the dataset's returns a
     range of `horizon` (IQL's 1000 / (max − min) on D4RL, whose horizon is 1000; FISOR's

@@ -387,6 +387,24 @@ def _check_known(layer: LoraLinear, names: Sequence[str], allow_base: bool = Fal
         raise StoreError(f"unknown skill {name!r} (known: {known})")
 
 
+def adapter_spec(kind: str = "lora", rank: int = 8, alpha: float | None = None) -> AdapterSpec:
+    """The adapter a skill of `kind`, `rank` and peft `alpha` gets (None: `default_alpha`),
+    or a SpecError naming the bad field: the one rule for these three (task specs check
+    theirs with it too). A full-rank adapter ignores rank and alpha."""
+    if kind not in KINDS:
+        raise SpecError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "full":
+        return AdapterSpec(kind="full", rank=0, alpha=1.0)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise SpecError("rank", f"must be a positive integer, got {rank!r}")
+    if alpha is None:
+        alpha = default_alpha(rank)
+    if not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and math.isfinite(alpha)
+            and alpha > 0):
+        raise SpecError("alpha", f"must be a positive finite number, got {alpha!r}")
+    return AdapterSpec(kind="lora", rank=rank, alpha=float(alpha))
+
+
 def add_skill(
     model: nn.Module,
     name: str,
@@ -403,23 +421,9 @@ def add_skill(
     `use_skills`. Give `generator` to make A's initialisation reproducible.
     """
     check_name(name)
-    if kind not in KINDS:
-        raise SpecError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-    if kind == "lora" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise SpecError("rank", f"must be a positive integer, got {rank!r}")
-    if kind == "lora" and alpha is None:
-        alpha = default_alpha(rank)
-    if kind == "lora" and not (
-        isinstance(alpha, int | float) and not isinstance(alpha, bool) and math.isfinite(alpha)
-        and alpha > 0
-    ):
-        raise SpecError("alpha", f"must be a positive finite number, got {alpha!r}")
+    spec = adapter_spec(kind, rank, alpha)
     if name in skill_names(model):
         raise StoreError(f"skill {name!r} already exists on this model")
-    if kind == "lora":
-        spec = AdapterSpec(kind="lora", rank=rank, alpha=float(alpha))
-    else:
-        spec = AdapterSpec(kind="full", rank=0, alpha=1.0)  # rank and alpha do not apply
     _wrap_linears(model)
     layers = _layers_or_raise(model)
     for layer in layers:

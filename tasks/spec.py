@@ -11,12 +11,13 @@ message starts with the path of the bad field, e.g. `tasks[1].lora.rank: must be
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,15 +28,19 @@ from pydantic import (
     model_validator,
 )
 
-from library.composition import AlphaConfig
-from library.diffusion import PolicyConfig
+from library.composition import INITS, MODES, OUTPUTS, AlphaConfig
+from library.critics import REWARD_NORMS, CriticConfig
+from library.diffusion import TIME_EMBEDDINGS, PolicyConfig
 from library.errors import PsecError, SpecError
+from library.lora import KINDS, adapter_spec
 from library.names import BASE, check_name
+from library.weighting import WEIGHTINGS, WeightingConfig
 from tasks.suites import SUITES, get_suite
 
 Policy = Literal["expert", "medium", "random", "medium-replay", "medium-expert", "scripted"]
 ImportFormat = Literal["d4rl", "dsrl", "minari", "parquet"]
-Objective = Literal["bc", "advantage", "feasibility", "reward+feasibility"]
+# Choice lists are the library's tuples (one definition); Literal[tuple] lists its items.
+Objective = Literal[WEIGHTINGS]
 _ALPHA_DEFAULTS = AlphaConfig()
 _POLICY_DEFAULTS = PolicyConfig(obs_dim=1, act_dim=1)
 CRITIC_OBJECTIVES = ("advantage", "feasibility", "reward+feasibility")
@@ -71,6 +76,21 @@ def _store_name(value: Any) -> str:
         return check_name(value)
     except PsecError as error:
         raise ValueError(str(error)) from None
+
+
+StoreName = Annotated[str, AfterValidator(_store_name)]
+"""A name the store accepts (library.names.check_name): items, datasets, streams."""
+
+
+def _library_rule(build: Callable[[], object], section: str) -> None:
+    """Check a spec section with the library's own rule: `build` constructs the library
+    config the section feeds, and its SpecError (field `section.name` or `name`) becomes a
+    FieldError on that field. The library is the one place a value's bounds are written."""
+    try:
+        build()
+    except SpecError as error:
+        message = str(error)[len(error.field) + 2:]
+        raise FieldError(error.field.removeprefix(f"{section}.").split("."), message) from None
 
 
 class _Spec(BaseModel):
@@ -136,18 +156,13 @@ class DataSpec(_Spec):
     path: str | None = Field(
         None, description="import: file path/URI, or a Minari dataset id for format minari."
     )
-    dataset: str | None = Field(None, description="store: name of a dataset in the skill store.")
+    dataset: StoreName | None = Field(None, description="store: name of a dataset in the skill store.")
     max_transitions: int | None = Field(
         None,
         ge=1,
         description="Keep only the first N transitions of the dataset (any source); the cut "
         "transition becomes a timeout. E.g. D4RL-shift's 10k-transition target sets.",
     )
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset_name(cls, value: str | None) -> str | None:
-        return None if value is None else _store_name(value)
 
     @model_validator(mode="after")
     def _fields_match_source(self) -> DataSpec:
@@ -175,50 +190,65 @@ class NetworkSpec(_Spec):
     is the official code's shape."""
 
     block_width: int = Field(
-        _POLICY_DEFAULTS.block_width, ge=1,
+        _POLICY_DEFAULTS.block_width,
         description="Inner width of each residual block as a multiple of hidden (official: 4).",
     )
-    time_embedding: Literal["fixed", "learned"] = Field(
+    time_embedding: Literal[TIME_EMBEDDINGS] = Field(
         _POLICY_DEFAULTS.time_embedding,
         description="fixed sinusoids or learned Fourier features (official: learned).",
     )
+
+    @model_validator(mode="after")
+    def _library_checks(self) -> NetworkSpec:
+        _library_rule(lambda: PolicyConfig(obs_dim=1, act_dim=1, block_width=self.block_width,
+                                           time_embedding=self.time_embedding), "network")
+        return self
 
 
 class LoraSpec(_Spec):
     """Shape of the task's new skill adapter."""
 
-    rank: int = Field(8, ge=1, description="LoRA rank n of every adapted layer.")
+    rank: int = Field(8, description="LoRA rank n of every adapted layer.")
     alpha: float | None = Field(
-        None, gt=0,
+        None,
         description="peft's lora_alpha: B A is scaled by alpha / rank. Default 16·rank, the "
         "official code's multiplier of 16 whatever the rank.",
     )
-    kind: Literal["lora", "full"] = Field(
+    kind: Literal[KINDS] = Field(
         "lora", description="lora (B A) or full (full-rank delta: PSEC(MLP) baseline)."
     )
+
+    @model_validator(mode="after")
+    def _library_checks(self) -> LoraSpec:
+        _library_rule(lambda: adapter_spec(self.kind, self.rank, self.alpha), "lora")
+        return self
 
 
 class AlphaSpec(_Spec):
     """How the context network's outputs become composition weights α(s); the defaults
     are library.composition.AlphaConfig's (the official composer's start and regulariser)."""
 
-    output: Literal["raw", "softmax", "sigmoid"] = Field(
+    output: Literal[OUTPUTS] = Field(
         _ALPHA_DEFAULTS.output, description="raw (unbounded, as in the paper), softmax or sigmoid."
     )
-    scale: float = Field(
-        _ALPHA_DEFAULTS.scale, gt=0, description="Multiplies the weights after `output`."
-    )
-    init: Literal["uniform", "newest", "zero"] = Field(
+    scale: float = Field(_ALPHA_DEFAULTS.scale, description="Multiplies the weights after `output`.")
+    init: Literal[INITS] = Field(
         _ALPHA_DEFAULTS.init,
         description="Initial α: the newest (task's own) skill alone at full strength, equal "
         "weights, or zero.",
     )
     reg: float = Field(
         _ALPHA_DEFAULTS.reg,
-        ge=0,
         description="Weight of the official regulariser (mean α − 1/k)² + (mean α_new − 1)², "
         "in the official code's units (library.composition.AlphaConfig.reg); 0: off.",
     )
+
+    @model_validator(mode="after")
+    def _library_checks(self) -> AlphaSpec:
+        # e.g. init zero with softmax weights: refused here, in the spec, not in a Ray fit.
+        _library_rule(lambda: AlphaConfig(output=self.output, scale=self.scale, init=self.init,
+                                          reg=self.reg), "alpha")
+        return self
 
 
 class ComposerData(_Spec):
@@ -248,12 +278,12 @@ class ComposerData(_Spec):
 class ComposerSpec(_Spec):
     """A composer blending stored skills with the task's own new skill (added last)."""
 
-    name: str = Field(description="Store name of the composer (letters, digits, '_', '-').")
+    name: StoreName = Field(description="Store name of the composer (letters, digits, '_', '-').")
     skills: list[str] = Field(
         min_length=1,
         description="Stored skills to compose (names of earlier skill tasks) or 'base'.",
     )
-    mode: Literal["parameter", "noise", "action", "fixed"] = Field(
+    mode: Literal[MODES] = Field(
         "parameter",
         description="parameter (PSEC), noise (NSEC), action (ASEC) or fixed (constant α).",
     )
@@ -284,11 +314,6 @@ class ComposerSpec(_Spec):
         "random-LoRA bank control; 'base' and the task's own skill stay).",
     )
 
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        return _store_name(value)
-
     @field_validator("skills")
     @classmethod
     def _skill_names(cls, skills: list[str]) -> list[str]:
@@ -306,16 +331,23 @@ class ComposerSpec(_Spec):
 class CriticSpec(_Spec):
     """IQL / feasibility critics used by the advantage and feasibility objectives."""
 
-    expectile: float = Field(0.7, gt=0, lt=1, description="IQL expectile τ of V.")
-    beta: float = Field(3.0, gt=0, description="Inverse temperature of the advantage weights.")
-    discount: float = Field(0.99, gt=0, le=1, description="Discount γ of the critics.")
+    expectile: float = Field(0.7, description="IQL expectile τ of V.")
+    beta: float = Field(3.0, description="Inverse temperature of the advantage weights.")
+    discount: float = Field(0.99, description="Discount γ of the critics.")
     steps: int = Field(100_000, ge=1, description="Critic training steps.")
-    reward_norm: Literal["returns", "none"] = Field(
+    reward_norm: Literal[REWARD_NORMS] = Field(
         "returns",
         description="returns: rewards × horizon / (max − min episode return) of the task's "
         "data before the critics see them (IQL's and the official code's D4RL scaling, "
         "1000 / (max − min), and FISOR's for DSRL); none: raw rewards.",
     )
+
+    @model_validator(mode="after")
+    def _library_checks(self) -> CriticSpec:
+        _library_rule(lambda: CriticConfig(obs_dim=1, act_dim=1, discount=self.discount,
+                                           expectile=self.expectile), "critics")
+        _library_rule(lambda: WeightingConfig(beta=self.beta), "weighting")
+        return self
 
 
 class TrainSpec(_Spec):
@@ -379,7 +411,7 @@ class EvalSpec(_Spec):
 class TaskSpec(_Spec):
     """One task of a stream: its env, its data, and what to fit on it."""
 
-    name: str = Field(
+    name: StoreName = Field(
         description="Store name of what this task fits (base or skill; a composer task "
         "stores only its composers) and of its dataset and result rows."
     )
@@ -392,7 +424,7 @@ class TaskSpec(_Spec):
         description="base: train a diffusion policy; skill: a LoRA on a frozen base (plus "
         "composers); composer: no skill of its own, only composers of stored skills.",
     )
-    base: str | None = Field(
+    base: StoreName | None = Field(
         None,
         description="skill, composer: name of its base task (default: the stream's latest base).",
     )
@@ -416,16 +448,6 @@ class TaskSpec(_Spec):
     horizon: int | None = Field(
         None, ge=1, description="Episode length (default: the suite's default for the env)."
     )
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        return _store_name(value)
-
-    @field_validator("base")
-    @classmethod
-    def _base_name(cls, value: str | None) -> str | None:
-        return None if value is None else _store_name(value)
 
     @field_validator("suite")
     @classmethod
@@ -595,7 +617,7 @@ class Scale(_Spec):
 class StreamSpec(_Spec):
     """An ordered list of tasks run one after another, with named scales."""
 
-    name: str = Field(description="Stream name (store-safe); prefixes run names.")
+    name: StoreName = Field(description="Stream name (store-safe); prefixes run names.")
     continual: StrictBool = Field(
         True, description="Re-evaluate every earlier task after each new one (forgetting)."
     )
@@ -607,11 +629,6 @@ class StreamSpec(_Spec):
     applied_scale: str | None = Field(
         None, description="Set by at_scale(): the scale already applied (None = as written)."
     )
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        return _store_name(value)
 
     @field_validator("scales")
     @classmethod

@@ -84,8 +84,8 @@ def _drop(path: str):
 
 BAD_FIELDS = [
     # (mutation, field path the message must start with, a word the message must contain)
-    (_set("tasks.1.lora", {"rank": 0}), "tasks[1].lora.rank", ">= 1"),
-    (_set("tasks.1.lora", {"alpha": -1}), "tasks[1].lora.alpha", "> 0"),
+    (_set("tasks.1.lora", {"rank": 0}), "tasks[1].lora.rank", "must be a positive integer, got 0"),
+    (_set("tasks.1.lora", {"alpha": -1}), "tasks[1].lora.alpha", "must be a positive finite number"),
     (_set("tasks.1.lora", {"kind": "dora"}), "tasks[1].lora.kind", "'lora'"),
     (_set("tasks.1.foo", 1), "tasks[1].foo", "unknown field"),
     (_set("tasks.1.lora", {"rnk": 4}), "tasks[1].lora.rnk", "unknown field"),
@@ -100,8 +100,8 @@ BAD_FIELDS = [
     (_set("tasks.0.role", "teacher"), "tasks[0].role", "'base'"),
     (_set("tasks.0.base", "src"), "tasks[0].base", "no base"),
     (_set("tasks.1.objective", "ppo"), "tasks[1].objective", "advantage"),
-    (_set("tasks.1.critic", {"expectile": 1.5}), "tasks[1].critic.expectile", "< 1"),
-    (_set("tasks.1.critic", {"discount": 0}), "tasks[1].critic.discount", "> 0"),
+    (_set("tasks.1.critic", {"expectile": 1.5}), "tasks[1].critic.expectile", "strictly between 0 and 1"),
+    (_set("tasks.1.critic", {"discount": 0}), "tasks[1].critic.discount", "strictly between 0 and 1"),
     (_set("tasks.1.train", {"workers": 0}), "tasks[1].train.workers", "'auto'"),
     (_set("tasks.1.train", {"workers": "many"}), "tasks[1].train.workers", "'auto'"),
     (_set("tasks.1.train", {"lr": 0}), "tasks[1].train.lr", "> 0"),
@@ -191,9 +191,10 @@ def test_bad_field_names_its_path(mutate, field, word):
 
 def test_several_errors_are_counted_on_one_line():
     data = _stream()
-    data["tasks"][1]["lora"] = {"rank": 0, "alpha": 0}
+    data["tasks"][1]["lora"] = {"rank": 0}
+    data["tasks"][1]["critic"] = {"discount": 0}
     message = str(pytest.raises(SpecError, parse_stream, data).value)
-    assert message.startswith("tasks[1].lora.rank: ") and "(and 1 more error)" in message
+    assert message.startswith("tasks[1].critic.discount: ") and "(and 1 more error)" in message
 
 
 def test_at_scale_applies_overrides_and_keeps_the_original():

@@ -314,18 +314,6 @@ class SearchSpec(_Spec):
                                           error.message) from None
                 if values is not None and field == "data_episodes" and min(values) < 1:
                     raise FieldError(("scales", scale_name, field), "must be >= 1")
-            for index, choice in enumerate(scale.fixed_alpha or []):
-                if choice.init == "zero" and choice.output == "softmax":
-                    raise FieldError(("scales", scale_name, "fixed_alpha", index, "init"),
-                                      "'zero' is impossible with softmax weights")
-        for index, choice in enumerate(self.fixed_alpha):
-            if choice.init == "zero" and choice.output == "softmax":
-                raise FieldError(("fixed_alpha", index, "init"),
-                                  "'zero' is impossible with softmax weights")
-        for index, choice in enumerate(self.alpha):
-            if choice.init == "zero" and choice.output == "softmax":
-                raise FieldError(("alpha", index, "init"),
-                                  "'zero' is impossible with softmax weights")
         for index, trace in enumerate(self.alpha_trace):
             # One trace (the usual case) is named without an index, as it was written.
             where = ("alpha_trace",) if len(self.alpha_trace) == 1 else ("alpha_trace", index)

@@ -1,0 +1,89 @@
+"""A task spec accepts exactly what the library it feeds accepts.
+
+The spec's choice lists are the library's tuples and its numeric bounds are the library
+configs' own checks (tasks.spec `_library_rule`), so a value cannot pass the spec and then
+fail inside a Ray fit. These tests try each field with values on and around its bounds and
+compare the spec's verdict with the library's.
+"""
+
+import math
+from typing import get_args
+
+import pytest
+
+from library.composition import INITS, MODES, OUTPUTS, AlphaConfig
+from library.critics import REWARD_NORMS, CriticConfig
+from library.diffusion import TIME_EMBEDDINGS, PolicyConfig
+from library.errors import PsecError
+from library.lora import KINDS, adapter_spec
+from library.weighting import WEIGHTINGS, WeightingConfig
+from tasks.spec import AlphaSpec, ComposerSpec, CriticSpec, LoraSpec, NetworkSpec, TaskSpec
+
+NUMBERS = [-1, 0, 1e-9, 0.5, 0.99, 1, 1.0000001, 2, 16, 1e9, math.inf, math.nan]
+
+
+def accepts(build) -> bool:
+    try:
+        build()
+    except (PsecError, ValueError):  # pydantic's ValidationError is a ValueError
+        return False
+    return True
+
+
+def test_the_spec_choice_lists_are_the_library_tuples():
+    fields = {
+        (AlphaSpec, "output"): OUTPUTS, (AlphaSpec, "init"): INITS,
+        (ComposerSpec, "mode"): MODES, (LoraSpec, "kind"): KINDS,
+        (NetworkSpec, "time_embedding"): TIME_EMBEDDINGS,
+        (CriticSpec, "reward_norm"): REWARD_NORMS, (TaskSpec, "objective"): WEIGHTINGS,
+    }
+    for (spec, field), choices in fields.items():
+        assert get_args(spec.model_fields[field].annotation) == choices, (spec.__name__, field)
+
+
+@pytest.mark.parametrize("field", ["scale", "reg"])
+def test_alpha_numbers_agree(field):
+    for value in NUMBERS:
+        for output in OUTPUTS:
+            kwargs = {field: value, "output": output}
+            assert accepts(lambda: AlphaSpec(**kwargs)) == accepts(lambda: AlphaConfig(**kwargs)), kwargs
+
+
+def test_alpha_choice_pairs_agree():
+    for output in OUTPUTS:
+        for init in INITS:
+            kwargs = {"output": output, "init": init}
+            assert accepts(lambda: AlphaSpec(**kwargs)) == accepts(lambda: AlphaConfig(**kwargs)), kwargs
+    assert not accepts(lambda: AlphaSpec(output="softmax", init="zero"))
+
+
+@pytest.mark.parametrize("field", ["discount", "expectile"])
+def test_critic_numbers_agree(field):
+    for value in NUMBERS:
+        spec = accepts(lambda: CriticSpec(**{field: value}))
+        library = accepts(lambda: CriticConfig(obs_dim=1, act_dim=1, **{field: value}))
+        assert spec == library, (field, value)
+    assert not accepts(lambda: CriticSpec(discount=1.0))  # γ = 1 passed the spec before
+
+
+def test_critic_beta_agrees_with_the_weighting():
+    for value in NUMBERS:
+        assert accepts(lambda: CriticSpec(beta=value)) == accepts(lambda: WeightingConfig(beta=value)), value
+
+
+def test_lora_shapes_agree():
+    for kind in KINDS:
+        for rank in [-1, 0, 1, 8]:  # ints: the spec types rank as one, full adapters or not
+            for alpha in [None, *NUMBERS]:
+                spec = accepts(lambda: LoraSpec(kind=kind, rank=rank, alpha=alpha))
+                library = accepts(lambda: adapter_spec(kind, rank, alpha))
+                assert spec == library, (kind, rank, alpha)
+
+
+def test_network_shapes_agree():
+    for width in [-1, 0, 1, 4, 2.5]:
+        for embedding in TIME_EMBEDDINGS:
+            spec = accepts(lambda: NetworkSpec(block_width=width, time_embedding=embedding))
+            library = accepts(lambda: PolicyConfig(obs_dim=1, act_dim=1, block_width=width,
+                                                   time_embedding=embedding))
+            assert spec == library, (width, embedding)
