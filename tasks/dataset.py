@@ -127,6 +127,11 @@ def _check_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if stray.any():
             row = int(np.argmax(stray))
             raise DataError(f"{key} is set at row {row}, which is not the last row of its episode")
+    open_end = last_of_episode & ~(out["terminals"] | out["timeouts"])
+    if open_end.any():
+        row = int(np.argmax(open_end))
+        raise DataError(f"the episode ending at row {row} has neither terminals nor timeouts set "
+                        "there (an episode cut short needs timeouts on its last row)")
     return out
 
 
@@ -182,6 +187,25 @@ def dataset_meta(table: pa.Table | pa.Schema) -> dict[str, Any]:
     return meta
 
 
+def _check_type(key: str, kind: pa.DataType) -> None:
+    """DataError unless column `key` has an Arrow type its values can be read as: numbers
+    (in fixed-size lists for obs/actions/next_obs), flags as booleans or integers, episode
+    ids as integers. Strings that happen to parse as numbers are refused, not converted."""
+    if key in VECTOR_COLUMNS:
+        if not pa.types.is_fixed_size_list(kind):
+            raise DataError(f"column {key} must be a fixed-size list, got {kind}")
+        kind, what = kind.value_type, "a fixed-size list of numbers"
+    else:
+        what = {"episode": "integers", "terminals": "booleans or 0/1 integers",
+                "timeouts": "booleans or 0/1 integers"}.get(key, "numbers")
+    numeric = pa.types.is_floating(kind) or pa.types.is_integer(kind)
+    allowed = {"numbers": numeric, "integers": pa.types.is_integer(kind),
+               "booleans or 0/1 integers": pa.types.is_boolean(kind) or pa.types.is_integer(kind),
+               "a fixed-size list of numbers": numeric}[what]
+    if not allowed:
+        raise DataError(f"column {key} must hold {what}, got {kind}")
+
+
 def to_arrays(table: pa.Table) -> dict[str, np.ndarray]:
     """Column name -> writable numpy array ([N, dim] float32 for obs/actions/next_obs)."""
     missing = [key for key in REQUIRED if key not in table.column_names]
@@ -192,9 +216,8 @@ def to_arrays(table: pa.Table) -> dict[str, np.ndarray]:
         if key not in table.column_names:
             continue
         column = table.column(key).combine_chunks()
+        _check_type(key, column.type)
         if key in VECTOR_COLUMNS:
-            if not pa.types.is_fixed_size_list(column.type):
-                raise DataError(f"column {key} must be a fixed-size list, got {column.type}")
             # flatten() honours slicing offsets, unlike .values
             flat = column.flatten().to_numpy(zero_copy_only=False)
             # A writable copy: zero-copy views of Arrow buffers are read-only.
@@ -255,7 +278,10 @@ def read_dataset(path: str | os.PathLike) -> pa.Table:
         raise DataError(f"cannot read {path} as Parquet: {str(error).splitlines()[0]}") from None
     if table.num_columns == 0:  # pyarrow reads a folder without Parquet files as no columns
         raise DataError(f"{path} holds no Parquet data")
-    return validate(table)
+    try:
+        return validate(table)
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from None
 
 
 def write_dataset(table: pa.Table, path: str | os.PathLike) -> None:

@@ -270,7 +270,22 @@ def import_dataset(
     table = IMPORTERS[format](path, suite=suite, env=env)
     # An --env the user gave goes into the metadata as written: check it against the suite
     # the data ends up with (given, or the file's own) so the metadata says no untruth.
-    known_suite = dataset_meta(table).get("suite")
+    meta = dataset_meta(table)
+    known_suite = meta.get("suite")
     if env is not None and known_suite is not None:
         get_suite(known_suite).check_env(env)
+    if known_suite is not None and meta.get("env") is not None:
+        _check_dims(table, known_suite, meta["env"], path)
     return table
+
+
+def _check_dims(table: pa.Table, suite: str, env: str, path: str | os.PathLike) -> None:
+    """DataError naming the file unless the data's obs/action widths are the env's: data
+    said to come from an env must fit the policies that act in it."""
+    meta = dataset_meta(table)
+    want = dict(zip(("obs_dim", "act_dim"), get_suite(suite).dims(env), strict=True))
+    for key, width in want.items():
+        if meta.get(key) is not None and int(meta[key]) != width:
+            column = "obs" if key == "obs_dim" else "actions"
+            raise DataError(f"{os.fspath(path)}: column {column} has width {meta[key]}, but "
+                            f"{suite} {env} has {width}")

@@ -68,7 +68,7 @@ def test_malformed_stream_names_the_field_and_writes_nothing(tmp_path, store, ca
     before = snapshot(store.local_path)
     code, _, err = run_cli(capsys, "run", write_yaml(tmp_path / "s.yaml", bad),
                            "--store", store.uri)
-    assert_one_line_error(code, err, "tasks[0].lora.rank", ">= 1")
+    assert_one_line_error(code, err, "tasks[0].lora.rank", "must be a positive integer")
     assert snapshot(store.local_path) == before
 
 

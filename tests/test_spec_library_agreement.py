@@ -22,9 +22,10 @@ from tasks.spec import AlphaSpec, ComposerSpec, CriticSpec, LoraSpec, NetworkSpe
 NUMBERS = [-1, 0, 1e-9, 0.5, 0.99, 1, 1.0000001, 2, 16, 1e9, math.inf, math.nan]
 
 
-def accepts(build) -> bool:
+def accepts(build, *args, **kwargs) -> bool:
+    """Whether `build(*args, **kwargs)` accepts the values."""
     try:
-        build()
+        build(*args, **kwargs)
     except (PsecError, ValueError):  # pydantic's ValidationError is a ValueError
         return False
     return True
@@ -46,44 +47,44 @@ def test_alpha_numbers_agree(field):
     for value in NUMBERS:
         for output in OUTPUTS:
             kwargs = {field: value, "output": output}
-            assert accepts(lambda: AlphaSpec(**kwargs)) == accepts(lambda: AlphaConfig(**kwargs)), kwargs
+            assert accepts(AlphaSpec, **kwargs) == accepts(AlphaConfig, **kwargs), kwargs
 
 
 def test_alpha_choice_pairs_agree():
     for output in OUTPUTS:
         for init in INITS:
             kwargs = {"output": output, "init": init}
-            assert accepts(lambda: AlphaSpec(**kwargs)) == accepts(lambda: AlphaConfig(**kwargs)), kwargs
-    assert not accepts(lambda: AlphaSpec(output="softmax", init="zero"))
+            assert accepts(AlphaSpec, **kwargs) == accepts(AlphaConfig, **kwargs), kwargs
+    assert not accepts(AlphaSpec, output="softmax", init="zero")
 
 
 @pytest.mark.parametrize("field", ["discount", "expectile"])
 def test_critic_numbers_agree(field):
     for value in NUMBERS:
-        spec = accepts(lambda: CriticSpec(**{field: value}))
-        library = accepts(lambda: CriticConfig(obs_dim=1, act_dim=1, **{field: value}))
+        spec = accepts(CriticSpec, **{field: value})
+        library = accepts(CriticConfig, obs_dim=1, act_dim=1, **{field: value})
         assert spec == library, (field, value)
-    assert not accepts(lambda: CriticSpec(discount=1.0))  # γ = 1 passed the spec before
+    assert not accepts(CriticSpec, discount=1.0)  # γ = 1 passed the spec before
 
 
 def test_critic_beta_agrees_with_the_weighting():
     for value in NUMBERS:
-        assert accepts(lambda: CriticSpec(beta=value)) == accepts(lambda: WeightingConfig(beta=value)), value
+        assert accepts(CriticSpec, beta=value) == accepts(WeightingConfig, beta=value), value
 
 
 def test_lora_shapes_agree():
     for kind in KINDS:
         for rank in [-1, 0, 1, 8]:  # ints: the spec types rank as one, full adapters or not
             for alpha in [None, *NUMBERS]:
-                spec = accepts(lambda: LoraSpec(kind=kind, rank=rank, alpha=alpha))
-                library = accepts(lambda: adapter_spec(kind, rank, alpha))
+                spec = accepts(LoraSpec, kind=kind, rank=rank, alpha=alpha)
+                library = accepts(adapter_spec, kind, rank, alpha)
                 assert spec == library, (kind, rank, alpha)
 
 
 def test_network_shapes_agree():
     for width in [-1, 0, 1, 4, 2.5]:
         for embedding in TIME_EMBEDDINGS:
-            spec = accepts(lambda: NetworkSpec(block_width=width, time_embedding=embedding))
-            library = accepts(lambda: PolicyConfig(obs_dim=1, act_dim=1, block_width=width,
-                                                   time_embedding=embedding))
+            spec = accepts(NetworkSpec, block_width=width, time_embedding=embedding)
+            library = accepts(PolicyConfig, obs_dim=1, act_dim=1, block_width=width,
+                              time_embedding=embedding)
             assert spec == library, (width, embedding)
