@@ -16,7 +16,6 @@ The table: mean ± std over seeds of each item's score and of its fit's seconds.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import subprocess
@@ -33,7 +32,6 @@ ITEMS = ("walker-stand", "walker-walk", "s2w")
 
 def write_stream(out: Path, shape: str, seed: int) -> Path:
     stream = yaml.safe_load((REPO / "configs" / "dmc_walker.yaml").read_text())
-    stream = copy.deepcopy(stream)
     stream["name"], stream["seed"] = f"netshape_{shape}_{seed}", seed
     stream["tasks"] = stream["tasks"][:2]  # stand (the base) and walk
     if SHAPES[shape] is not None:

@@ -191,17 +191,18 @@ def _check_type(key: str, kind: pa.DataType) -> None:
     """DataError unless column `key` has an Arrow type its values can be read as: numbers
     (in fixed-size lists for obs/actions/next_obs), flags as booleans or integers, episode
     ids as integers. Strings that happen to parse as numbers are refused, not converted."""
-    if key in VECTOR_COLUMNS:
-        if not pa.types.is_fixed_size_list(kind):
-            raise DataError(f"column {key} must be a fixed-size list, got {kind}")
-        kind, what = kind.value_type, "a fixed-size list of numbers"
+    if key in VECTOR_COLUMNS and not pa.types.is_fixed_size_list(kind):
+        raise DataError(f"column {key} must be a fixed-size list, got {kind}")
+    if key == "episode":
+        allowed, what = pa.types.is_integer(kind), "integers"
+    elif key in FLAG_COLUMNS:
+        allowed = pa.types.is_boolean(kind) or pa.types.is_integer(kind)
+        what = "booleans or 0/1 integers"
     else:
-        what = {"episode": "integers", "terminals": "booleans or 0/1 integers",
-                "timeouts": "booleans or 0/1 integers"}.get(key, "numbers")
-    numeric = pa.types.is_floating(kind) or pa.types.is_integer(kind)
-    allowed = {"numbers": numeric, "integers": pa.types.is_integer(kind),
-               "booleans or 0/1 integers": pa.types.is_boolean(kind) or pa.types.is_integer(kind),
-               "a fixed-size list of numbers": numeric}[what]
+        if key in VECTOR_COLUMNS:
+            kind = kind.value_type
+        allowed = pa.types.is_floating(kind) or pa.types.is_integer(kind)
+        what = "a fixed-size list of numbers" if key in VECTOR_COLUMNS else "numbers"
     if not allowed:
         raise DataError(f"column {key} must hold {what}, got {kind}")
 

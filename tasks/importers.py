@@ -275,14 +275,13 @@ def import_dataset(
     if env is not None and known_suite is not None:
         get_suite(known_suite).check_env(env)
     if known_suite is not None and meta.get("env") is not None:
-        _check_dims(table, known_suite, meta["env"], path)
+        _check_dims(meta, known_suite, meta["env"], path)
     return table
 
 
-def _check_dims(table: pa.Table, suite: str, env: str, path: str | os.PathLike) -> None:
-    """DataError naming the file unless the data's obs/action widths are the env's: data
-    said to come from an env must fit the policies that act in it."""
-    meta = dataset_meta(table)
+def _check_dims(meta: dict[str, Any], suite: str, env: str, path: str | os.PathLike) -> None:
+    """DataError naming the file unless the widths in a dataset's metadata `meta` are the
+    env's: data said to come from an env must fit the policies that act in it."""
     want = dict(zip(("obs_dim", "act_dim"), get_suite(suite).dims(env), strict=True))
     for key, width in want.items():
         if meta.get(key) is not None and int(meta[key]) != width:
