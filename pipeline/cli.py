@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tune.cli import add_parser as add_tune_parser
 
     add_tune_parser(commands)
+    from pipeline.shipped_base import add_parser as add_base_parser
+
+    add_base_parser(commands)
 
     report = commands.add_parser("report", help="results tables (Markdown) and plots (PNG)")
     report.add_argument("--out", default=None,

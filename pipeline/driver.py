@@ -53,6 +53,7 @@ from pipeline.plan import StreamPlan, TaskPlan, plan_stream, plan_task
 from pipeline.progress import ProgressView
 from pipeline.results import ResultRow, existing_env_keys, now
 from pipeline.runtime import connect
+from pipeline.shipped_base import install
 from pipeline.stages import random_skill_name
 from pipeline.store_actor import StoreHandle
 from pipeline.tblog import RunLog, run_name
@@ -142,6 +143,8 @@ class StreamSummary:
     eval_seconds: dict[str, float] = field(default_factory=dict)
     """Wall seconds from launching to summarising each evaluation."""
     wall_seconds: float = 0.0
+    paper: dict[str, str] = field(default_factory=dict)
+    """The paper's figure per item (the stream's `paper`), printed beside the scores."""
 
     def describe(self) -> str:
         fitted = f" ({', '.join(self.fitted)})" if self.fitted else ""
@@ -150,9 +153,10 @@ class StreamSummary:
                  f"{self.evaluations} evaluation(s), {self.wall_seconds:.0f} s"]
         for score in self.scores:
             where = score.task if not score.env else f"{score.task} [{score.env}]"
+            paper = self.paper.get(score.name) if not score.env else None
             lines.append(f"  {score.name:<24} {score.method:<6} on {where:<16} "
                          f"score {score.score:8.3f}  return {score.return_mean:9.1f}  "
-                         f"({score.episodes} episodes)")
+                         f"({score.episodes} episodes)" + (f"  paper: {paper}" if paper else ""))
         return "\n".join(lines)
 
 
@@ -607,6 +611,8 @@ def run_plan(plan: StreamPlan, store_uri: str, options: DriverOptions | None = N
     started = time.perf_counter()
     options = options or DriverOptions()
     store = SkillStore(store_uri)
+    for task_plan in plan.tasks:
+        install(task_plan.task, store)  # a shipped base: taken, never fitted
     checked = check_plan(plan, store)
     items = [name for task_plan in plan.tasks for name in task_plan.items]
     if all(store.exists(name) for name in items) and \
@@ -622,7 +628,9 @@ def run_stream_file(path: str, store_uri: str, scale: str | None = None,
                     options: DriverOptions | None = None) -> StreamSummary:
     """`psec run`: load and validate the stream, check, run, resume where it stopped."""
     stream = load_stream(path, scale)
-    return run_plan(plan_stream(stream), store_uri, options, stream.seed, address)
+    summary = run_plan(plan_stream(stream), store_uri, options, stream.seed, address)
+    summary.paper = dict(stream.paper)
+    return summary
 
 
 def _served_position(store: SkillStore, retried: str | None = None) -> int:

@@ -253,9 +253,14 @@ def _plan(tasks: list[TaskSpec], stream: str, scale: str, continual: bool,
                       units=units)
 
 
-def plan_stream(stream: StreamSpec) -> StreamPlan:
-    """Stages and units of a validated stream (scale already applied)."""
-    return _plan(stream.tasks, stream.name, stream.applied_scale or "as-written",
+def plan_stream(stream: StreamSpec, take_shipped: bool = True) -> StreamPlan:
+    """Stages and units of a validated stream (scale already applied). A base task that
+    names a `shipped` folder is planned as the base that folder holds
+    (`pipeline.shipped_base.take_shipped`) unless `take_shipped` is False."""
+    from pipeline.shipped_base import take_shipped as taken
+
+    tasks = [taken(task) for task in stream.tasks] if take_shipped else stream.tasks
+    return _plan(tasks, stream.name, stream.applied_scale or "as-written",
                  stream.continual, stream.seed)
 
 
@@ -266,6 +271,9 @@ def plan_task(task: TaskSpec, bases: list[str], stream: str = "served",
     `bases` are the store's bases, oldest first. A skill (or composer) task without `base` goes on
     the newest one, as a stream's skill goes on the stream's latest base.
     """
+    from pipeline.shipped_base import take_shipped
+
+    task = take_shipped(task)
     if task.role != "base":
         if task.base is None:
             if not bases:

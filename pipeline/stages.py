@@ -347,7 +347,7 @@ class UnitContext:
                              (("iql", self.iql), ("feasibility", self.feasibility))
                              if critic is not None}
         if stage.kind in ("base", "skill"):
-            config, tensors = self._dump_policy_item(stage, learner)
+            config, tensors = self.policy_item(stage, learner)
         else:
             assert isinstance(learner, ComposerLearner)
             self._register_random_bank(stage, learner)
@@ -362,7 +362,7 @@ class UnitContext:
         return created
 
     @staticmethod
-    def _dump_policy_item(stage: Stage, learner: Learner) -> tuple[dict, dict[str, Tensor]]:
+    def policy_item(stage: Stage, learner: Learner) -> tuple[dict, dict[str, Tensor]]:
         """A base or skill item: the EMA weights (what loads, evaluates and composes), with
         the last iterate kept beside them under LAST_PREFIX; the config says which is which."""
         assert isinstance(learner, BaseLearner | SkillLearner)

@@ -448,6 +448,12 @@ class TaskSpec(_Spec):
     horizon: int | None = Field(
         None, ge=1, description="Episode length (default: the suite's default for the env)."
     )
+    shipped: str | None = Field(
+        None,
+        description="base: a folder written by `psec base train` (e.g. bases/walker-stand, "
+        "relative to the working directory); the base is taken from it instead of fitted, "
+        "with the training it had there. A scale with fit_shipped fits it instead.",
+    )
 
     @field_validator("suite")
     @classmethod
@@ -485,6 +491,8 @@ class TaskSpec(_Spec):
                 raise FieldError("base", "a base task has no base of its own")
             if self.composers:
                 raise FieldError("composers", "only skill and composer tasks have composers")
+        elif self.shipped is not None:
+            raise FieldError("shipped", "only a base task can be shipped")
         if self.role == "composer":
             self._check_composer_role()
         names = [self.name]
@@ -564,6 +572,10 @@ class Scale(_Spec):
         None, min_length=1, description="eval.seeds of every task."
     )
     max_steps: int | None = Field(None, ge=1, description="eval.max_steps of every task.")
+    fit_shipped: bool = Field(
+        False, description="Fit every base task, also those that name a `shipped` folder "
+        "(e.g. smoke: tests fit a small base in seconds rather than take hours of training).",
+    )
     eval_envs: int | None = Field(
         None, ge=1, description="Keep the first N of eval.envs of every task that lists them."
     )
@@ -626,6 +638,11 @@ class StreamSpec(_Spec):
     )
     tasks: list[TaskSpec] = Field(min_length=1, description="Tasks in order.")
     scales: dict[str, Scale] = Field(description="Named scales; must define smoke and paper.")
+    paper: dict[StoreName, str] = Field(
+        default_factory=dict,
+        description="The paper's figure for items of the stream, printed beside ours by "
+        "`psec run` (e.g. `s2w: 688 (Table 2, PSEC S→W)`).",
+    )
     applied_scale: str | None = Field(
         None, description="Set by at_scale(): the scale already applied (None = as written)."
     )
@@ -700,6 +717,9 @@ class StreamSpec(_Spec):
         if self.applied_scale is None:
             # A scaled copy was checked against the whole stream before it was cut.
             self._scale_checks(needs)
+            for name in self.paper:
+                if name not in produced:
+                    raise FieldError(("paper", name), "not an item of the stream")
         return self
 
     def _scale_checks(self, needs: dict[str, dict[str, str]]) -> None:
@@ -760,6 +780,8 @@ class StreamSpec(_Spec):
                                           if skill == BASE or skill in scale.tasks]
         for task in data["tasks"]:
             steps = scale.base_steps if task["role"] == "base" else scale.train_steps
+            if scale.fit_shipped:
+                task["shipped"] = None
             _set(task["train"], "steps", steps)
             _set(task["train"], "batch_size", scale.batch_size)
             _set(task["critic"], "steps", scale.critic_steps)
