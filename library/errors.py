@@ -33,6 +33,15 @@ class DataError(PsecError):
     """A dataset file is truncated, inconsistent or in an unknown layout."""
 
 
+class TrainingDiverged(DataError):
+    """The loss or the weights of a fit became non-finite at `step`; no checkpoint was
+    taken from that step on."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
 def exit_status(command: Callable[[], int | None]) -> int:
     """Run a command-line entry point's body under the CLI contract: its status (0 when it
     returns None), or, when it raises a PsecError, the error's one line on stderr as

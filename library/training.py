@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from library.data import OfflineData
-from library.errors import DataError, ShapeError, SpecError
+from library.errors import ShapeError, SpecError, TrainingDiverged
 
 if TYPE_CHECKING:
     from library.learners import Learner
@@ -158,15 +158,18 @@ def train(
             result.history.append((done, result.terms))
             window = {}
             if not math.isfinite(result.terms["loss"]):
-                raise DataError(
+                raise TrainingDiverged(
                     f"training diverged: the loss is {result.terms['loss']} by step {done} "
-                    "(look for extreme values in the data, or lower train.lr)"
-                )
+                    "(look for extreme values in the data, or lower train.lr)", done)
             if on_step is not None:
                 on_step(done, result.terms)
         if on_checkpoint is not None and (
             done == steps or (checkpoint_every is not None and done % checkpoint_every == 0)
         ):
+            if not all(torch.isfinite(p).all() for p in params):
+                # Between two loss checks: no checkpoint of broken weights, ever.
+                raise TrainingDiverged(f"training diverged: the weights are not finite at "
+                                       f"step {done} (lower train.lr)", done)
             # Copies: Adam updates its state tensors in place as training goes on.
             on_checkpoint(Checkpoint(done, learner.state_dict(), copy.deepcopy(optimizer.state_dict())))
     result.steps = steps

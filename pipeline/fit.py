@@ -42,7 +42,7 @@ import ray
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from library.errors import PsecError
+from library.errors import DataError, PsecError, TrainingDiverged
 from pipeline.plan import FitUnit
 from pipeline.progress import ProgressReporter
 from pipeline.runtime import FitResources, plan_fit_resources
@@ -144,7 +144,10 @@ class FitReport(BaseModel):
     worker_finished: float = 0.0
     """Unix time at which rank 0 left it."""
     user_error: dict[str, str] | None = None
-    """A user error that stopped the unit before training: {type, message}."""
+    """A user error that stopped the unit: {type, message}."""
+    keep_checkpoints: bool = False
+    """Whether the unit's checkpoints outlive it (a fit that diverged keeps its last good
+    ones; the final report's checkpoint, with no fingerprint, is never resumed)."""
 
 
 def checkpoint_root(store_uri: str) -> str:
@@ -210,7 +213,8 @@ def _finish(job: FitJob, store: StoreHandle, board, report: FitReport, started: 
     """The driver's side of a unit's end: a user error raised as its own class, the
     checkpoints removed (the store is the record now), the timings filled in."""
     ended_unix = time.time()
-    remove_run(store.uri, job.run_name)
+    if not report.keep_checkpoints:
+        remove_run(store.uri, job.run_name)
     if report.user_error is not None:
         raise _error_from_record(report.user_error)
     report.wall_seconds = time.perf_counter() - started
@@ -557,13 +561,28 @@ def _run_unit(job: FitJob, store: StoreHandle, board,
         terms: dict[str, float] = {}
         data = unit_ctx.data_for(stage)
         if stage.steps > 0:  # 0: an untrained composer, registered as initialised
-            terms = train(
-                learner, data, stage.steps, max(1, stage.batch_size // world),
-                stage.lr, seed=stage.seed + 7919 * rank, on_step=on_step,
-                grad_hook=_allreduce_mean if world > 1 else None, start_step=start,
-                optimizer_state=optimizer_state, log_every=min(options.log_every, stage.steps),
-                on_checkpoint=on_checkpoint, checkpoint_every=every,
-                lr_decay_steps=_lr_decay_steps(stage, job.unit.task)).terms
+            try:
+                terms = train(
+                    learner, data, stage.steps, max(1, stage.batch_size // world),
+                    stage.lr, seed=stage.seed + 7919 * rank, on_step=on_step,
+                    grad_hook=_allreduce_mean if world > 1 else None, start_step=start,
+                    optimizer_state=optimizer_state,
+                    log_every=min(options.log_every, stage.steps),
+                    on_checkpoint=on_checkpoint, checkpoint_every=every,
+                    lr_decay_steps=_lr_decay_steps(stage, job.unit.task)).terms
+            except TrainingDiverged as error:
+                # Every retry would diverge at the same step: end the unit with the error,
+                # nothing registered, the checkpoints (all taken before it) kept.
+                kept = f"{checkpoint_root(store.uri)}/{job.run_name}"
+                report["user_error"] = _error_record(DataError(
+                    f"{stage.name}: {error}; nothing registered, its checkpoints are kept "
+                    f"in {kept}"))
+                report["keep_checkpoints"] = True
+                session.report({"stage": -1, "step": 0},
+                               {"fingerprint": "", "stage_index": index, "step": 0,
+                                "report": report},
+                               {"learner": {}, "optimizer": {}, "carry": {}}, final=True)
+                return
         seconds = time.perf_counter() - stage_started
         log.close()
         if stage.stored:

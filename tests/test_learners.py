@@ -10,7 +10,7 @@ from learning_toys import toy_data
 from library.composition import AlphaConfig, Composer
 from library.critics import CriticConfig, FeasibilityConfig, FeasibilityCritic, IQLCritics
 from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
-from library.errors import DataError, ShapeError, SpecError
+from library.errors import DataError, ShapeError, SpecError, TrainingDiverged
 from library.learners import BaseLearner, ComposerLearner, CriticLearner, SkillLearner
 from library.lora import add_skill, lora_layers
 from library.training import cosine_lr, train
@@ -188,6 +188,13 @@ def test_bad_inputs_raise_one_line_errors():
               optimizer_state=critic_run.optimizer_state)
     with pytest.raises(DataError, match="training diverged: the loss is (nan|inf) by step"):
         train(learner, random_data(), steps=20, batch_size=8, lr=1e30, seed=0, log_every=1)
+    # Between two loss checks, no checkpoint of non-finite weights is ever taken.
+    taken = []
+    with pytest.raises(TrainingDiverged, match="the weights are not finite") as diverged:
+        train(LEARNERS["base"](), random_data(), steps=20, batch_size=8, lr=1e30, seed=0,
+              log_every=20, checkpoint_every=1, on_checkpoint=taken.append)
+    assert taken and all(c.step < diverged.value.step for c in taken)
+    assert all(torch.isfinite(t).all() for c in taken for t in c.learner_state.values())
 
 
 @pytest.mark.parametrize("kind", ["base", "skill"])

@@ -160,6 +160,27 @@ def test_a_user_error_in_a_fit_is_raised_once_and_keeps_what_was_stored(ray_clus
     assert not os.path.exists(os.path.join(checkpoint_root(store_uri), "tiny__run"))
 
 
+def test_a_fit_that_diverges_names_item_and_step_and_keeps_its_checkpoints(ray_cluster,
+                                                                            tmp_path):
+    from library.errors import DataError
+
+    # An absurd learning rate: the loss turns non-finite within the first steps.
+    tasks = [tiny_task("stand", role="base", steps=20),
+             tiny_task("walk", base="stand", train={"steps": 200, "batch_size": 32,
+                                                   "lr": 1e30})]
+    store_uri = str(tmp_path / "store")
+    put_datasets(store_uri, tasks)
+    plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
+    with pytest.raises(DataError, match=r"^walk: training diverged: the (loss|weights) .* step "
+                                        r"\d+ .*nothing registered, its checkpoints are kept") as error:
+        run_plan(plan, store_uri, DriverOptions(progress=False, fit=FitOptions(
+            max_failures=3, checkpoint_every=1, log_every=10)))
+    assert "\n" not in str(error.value)
+    assert [entry.name for entry in SkillStore(store_uri).list()] == ["stand"]
+    kept = os.path.join(checkpoint_root(store_uri), "tiny__walk")
+    assert os.path.isdir(kept) and os.listdir(kept)
+
+
 def test_psec_eval_rolls_a_stored_item_out_in_its_env_or_another(ray_cluster, tmp_path):
     from library.serialization import dump_base, load_base
     from pipeline.evaluation import evaluate_stored
