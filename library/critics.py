@@ -14,8 +14,9 @@ Two critics, both fitted from offline transitions only (no policy in the loop):
 Both hold twin Q networks with Polyak-averaged targets and a state-value network, all
 on states normalised with the base policy's normaliser. `loss(batch)` returns named
 terms; the training loop owns the optimiser and calls `update_target()` after each step
-(`library.learners.CriticLearner` does both). Networks, losses and the weights built on
-them (`library.weighting`) are kept apart, as in torchrl.
+(`library.learners.CriticLearner` does both). Each critic's `loss` is a method of the
+critic, beside the networks it trains (unlike torchrl's separate loss modules); the
+sample weights built on the critics live apart, in `library.weighting`.
 """
 
 from __future__ import annotations

@@ -439,7 +439,7 @@ def add_random_skill(
     In every layer each factor (A and B of a LoRA, ΔW of a full-rank adapter) is drawn
     from N(0, 1) and rescaled to the Frobenius norm of the same factor of `like`, so a
     bank of such skills has the capacity of the real one without its behaviour: the
-    random-LoRA control of a composition claim (DESIGN.md, "Making composition help").
+    random-LoRA control of a composition claim (docs/ARCHITECTURE.md, "Composition claims").
     Random factors are not aligned as trained ones are, so ‖B A‖ comes out smaller than
     `like`'s even though ‖A‖ and ‖B‖ match.
     """

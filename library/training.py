@@ -1,4 +1,4 @@
-"""The training loop every fit uses: a learner's loss, Adam, optional gradient clipping.
+"""The training loop every fit uses: a learner's loss and Adam.
 
 Deterministic from `seed`: step k draws its batch and its loss noise (diffusion time
 steps and ε) from RNG states derived from (seed, k) alone. A run resumed at step k from
@@ -92,7 +92,6 @@ def train(
     start_step: int = 0,
     optimizer_state: dict[str, Any] | None = None,
     log_every: int = 100,
-    grad_clip: float | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
     checkpoint_every: int | None = None,
     lr_decay_steps: int | None = None,
@@ -100,10 +99,11 @@ def train(
     """Run optimisation steps `start_step` .. `steps` − 1 of `learner` on `data`.
 
     `on_step(step, mean terms)` is called every `log_every` steps and after the last;
-    `grad_hook(params)` right after backward (before clipping, so every worker clips the
-    same reduced gradient); `on_checkpoint(Checkpoint)` every `checkpoint_every` steps
-    and after the last. To resume, load `checkpoint.learner_state` into the learner and
-    pass `start_step=checkpoint.step, optimizer_state=checkpoint.optimizer_state`.
+    `grad_hook(params)` right after backward; `on_checkpoint(Checkpoint)` every
+    `checkpoint_every` steps and after the last (never of non-finite weights: the loss and
+    the weights turning non-finite raise TrainingDiverged). To resume, load
+    `checkpoint.learner_state` into the learner and pass `start_step=checkpoint.step,
+    optimizer_state=checkpoint.optimizer_state`.
     `lr_decay_steps`: the rate follows `cosine_lr` over that many steps (None: constant);
     it is a function of the step alone, so a resumed run follows the same schedule.
     """
@@ -115,9 +115,8 @@ def train(
     for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
         if value < 1:
             raise SpecError(f"train.{name}", f"must be a positive integer, got {value}")
-    for name, value in (("lr", lr), ("grad_clip", grad_clip)):
-        if value is not None and not value > 0:
-            raise SpecError(f"train.{name}", f"must be a positive number, got {value}")
+    if not lr > 0:
+        raise SpecError("train.lr", f"must be a positive number, got {lr}")
     if lr_decay_steps is not None and lr_decay_steps < 1:
         raise SpecError("train.lr_decay_steps", f"must be a positive integer, got {lr_decay_steps}")
     if not 0 <= start_step <= steps:
@@ -145,8 +144,6 @@ def train(
         terms["loss"].backward()
         if grad_hook is not None:
             grad_hook(params)
-        if grad_clip is not None:
-            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         learner.after_step()
 

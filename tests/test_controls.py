@@ -1,4 +1,4 @@
-"""The controls a composition claim is made against (DESIGN.md, "Making composition help"):
+"""The controls a composition claim is made against (docs/ARCHITECTURE.md, "Composition claims"):
 uniform α as an untrained composer, a random-LoRA bank of the stored skills' norms, the
 α regulariser, and the pipeline pieces searches use (result tags, skills shared across
 methods, stored composers loaded by name). No Ray: stages run on a plain store."""

@@ -14,8 +14,8 @@ The section holds, as the search's axes call for:
   gives them. Fixed is the best of its start points per target (the search tunes it;
   the winner is named), every other row is one configuration: nothing is picked on the
   evaluation score to favour a method;
-* the controls DESIGN.md demands of a composition claim: the new skill alone, every
-  stored skill and the base alone (`controls: [single]`), uniform α (method `uniform`),
+* the controls a composition claim is made against (docs/ARCHITECTURE.md): the new
+  skill alone, every stored skill and the base alone (`controls: [single]`), uniform α (method `uniform`),
   a random-LoRA bank (method `random`);
 * `<search>-ranks.png` (rank ablation, MLP as a reference line), `<search>-data.png`
   (score against trajectories) and `<search>-alpha.png` (α(s) over one episode);
@@ -366,7 +366,7 @@ def _section(results: SearchResults, record: dict | None, command: str,
     lines += method_table(results) + [""] + paper_table(search) + [""]
     controls = controls_table(results)
     if controls:
-        lines += ["Controls (DESIGN.md: a composition claim is made against them):", ""]
+        lines += ["Controls (a composition claim is made against them: docs/ARCHITECTURE.md):", ""]
         lines += controls + [""]
     return "\n".join(lines + section_tail(search.name, plots, trace_note)) + "\n"
 
