@@ -190,6 +190,24 @@ def test_cached_stacks_follow_in_place_changes():
     torch.testing.assert_close(second, reference_forward(policy, names, weights, a_t, s, t), rtol=1e-5, atol=1e-5)
 
 
+def test_cached_stacks_follow_a_change_of_dtype():
+    """`.to(dtype)` swaps every parameter's storage without a version bump: the cached
+    stacks must be rebuilt, not reused in the old dtype."""
+    policy = skill_bank()
+    names = ["a", "b", "c"]
+    a_t, s, t = net_inputs()
+    weights = torch.rand(6, 3, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad(), use_skills(policy, names, weights):
+        policy.net(a_t, s, t)  # fills the caches in float32
+    policy.double()
+    a_t, s, weights = a_t.double(), s.double(), weights.double()
+    with torch.no_grad(), use_skills(policy, names, weights):
+        doubled = policy.net(a_t, s, t)
+    assert doubled.dtype == torch.float64
+    torch.testing.assert_close(doubled, reference_forward(policy, names, weights, a_t, s, t),
+                               rtol=1e-10, atol=1e-10)
+
+
 def test_per_sample_weights_receive_gradients():
     policy = skill_bank()
     a_t, s, t = net_inputs()
