@@ -96,7 +96,8 @@ def _fresh_store(root: Path, name: str, base: tuple[dict, dict, pa.Table]):
 
 
 def skill_registered(root: Path, base, quick: bool, as_json: bool) -> None:
-    from pipeline.driver import DriverOptions, StreamSummary, serve, submit
+    from pipeline.driver import DriverOptions, StreamSummary
+    from pipeline.serving import serve, submit
 
     store = _fresh_store(root, "submit", base)
     steps = 200 if quick else 10_000

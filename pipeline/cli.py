@@ -190,7 +190,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pipeline.driver import DriverOptions, serve
+    from pipeline.driver import DriverOptions
+    from pipeline.serving import serve
 
     served = serve(args.store, address=args.address, max_tasks=args.max_tasks,
                    once=args.once, poll=args.poll, options=DriverOptions())
@@ -199,7 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipeline.driver import serving, submit
+    from pipeline.serving import serving, submit
 
     submission = submit(args.spec, args.store, address=args.address, wait=args.wait)
     if args.wait:

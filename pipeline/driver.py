@@ -1,5 +1,7 @@
 """The driver: a stream (or a submitted task) becomes datasets, fits and evaluations on Ray.
 
+(The checks live in pipeline.checks, `psec serve` / `psec submit` in pipeline.serving.)
+
     check (no Ray, no writes) ──> datasets ──> fit units (DAG) ──> evaluations ──> results
 
 1. *Check before any work.* The stream is validated on load (SpecError), the store must
@@ -24,9 +26,6 @@ is not repeated, and a unit that was interrupted resumes from its last checkpoin
 
 from __future__ import annotations
 
-import math
-import os
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,20 +35,12 @@ import pyarrow as pa
 import ray
 from pydantic import BaseModel, ConfigDict
 
-from library.errors import PsecError, ShapeError, StoreError
 from library.names import BASE
-from library.store import ManifestEntry, SkillStore
+from library.store import SkillStore
+from pipeline.checks import Checked, check_plan
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
 from pipeline.fit import FitOptions, FitReport, launch_fit, psec_cause, size_job
-from pipeline.inbox import (
-    Submission,
-    existing_inbox,
-    inbox_actor,
-    remove_record,
-    serve_records,
-    serving_lease,
-)
-from pipeline.plan import StreamPlan, TaskPlan, plan_stream, plan_task
+from pipeline.plan import StreamPlan, TaskPlan, plan_stream
 from pipeline.progress import ProgressView
 from pipeline.results import ResultRow, existing_env_keys, now
 from pipeline.runtime import connect
@@ -57,7 +48,7 @@ from pipeline.shipped_base import install
 from pipeline.stages import random_skill_name
 from pipeline.store_actor import StoreHandle
 from pipeline.tblog import RunLog, run_name
-from tasks.spec import TaskSpec, dump, load_stream, load_task, parse_task
+from tasks.spec import dump, load_stream, parse_task
 
 
 class DriverOptions(BaseModel):
@@ -158,156 +149,6 @@ class StreamSummary:
                          f"score {score.score:8.3f}  return {score.return_mean:9.1f}  "
                          f"({score.episodes} episodes)" + (f"  paper: {paper}" if paper else ""))
         return "\n".join(lines)
-
-
-# ------------------------------------------------------------------- checks, no Ray
-
-
-@dataclass
-class Checked:
-    """What the checks learned: dims per task and datasets imported for the run."""
-
-    dims: dict[str, tuple[int, int]]
-    """(obs_dim, act_dim) of each task's data."""
-    imported: dict[str, pa.Table]
-    """Tables of `import` tasks, read during the checks and stored by the run."""
-
-
-def _entry_dims(entry: ManifestEntry) -> tuple[int, int] | None:
-    """(obs_dim, act_dim) of a stored item from its config summary, if recorded."""
-    found: dict[str, int] = {}
-    for key, value in entry.config_summary.items():
-        leaf = key.rsplit(".", 1)[-1]
-        if leaf in ("obs_dim", "act_dim") and isinstance(value, int):
-            found.setdefault(leaf, value)
-    if len(found) == 2:
-        return found["obs_dim"], found["act_dim"]
-    return None
-
-
-def _task_dims(task: TaskSpec, dataset: str, store: SkillStore,
-               imported: dict[str, pa.Table]) -> tuple[int, int]:
-    from tasks.dataset import dataset_meta
-    from tasks.suites import get_suite
-
-    if store.has_dataset(dataset):
-        meta = dataset_meta(store.get_dataset_schema(dataset))
-        if task.data.source == "generate":
-            from tasks.generators.generator import check_stored
-
-            check_stored(task, dataset, meta)  # not made from another spec or older actors
-        return int(meta["obs_dim"]), int(meta["act_dim"])
-    if task.data.source == "store":
-        raise StoreError(f"task {task.name!r}: dataset {task.data.dataset!r} is not in the store")
-    if task.data.source == "import":
-        from tasks.dataset import dataset_meta as meta_of
-        from tasks.dataset import limit_transitions
-        from tasks.importers import import_dataset
-
-        table = import_dataset(task.data.format, task.data.path, suite=task.suite,
-                               env=task.env)
-        if task.data.max_transitions is not None:
-            table = limit_transitions(table, task.data.max_transitions)
-        imported[task.name] = table
-        meta = meta_of(table)
-        return int(meta["obs_dim"]), int(meta["act_dim"])
-    return get_suite(task.suite).dims(task.env, task.dynamics)
-
-
-def _check_eval_envs(task: TaskSpec, dims: tuple[int, int]) -> None:
-    """Every env in `eval.envs` must take the observations and actions of the task's data."""
-    from tasks.suites import get_suite
-
-    suite = get_suite(task.suite)
-    for env in task.eval.envs or ():
-        env_dims = suite.dims(env, task.dynamics)
-        if env_dims != dims:
-            raise ShapeError(f"task {task.name!r}: eval env {env!r} has obs/act dims "
-                             f"{env_dims[0]}/{env_dims[1]} but the task's data has "
-                             f"{dims[0]}/{dims[1]}")
-
-
-def same_fit(stored_spec: dict[str, Any], task: TaskSpec, name: str) -> bool:
-    """Whether item `name`, stored with task spec `stored_spec`, is what `task` would fit.
-
-    Evaluation settings never change a fit, and a task's other composers do not change
-    its skill or one another: a skill is shared by tasks that differ only there (e.g.
-    tune's trials of different methods). A composer must match its own spec. The stored
-    spec is read through the current model, so fields added since it was stored count
-    at their defaults."""
-    try:
-        stored = parse_task(stored_spec)
-    except PsecError:
-        return False
-
-    def fit_of(spec: TaskSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        data = dump(spec)
-        own = [c for c in data.pop("composers") if c["name"] == name]
-        data.pop("eval")
-        return data, own
-
-    return fit_of(stored) == fit_of(task)
-
-
-def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
-    """Every check that can fail on user input, before anything is written."""
-    from tasks.generators.generator import check_can_generate  # loads the experts registry
-
-    store.check_writable()
-    checked = Checked(dims={}, imported={})
-    stored = {entry.name: entry for entry in store.list()}
-    made_here: dict[str, str] = {}  # dataset made by the plan -> the task making it
-    for task_plan in plan.tasks:
-        task = task_plan.task
-        for name in task_plan.items:
-            entry = stored.get(name)
-            if entry is not None and entry.task_spec is not None and \
-                    not same_fit(entry.task_spec, task, name):
-                raise StoreError(
-                    f"{name!r} is in the store from a different spec of task {task.name!r} "
-                    f"(another scale or an edited stream): remove it or rename the task")
-        if task.data.source == "generate" and not store.has_dataset(task_plan.dataset):
-            check_can_generate(task)
-        if task.data.source == "store" and task_plan.dataset in made_here \
-                and not store.has_dataset(task_plan.dataset):
-            # A dataset an earlier task of the plan makes (e.g. the base's pretraining data
-            # reused by a zero-shot composer): it has that task's dims.
-            checked.dims[task.name] = checked.dims[made_here[task_plan.dataset]]
-        else:
-            checked.dims[task.name] = _task_dims(task, task_plan.dataset, store,
-                                                 checked.imported)
-            if task.data.source != "store":
-                made_here[task_plan.dataset] = task.name
-        _check_eval_envs(task, checked.dims[task.name])
-    for task_plan in plan.tasks:
-        task = task_plan.task
-        if task.role == "base":
-            continue
-        base_dims = checked.dims.get(task.base)
-        if base_dims is None:
-            entry = stored.get(task.base)
-            if entry is None:
-                raise StoreError(f"base {task.base!r} of task {task.name!r} is not in the store")
-            if entry.kind != "base":
-                raise StoreError(f"{task.base!r} (base of task {task.name!r}) is a {entry.kind}")
-            base_dims = _entry_dims(entry)
-        dims = checked.dims[task.name]
-        if base_dims is not None and dims != base_dims:
-            raise ShapeError(
-                f"task {task.name!r}: dataset {task_plan.dataset!r} has obs/act dims "
-                f"{dims[0]}/{dims[1]} but base {task.base!r} has {base_dims[0]}/{base_dims[1]}")
-    produced = {name for unit in plan.units.values() for name in unit.produces()}
-    for unit in plan.units.values():
-        for name in unit.needs:
-            if name in produced or name == BASE:
-                continue
-            entry = stored.get(name)
-            if entry is None:
-                raise StoreError(f"unit {unit.name!r} needs {name!r}, which is not in the store")
-            if entry.kind == "skill" and entry.parent != unit.task.base:
-                raise StoreError(f"skill {name!r} sits on base {entry.parent!r}, task "
-                                 f"{unit.task.name!r} on {unit.task.base!r}")
-    return checked
 
 
 # ------------------------------------------------------------------------- datasets
@@ -631,186 +472,3 @@ def run_stream_file(path: str, store_uri: str, scale: str | None = None,
     summary = run_plan(plan_stream(stream), store_uri, options, stream.seed, address)
     summary.paper = dict(stream.paper)
     return summary
-
-
-def _served_position(store: SkillStore, retried: str | None = None) -> int:
-    """The position in the `served` stream (which the stage seeds derive from) of a task
-    submitted now: after every task served so far. `retried` names a task that an earlier
-    driver was running when it stopped: where that attempt recorded results, the task keeps
-    the position they carry, so a resumed task fits with the seeds of an uninterrupted one
-    (it is not counted among the tasks served before it)."""
-    results = store.results()
-    if results.num_rows == 0 or "stream" not in results.column_names:
-        return 0
-    served = [(task, position) for stream, task, position in zip(
-        results.column("stream").to_pylist(), results.column("task").to_pylist(),
-        results.column("position").to_pylist()) if stream == "served"]
-    if retried is not None:
-        recorded = [position for task, position in served if task == retried]
-        if recorded:
-            return min(recorded)
-    return len({task for task, _ in served})
-
-
-def plan_submission(task: TaskSpec, store: SkillStore, retried: bool = False) -> StreamPlan:
-    """A submitted task as a one-task continuation of the store.
-
-    A new submission must bring new names: one already in the store is a clash with
-    something else. A `retried` one (`Submission.retried`: a driver was running it and
-    stopped) may find items of its own in the store, stored by that driver; it resumes
-    like a stream run again — `check_plan` keeps those stored from the same spec and
-    refuses those from another. An item stored without a task spec was never stored by
-    a driver, so it clashes either way."""
-    taken = [name for name in task.stored_names() if store.exists(name)
-             and (not retried or store.entry(name).task_spec is None)]
-    if taken:
-        raise StoreError(f"{', '.join(map(repr, taken))} already in the store: "
-                         "a submitted task must bring new names")
-    bases = [entry.name for entry in store.list("base")]
-    position = _served_position(store, task.name if retried else None)
-    return plan_task(task, bases, position=position)
-
-
-SERVER_WAIT_S = 30.0
-"""How long `psec submit --wait` waits for a `psec serve` of the store to attach."""
-
-
-def submit(spec_path: str, store_uri: str, address: str | None = None,
-           wait: bool = False, poll: float = 1.0) -> Submission:
-    """`psec submit`: validate the spec and check it against the store, then queue it.
-
-    Without `address` (and RAY_ADDRESS) it goes to the `psec serve` recorded in the store,
-    on that server's own Ray instance; where none serves the store that is a PsecError and
-    nothing is queued (with `wait`, once none has appeared within SERVER_WAIT_S). With an
-    address it goes to that cluster's inbox, where it waits for the next server if none
-    runs yet. With `wait`, follow it until a driver has run it; where no driver serves the
-    store (none attaches within SERVER_WAIT_S) that is a PsecError instead of a wait
-    without end — before queueing, or, if the driver stops, with the spec left in the
-    queue."""
-    task = load_task(spec_path)
-    store = SkillStore(store_uri)
-    check_plan(plan_submission(task, store), store)
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        inbox = _recorded_server_inbox(store, wait)
-    else:
-        connect(address)
-        inbox = inbox_actor(store.uri)
-    if wait:
-        _await_server(inbox, store.uri, None)
-    submission_id = ray.get(inbox.put.remote(dump(task)))
-    submission = ray.get(inbox.get.remote(submission_id))
-    while wait and submission.status in ("pending", "running"):
-        if submission.status == "pending":
-            _await_server(inbox, store.uri, submission_id)
-        time.sleep(poll)
-        submission = ray.get(inbox.get.remote(submission_id))
-    return submission
-
-
-def _recorded_server_inbox(store: SkillStore, wait: bool) -> ray.actor.ActorHandle:
-    """The inbox of the newest `psec serve` recorded in the store, on its Ray instance.
-    Ray is started only once a live-looking record names where: `ray.init("auto")` would
-    take whatever instance started last on this machine, serving or not."""
-    start = f"start one with `psec serve --store {store.uri}`"
-    deadline = time.monotonic() + (SERVER_WAIT_S if wait else 0.0)
-    while not (records := serve_records(store)):
-        if time.monotonic() >= deadline:
-            raise PsecError(f"no psec serve is serving the store at {store.uri}: nothing was "
-                            f"queued ({start}, or name a Ray cluster to queue on with "
-                            f"--address)")
-        time.sleep(0.5)
-    record = records[0]
-    where = f"the psec serve recorded for it (pid {record.pid} on {record.host})"
-    try:
-        connect(record.address)
-    except PsecError as error:
-        raise PsecError(f"{where} cannot be reached for the store at {store.uri}: {error} "
-                        f"(if it stopped, {start})") from None
-    attached_to = ray.get_runtime_context().gcs_address
-    if attached_to != record.address:
-        raise PsecError(f"this process is attached to Ray at {attached_to}, but {where} "
-                        f"runs on Ray at {record.address}")
-    inbox = existing_inbox(store.uri)
-    if inbox is None or not ray.get(inbox.serves.remote(record.token)):
-        # Killed outright on another host (or its Ray instance restarted): its lease lapsed.
-        remove_record(store, record.token)
-        raise PsecError(f"no psec serve is serving the store at {store.uri}: {where} on Ray "
-                        f"at {record.address} has stopped; nothing was queued ({start})")
-    return inbox
-
-
-def serving(store_uri: str) -> int:
-    """How many `psec serve` drivers serve the store's inbox (Ray must be connected)."""
-    return ray.get(inbox_actor(SkillStore(store_uri).uri).serving.remote())
-
-
-def _await_server(inbox: ray.actor.ActorHandle, store_uri: str,
-                  submission_id: str | None) -> None:
-    """Return once a driver serves `inbox`; PsecError if none does within SERVER_WAIT_S."""
-    deadline = time.monotonic() + SERVER_WAIT_S
-    while not ray.get(inbox.serving.remote()):
-        if time.monotonic() > deadline:
-            left = ("nothing was queued" if submission_id is None
-                    else f"submission {submission_id} stays queued for the next one")
-            raise PsecError(
-                f"no psec serve is running for the store at {store_uri} on the Ray cluster "
-                f"at {ray.get_runtime_context().gcs_address}: {left} "
-                f"(start one with `psec serve --store {store_uri}`)")
-        time.sleep(min(0.5, SERVER_WAIT_S))
-
-
-def serve(store_uri: str, address: str | None = None, max_tasks: int | None = None,
-          once: bool = False, poll: float = 1.0, options: DriverOptions | None = None,
-          record: list[StreamSummary] | None = None) -> int:
-    """`psec serve`: take submissions from the store's inbox and run each; returns how many
-    were served (and appends each run's summary to `record` when given). A submission
-    that fails (bad against the store, a failed fit) is marked failed with its one-line
-    error and the server goes on. One that an earlier driver was running when it stopped
-    (killed: its lease lapsed; interrupted: it put it back) is resumed: what that driver
-    stored from the same spec is kept, the rest is fitted and evaluated."""
-    store = SkillStore(store_uri)
-    store.check_writable()
-    # Like `psec run`: a private instance unless told where (an "auto" attach could land
-    # in another program's instance); `psec submit` finds it through the serve record.
-    connect(address)
-    inbox = inbox_actor(store.uri)
-    print(f"psec serve: store {store.uri} on Ray at {ray.get_runtime_context().gcs_address}; "
-          f"send tasks with `psec submit SPEC.yaml --store {store.uri}`",
-          file=sys.stderr, flush=True)
-    served = 0
-    # Leased and recorded while serving, so `psec submit` finds this driver and can tell
-    # that someone serves — and can tell once it no longer does, even if it was killed.
-    with serving_lease(store, inbox) as token:
-        while max_tasks is None or served < max_tasks:
-            submission: Submission | None = ray.get(inbox.take.remote(token))
-            if submission is None:
-                if once:
-                    break
-                time.sleep(poll)
-                continue
-            try:
-                task = parse_task(submission.spec)
-                plan = plan_submission(task, store, retried=submission.retried)
-                summary = run_plan(plan, store.uri, options)
-            except PsecError as error:
-                ray.get(inbox.finish.remote(submission.id, False, str(error)))
-            except KeyboardInterrupt:
-                ray.get(inbox.requeue.remote(submission.id))
-                raise
-            except Exception as error:  # a crash in one fit must not stop the server
-                message = " ".join(f"{type(error).__name__}: {error}".split())[:500]
-                ray.get(inbox.finish.remote(submission.id, False, message))
-            else:
-                if record is not None:
-                    record.append(summary)
-                fitted = ", ".join(summary.fitted) or "nothing new"
-                # A retry names what it kept of the stopped attempt's work.
-                kept = f"kept {', '.join(summary.skipped)}; " \
-                    if submission.retried and summary.skipped else ""
-                scores = "; ".join(f"{s.name} {s.score:.3f}" for s in summary.scores
-                                   if not math.isnan(s.score))
-                ray.get(inbox.finish.remote(submission.id, True,
-                                            f"fitted {fitted}; {kept}{scores}"))
-            served += 1
-    return served
-

@@ -219,12 +219,12 @@ def test_the_module_entry_points_report_bad_command_lines_in_one_line(tmp_path, 
 def test_submit_says_when_no_server_serves_the_store(tmp_path, store, capsys, monkeypatch):
     import ray
 
-    from pipeline import driver
+    from pipeline import serving
     from pipeline.inbox import inbox_actor
 
     # Ray is the test's own (ray_cluster, started before the ray.init guard), so `connect`
     # attaches to nothing else.
-    monkeypatch.setattr(driver, "SERVER_WAIT_S", 0.5)
+    monkeypatch.setattr(serving, "SERVER_WAIT_S", 0.5)
     walk = tiny_task("walk", base="stand")
     put_datasets(store.uri, [walk])
     spec = tmp_path / "walk.yaml"
@@ -248,9 +248,9 @@ def test_submit_says_when_no_server_serves_the_store(tmp_path, store, capsys, mo
 
     # A serving driver attaches; it counts until it detaches.
     token = ray.get(inbox.attach.remote())
-    assert driver.serving(store.uri) == 1
+    assert serving.serving(store.uri) == 1
     ray.get(inbox.detach.remote(token))
-    assert driver.serving(store.uri) == 0
+    assert serving.serving(store.uri) == 0
     ray.kill(inbox)
 
 

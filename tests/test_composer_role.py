@@ -6,7 +6,8 @@ import pytest
 from pipeline_builders import put_datasets, tiny_task
 
 from library.errors import PsecError, ShapeError, SpecError
-from pipeline.driver import check_plan, planned_results, recorded_results
+from pipeline.checks import check_plan
+from pipeline.driver import planned_results, recorded_results
 from pipeline.plan import plan_stream, plan_task
 from pipeline.results import ResultRow, existing_env_keys, now
 from tasks.spec import parse_stream, parse_task

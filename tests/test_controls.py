@@ -15,7 +15,7 @@ from library.learners import ComposerLearner
 from library.lora import add_random_skill, lora_layers, use_skills
 from library.serialization import dump_skill, load_base
 from library.store import SkillStore
-from pipeline.driver import check_plan
+from pipeline.checks import check_plan
 from pipeline.plan import plan_task
 from pipeline.results import ResultRow, now
 from pipeline.stages import UnitContext, load_acting, load_composer, random_skill_name, split_item

@@ -148,7 +148,7 @@ def _real_d4rl_file(path, n_obs=17, n_act=6):
 
 def test_a_target_can_be_a_real_d4rl_file(tmp_path):
     from library.store import SkillStore
-    from pipeline.driver import check_plan
+    from pipeline.checks import check_plan
 
     path = _real_d4rl_file(tmp_path / "halfcheetah-medium-v2.hdf5")
     data = copy.deepcopy(yaml.safe_load(open(STREAM)))

@@ -11,7 +11,7 @@ import torch
 
 from library.names import BASE
 from library.store import SkillStore
-from pipeline.driver import check_plan
+from pipeline.checks import check_plan
 from pipeline.plan import plan_stream
 from tasks.dataset import dataset_meta, to_table
 from tasks.spec import dump, load_stream, parse_stream

@@ -19,9 +19,10 @@ from pipeline_builders import (
 
 from library.errors import StoreError
 from library.store import SkillStore
-from pipeline.driver import DriverOptions, run_plan, serve, submit
+from pipeline.driver import DriverOptions, run_plan
 from pipeline.fit import FitOptions, checkpoint_root
 from pipeline.plan import plan_stream
+from pipeline.serving import serve, submit
 from pipeline.stages import UnitContext
 from pipeline.store_actor import StoreHandle
 from tasks.spec import load_stream

@@ -16,8 +16,30 @@ def python_blocks() -> list[str]:
 def test_readme_starts_with_the_two_commands():
     lines = [ln for ln in README.read_text().splitlines() if ln.strip()]
     commands = lines[2:4]  # after the title and the code fence
-    assert "psec run configs/dmc_walker.yaml --scale smoke" in commands[0]
+    assert "psec run configs/dmc_walker.yaml --scale main" in commands[0]
     assert "pytest" in commands[1]
+
+
+def test_the_main_job_starts_from_the_committed_base(tmp_path, monkeypatch):
+    """The main job takes the shipped walker-stand base (never fits it) and its plan passes
+    every check on a fresh store; the skills and composers get the paper's budgets."""
+    from library.store import SkillStore
+    from pipeline.checks import check_plan
+    from pipeline.plan import plan_stream
+    from tasks.spec import load_stream
+
+    monkeypatch.chdir(README.parent)
+    stream = load_stream("configs/dmc_walker.yaml", "main")
+    plan = plan_stream(stream)
+    shipped = SkillStore("bases/walker-stand").entry("walker-stand")
+    base = plan.units["walker-stand"].stages[0]
+    assert base.steps == shipped.metrics["train_steps"] >= 100_000
+    assert shipped.task_spec["train"]["batch_size"] == 1024
+    stages = {stage.name: stage for unit in plan.units.values() for stage in unit.stages}
+    assert stages["walker-walk"].steps == stages["walker-run"].steps == 10_000
+    assert {stages[c].steps for c in ("s2w", "s2r", "sw2r")} == {1000}
+    assert all(stage.batch_size == 1024 for stage in stages.values())
+    check_plan(plan, SkillStore(str(tmp_path / "store")))
 
 
 @pytest.mark.slow

@@ -22,10 +22,11 @@ from pipeline_builders import put_datasets, register_base, snapshot, tiny_task
 
 from library.errors import StoreError
 from library.store import SkillStore
-from pipeline import driver
 from pipeline import inbox as inbox_module
+from pipeline import serving
+from pipeline.checks import check_plan
 from pipeline.cli import main
-from pipeline.driver import DriverOptions, check_plan, plan_submission, serve
+from pipeline.driver import DriverOptions
 from pipeline.inbox import (
     ServeRecord,
     is_stale,
@@ -34,6 +35,7 @@ from pipeline.inbox import (
     write_record,
 )
 from pipeline.results import ResultRow
+from pipeline.serving import plan_submission, serve
 from tasks.spec import dump, parse_task
 
 torch.set_num_threads(1)
@@ -140,7 +142,7 @@ def test_submit_goes_to_the_recorded_servers_ray_and_nowhere_else(tmp_path, stor
 
 @pytest.mark.usefixtures("no_ray")
 def test_submit_wait_gives_a_server_time_to_start(tmp_path, store, capsys, monkeypatch):
-    monkeypatch.setattr(driver, "SERVER_WAIT_S", 1.0)
+    monkeypatch.setattr(serving, "SERVER_WAIT_S", 1.0)
     started = time.monotonic()
     submit_error(capsys, [str(tmp_path / "walk.yaml"), "--store", store.uri, "--wait"],
                  "no psec serve is serving the store at", "nothing was queued")
