@@ -25,7 +25,6 @@ rescaled so that the cosine horizon (lr_decay × steps) is the planned one.
 from __future__ import annotations
 
 import io
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -91,34 +90,25 @@ def fit_fields(task: TaskSpec) -> dict[str, Any]:
     return data
 
 
-def _read_progress(folder: Path) -> Progress | None:
-    path = folder / TRAINING / PROGRESS_FILE
-    if not path.exists():
-        return None
-    return Progress.model_validate_json(path.read_text())
+def _read_progress(store: SkillStore) -> Progress | None:
+    data = store.get_file(TRAINING, PROGRESS_FILE)
+    return None if data is None else Progress.model_validate_json(data)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
-def _save(folder: Path, progress: Progress, learner_state: dict, optimizer_state: dict) -> None:
-    """State first, progress last: a call killed in between leaves the old progress, whose
-    step the new state is ahead of, so the state carries its own step and wins."""
+def _save(store: SkillStore, progress: Progress, learner_state: dict,
+          optimizer_state: dict) -> None:
+    """State first, progress last (each written atomically by the store): a call killed in
+    between leaves the old progress, whose step the new state is ahead of, so the state
+    carries its own step and wins."""
     buffer = io.BytesIO()
     torch.save({"step": progress.steps, "learner": learner_state, "optimizer": optimizer_state},
                buffer)
-    _write_atomic(folder / TRAINING / STATE_FILE, buffer.getvalue())
-    _write_atomic(folder / TRAINING / PROGRESS_FILE,
-                  (progress.model_dump_json(indent=2) + "\n").encode())
+    store.put_file(TRAINING, STATE_FILE, buffer.getvalue())
+    store.put_file(TRAINING, PROGRESS_FILE, (progress.model_dump_json(indent=2) + "\n").encode())
 
 
-def _load_state(folder: Path) -> dict[str, Any]:
-    with open(folder / TRAINING / STATE_FILE, "rb") as f:
-        return torch.load(f, weights_only=True)
+def _load_state(store: SkillStore) -> dict[str, Any]:
+    return torch.load(io.BytesIO(store.get_file(TRAINING, STATE_FILE)), weights_only=True)
 
 
 def shipped_spec(task: TaskSpec, steps: int) -> TaskSpec:
@@ -151,13 +141,13 @@ def train_base(stream_path: str, task_name: str, folder: Path, scale: str | None
     unit = base_unit(stream, task_name)
     task, stage = unit.task, unit.stages[0]
     target = stage.steps if until is None else min(until, stage.steps)
-    progress = _read_progress(folder)
+    store = SkillStore(str(folder))
+    progress = _read_progress(store)
     if progress is not None and (progress.seed != stage.seed or
                                  fit_fields(parse_task(progress.spec)) != fit_fields(task)):
         raise StoreError(f"{folder} holds the training of another plan of {progress.task!r} "
                          f"(a changed spec, scale or seed): move it away to start afresh")
 
-    store = SkillStore(str(folder))
     dataset = dataset_name(task)
     if store.has_dataset(dataset):
         from tasks.dataset import dataset_meta
@@ -176,11 +166,11 @@ def train_base(stream_path: str, task_name: str, folder: Path, scale: str | None
     learner = context.build(stage)
     optimizer_state = None
     if progress is None:
-        progress = Progress(task=task.name, spec=dump(task), seed=stage.seed, planned_steps=stage.steps, steps=0,
-                            seconds=0.0, calls=[],
+        progress = Progress(task=task.name, spec=dump(task), seed=stage.seed,
+                            planned_steps=stage.steps, steps=0, seconds=0.0, calls=[],
                             command=train_command(stream_path, task.name, scale, folder))
     else:
-        state = _load_state(folder)
+        state = _load_state(store)
         learner.load_state_dict(state["learner"])
         optimizer_state = state["optimizer"]
         progress.steps = state["step"]
@@ -200,7 +190,7 @@ def train_base(stream_path: str, task_name: str, folder: Path, scale: str | None
         optimizer_state, loss = result.optimizer_state, result.terms["loss"]
         progress.seconds += time.perf_counter() - chunk_started
         progress.steps = end
-        _save(folder, progress, learner.state_dict(), optimizer_state)
+        _save(store, progress, learner.state_dict(), optimizer_state)
         log(f"  step {end}: loss {loss:.4f}, {(end - start) / (time.perf_counter() - started):.1f}"
             " steps/s")
     seconds = time.perf_counter() - started
@@ -209,13 +199,13 @@ def train_base(stream_path: str, task_name: str, folder: Path, scale: str | None
             "from": start, "to": progress.steps, "seconds": round(seconds, 1),
             "threads": threads, "steps_per_s": round((progress.steps - start) / seconds, 2),
             "loss": round(loss, 5)})
-        _save(folder, progress, learner.state_dict(), optimizer_state)
-        _store_base(store, context, learner, task, stage, progress, len(data.obs))
+        _save(store, progress, learner.state_dict(), optimizer_state)
+        _store_base(store, learner, task, stage, progress, len(data.obs), context.fingerprint)
     return progress
 
 
-def _store_base(store: SkillStore, context, learner, task: TaskSpec, stage, progress: Progress,
-                transitions: int) -> None:
+def _store_base(store: SkillStore, learner, task: TaskSpec, stage, progress: Progress,
+                transitions: int, fingerprint: str) -> None:
     """The base as trained so far, in the folder's store (replacing the previous one)."""
     from pipeline.stages import UnitContext
 
@@ -225,7 +215,7 @@ def _store_base(store: SkillStore, context, learner, task: TaskSpec, stage, prog
                "train_seconds": round(progress.seconds, 1), "train_transitions": transitions,
                "command": progress.command}
     store.register(task.name, "base", config, tensors, task_spec=dump(spec),
-                   dataset_fingerprint=context.fingerprint, metrics=metrics, overwrite=True)
+                   dataset_fingerprint=fingerprint, metrics=metrics, overwrite=True)
 
 
 # ------------------------------------------------------------------------ the command
