@@ -32,6 +32,7 @@ from library.config import config_from_dict
 from library.diffusion import DiffusionPolicy, Noise
 from library.errors import SpecError, StoreError
 from library.lora import DEFAULT_SCALING, skill_names, use_skills
+from library.mish import Mish
 from library.names import BASE
 
 MODES = ("parameter", "noise", "action", "fixed")
@@ -146,8 +147,8 @@ class ContextNet(nn.Module):
         super().__init__()
         self.config = config
         self.net = nn.Sequential(
-            nn.Linear(obs_dim, config.hidden), nn.Mish(),
-            nn.Linear(config.hidden, config.hidden), nn.Mish(),
+            nn.Linear(obs_dim, config.hidden), Mish(),
+            nn.Linear(config.hidden, config.hidden), Mish(),
             nn.Linear(config.hidden, k),
         )
         with torch.no_grad():

@@ -112,10 +112,11 @@ def _cache_mode() -> Iterator[None]:
 class _Stack:
     """The active adapters of one layer as the two matrices the batched forward needs.
 
-    LoRA: A stack [R, in] and B stackᵀ [R, out]; full-rank: ΔW stack [k·out, in]. One skill
-    needs no stacking (its parameters are used as they are). For several, the concatenation
-    is cached while no gradient is wanted and rebuilt when any parameter's `_version`
-    counter or storage moves (an optimiser step or `load_state_dict` writes in place).
+    LoRA: A stack [R, in] and B stackᵀ [R, out]; full-rank: ΔW stack [k·out, in]. Without
+    gradients one skill needs no stacking (its parameters are used as they are) and the
+    concatenation of several is cached, rebuilt when any parameter's `_version` counter or
+    storage moves (an optimiser step or `load_state_dict` writes in place). With gradients
+    the matrices are built every call, B stackᵀ as a row-major copy (see `matrices`).
     """
 
     __slots__ = ("params", "kind", "k", "versions", "first", "second")
@@ -135,11 +136,19 @@ class _Stack:
         return torch.cat(p, dim=0), None
 
     def matrices(self) -> tuple[Tensor, Tensor | None]:
-        p = self.params
-        if self.k == 1:
-            return (p[0], p[1].t()) if self.kind == "lora" else (p[0], None)
+        p, k = self.params, self.k
         if torch.is_grad_enabled() and any(t.requires_grad for t in p):
-            return self._build()  # part of the graph: concatenate afresh every time
+            # Part of the graph: built afresh every call.
+            if self.kind == "full":
+                return (p[0] if k == 1 else torch.cat(p, dim=0)), None
+            # B stackᵀ row-major: for a column-major mat2 (the plain `B.t()` view) autograd
+            # computes B's gradient as (dYᵀ h)ᵀ, a [out, batch] × [batch, R] product that
+            # runs several times slower here than the hᵀ dY it takes for a row-major one
+            # (docs/BENCHMARKS.md, "LoRA step").
+            return (p[0] if k == 1 else torch.cat(p[:k], dim=0),
+                    torch.cat([b.t() for b in p[k:]], dim=0))
+        if k == 1:
+            return (p[0], p[1].t()) if self.kind == "lora" else (p[0], None)
         # data_ptr too: .to()/.double() swap a parameter's storage without a version bump
         versions = tuple((t._version, t.data_ptr()) for t in p)
         if versions != self.versions:

@@ -33,6 +33,7 @@ def net_inputs(batch: int = 6, seed: int = 2):
 
 
 @pytest.mark.parametrize("kind", ["lora", "full"])
+@torch.no_grad()  # as a policy acts (with autograd, Mish takes its training path)
 def test_fresh_adapter_changes_no_output(kind):
     policy = tiny_policy()
     a_t, s, t = net_inputs()
@@ -333,3 +334,32 @@ def test_lora_a_is_lecun_normal():
     var = a.var().item() * a.shape[1]
     assert 0.9 < var < 1.1
     assert a.abs().max().item() <= 2.0 / (0.87962566103423978 * a.shape[1] ** 0.5) + 1e-6
+
+
+@pytest.mark.parametrize("names", [["b"], ["a", "b", "d"]])
+def test_adapter_gradients_equal_those_of_the_written_out_formula(names):
+    """Training builds B stackᵀ as a row-major copy (faster backward); the gradients of every
+    A and B must still be those of y = W0 x + b + Σ_i w_i s_i B_i A_i x, skill by skill."""
+    policy = skill_bank()
+    layer = lora_layers(policy)["net.blocks.0.fc1"]
+    for name in names:
+        layer.lora_A[name].weight.requires_grad_(True)
+        layer.lora_B[name].weight.requires_grad_(True)
+    x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(7))
+    w = torch.tensor([0.5, -1.0, 2.0])[: len(names)]
+    upstream = torch.randn(5, layer.out_features, generator=torch.Generator().manual_seed(8))
+    with use_skills(policy, names, w):
+        (layer(x) * upstream).sum().backward()
+    got = {n: (layer.lora_A[n].weight.grad.clone(), layer.lora_B[n].weight.grad.clone())
+           for n in names}
+    for name in names:
+        layer.lora_A[name].weight.grad = layer.lora_B[name].weight.grad = None
+    y = nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias)
+    for wi, name in zip(w, names):
+        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+        y = y + wi * layer.adapters[name].scaling * (x @ a.t() @ b.t())
+    (y * upstream).sum().backward()
+    for name in names:
+        torch.testing.assert_close(got[name][0], layer.lora_A[name].weight.grad)
+        torch.testing.assert_close(got[name][1], layer.lora_B[name].weight.grad)
+        assert got[name][1].abs().sum() > 0
