@@ -29,3 +29,21 @@ def test_quick_run_prints_all_figures(capsys):
     ratio = next(row for row in rows if row["name"] == "composed_latency_ratio")
     assert ratio["value"] > 0 and ratio["goal"] == 1.5
     assert all(row["value"] > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_compare_train_times_both_checkouts_and_refuses_a_folder_that_is_none(capsys, tmp_path):
+    from pathlib import Path
+
+    from benchmarks import compare_train
+
+    root = Path(__file__).resolve().parents[1]
+    compare_train.main([str(root), str(root), "--rounds", "1", "--steps", "3", "--batch", "32",
+                        "--json"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["learner"] for row in rows] == ["full", "lora_r8", "composer_k3"]
+    for row in rows:
+        assert len(row["before"]) == len(row["after"]) == 1 and row["before"][0] > 0
+        assert row["speedup"] == pytest.approx(row["after"][0] / row["before"][0], rel=0.1)
+    with pytest.raises(SystemExit, match="not a checkout of this repository"):
+        compare_train.main([str(tmp_path), str(root)])
