@@ -266,16 +266,15 @@ def psec_cause(error: BaseException) -> PsecError | None:
         # original class, whose str() is the whole remote traceback: prefer its cause.
         if isinstance(error, PsecError) and not isinstance(nested, BaseException):
             return error
+        # ray.train.WorkerGroupError (public in Ray 2.60, Train v2) keeps each failed
+        # worker's exception in `worker_failures`, by rank.
+        failures = getattr(error, "worker_failures", None)
         if isinstance(nested, BaseException):
             error = nested
+        elif isinstance(failures, dict) and failures:
+            error = next(iter(failures.values()))
         else:
-            for attr in ("worker_failures", "_worker_failures"):
-                failures = getattr(error, attr, None)
-                if isinstance(failures, dict) and failures:
-                    error = next(iter(failures.values()))
-                    break
-            else:
-                error = error.__cause__ or error.__context__
+            error = error.__cause__ or error.__context__
         seen += 1
     return None
 
@@ -319,7 +318,14 @@ def _read_report(result) -> FitReport:
 
 
 def _allreduce_mean(params: list[torch.nn.Parameter]) -> None:
-    """Average gradients over workers: one flat all-reduce instead of one per tensor."""
+    """Average gradients over workers: one flat all-reduce instead of one per tensor.
+
+    Not `ray.train.torch.prepare_model` (DDP): DDP synchronises gradients for losses
+    computed through the wrapped module's own `forward`, and a learner's loss is not one
+    (`Learner.loss` runs the policy's ε-loss inside `use_skills`, weightings and frozen
+    critics around it). `library.training.train` stays free of torch.distributed and Ray
+    and takes this as its `grad_hook`; the average is DDP's (sum / world size).
+    """
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
