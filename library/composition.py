@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from library.config import config_from_dict
+from library.config import config_from_dict, is_count, is_finite_number
 from library.diffusion import DiffusionPolicy, Noise
 from library.errors import SpecError, StoreError
 from library.lora import DEFAULT_SCALING, skill_names, use_skills
@@ -75,15 +75,11 @@ class AlphaConfig:
             raise SpecError("alpha.init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.init == "zero" and self.output == "softmax":
             raise SpecError("alpha.init", "'zero' is impossible with softmax weights (they sum to 1)")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not (
-            math.isfinite(self.scale) and self.scale > 0
-        ):
+        if not (is_finite_number(self.scale) and self.scale > 0):
             raise SpecError("alpha.scale", f"must be a positive number, got {self.scale!r}")
-        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
+        if not is_count(self.hidden):
             raise SpecError("alpha.hidden", f"must be a positive integer, got {self.hidden!r}")
-        if isinstance(self.reg, bool) or not isinstance(self.reg, int | float) or not (
-            math.isfinite(self.reg) and self.reg >= 0
-        ):
+        if not (is_finite_number(self.reg) and self.reg >= 0):
             raise SpecError("alpha.reg", f"must be a number >= 0, got {self.reg!r}")
 
     def to_dict(self) -> dict:

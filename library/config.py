@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, fields
 from typing import Any, TypeVar
 
 from library.errors import SpecError
 
 C = TypeVar("C")
+
+
+def is_count(value: Any, minimum: int = 1) -> bool:
+    """An int that is not a bool (YAML's `true` is not 1 step), at least `minimum`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float that is not a bool, NaN or ±inf."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def config_from_dict(cls: type[C], data: Any, field: str) -> C:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from library.config import is_count
 from library.errors import DataError, ShapeError, SpecError
 
 # field -> (dtype, rank): rank 2 fields are [N, dim], rank 1 fields are [N]
@@ -100,7 +101,7 @@ class OfflineData:
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """`batch_size` transitions drawn uniformly with replacement, by field name."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_count(batch_size):
             raise SpecError("batch_size", f"must be a positive integer, got {batch_size!r}")
         index = torch.randint(len(self), (batch_size,), generator=generator)
         return {f.name: getattr(self, f.name)[index] for f in fields(self)}

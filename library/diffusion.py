@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from library.config import config_from_dict
+from library.config import config_from_dict, is_count, is_finite_number
 from library.errors import DataError, ShapeError, SpecError
 from library.mish import Mish
 
@@ -86,19 +86,17 @@ class PolicyConfig:
         positive = {"obs_dim": 1, "act_dim": 1, "hidden": 1, "n_blocks": 0, "time_dim": 2, "T": 1}
         for name, minimum in positive.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            if not is_count(value, minimum):
                 raise SpecError(name, f"must be an integer >= {minimum}, got {value!r}")
         if self.time_dim % 2:
             raise SpecError("time_dim", f"must be even, got {self.time_dim}")
         for name in ("beta_min", "beta_max"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            if not (is_finite_number(value) and value > 0):
                 raise SpecError(name, f"must be a positive number, got {value!r}")
         if self.beta_max < self.beta_min:
             raise SpecError("beta_max", f"must be >= beta_min ({self.beta_min}), got {self.beta_max}")
-        if isinstance(self.block_width, bool) or not isinstance(self.block_width, int) or (
-            self.block_width < 1
-        ):
+        if not is_count(self.block_width):
             raise SpecError("block_width", f"must be an integer >= 1, got {self.block_width!r}")
         if self.time_embedding not in TIME_EMBEDDINGS:
             raise SpecError("time_embedding", f"must be one of {', '.join(TIME_EMBEDDINGS)}, "
@@ -322,7 +320,7 @@ def select_action(
     obs [B, S] -> actions [B, A]. Without a critic there is nothing to choose by, so one
     sample per state is drawn whatever `n_candidates` says. q_fn(obs [M, S], a [M, A]) -> [M].
     """
-    if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
+    if not is_count(n_candidates):
         raise SpecError("n_candidates", f"must be a positive integer, got {n_candidates!r}")
     if q_fn is None or n_candidates == 1:
         return sample_fn(obs)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from library.config import is_count
 from library.errors import DataError, ShapeError, SpecError, StoreError
 from library.names import BASE, check_name
 
@@ -404,7 +405,7 @@ def adapter_spec(kind: str = "lora", rank: int = 8, alpha: float | None = None) 
         raise SpecError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "full":
         return AdapterSpec(kind="full", rank=0, alpha=1.0)
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+    if not is_count(rank):
         raise SpecError("rank", f"must be a positive integer, got {rank!r}")
     if alpha is None:
         alpha = default_alpha(rank)

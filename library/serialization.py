@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from library.composition import AlphaConfig, Composer
+from library.config import is_count
 from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
 from library.errors import DataError, ShapeError, SpecError, StoreError
 from library.lora import LoraLinear, add_skill, lora_layers, merged_skills, skill_spec
@@ -169,7 +170,7 @@ def load_skill(
     kind = _kind(config, ("lora", "full"))
     _check_policy_dims(config, policy, f"skill {name!r}")
     rank = config.get("r")
-    if kind == "lora" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+    if kind == "lora" and not is_count(rank):
         raise SpecError("r", f"must be a positive integer, got {rank!r}")
     paths = _linear_paths(policy)
     targets = config.get("target_modules")

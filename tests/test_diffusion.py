@@ -58,6 +58,12 @@ def test_config_validation_names_the_field():
         PolicyConfig(obs_dim=3, act_dim=2, time_dim=7)
     with pytest.raises(SpecError, match="^policy.width: unknown"):
         PolicyConfig.from_dict({"obs_dim": 3, "act_dim": 2, "width": 3})
+    # YAML's `true` is not a count or a rate, and NaN is not a number
+    with pytest.raises(SpecError, match="^hidden: must be an integer >= 1, got True"):
+        PolicyConfig(obs_dim=3, act_dim=2, hidden=True)
+    for bad in (True, float("nan")):
+        with pytest.raises(SpecError, match="^beta_min: must be a positive number"):
+            PolicyConfig(obs_dim=3, act_dim=2, beta_min=bad)
     cfg = PolicyConfig(obs_dim=3, act_dim=2, hidden=64)
     assert PolicyConfig.from_dict(cfg.to_dict()) == cfg
 
