@@ -3,9 +3,10 @@
     git worktree add /tmp/before <commit>
     python -m benchmarks.compare_train /tmp/before . --threads 1 --rounds 2 --json
 
-Each round runs, for every checkout in turn and in a fresh process, benchmarks/core.py's
-learners (base, LoRA rank 8, composer k = 3 at batch 1024) through that checkout's own
-`library.training.train`: a warm-up of 20 steps, then `--steps` timed steps. Alternating
+Each round runs, for every checkout in turn and in a fresh process, that checkout's own
+`benchmarks.core.train_rate` (the marginal steps/s of its `library.training.train` between
+runs of `--steps` and 2·`--steps`, after a warm-up) on benchmarks/core.py's learners
+(base, LoRA rank 8, composer k = 3 at batch 1024). Alternating
 the checkouts within each round keeps a shared machine's drift out of the comparison;
 compare figures within one run only. `speedup` is the ratio of the medians over rounds.
 """
@@ -21,19 +22,12 @@ from pathlib import Path
 
 # Runs inside the checkout under test (its own library/ and benchmarks/ on sys.path).
 _ONE_CHECKOUT = """
-import json, sys, time, torch
-from benchmarks.core import learners, training_data
-from library.training import train
+import json, torch
+from benchmarks.core import learners, train_rate, training_data
 torch.set_num_threads({threads})
 data = training_data()
-rates = {{}}
-for what, make in learners().items():
-    learner = make()
-    train(learner, data, steps=20, batch_size={batch}, lr=3e-4, seed=0)
-    started = time.perf_counter()
-    train(learner, data, steps={steps}, batch_size={batch}, lr=3e-4, seed=0)
-    rates[what] = {steps} / (time.perf_counter() - started)
-print(json.dumps(rates))
+print(json.dumps({{what: train_rate(make, data, {batch}, {steps})
+                  for what, make in learners().items()}}))
 """
 
 
@@ -53,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("after", type=Path, help="checkout B")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=300, help="timed steps per learner")
+    parser.add_argument("--steps", type=int, default=150, help="n of the n / 2n-step runs")
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
