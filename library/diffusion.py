@@ -81,6 +81,10 @@ class PolicyConfig:
     time_embedding: str = "fixed"
     """"fixed" (log-spaced sinusoids) or "learned" (Fourier features with a trained
     frequency per feature, drawn N(0, 0.2) as the official code's); an MLP follows either."""
+    dropout: float = 0.0
+    """Rate at which each residual block's input is dropped while the policy's own weights
+    train (a base, or a skill's adapters; never a composer's α, never sampling), as the
+    official `MLPResNet` does with 0.1. 0 (ours) draws no masks at all."""
 
     def __post_init__(self) -> None:
         positive = {"obs_dim": 1, "act_dim": 1, "hidden": 1, "n_blocks": 0, "time_dim": 2, "T": 1}
@@ -101,6 +105,8 @@ class PolicyConfig:
         if self.time_embedding not in TIME_EMBEDDINGS:
             raise SpecError("time_embedding", f"must be one of {', '.join(TIME_EMBEDDINGS)}, "
                                               f"got {self.time_embedding!r}")
+        if not (is_finite_number(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise SpecError("dropout", f"must be a number in [0, 1), got {self.dropout!r}")
         if self.activation not in ACTIVATIONS:
             raise SpecError("activation", f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
@@ -167,7 +173,10 @@ class StateNormalizer(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """x + fc2(act(fc1(LN(x)))), fc1: hidden → width·hidden, fc2 back to hidden."""
+    """x + fc2(act(fc1(LN(x·keep)))), fc1: hidden → width·hidden, fc2 back to hidden.
+
+    `keep` is a dropout mask already scaled by 1/(1 − rate) (`DiffusionPolicy.loss` draws
+    it), or None: the residual path itself is never dropped, as in the official block."""
 
     def __init__(self, hidden: int, activation: str, width: int = 1):
         super().__init__()
@@ -176,8 +185,9 @@ class ResidualBlock(nn.Module):
         self.act = ACTIVATIONS[activation]()
         self.fc2 = nn.Linear(width * hidden, hidden)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.fc2(self.act(self.fc1(self.norm(x))))
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        inner = x if keep is None else x * keep
+        return x + self.fc2(self.act(self.fc1(self.norm(inner))))
 
 
 class NoisePredictor(nn.Module):
@@ -208,13 +218,16 @@ class NoisePredictor(nn.Module):
         self.out_norm = nn.LayerNorm(cfg.hidden)
         self.output = nn.Linear(cfg.hidden, cfg.act_dim)
 
-    def forward(self, a_t: Tensor, s_norm: Tensor, t: Tensor) -> Tensor:
-        # a_t: [B, A], s_norm: [B, S], t: [B] integer steps in 1..T
+    def forward(
+        self, a_t: Tensor, s_norm: Tensor, t: Tensor, keep: list[Tensor] | None = None
+    ) -> Tensor:
+        # a_t: [B, A], s_norm: [B, S], t: [B] integer steps in 1..T; keep: one [B, hidden]
+        # dropout mask per block, or None
         phase = t.to(a_t.dtype).unsqueeze(-1) * self.freqs  # [B, time_dim/2]
         emb = self.time_out(self.time_act(self.time_in(torch.cat([phase.sin(), phase.cos()], -1))))
         x = self.input(torch.cat([a_t, s_norm, emb], dim=-1))  # [B, hidden]
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if keep is None else keep[i])
         return self.output(self.out_norm(x))  # [B, A]
 
 
@@ -258,11 +271,15 @@ class DiffusionPolicy(nn.Module):
         weights: Tensor | None = None,
         generator: torch.Generator | None = None,
         eps_fn: EpsFn | None = None,
+        dropout: bool = False,
     ) -> dict[str, Tensor]:
         """Paper Eq. 3: E_t,ε w(s, a)·‖ε − ε_θ(a_t, s, t)‖² (per-sample mean over action dims).
 
         obs [B, S] raw, actions [B, A], weights [B] or None (all 1). Returns {"loss": the
-        weighted mean, "mse": the unweighted mean}.
+        weighted mean, "mse": the unweighted mean}. `dropout` applies the config's rate to
+        the blocks (`PolicyConfig.dropout`; the masks come from `generator` after t and ε,
+        so a rate of 0 or dropout=False leaves every draw as it was); it needs the own
+        network (no `eps_fn`).
         """
         self.check_inputs(obs, actions)
         batch = obs.shape[0]
@@ -273,9 +290,28 @@ class DiffusionPolicy(nn.Module):
         noise = torch.randn(actions.shape, generator=generator, device=obs.device, dtype=actions.dtype)
         alpha_bar = self.alpha_bars[t - 1].unsqueeze(-1)  # [B, 1]
         a_t = alpha_bar.sqrt() * actions + (1.0 - alpha_bar).sqrt() * noise
-        mse = (eps_fn(a_t, self.normalizer(obs), t) - noise).pow(2).mean(dim=-1)  # [B]
+        s_norm = self.normalizer(obs)
+        rate = self.config.dropout if dropout else 0.0
+        if rate > 0:
+            if eps_fn is not self.net:
+                raise ValueError("dropout needs the policy's own network, not an eps_fn")
+            eps = self.net(a_t, s_norm, t, self._dropout_masks(batch, rate, generator, obs))
+        else:
+            eps = eps_fn(a_t, s_norm, t)
+        mse = (eps - noise).pow(2).mean(dim=-1)  # [B]
         loss = mse.mean() if weights is None else (weights.detach() * mse).mean()
         return {"loss": loss, "mse": mse.detach().mean()}
+
+    def _dropout_masks(
+        self, batch: int, rate: float, generator: torch.Generator | None, like: Tensor
+    ) -> list[Tensor]:
+        """One [B, hidden] keep mask per block, scaled by 1/(1 − rate) (inverted dropout)."""
+        shape = (batch, self.config.hidden)
+        return [
+            (torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype) >= rate)
+            .to(like.dtype).div_(1.0 - rate)
+            for _ in range(self.config.n_blocks)
+        ]
 
     @torch.no_grad()
     def sample(

@@ -242,9 +242,9 @@ class _PolicyLearner(Learner):
     def act_dim(self) -> int:
         return self.policy.config.act_dim
 
-    def _weighted(self, loss_fn, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _weighted(self, loss_fn, batch: dict[str, Tensor], **options) -> dict[str, Tensor]:
         weights = self.weigh(batch)  # [B], no grad
-        terms = loss_fn(batch["obs"], batch["actions"], weights=weights)
+        terms = loss_fn(batch["obs"], batch["actions"], weights=weights, **options)
         return {**terms, "weight_mean": weights.mean(), "weight_max": weights.max(),
                 "weight_ess": effective_sample_size(weights)}
 
@@ -268,7 +268,7 @@ class BaseLearner(_PolicyLearner):
         )
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return self._weighted(self.policy.loss, batch)
+        return self._weighted(self.policy.loss, batch, dropout=True)
 
     def state_dict(self) -> dict[str, Tensor]:
         # The whole policy, normaliser buffers included: a base is everything it holds.
@@ -312,7 +312,7 @@ class SkillLearner(_PolicyLearner):
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         with use_skills(self.policy, [self.name]):
-            return self._weighted(self.policy.loss, batch)
+            return self._weighted(self.policy.loss, batch, dropout=True)
 
 
 class ComposerLearner(_PolicyLearner):

@@ -186,8 +186,8 @@ class DataSpec(_Spec):
 
 class NetworkSpec(_Spec):
     """Shape of a base's noise predictor (library.diffusion.PolicyConfig); its skills and
-    composers share it. The defaults are ours; `block_width: 4, time_embedding: learned`
-    is the official code's shape."""
+    composers share it. The defaults are ours; `block_width: 4, time_embedding: learned,
+    dropout: 0.1` is the official code's shape."""
 
     block_width: int = Field(
         _POLICY_DEFAULTS.block_width,
@@ -197,11 +197,15 @@ class NetworkSpec(_Spec):
         _POLICY_DEFAULTS.time_embedding,
         description="fixed sinusoids or learned Fourier features (official: learned).",
     )
+    dropout: float = Field(
+        _POLICY_DEFAULTS.dropout,
+        description="Rate of dropout at each block's input while a base or skill trains "
+        "(official: 0.1; never while a composer trains or a policy acts).",
+    )
 
     @model_validator(mode="after")
     def _library_checks(self) -> NetworkSpec:
-        _library_rule(lambda: PolicyConfig(obs_dim=1, act_dim=1, block_width=self.block_width,
-                                           time_embedding=self.time_embedding), "network")
+        _library_rule(lambda: PolicyConfig(obs_dim=1, act_dim=1, **self.model_dump()), "network")
         return self
 
 

@@ -182,3 +182,61 @@ def test_the_official_network_shape_is_a_choice_skills_adapt_as_well():
         PolicyConfig(obs_dim=3, act_dim=2, block_width=0)
     with pytest.raises(SpecError, match="^time_embedding"):
         PolicyConfig(obs_dim=3, act_dim=2, time_embedding="rope")
+
+
+def test_dropout_drops_block_inputs_while_own_weights_train_only():
+    """The official blocks drop 0.1 of their input while a base or a skill trains; a
+    composer's α and every sampled action see the whole network."""
+    from library.composition import AlphaConfig, Composer
+    from library.learners import BaseLearner, ComposerLearner, SkillLearner
+
+    def pair(rate):
+        torch.manual_seed(0)
+        return DiffusionPolicy(PolicyConfig(obs_dim=3, act_dim=2, hidden=64, n_blocks=2,
+                                            dropout=rate))
+
+    plain, dropping = pair(0.0), pair(0.5)
+    assert torch.equal(plain.net.output.weight, dropping.net.output.weight)
+    obs, actions = torch.randn(256, 3), torch.rand(256, 2) * 2 - 1
+
+    def loss(policy, **kw):
+        return policy.loss(obs, actions, generator=torch.Generator().manual_seed(3), **kw)["loss"]
+
+    # rate 0, or dropout off: the same draws and the same loss as a network without it
+    assert torch.equal(loss(plain, dropout=True), loss(plain))
+    assert torch.equal(loss(dropping), loss(plain))
+    assert not torch.equal(loss(dropping, dropout=True), loss(plain))
+    # the masks drop about `rate` of each block's input and rescale the rest
+    masks = dropping._dropout_masks(4096, 0.5, torch.Generator().manual_seed(0), obs)
+    assert len(masks) == 2 and masks[0].shape == (4096, 64)
+    assert set(masks[0].unique().tolist()) == {0.0, 2.0}
+    assert (masks[0] == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
+    # sampling never drops
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    assert torch.equal(dropping.sample(obs[:8], g()), plain.sample(obs[:8], g()))
+
+    batch = {"obs": obs, "actions": actions}
+    torch.manual_seed(7)
+    base_plain = BaseLearner(pair(0.0)).loss(batch)["loss"]
+    torch.manual_seed(7)
+    assert not torch.equal(BaseLearner(pair(0.5)).loss(batch)["loss"], base_plain)
+    skills = {}
+    for rate in (0.0, 0.5):
+        policy = pair(rate)
+        learner = SkillLearner(policy, "walk", generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():  # a trained-looking skill, so the composer's loss depends on it
+            for p in learner.module.parameters():
+                if p.requires_grad:
+                    p.add_(0.1)
+        torch.manual_seed(7)
+        skill_loss = learner.loss(batch)["loss"]
+        torch.manual_seed(11)
+        composer = Composer(policy, ["walk"], mode="parameter",
+                            alpha=AlphaConfig(output="raw", init="newest"),
+                            generator=torch.Generator().manual_seed(2))
+        torch.manual_seed(7)
+        skills[rate] = (skill_loss, ComposerLearner(composer).loss(batch)["loss"])
+    assert not torch.equal(skills[0.5][0], skills[0.0][0])
+    assert torch.equal(skills[0.5][1], skills[0.0][1])
+    with pytest.raises(SpecError, match="^dropout"):
+        PolicyConfig(obs_dim=3, act_dim=2, dropout=1.0)

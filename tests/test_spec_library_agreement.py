@@ -88,3 +88,6 @@ def test_network_shapes_agree():
             library = accepts(PolicyConfig, obs_dim=1, act_dim=1, block_width=width,
                               time_embedding=embedding)
             assert spec == library, (width, embedding)
+    for rate in [*NUMBERS, 0.0, 0.1, 0.99, 1.0]:
+        spec = accepts(NetworkSpec, dropout=rate)
+        assert spec == accepts(PolicyConfig, obs_dim=1, act_dim=1, dropout=rate), rate
