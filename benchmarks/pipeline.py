@@ -165,7 +165,8 @@ def parallel_speedup(root: Path, base, walk_table: pa.Table, quick: bool, as_jso
                      single_worker: str = "task") -> None:
     import ray
 
-    from pipeline.fit import FitOptions, launch_fit, size_job
+    from pipeline.fit import launch_fit, size_job
+    from pipeline.fit_job import FitOptions
     from pipeline.plan import plan_task
     from pipeline.store_actor import StoreHandle
     from tasks.spec import parse_task

@@ -72,7 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="psec",
         description="PSEC: skill expansion and composition in parameter space, on Ray.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_serve, _add_submit, _add_skills, _add_data, _add_eval):
+        add(commands)
+    # `tune` sits above the pipeline (tune → pipeline); the CLI is the one place that
+    # offers both, so it takes the subcommand from tune rather than knowing its options.
+    from pipeline.shipped_base import add_parser as add_base_parser
+    from tune.cli import add_parser as add_tune_parser
 
+    add_tune_parser(commands)
+    add_base_parser(commands)
+    _add_report(commands)
+    return parser
+
+
+def _add_run(commands) -> None:
     run = commands.add_parser("run", help="run a stream end to end (resumes if run again)")
     run.add_argument("stream", metavar="STREAM.yaml")
     run.add_argument("--scale", default=None,
@@ -88,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a one-worker fit as a plain Ray task (default) or a TorchTrainer")
     run.set_defaults(handler=_run)
 
+
+def _add_serve(commands) -> None:
     serve = commands.add_parser("serve", help="keep a driver running that fits submitted tasks")
     _add_store(serve)
     _add_address(serve, "default: a private local instance, or RAY_ADDRESS under ray job submit; "
@@ -100,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between inbox polls (default 1)")
     serve.set_defaults(handler=_serve)
 
+
+def _add_submit(commands) -> None:
     submit = commands.add_parser("submit", help="send a task spec to the serving driver")
     submit.add_argument("spec", metavar="SPEC.yaml")
     _add_store(submit)
@@ -110,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait until the driver has fitted the task")
     submit.set_defaults(handler=_submit)
 
+
+def _add_skills(commands) -> None:
     skills = commands.add_parser("skills", help="list, show or remove stored items")
     skill_commands = skills.add_subparsers(dest="skills_command", required=True,
                                            metavar="ACTION")
@@ -126,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(remove)
     remove.set_defaults(handler=_skills_remove)
 
+
+def _add_data(commands) -> None:
     data = commands.add_parser("data", help="datasets in the store")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     importing = data_commands.add_parser("import", help="convert a dataset file into the store")
@@ -143,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(generate)
     generate.set_defaults(handler=_data_generate)
 
+
+def _add_eval(commands) -> None:
     evaluate = commands.add_parser("eval", help="roll out a stored policy, print its score")
     evaluate.add_argument("name")
     evaluate.add_argument("--episodes", type=_positive, default=None,
@@ -156,22 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_address(evaluate, "default: a private local instance")
     evaluate.set_defaults(handler=_eval)
 
-    # `tune` sits above the pipeline (tune → pipeline); the CLI is the one place that
-    # offers both, so it takes the subcommand from tune rather than knowing its options.
-    from tune.cli import add_parser as add_tune_parser
 
-    add_tune_parser(commands)
-    from pipeline.shipped_base import add_parser as add_base_parser
-
-    add_base_parser(commands)
-
+def _add_report(commands) -> None:
     report = commands.add_parser("report", help="results tables (Markdown) and plots (PNG)")
     report.add_argument("--out", default=None,
                         help="folder to write into (default: <store>-report beside a local "
                              "store, ./<store name>-report for a remote one)")
     _add_store(report)
     report.set_defaults(handler=_report)
-    return parser
 
 
 # ---------------------------------------------------------------------------- commands

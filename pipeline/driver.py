@@ -39,7 +39,8 @@ from library.names import BASE
 from library.store import SkillStore
 from pipeline.checks import Checked, check_plan
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
-from pipeline.fit import FitOptions, FitReport, launch_fit, psec_cause, size_job
+from pipeline.fit import launch_fit, psec_cause, size_job
+from pipeline.fit_job import FitOptions, FitReport
 from pipeline.plan import StreamPlan, TaskPlan, plan_stream
 from pipeline.progress import ProgressView
 from pipeline.results import ResultRow, existing_env_keys, now

@@ -131,8 +131,8 @@ def train_base(stream_path: str, task_name: str, folder: Path, scale: str | None
     `until` steps (default: the planned steps) or, at the first checkpoint after
     `minutes`, stop; then store the base as trained so far in the folder."""
     from library.training import train
-    from pipeline.fit import _lr_decay_steps
     from pipeline.stages import UnitContext
+    from pipeline.unit_loop import lr_decay_steps
     from tasks.generators.generator import check_stored, generate
 
     if checkpoint_every < 1:
@@ -186,7 +186,7 @@ def train_base(stream_path: str, task_name: str, folder: Path, scale: str | None
         result = train(learner, data, end, stage.batch_size, stage.lr, seed=stage.seed,
                        start_step=progress.steps, optimizer_state=optimizer_state,
                        log_every=min(500, end - progress.steps),
-                       lr_decay_steps=_lr_decay_steps(stage, task))
+                       lr_decay_steps=lr_decay_steps(stage, task))
         optimizer_state, loss = result.optimizer_state, result.terms["loss"]
         progress.seconds += time.perf_counter() - chunk_started
         progress.steps = end

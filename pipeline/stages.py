@@ -214,7 +214,7 @@ class UnitContext:
             if critic is not None:
                 critic.to(self.device)
 
-    # ---- the harness's interface (pipeline.fit.unit_loop)
+    # ---- the harness's interface (pipeline.unit_loop)
 
     def data_for(self, stage: Stage) -> OfflineData:
         """What `stage` trains on: the task's dataset, or a composer's subset of it."""

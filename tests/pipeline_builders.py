@@ -105,7 +105,7 @@ def fit_base_killed_once(store_uri, stream_path, steps, fail_step, single_worker
     its worker killed once at the first progress report at or after `fail_step`; runs it
     with `single_worker` and returns (plan, summary)."""
     from pipeline.driver import DriverOptions, run_plan
-    from pipeline.fit import FailurePoint, FitOptions
+    from pipeline.fit_job import FailurePoint, FitOptions
     from pipeline.plan import plan_stream
     from tasks.spec import load_stream
 

@@ -1,6 +1,6 @@
 """Refits and re-evaluations are reproducible on CPU, bit for bit.
 
-A fit goes through the loop a one-worker unit runs in its Ray task (`pipeline.fit._run_unit`
+A fit goes through the loop a one-worker unit runs in its Ray task (`pipeline.unit_loop.run_unit`
 with the task's own checkpoint session), without Ray: the same spec with the same seed
 stores the same weights (sha256 of the safetensors file), in this process and in a fresh
 one; another seed stores other weights. Rolling a stored policy out is the body of the
@@ -21,9 +21,11 @@ import torch
 from pipeline_builders import put_datasets, register_base, tiny_task, write_stream
 
 from library.store import SkillStore
+from pipeline.checkpoints import TaskSession
 from pipeline.evaluation import roll_episodes
-from pipeline.fit import FitJob, FitOptions, _run_unit, _TaskSession
+from pipeline.fit_job import FitJob, FitOptions
 from pipeline.plan import plan_stream
+from pipeline.unit_loop import run_unit
 from tasks.spec import dump, load_stream, parse_task
 
 torch.set_num_threads(1)
@@ -58,7 +60,7 @@ def fit_tiny_stream(root: Path, seed: int, threads: int = 1) -> dict[str, str]:
         job = FitJob(stream=plan.stream, stream_seed=seed, unit=unit, workers=1,
                      cpus_per_worker=threads, gpus_per_worker=0,
                      options=FitOptions(checkpoint_every=10))
-        _run_unit(job, store, None, _TaskSession(job, store.uri))
+        run_unit(job, store, None, TaskSession(job, store.uri))
     return {entry.name: entry.sha256 for entry in store.list()}
 
 

@@ -19,8 +19,9 @@ from pipeline_builders import (
 
 from library.errors import StoreError
 from library.store import SkillStore
+from pipeline.checkpoints import checkpoint_root
 from pipeline.driver import DriverOptions, run_plan
-from pipeline.fit import FitOptions, checkpoint_root
+from pipeline.fit_job import FitOptions
 from pipeline.plan import plan_stream
 from pipeline.serving import serve, submit
 from pipeline.stages import UnitContext
@@ -76,8 +77,8 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path,
     # kept beside it equal an uninterrupted run's (on the same learning-rate schedule).
     from library.serialization import dump_base
     from library.training import train
-    from pipeline.fit import _lr_decay_steps
     from pipeline.stages import LAST_PREFIX
+    from pipeline.unit_loop import lr_decay_steps
 
     unit = plan.units["stand"]
     stage = unit.stages[0]
@@ -85,7 +86,7 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path,
     torch.manual_seed(stage.seed)
     learner = context.build(stage)
     train(learner, context.data, stage.steps, stage.batch_size, stage.lr, seed=stage.seed,
-          log_every=10, lr_decay_steps=_lr_decay_steps(stage, unit.task))
+          log_every=10, lr_decay_steps=lr_decay_steps(stage, unit.task))
     _, last = dump_base(learner.policy)
     with learner.ema_weights():
         _, ema = dump_base(learner.policy)

@@ -71,7 +71,7 @@ def test_tensorboard_runs_are_uploaded_on_close(s3_uri: str, tmp_path):
 
 
 def test_checkpoint_folder_and_its_removal(s3_uri: str):
-    from pipeline.fit import checkpoint_root, remove_run
+    from pipeline.checkpoints import checkpoint_root, remove_run
 
     root = checkpoint_root(s3_uri)
     assert root == SkillStore(s3_uri).uri_of("checkpoints")

@@ -49,7 +49,8 @@ from library.names import BASE
 from library.store import SkillStore
 from pipeline.driver import DriverOptions, make_dataset, run_plan
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
-from pipeline.fit import FitOptions, psec_cause
+from pipeline.fit import psec_cause
+from pipeline.fit_job import FitOptions
 from pipeline.plan import plan_stream, plan_task
 from pipeline.results import ResultRow, existing_keys, now
 from pipeline.runtime import connect
@@ -416,16 +417,10 @@ def _check_same_grid(store: SkillStore, search: str, scale: str, tags: list[str]
             "refitted)")
 
 
-def run_search(path: str, store_uri: str, resume: bool = False, scale: str = "smoke",
-               address: str | None = None) -> SearchSummary:
-    """`psec tune`: check the search, prepare what trials share, run (or resume) the
-    Tune experiment, record scale, machine and wall time next to it."""
-    started = time.perf_counter()
-    search = load_search(path, scale)
-    stream = search.load_stream()
-    points = enumerate_points(search)
-    store = SkillStore(store_uri)
-    store.check_writable()
+def _open_experiment(search: SearchSpec, store: SkillStore, scale: str,
+                     points: list[TrialPoint], resume: bool) -> str:
+    """The experiment's path: a fresh one (its grid recorded) or, with `resume`, the one
+    that ran before with the same grid."""
     experiment = experiment_path(store.uri, search.name)
     exists = _experiment_exists(experiment)
     if resume and not exists:
@@ -441,17 +436,11 @@ def run_search(path: str, store_uri: str, resume: bool = False, scale: str = "sm
     else:
         store.put_file(f"{TUNE_FOLDER}/{search.name}", POINTS_FILE,
                        json.dumps({"scale": scale, "points": tags}).encode())
-    connect(address)
-    concurrency = _concurrency(search)
-    options = DriverOptions(fit=FitOptions(concurrent_fits=concurrency))
-    prepare(search, stream, points, store.uri, options)
-    prepared = time.perf_counter() - started
-    context = SearchContext(search=dump(search), stream=dump(stream), store_uri=store.uri,
-                            concurrent_fits=concurrency)
-    grid = _tuner(search, context, points, experiment, resume).fit()
-    summary = SearchSummary(search=search.name, scale=scale, store=store.uri,
-                            experiment=experiment, trials=len(grid),
-                            prepare_seconds=prepared)
+    return experiment
+
+
+def _summarise(grid, search: SearchSpec, summary: SearchSummary) -> None:
+    """Count the grid's completed and errored trials into `summary`, and name the best."""
     best_value = None
     for result in grid:
         point = TrialPoint.model_validate(result.config["point"])
@@ -469,6 +458,31 @@ def run_search(path: str, store_uri: str, resume: bool = False, scale: str = "sm
         if better:
             best_value = value
             summary.best = f"{point.describe()}: {search.metric} {value:.4g}"
+
+
+def run_search(path: str, store_uri: str, resume: bool = False, scale: str = "smoke",
+               address: str | None = None) -> SearchSummary:
+    """`psec tune`: check the search, prepare what trials share, run (or resume) the
+    Tune experiment, record scale, machine and wall time next to it."""
+    started = time.perf_counter()
+    search = load_search(path, scale)
+    stream = search.load_stream()
+    points = enumerate_points(search)
+    store = SkillStore(store_uri)
+    store.check_writable()
+    experiment = _open_experiment(search, store, scale, points, resume)
+    connect(address)
+    concurrency = _concurrency(search)
+    options = DriverOptions(fit=FitOptions(concurrent_fits=concurrency))
+    prepare(search, stream, points, store.uri, options)
+    prepared = time.perf_counter() - started
+    context = SearchContext(search=dump(search), stream=dump(stream), store_uri=store.uri,
+                            concurrent_fits=concurrency)
+    grid = _tuner(search, context, points, experiment, resume).fit()
+    summary = SearchSummary(search=search.name, scale=scale, store=store.uri,
+                            experiment=experiment, trials=len(grid),
+                            prepare_seconds=prepared)
+    _summarise(grid, search, summary)
     summary.wall_seconds = time.perf_counter() - started
     earlier = read_record(store.uri, search.name) if resume else None
     total = summary.wall_seconds + float((earlier or {}).get("wall_seconds") or 0.0)
