@@ -107,29 +107,10 @@ def train(
     `lr_decay_steps`: the rate follows `cosine_lr` over that many steps (None: constant);
     it is a function of the step alone, so a resumed run follows the same schedule.
     """
-    if (data.obs_dim, data.act_dim) != (learner.obs_dim, learner.act_dim):
-        raise ShapeError(
-            f"dataset has obs/act dims ({data.obs_dim}, {data.act_dim}) but the model "
-            f"expects ({learner.obs_dim}, {learner.act_dim})"
-        )
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
-        if value < 1:
-            raise SpecError(f"train.{name}", f"must be a positive integer, got {value}")
-    if not lr > 0:
-        raise SpecError("train.lr", f"must be a positive number, got {lr}")
-    if lr_decay_steps is not None and lr_decay_steps < 1:
-        raise SpecError("train.lr_decay_steps", f"must be a positive integer, got {lr_decay_steps}")
-    if not 0 <= start_step <= steps:
-        raise SpecError("train.start_step", f"must lie in [0, {steps}], got {start_step}")
+    _check_args(learner, data, steps, batch_size, lr, log_every, lr_decay_steps, start_step)
     params = learner.parameters()
     device = params[0].device
-    optimizer = torch.optim.Adam(params, lr=lr)
-    if optimizer_state is not None:
-        try:
-            optimizer.load_state_dict(optimizer_state)
-        except ValueError as err:  # another learner's optimiser: parameter groups differ
-            raise ShapeError(f"optimizer checkpoint does not match the learner: {err}") from None
-
+    optimizer = _adam(params, lr, optimizer_state)
     started = time.perf_counter()
     result = TrainResult(steps=start_step, terms={})
     window: dict[str, list[Tensor]] = {}
@@ -151,15 +132,8 @@ def train(
             window.setdefault(key, []).append(value.detach())
         done = step + 1
         if done % log_every == 0 or done == steps:
-            result.terms = {k: torch.stack(v).float().mean().item() for k, v in window.items()}
-            result.history.append((done, result.terms))
+            _close_window(result, window, done, on_step)
             window = {}
-            if not math.isfinite(result.terms["loss"]):
-                raise TrainingDiverged(
-                    f"training diverged: the loss is {result.terms['loss']} by step {done} "
-                    "(look for extreme values in the data, or lower train.lr)", done)
-            if on_step is not None:
-                on_step(done, result.terms)
         if on_checkpoint is not None and (
             done == steps or (checkpoint_every is not None and done % checkpoint_every == 0)
         ):
@@ -173,3 +147,47 @@ def train(
     result.optimizer_state = copy.deepcopy(optimizer.state_dict())
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_args(learner: Learner, data: OfflineData, steps: int, batch_size: int, lr: float,
+                log_every: int, lr_decay_steps: int | None, start_step: int) -> None:
+    if (data.obs_dim, data.act_dim) != (learner.obs_dim, learner.act_dim):
+        raise ShapeError(
+            f"dataset has obs/act dims ({data.obs_dim}, {data.act_dim}) but the model "
+            f"expects ({learner.obs_dim}, {learner.act_dim})"
+        )
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
+        if value < 1:
+            raise SpecError(f"train.{name}", f"must be a positive integer, got {value}")
+    if not lr > 0:
+        raise SpecError("train.lr", f"must be a positive number, got {lr}")
+    if lr_decay_steps is not None and lr_decay_steps < 1:
+        raise SpecError("train.lr_decay_steps", f"must be a positive integer, got {lr_decay_steps}")
+    if not 0 <= start_step <= steps:
+        raise SpecError("train.start_step", f"must lie in [0, {steps}], got {start_step}")
+
+
+def _adam(params: list[torch.nn.Parameter], lr: float,
+          state: dict[str, Any] | None) -> torch.optim.Adam:
+    """Adam over `params`, from a checkpoint's `state` when resuming."""
+    optimizer = torch.optim.Adam(params, lr=lr)
+    if state is not None:
+        try:
+            optimizer.load_state_dict(state)
+        except ValueError as err:  # another learner's optimiser: parameter groups differ
+            raise ShapeError(f"optimizer checkpoint does not match the learner: {err}") from None
+    return optimizer
+
+
+def _close_window(result: TrainResult, window: dict[str, list[Tensor]], done: int,
+                  on_step: Callable[[int, dict[str, float]], None] | None) -> None:
+    """The mean terms of the steps since the last report: into `result` and `on_step`;
+    a non-finite loss raises TrainingDiverged."""
+    result.terms = {k: torch.stack(v).float().mean().item() for k, v in window.items()}
+    result.history.append((done, result.terms))
+    if not math.isfinite(result.terms["loss"]):
+        raise TrainingDiverged(
+            f"training diverged: the loss is {result.terms['loss']} by step {done} "
+            "(look for extreme values in the data, or lower train.lr)", done)
+    if on_step is not None:
+        on_step(done, result.terms)
