@@ -133,7 +133,6 @@ def train_base(stream_path: str, task_name: str, folder: Path, scale: str | None
     from library.training import train
     from pipeline.stages import UnitContext
     from pipeline.unit_loop import lr_decay_steps
-    from tasks.generators.generator import check_stored, generate
 
     if checkpoint_every < 1:
         raise SpecError("--checkpoint-every", f"must be a positive integer, got {checkpoint_every}")
@@ -148,32 +147,18 @@ def train_base(stream_path: str, task_name: str, folder: Path, scale: str | None
         raise StoreError(f"{folder} holds the training of another plan of {progress.task!r} "
                          f"(a changed spec, scale or seed): move it away to start afresh")
 
-    dataset = dataset_name(task)
-    if store.has_dataset(dataset):
-        from tasks.dataset import dataset_meta
-
-        check_stored(task, dataset, dataset_meta(store.get_dataset_schema(dataset)))
-    else:
-        started = time.perf_counter()
-        log(f"generating the {task.name} dataset ({task.data.episodes} episodes, "
-            f"{task.data.policy} policy)")
-        store.put_dataset(dataset, generate(task))
-        log(f"  stored in {time.perf_counter() - started:.0f} s")
-
+    _ensure_dataset(store, task, log)
     torch.set_num_threads(threads)
     context = UnitContext(store, unit, torch.device("cpu"))
     torch.manual_seed(stage.seed)  # the initial weights of the stream's own fit
     learner = context.build(stage)
-    optimizer_state = None
     if progress is None:
         progress = Progress(task=task.name, spec=dump(task), seed=stage.seed,
                             planned_steps=stage.steps, steps=0, seconds=0.0, calls=[],
                             command=train_command(stream_path, task.name, scale, folder))
+        optimizer_state = None
     else:
-        state = _load_state(store)
-        learner.load_state_dict(state["learner"])
-        optimizer_state = state["optimizer"]
-        progress.steps = state["step"]
+        optimizer_state = _resume(store, learner, progress)
     data = context.data_for(stage)
     start, started = progress.steps, time.perf_counter()
     deadline = None if minutes is None else started + 60 * minutes
@@ -202,6 +187,32 @@ def train_base(stream_path: str, task_name: str, folder: Path, scale: str | None
         _save(store, progress, learner.state_dict(), optimizer_state)
         _store_base(store, learner, task, stage, progress, len(data.obs), context.fingerprint)
     return progress
+
+
+def _resume(store: SkillStore, learner, progress: Progress) -> dict:
+    """Load the folder's training state into `learner` and `progress`: Adam's state."""
+    state = _load_state(store)
+    learner.load_state_dict(state["learner"])
+    progress.steps = state["step"]
+    return state["optimizer"]
+
+
+def _ensure_dataset(store: SkillStore, task: TaskSpec, log) -> None:
+    """The base's dataset in the folder's store: checked against the spec if there, else
+    generated (the stream's own, as `psec run` would make it)."""
+    from tasks.generators.generator import check_stored, generate
+
+    dataset = dataset_name(task)
+    if store.has_dataset(dataset):
+        from tasks.dataset import dataset_meta
+
+        check_stored(task, dataset, dataset_meta(store.get_dataset_schema(dataset)))
+        return
+    started = time.perf_counter()
+    log(f"generating the {task.name} dataset ({task.data.episodes} episodes, "
+        f"{task.data.policy} policy)")
+    store.put_dataset(dataset, generate(task))
+    log(f"  stored in {time.perf_counter() - started:.0f} s")
 
 
 def _store_base(store: SkillStore, learner, task: TaskSpec, stage, progress: Progress,
