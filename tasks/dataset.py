@@ -67,42 +67,10 @@ def _check_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     missing = [key for key in REQUIRED if key not in arrays]
     if missing:
         raise DataError(f"dataset is missing column(s) {', '.join(missing)}")
-    out: dict[str, np.ndarray] = {}
     n = len(arrays["obs"])
     if n == 0:
         raise DataError("dataset has no transitions")
-    for key in COLUMNS:
-        if key not in arrays:
-            continue
-        value = np.asarray(arrays[key])
-        if len(value) != n:
-            raise DataError(f"column {key} has {len(value)} rows, obs has {n}")
-        if key in VECTOR_COLUMNS:
-            if value.ndim != 2 or value.shape[1] < 1:
-                raise DataError(f"column {key} must be [N, dim], got shape {list(value.shape)}")
-            value = value.astype(np.float32)
-        elif key in FLOAT_COLUMNS:
-            value = value.reshape(n, -1) if value.ndim == 2 else value
-            if value.ndim != 1 and value.shape[1:] != (1,):
-                raise DataError(f"column {key} must be [N], got shape {list(value.shape)}")
-            value = value.reshape(n).astype(np.float32)
-        elif key in FLAG_COLUMNS:
-            value = value.reshape(n) if value.ndim == 2 and value.shape[1] == 1 else value
-            if value.ndim != 1:
-                raise DataError(f"column {key} must be [N], got shape {list(value.shape)}")
-            if value.dtype != np.bool_ and not np.isin(value, (0, 1)).all():
-                raise DataError(f"column {key} must hold only 0/1 or booleans")
-            value = value.astype(np.bool_)
-        else:  # episode
-            if value.ndim != 1 or not np.issubdtype(value.dtype, np.integer):
-                raise DataError(
-                    f"column episode must be [N] integers, got {value.dtype} {list(value.shape)}"
-                )
-            value = value.astype(np.int64)
-        if value.dtype == np.float32 and not np.isfinite(value).all():
-            bad = int(np.argwhere(~np.isfinite(value.reshape(n, -1)))[0, 0])
-            raise DataError(f"column {key} has a non-finite value (NaN or inf) at row {bad}")
-        out[key] = value
+    out = {key: _column(key, np.asarray(arrays[key]), n) for key in COLUMNS if key in arrays}
     if out["next_obs"].shape[1] != out["obs"].shape[1]:
         raise DataError(
             f"next_obs has dim {out['next_obs'].shape[1]}, obs has dim {out['obs'].shape[1]}"
@@ -115,6 +83,44 @@ def _check_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out["actions"] = np.clip(out["actions"], -1.0, 1.0)
     if "episode" not in out:
         out["episode"] = _episode_ids(out["terminals"], out["timeouts"])
+    _check_episodes(out)
+    return out
+
+
+def _column(key: str, value: np.ndarray, n: int) -> np.ndarray:
+    """Column `key` of an n-row dataset in its canonical shape and dtype, all finite."""
+    if len(value) != n:
+        raise DataError(f"column {key} has {len(value)} rows, obs has {n}")
+    if key in VECTOR_COLUMNS:
+        if value.ndim != 2 or value.shape[1] < 1:
+            raise DataError(f"column {key} must be [N, dim], got shape {list(value.shape)}")
+        value = value.astype(np.float32)
+    elif key in FLOAT_COLUMNS:
+        value = value.reshape(n, -1) if value.ndim == 2 else value
+        if value.ndim != 1 and value.shape[1:] != (1,):
+            raise DataError(f"column {key} must be [N], got shape {list(value.shape)}")
+        value = value.reshape(n).astype(np.float32)
+    elif key in FLAG_COLUMNS:
+        value = value.reshape(n) if value.ndim == 2 and value.shape[1] == 1 else value
+        if value.ndim != 1:
+            raise DataError(f"column {key} must be [N], got shape {list(value.shape)}")
+        if value.dtype != np.bool_ and not np.isin(value, (0, 1)).all():
+            raise DataError(f"column {key} must hold only 0/1 or booleans")
+        value = value.astype(np.bool_)
+    else:  # episode
+        if value.ndim != 1 or not np.issubdtype(value.dtype, np.integer):
+            raise DataError(
+                f"column episode must be [N] integers, got {value.dtype} {list(value.shape)}"
+            )
+        value = value.astype(np.int64)
+    if value.dtype == np.float32 and not np.isfinite(value).all():
+        bad = int(np.argwhere(~np.isfinite(value.reshape(n, -1)))[0, 0])
+        raise DataError(f"column {key} has a non-finite value (NaN or inf) at row {bad}")
+    return value
+
+
+def _check_episodes(out: Mapping[str, np.ndarray]) -> None:
+    """Episodes are contiguous runs of rows, each ending (only) on its last row."""
     episode = out["episode"]
     if np.any(np.diff(episode) < 0):
         row = int(np.argmax(np.diff(episode) < 0)) + 1
@@ -132,7 +138,6 @@ def _check_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         row = int(np.argmax(open_end))
         raise DataError(f"the episode ending at row {row} has neither terminals nor timeouts set "
                         "there (an episode cut short needs timeouts on its last row)")
-    return out
 
 
 def _encode_meta(meta: Mapping[str, Any]) -> dict[bytes, bytes]:
