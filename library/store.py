@@ -9,9 +9,9 @@ A store is a folder on any pyarrow filesystem (a local path, `file://…`, `s3:/
     results/<time>-<uuid>.parquet             one file per `append_results` call
     .locks/<name>.lock                        local stores only: per-name advisory locks
 
-The manifest entry is the commit point. An item exists iff its entry exists, so files left
-by a crash between the weights and the entry are invisible, and the next registration of
-that name writes over them. Every entry is its own file, so processes registering different
+The manifest entry (library/manifest.py) is the commit point. An item exists iff its entry
+exists, so files left by a crash between the weights and the entry are invisible, and the
+next registration of that name writes over them. Every entry is its own file, so processes registering different
 names never touch a shared file.
 
 Concurrency on the SAME name. On a local filesystem every write to a name happens under an
@@ -31,28 +31,31 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import safetensors.torch
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from library.errors import DataError, StoreError
+from library.manifest import (
+    KINDS,
+    ManifestEntry,
+    entry_bytes,
+    json_ready,
+    parse_entry,
+    safetensors_bytes,
+    summarise,
+)
 from library.names import check_name
-
-Kind = Literal["base", "skill", "composer"]
-KINDS: tuple[str, ...] = ("base", "skill", "composer")
 
 DEFAULT_URI = "./psec-store"
 CONFIG_FILE = "adapter_config.json"
@@ -67,37 +70,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 GCS_RETRY_LIMIT_S = 3
 # How many names an "unknown name" error lists before "and N more".
 _HINT_NAMES = 5
-# The config summary in a manifest entry keeps scalars and short lists of scalars, flattened
-# with dotted keys, so `psec skills list` can show rank/dims/skills without opening the item.
-_SUMMARY_MAX_KEYS = 40
-_SUMMARY_MAX_LIST = 16
 
-
-class ManifestEntry(BaseModel):
-    """What the store knows about one item without opening its weights."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
-
-    name: str
-    """The item's name (`library.names.check_name` rule); also its folder and entry file name."""
-    kind: Kind
-    """`base` (a pretrained policy), `skill` (a LoRA on a base) or `composer` (α(s) over skills)."""
-    parent: str | None = None
-    """Name of the base a skill or composer is built on; None for a base."""
-    task_spec: dict[str, Any] | None = None
-    """The task spec the item was fitted for, as plain JSON; None if not given."""
-    dataset_fingerprint: str | None = None
-    """Fingerprint of the dataset the item was fitted on (`tasks.dataset.fingerprint`)."""
-    sha256: str
-    """Hex sha256 of the bytes of `adapter_model.safetensors`; `load` refuses a mismatch."""
-    size_bytes: int
-    """Size of `adapter_model.safetensors` in bytes."""
-    metrics: dict[str, Any] = {}
-    """Evaluation results and training figures; `update_metrics` merges into it."""
-    created: str
-    """When the item was registered: ISO 8601, UTC, microseconds."""
-    config_summary: dict[str, Any] = {}
-    """Scalars and short lists from the config, flattened with dotted keys (for listings)."""
 
 
 class SkillStore:
@@ -166,41 +139,24 @@ class SkillStore:
     ) -> ManifestEntry:
         """Store an item and commit its manifest entry; validates everything before writing."""
         check_name(name)
-        if kind not in KINDS:
-            raise StoreError(f"kind of {name!r} must be one of {', '.join(KINDS)}, got {kind!r}")
-        if kind == "base":
-            if parent is not None:
-                raise StoreError(f"base {name!r} cannot have a parent (got {parent!r})")
-        else:
-            if parent is None:
-                raise StoreError(f"{kind} {name!r} needs a parent base")
-            check_name(parent)
-            if not self.exists(parent):
-                raise StoreError(
-                    f"parent base {parent!r} of {kind} {name!r} is not in the store"
-                    f"{self._names_hint()}"
-                )
-            if (parent_kind := self.entry(parent).kind) != "base":
-                raise StoreError(
-                    f"parent {parent!r} of {kind} {name!r} is a {parent_kind}, not a base"
-                )
+        self._check_parent(name, kind, parent)
         if not isinstance(config, Mapping):
             raise StoreError(f"config of {name!r} must be a dict, got {type(config).__name__}")
-        config_json = _json_ready(dict(config), "config")
-        weights = _safetensors_bytes(name, tensors)
+        config_json = json_ready(dict(config), "config")
+        weights = safetensors_bytes(name, tensors)
         if dataset_fingerprint is not None and not isinstance(dataset_fingerprint, str):
             raise StoreError(f"dataset_fingerprint of {name!r} must be a string")
         entry = ManifestEntry(
             name=name,
             kind=kind,
             parent=parent,
-            task_spec=None if task_spec is None else _json_ready(dict(task_spec), "task_spec"),
+            task_spec=None if task_spec is None else json_ready(dict(task_spec), "task_spec"),
             dataset_fingerprint=dataset_fingerprint,
             sha256=hashlib.sha256(weights).hexdigest(),
             size_bytes=len(weights),
-            metrics={} if metrics is None else _json_ready(dict(metrics), "metrics"),
+            metrics={} if metrics is None else json_ready(dict(metrics), "metrics"),
             created=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-            config_summary=_summarise(config_json),
+            config_summary=summarise(config_json),
         )
         config_bytes = json.dumps(config_json, indent=2, sort_keys=True, allow_nan=False).encode()
 
@@ -212,12 +168,33 @@ class SkillStore:
             self._write(f"{item}/{CONFIG_FILE}", config_bytes)
             # The entry last: until it lands, the files above belong to no item.
             try:
-                self._write(self._entry_path(name), _entry_bytes(entry), exclusive=not overwrite)
+                self._write(self._entry_path(name), entry_bytes(entry), exclusive=not overwrite)
             except _Exists:
                 raise StoreError(
                     f"{name!r} was registered by another process at the same time"
                 ) from None
         return entry
+
+    def _check_parent(self, name: str, kind: str, parent: str | None) -> None:
+        """A base has no parent; any other kind has a stored base as its parent."""
+        if kind not in KINDS:
+            raise StoreError(f"kind of {name!r} must be one of {', '.join(KINDS)}, got {kind!r}")
+        if kind == "base":
+            if parent is not None:
+                raise StoreError(f"base {name!r} cannot have a parent (got {parent!r})")
+            return
+        if parent is None:
+            raise StoreError(f"{kind} {name!r} needs a parent base")
+        check_name(parent)
+        if not self.exists(parent):
+            raise StoreError(
+                f"parent base {parent!r} of {kind} {name!r} is not in the store"
+                f"{self._names_hint()}"
+            )
+        if (parent_kind := self.entry(parent).kind) != "base":
+            raise StoreError(
+                f"parent {parent!r} of {kind} {name!r} is a {parent_kind}, not a base"
+            )
 
     def load(self, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """Return `(config, tensors)` of an item, after checking the weights' sha256."""
@@ -247,7 +224,7 @@ class SkillStore:
         data = self._read(self._entry_path(name))
         if data is None:
             raise StoreError(f"no item named {name!r} in the store{self._names_hint()}")
-        return _parse_entry(data, self._entry_path(name))
+        return parse_entry(data, self._entry_path(name))
 
     def exists(self, name: str) -> bool:
         """Whether `name` is committed (has a manifest entry)."""
@@ -262,7 +239,7 @@ class SkillStore:
         for path in self._files("manifest", ".json"):
             data = self._read(path)
             if data is not None:  # removed between the listing and the read
-                entries.append(_parse_entry(data, path))
+                entries.append(parse_entry(data, path))
         entries.sort(key=lambda e: (e.created, e.name))
         return [e for e in entries if kind is None or e.kind == kind]
 
@@ -274,12 +251,12 @@ class SkillStore:
         """Merge `metrics` into the entry's metrics (new keys win) and rewrite the entry."""
         if not isinstance(metrics, Mapping):
             raise StoreError(f"metrics for {name!r} must be a dict, got {type(metrics).__name__}")
-        new = _json_ready(dict(metrics), "metrics")
+        new = json_ready(dict(metrics), "metrics")
         self.entry(name)  # an unknown name fails here, before a lock file is made for it
         with self._lock(name):
             entry = self.entry(name)
             entry = entry.model_copy(update={"metrics": {**entry.metrics, **new}})
-            self._write(self._entry_path(name), _entry_bytes(entry))
+            self._write(self._entry_path(name), entry_bytes(entry))
         return entry
 
     def remove(self, name: str) -> None:
@@ -577,82 +554,6 @@ def _write_local(path: str, fill, exclusive: bool) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _safetensors_bytes(name: str, tensors: Mapping[str, torch.Tensor]) -> bytes:
-    """Checks keys, types and finiteness, then serialises (peft's metadata: format=pt)."""
-    if not isinstance(tensors, Mapping) or not tensors:
-        raise StoreError(f"{name!r} has no tensors to store")
-    clean: dict[str, torch.Tensor] = {}
-    for key, t in tensors.items():
-        if not isinstance(key, str) or not key:
-            raise StoreError(f"tensor keys of {name!r} must be non-empty strings, got {key!r}")
-        if not isinstance(t, torch.Tensor):
-            raise StoreError(
-                f"tensor {key!r} of {name!r} is a {type(t).__name__}, not a torch.Tensor"
-            )
-        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-            raise StoreError(f"tensor {key!r} of {name!r} holds NaN or inf values")
-        # A copy: safetensors refuses tensors that share storage (tied or sliced weights).
-        clean[key] = t.detach().to("cpu", copy=True).contiguous()
-    return safetensors.torch.save(clean, metadata={"format": "pt"})
-
-
-def _json_ready(value: Any, where: str) -> Any:
-    """`value` as plain JSON types; numpy/torch scalars unwrap, NaN/inf become null."""
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None  # JSON has no NaN
-    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
-        return _json_ready(value.tolist(), where)
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise StoreError(f"{where} has a non-string key {k!r}; JSON keys are strings")
-            out[k] = _json_ready(v, f"{where}.{k}")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    raise StoreError(f"{where} is a {type(value).__name__}, which cannot be stored as JSON")
-
-
-def _summarise(config: dict[str, Any]) -> dict[str, Any]:
-    """Scalars and short scalar lists of a config, flattened to dotted keys, capped."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if len(out) >= _SUMMARY_MAX_KEYS:
-            return
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        elif isinstance(value, list):
-            if len(value) <= _SUMMARY_MAX_LIST and not any(
-                isinstance(v, (dict, list)) for v in value
-            ):
-                out[prefix] = value
-        else:
-            out[prefix] = value
-
-    walk("", config)
-    return out
-
-
-def _entry_bytes(entry: ManifestEntry) -> bytes:
-    return json.dumps(
-        entry.model_dump(mode="json"), indent=2, sort_keys=True, allow_nan=False
-    ).encode()
-
-
-def _parse_entry(data: bytes, path: str) -> ManifestEntry:
-    try:
-        return ManifestEntry.model_validate_json(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "entry"
-        raise StoreError(f"manifest entry {path} is unreadable: {where}: {first['msg']}") from e
 
 
 def _with_gcs_retry_limit(uri: str) -> str:
