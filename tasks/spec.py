@@ -3,7 +3,9 @@
 A *task* says which environment, which data, and what to fit (a base policy, or a LoRA
 skill on a base plus composers that blend stored skills with it). A *stream* is an
 ordered list of tasks plus named *scales* (at least `smoke` and `paper`) that override
-step and episode counts, so one file serves a two-minute test and the paper's runs.
+step and episode counts, so one file serves a two-minute test and the paper's runs. A
+task's sections (data, network, lora, composers, critic, train, eval) are in
+tasks/spec_sections.py.
 
 Everything is validated on load. Every failure is a `library.errors.SpecError` whose
 message starts with the path of the bad field, e.g. `tasks[1].lora.rank: must be >= 1`.
@@ -11,15 +13,13 @@ message starts with the path of the bad field, e.g. `tasks[1].lora.rank: must be
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     NonNegativeInt,
     StrictBool,
@@ -28,391 +28,30 @@ from pydantic import (
     model_validator,
 )
 
-from library.composition import INITS, MODES, OUTPUTS, AlphaConfig
-from library.critics import REWARD_NORMS, CriticConfig
-from library.diffusion import TIME_EMBEDDINGS, PolicyConfig
 from library.errors import PsecError, SpecError
-from library.lora import KINDS, adapter_spec
-from library.names import BASE, check_name
-from library.weighting import WEIGHTINGS, WeightingConfig
+from library.names import BASE
+from tasks.spec_sections import (
+    CRITIC_OBJECTIVES,
+    AlphaSpec,
+    ComposerSpec,
+    CriticSpec,
+    DataSpec,
+    Dynamics,
+    EvalSpec,
+    FieldError,
+    LoraSpec,
+    NetworkSpec,
+    Objective,
+    SpecModel,
+    StoreName,
+    TrainSpec,
+    from_psec,
+)
 from tasks.suites import SUITES, get_suite
 
-Policy = Literal["expert", "medium", "random", "medium-replay", "medium-expert", "scripted"]
-ImportFormat = Literal["d4rl", "dsrl", "minari", "parquet"]
-# Choice lists are the library's tuples (one definition); Literal[tuple] lists its items.
-Objective = Literal[WEIGHTINGS]
-_ALPHA_DEFAULTS = AlphaConfig()
-_POLICY_DEFAULTS = PolicyConfig(obs_dim=1, act_dim=1)
-CRITIC_OBJECTIVES = ("advantage", "feasibility", "reward+feasibility")
 REQUIRED_SCALES = ("smoke", "paper")
 
-
-class FieldError(ValueError):
-    """A validator's complaint about a field below the model being validated.
-
-    Pydantic reports a model validator's ValueError at the model's own location; this
-    carries the rest of the path (e.g. `("data", "path")`) so the message can name it.
-    """
-
-    def __init__(self, field: str | Sequence[str | int], message: str):
-        super().__init__(message)
-        self.field: tuple[str | int, ...] = (field,) if isinstance(field, str) else tuple(field)
-        self.message = message
-
-
-def _from_psec(error: PsecError, field: str | None = None) -> FieldError:
-    """Re-raise a SpecError/StoreError from suites or the name rule inside a validator."""
-    message = str(error)
-    if isinstance(error, SpecError) and message.startswith(f"{error.field}: "):
-        message = message[len(error.field) + 2 :]
-        field = field or error.field
-    parts = [int(part) if part.isdigit() else part for part in field.split(".")] if field else []
-    return FieldError(parts, message)
-
-
-def _store_name(value: Any) -> str:
-    """`value` if it satisfies library.names.check_name, else a ValueError saying why."""
-    try:
-        return check_name(value)
-    except PsecError as error:
-        raise ValueError(str(error)) from None
-
-
-StoreName = Annotated[str, AfterValidator(_store_name)]
-"""A name the store accepts (library.names.check_name): items, datasets, streams."""
-
-
-def _library_rule(build: Callable[[], object], section: str) -> None:
-    """Check a spec section with the library's own rule: `build` constructs the library
-    config the section feeds, and its SpecError (field `section.name` or `name`) becomes a
-    FieldError on that field. The library is the one place a value's bounds are written."""
-    try:
-        build()
-    except SpecError as error:
-        message = str(error)[len(error.field) + 2:]
-        raise FieldError(error.field.removeprefix(f"{section}.").split("."), message) from None
-
-
-class _Spec(BaseModel):
-    """Shared config: unknown keys are errors, defaults are validated too."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class Dynamics(_Spec):
-    """Scales applied to the simulator's physics (1.0 = unchanged)."""
-
-    friction: float = Field(1.0, gt=0, description="Multiplies every geom's friction.")
-    gravity: float = Field(1.0, gt=0, description="Multiplies the gravity vector.")
-    thigh_size: float = Field(
-        1.0, gt=0, description="Multiplies the thigh geoms' length and radius (mass follows)."
-    )
-
-    @property
-    def is_default(self) -> bool:
-        """True when nothing is changed."""
-        return self.friction == 1.0 and self.gravity == 1.0 and self.thigh_size == 1.0
-
-
-# Which DataSpec fields belong to which source, and which of them must be given.
-_DATA_FIELDS = {
-    "generate": ("policy", "episodes", "action_noise", "seed", "envs"),
-    "import": ("format", "path"),
-    "store": ("dataset",),
-}
-_DATA_REQUIRED = {
-    "generate": ("policy", "episodes"),
-    "import": ("format", "path"),
-    "store": ("dataset",),
-}
-
-
-class DataSpec(_Spec):
-    """Where a task's offline dataset comes from.
-
-    `generate` rolls out a policy in the task's env (or in each of `envs`, e.g. a multi-task
-    Meta-World pretraining set), `import` converts a D4RL/DSRL/Minari/Parquet file, `store`
-    reuses a dataset already in the skill store. Fields of the other sources must be absent.
-    """
-
-    source: Literal["generate", "import", "store"] = Field(description="generate | import | store.")
-    policy: Policy | None = Field(
-        None, description="generate: which data-collecting policy (expert, medium, ...)."
-    )
-    episodes: int | None = Field(
-        None, ge=1, description="generate: episodes to collect (per env when `envs` is given)."
-    )
-    action_noise: float | None = Field(
-        None, ge=0, description="generate: std of Gaussian noise added to actions (default 0)."
-    )
-    seed: int | None = Field(None, ge=0, description="generate: seed of the rollouts (default 0).")
-    envs: list[str] | None = Field(
-        None,
-        min_length=1,
-        description="generate: envs of the same suite to collect from instead of the task's "
-        "env; the dataset is their union (a multi-task base). Checked by the suite.",
-    )
-    format: ImportFormat | None = Field(None, description="import: d4rl | dsrl | minari | parquet.")
-    path: str | None = Field(
-        None, description="import: file path/URI, or a Minari dataset id for format minari."
-    )
-    dataset: StoreName | None = Field(None, description="store: name of a dataset in the skill store.")
-    max_transitions: int | None = Field(
-        None,
-        ge=1,
-        description="Keep only the first N transitions of the dataset (any source); the cut "
-        "transition becomes a timeout. E.g. D4RL-shift's 10k-transition target sets.",
-    )
-
-    @model_validator(mode="after")
-    def _fields_match_source(self) -> DataSpec:
-        for field in _DATA_REQUIRED[self.source]:
-            if getattr(self, field) is None:
-                raise FieldError(field, f"required when source is {self.source!r}")
-        for source, fields in _DATA_FIELDS.items():
-            if source == self.source:
-                continue
-            for field in fields:
-                if getattr(self, field) is not None:
-                    raise FieldError(field, f"only allowed when source is {source!r}")
-        if self.source == "generate":
-            # Defaults of the generate-only fields live here, once.
-            if self.action_noise is None:
-                self.action_noise = 0.0
-            if self.seed is None:
-                self.seed = 0
-        return self
-
-
-class NetworkSpec(_Spec):
-    """Shape of a base's noise predictor (library.diffusion.PolicyConfig); its skills and
-    composers share it. The defaults are ours; `block_width: 4, time_embedding: learned,
-    dropout: 0.1` is the official code's shape."""
-
-    block_width: int = Field(
-        _POLICY_DEFAULTS.block_width,
-        description="Inner width of each residual block as a multiple of hidden (official: 4).",
-    )
-    time_embedding: Literal[TIME_EMBEDDINGS] = Field(
-        _POLICY_DEFAULTS.time_embedding,
-        description="fixed sinusoids or learned Fourier features (official: learned).",
-    )
-    dropout: float = Field(
-        _POLICY_DEFAULTS.dropout,
-        description="Rate of dropout at each block's input while a base or skill trains "
-        "(official: 0.1; never while a composer trains or a policy acts).",
-    )
-
-    @model_validator(mode="after")
-    def _library_checks(self) -> NetworkSpec:
-        _library_rule(lambda: PolicyConfig(obs_dim=1, act_dim=1, **self.model_dump()), "network")
-        return self
-
-
-class LoraSpec(_Spec):
-    """Shape of the task's new skill adapter."""
-
-    rank: int = Field(8, description="LoRA rank n of every adapted layer.")
-    alpha: float | None = Field(
-        None,
-        description="peft's lora_alpha: B A is scaled by alpha / rank. Default 16·rank, the "
-        "official code's multiplier of 16 whatever the rank.",
-    )
-    kind: Literal[KINDS] = Field(
-        "lora", description="lora (B A) or full (full-rank delta: PSEC(MLP) baseline)."
-    )
-
-    @model_validator(mode="after")
-    def _library_checks(self) -> LoraSpec:
-        _library_rule(lambda: adapter_spec(self.kind, self.rank, self.alpha), "lora")
-        return self
-
-
-class AlphaSpec(_Spec):
-    """How the context network's outputs become composition weights α(s); the defaults
-    are library.composition.AlphaConfig's (the official composer's start and regulariser)."""
-
-    output: Literal[OUTPUTS] = Field(
-        _ALPHA_DEFAULTS.output, description="raw (unbounded, as in the paper), softmax or sigmoid."
-    )
-    scale: float = Field(_ALPHA_DEFAULTS.scale, description="Multiplies the weights after `output`.")
-    init: Literal[INITS] = Field(
-        _ALPHA_DEFAULTS.init,
-        description="Initial α: the newest (task's own) skill alone at full strength, equal "
-        "weights, or zero.",
-    )
-    reg: float = Field(
-        _ALPHA_DEFAULTS.reg,
-        description="Weight of the official regulariser (mean α − 1/k)² + (mean α_new − 1)², "
-        "in the official code's units (library.composition.AlphaConfig.reg); 0: off.",
-    )
-
-    @model_validator(mode="after")
-    def _library_checks(self) -> AlphaSpec:
-        # e.g. init zero with softmax weights: refused here, in the spec, not in a Ray fit.
-        _library_rule(lambda: AlphaConfig(output=self.output, scale=self.scale, init=self.init,
-                                          reg=self.reg), "alpha")
-        return self
-
-
-class ComposerData(_Spec):
-    """Which episodes of the task's dataset a composer trains on (default: all of them).
-
-    Filters apply in this order: cost, best returns, fraction (see tasks.subsets)."""
-
-    fraction: float = Field(
-        1.0, gt=0, le=1,
-        description="Keep the first fraction of the (filtered) episodes, at least one; "
-        "e.g. 0.1 for few-shot composition on 10% of the data.",
-    )
-    top_episodes: int | None = Field(
-        None, ge=1, description="Keep only the N episodes with the highest return."
-    )
-    max_episode_cost: float | None = Field(
-        None, ge=0,
-        description="Keep only episodes whose total cost is at most this (the safe subset).",
-    )
-
-    @property
-    def selects_all(self) -> bool:
-        """Whether the subset is the whole dataset."""
-        return self.fraction == 1.0 and self.top_episodes is None and self.max_episode_cost is None
-
-
-class ComposerSpec(_Spec):
-    """A composer blending stored skills with the task's own new skill (added last)."""
-
-    name: StoreName = Field(description="Store name of the composer (letters, digits, '_', '-').")
-    skills: list[str] = Field(
-        min_length=1,
-        description="Stored skills to compose (names of earlier skill tasks) or 'base'.",
-    )
-    mode: Literal[MODES] = Field(
-        "parameter",
-        description="parameter (PSEC), noise (NSEC), action (ASEC) or fixed (constant α).",
-    )
-    alpha: AlphaSpec = Field(
-        default_factory=AlphaSpec,
-        description="α(s) parameterisation. Default: the new skill alone at the start with the "
-        "official regulariser; in a composer task (no skill of its own) uniform, reg 0.",
-    )
-    objective: Objective | None = Field(
-        None,
-        description="Sample weighting of the composer's loss; default the task's. The paper "
-        "trains the safe-composition composer by plain BC (bc) on its near-expert subset.",
-    )
-    steps: int = Field(
-        10_000,
-        ge=0,
-        description="Training steps of α(s); 0 registers the initial α untrained (e.g. the "
-        "uniform-α control: mode fixed, output raw, init uniform). Scales leave 0 alone.",
-    )
-    data: ComposerData = Field(
-        default_factory=ComposerData,
-        description="Episodes of the task's dataset the composer trains on (default all).",
-    )
-    bank: Literal["stored", "random"] = Field(
-        "stored",
-        description="stored: compose the listed skills; random: replace each listed stored "
-        "skill by a LoRA with random directions and the same per-layer norms (the "
-        "random-LoRA bank control; 'base' and the task's own skill stay).",
-    )
-
-    @field_validator("skills")
-    @classmethod
-    def _skill_names(cls, skills: list[str]) -> list[str]:
-        for index, skill in enumerate(skills):
-            if skill != BASE:
-                try:
-                    check_name(skill)
-                except PsecError as error:
-                    raise FieldError((index,), str(error)) from None
-            if skill in skills[:index]:
-                raise FieldError((index,), f"{skill!r} is listed twice")
-        return skills
-
-
-class CriticSpec(_Spec):
-    """IQL / feasibility critics used by the advantage and feasibility objectives."""
-
-    expectile: float = Field(0.7, description="IQL expectile τ of V.")
-    beta: float = Field(3.0, description="Inverse temperature of the advantage weights.")
-    discount: float = Field(0.99, description="Discount γ of the critics.")
-    steps: int = Field(100_000, ge=1, description="Critic training steps.")
-    reward_norm: Literal[REWARD_NORMS] = Field(
-        "returns",
-        description="returns: rewards × horizon / (max − min episode return) of the task's "
-        "data before the critics see them (IQL's and the official code's D4RL scaling, "
-        "1000 / (max − min), and FISOR's for DSRL); none: raw rewards.",
-    )
-
-    @model_validator(mode="after")
-    def _library_checks(self) -> CriticSpec:
-        _library_rule(lambda: CriticConfig(obs_dim=1, act_dim=1, discount=self.discount,
-                                           expectile=self.expectile), "critics")
-        _library_rule(lambda: WeightingConfig(beta=self.beta), "weighting")
-        return self
-
-
-class TrainSpec(_Spec):
-    """How the task's policy (base or skill) is fitted."""
-
-    steps: int = Field(100_000, ge=1, description="Gradient steps.")
-    batch_size: int = Field(1024, ge=1, description="Transitions per gradient step (all workers).")
-    lr: float = Field(3e-4, gt=0, description="Adam learning rate (the start of its decay).")
-    lr_decay: float = Field(
-        3.0, ge=0,
-        description="The policy's learning rate follows a cosine from lr to 0 over "
-        "lr_decay × steps, as the official actor's does (it pretrains 1M steps on a 3M-step "
-        "decay); 0 keeps it constant. Critics and composers keep theirs constant (official).",
-    )
-    ema: float = Field(
-        1e-3, ge=0, le=1,
-        description="Rate of the EMA of the fitted weights that is stored and evaluated "
-        "(IDQL and the official code: 1e-3 every step); 0 stores the last iterate.",
-    )
-    workers: int | Literal["auto"] = Field(
-        "auto", description="Ray Train workers, or 'auto' to size from the cluster's free CPUs."
-    )
-
-    @field_validator("workers", mode="before")
-    @classmethod
-    def _workers(cls, value: Any) -> Any:
-        # Checked here so a bad value reads as one message, not one per union member.
-        if value == "auto" or (
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        ):
-            return value
-        raise ValueError(f"must be an integer >= 1 or 'auto', got {value!r}")
-
-
-class EvalSpec(_Spec):
-    """How a fitted policy is evaluated."""
-
-    episodes: int = Field(10, ge=1, description="Episodes per seed.")
-    # Env reset seeds derive from these; numpy refuses negative ones mid-rollout.
-    seeds: list[NonNegativeInt] = Field(
-        default_factory=lambda: [0], min_length=1, description="Eval seeds."
-    )
-    n_candidates: int = Field(
-        1, ge=1, description="IDQL: candidate actions per state, ranked by the critic when present."
-    )
-    max_steps: int | None = Field(
-        None, ge=1, description="Cap on steps per episode (default: the task's horizon)."
-    )
-    cost_threshold: float = Field(
-        10.0, gt=0, description="Safety cost budget per episode (normalised cost = cost / this)."
-    )
-    envs: list[str] | None = Field(
-        None,
-        min_length=1,
-        description="Envs of the task's suite to roll its items out in instead of the task's "
-        "env (list that too to keep it), e.g. a zero-shot composer evaluated on unseen "
-        "tasks; each result row names its env. Checked by the suite.",
-    )
-
-
-class TaskSpec(_Spec):
+class TaskSpec(SpecModel):
     """One task of a stream: its env, its data, and what to fit on it."""
 
     name: StoreName = Field(
@@ -472,21 +111,21 @@ class TaskSpec(_Spec):
         try:
             suite.check_env(self.env)
         except PsecError as error:
-            raise _from_psec(error, "env") from None
+            raise from_psec(error, "env") from None
         for index, env in enumerate(self.data.envs or ()):
             try:
                 suite.check_env(env)
             except PsecError as error:
-                raise _from_psec(error, f"data.envs.{index}") from None
+                raise from_psec(error, f"data.envs.{index}") from None
         try:
             suite.check_dynamics(self.dynamics)
         except PsecError as error:
-            raise _from_psec(error) from None
+            raise from_psec(error) from None
         for index, env in enumerate(self.eval.envs or ()):
             try:
                 suite.check_env(env)
             except PsecError as error:
-                raise _from_psec(error, f"eval.envs.{index}") from None
+                raise from_psec(error, f"eval.envs.{index}") from None
         if self.role != "base" and self.network != NetworkSpec():
             raise FieldError("network", "only a base task sets the network; its skills and "
                                         "composers share it")
@@ -554,7 +193,7 @@ class TaskSpec(_Spec):
         return [*own, *(composer.name for composer in self.composers)]
 
 
-class Scale(_Spec):
+class Scale(SpecModel):
     """Named overrides of a stream's sizes (unset fields leave the tasks' values alone)."""
 
     train_steps: int | None = Field(None, ge=1, description="train.steps of every skill task.")
@@ -630,7 +269,7 @@ class Scale(_Spec):
         return self.data_transitions
 
 
-class StreamSpec(_Spec):
+class StreamSpec(SpecModel):
     """An ordered list of tasks run one after another, with named scales."""
 
     name: StoreName = Field(description="Stream name (store-safe); prefixes run names.")
@@ -689,25 +328,7 @@ class StreamSpec(_Spec):
                             (*here, "base"), f"{task.base!r} is not an earlier base task"
                         )
                 task_needs.setdefault(task.base, "its base")
-            for c_index, composer in enumerate(task.composers):
-                for s_index, skill in enumerate(composer.skills):
-                    if skill == BASE:
-                        continue
-                    where = (*here, "composers", c_index, "skills", s_index)
-                    earlier = produced.get(skill)
-                    if earlier is None or self.tasks[earlier].name != skill:
-                        raise FieldError(where, f"{skill!r} is not an earlier skill task")
-                    source = self.tasks[earlier]
-                    if source.role == "base":
-                        raise FieldError(where, f"{skill!r} is a base, not a skill; use 'base'")
-                    if source.role == "composer":
-                        raise FieldError(where, f"{skill!r} is a composer task: it stores no skill")
-                    if source.base != task.base:
-                        raise FieldError(
-                            where,
-                            f"{skill!r} sits on base {source.base!r}, this task on {task.base!r}",
-                        )
-                    # Not a need of its own: a scale may drop some of a composer's skills.
+            self._check_composed_skills(index, task, produced)
             if task.data.source == "store":
                 if task.data.dataset in datasets:
                     task_needs.setdefault(self.tasks[datasets[task.data.dataset]].name,
@@ -725,6 +346,29 @@ class StreamSpec(_Spec):
                 if name not in produced:
                     raise FieldError(("paper", name), "not an item of the stream")
         return self
+
+    def _check_composed_skills(self, index: int, task: TaskSpec,
+                               produced: dict[str, int]) -> None:
+        """Every stored skill a composer of tasks[index] lists is an earlier skill task's,
+        on the same base. (Not a need of the task: a scale may drop some of them.)"""
+        for c_index, composer in enumerate(task.composers):
+            for s_index, skill in enumerate(composer.skills):
+                if skill == BASE:
+                    continue
+                where = ("tasks", index, "composers", c_index, "skills", s_index)
+                earlier = produced.get(skill)
+                if earlier is None or self.tasks[earlier].name != skill:
+                    raise FieldError(where, f"{skill!r} is not an earlier skill task")
+                source = self.tasks[earlier]
+                if source.role == "base":
+                    raise FieldError(where, f"{skill!r} is a base, not a skill; use 'base'")
+                if source.role == "composer":
+                    raise FieldError(where, f"{skill!r} is a composer task: it stores no skill")
+                if source.base != task.base:
+                    raise FieldError(
+                        where,
+                        f"{skill!r} sits on base {source.base!r}, this task on {task.base!r}",
+                    )
 
     def _scale_checks(self, needs: dict[str, dict[str, str]]) -> None:
         names = {task.name: task for task in self.tasks}

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from library.errors import DataError
 from tasks.dataset import dataset_meta, episode_totals, to_arrays, to_table
-from tasks.spec import ComposerData
+from tasks.spec_sections import ComposerData
 
 
 def composer_subset(table: pa.Table, data: ComposerData, composer: str) -> pa.Table:

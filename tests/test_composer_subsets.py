@@ -11,7 +11,8 @@ from library.errors import DataError, SpecError
 from pipeline.plan import plan_task
 from pipeline.stages import UnitContext
 from tasks.dataset import dataset_meta, to_arrays, to_table
-from tasks.spec import ComposerData, parse_task
+from tasks.spec import parse_task
+from tasks.spec_sections import ComposerData
 from tasks.subsets import composer_subset
 
 torch.set_num_threads(1)

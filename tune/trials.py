@@ -37,16 +37,8 @@ from pydantic import BaseModel, ConfigDict
 
 from library.names import BASE
 from pipeline.plan import dataset_name
-from tasks.spec import (
-    AlphaSpec,
-    ComposerData,
-    ComposerSpec,
-    DataSpec,
-    StreamSpec,
-    TaskSpec,
-    dump,
-    parse_task,
-)
+from tasks.spec import StreamSpec, TaskSpec, dump, parse_task
+from tasks.spec_sections import AlphaSpec, ComposerData, ComposerSpec, DataSpec
 from tune.spec import FROM_SCRATCH, MODE, SearchSpec, find_composer
 
 
