@@ -1,7 +1,7 @@
 """A task spec accepts exactly what the library it feeds accepts.
 
 The spec's choice lists are the library's tuples and its numeric bounds are the library
-configs' own checks (tasks.spec `_library_rule`), so a value cannot pass the spec and then
+configs' own checks (tasks.spec_sections `library_rule`), so a value cannot pass the spec and then
 fail inside a Ray fit. These tests try each field with values on and around its bounds and
 compare the spec's verdict with the library's.
 """
