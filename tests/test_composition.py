@@ -170,11 +170,13 @@ def test_any_number_of_skills():
     for i, name in enumerate(names):
         add_trained_looking_skill(policy, name, seed=i)
     obs = observations(4)
+    alone = policy.sample(obs, torch.Generator().manual_seed(0))
     for mode in ["parameter", "noise", "action", "fixed"]:
-        composer = Composer(policy, names, mode, AlphaConfig(output="sigmoid"))
+        composer = Composer(policy, names, mode, AlphaConfig(output="sigmoid", init="uniform"))
         assert composer.alpha(obs).shape == (4, 6)
         actions = composer.sample(obs, torch.Generator().manual_seed(0))
-        assert actions.shape == (4, ACT_DIM) and actions.abs().max() <= 1.0
+        # all six skills at 1/6 each: not the base's actions
+        assert actions.shape == (4, ACT_DIM) and not torch.allclose(actions, alone), mode
 
 
 @pytest.mark.parametrize(
