@@ -99,6 +99,18 @@ class _ActiveSet:
     """Weight per full-rank skill: [k_f] or per sample [B, k_f]."""
 
 
+@dataclass(frozen=True)
+class _LayerState:
+    """What a `use_skills` block switched on in one layer."""
+
+    skills: _ActiveSet
+    """The active skills and their weights per rank column (shared by every layer)."""
+    lora: _Stack | None
+    """This layer's stacks of the active LoRA skills (None: none active)."""
+    full: _Stack | None
+    """This layer's stack of the active full-rank skills (None: none active)."""
+
+
 @contextmanager
 def _cache_mode() -> Iterator[None]:
     """For tensors kept across calls: no graph, and never inference tensors.
@@ -113,22 +125,26 @@ def _cache_mode() -> Iterator[None]:
 class _Stack:
     """The active adapters of one layer as the two matrices the batched forward needs.
 
-    LoRA: A stack [R, in] and B stackᵀ [R, out]; full-rank: ΔW stack [k·out, in]. Without
-    gradients one skill needs no stacking (its parameters are used as they are) and the
-    concatenation of several is cached, rebuilt when any parameter's `_version` counter or
-    storage moves (an optimiser step or `load_state_dict` writes in place). With gradients
-    the matrices are built every call, B stackᵀ as a row-major copy (see `matrices`).
+    LoRA: the A stack [R, in] and the B stackᵀ [R, out]; full-rank: the ΔW stack
+    [k·out, in] (and no second). Without gradients one skill needs no stacking (its
+    parameters are used as they are) and the concatenation of several is cached, rebuilt
+    when any parameter's `_version` counter or storage moves (an optimiser step or
+    `load_state_dict` writes in place). With gradients the matrices are built every call,
+    the B stackᵀ as a row-major copy (see `matrices`).
     """
 
-    __slots__ = ("params", "kind", "k", "versions", "first", "second")
+    __slots__ = ("params", "kind", "k", "cached_versions", "cached_in", "cached_out")
 
     def __init__(self, params: tuple[Tensor, ...], kind: str, k: int):
         self.params = params  # LoRA: A_1..A_k, B_1..B_k; full: ΔW_1..ΔW_k
         self.kind = kind
         self.k = k
-        self.versions: tuple[tuple[int, int], ...] | None = None
-        self.first: Tensor | None = None
-        self.second: Tensor | None = None
+        self.cached_versions: tuple[tuple[int, int], ...] | None = None
+        """(`_version`, storage) of every parameter when the cached stacks were built."""
+        self.cached_in: Tensor | None = None
+        """The cached A stack (LoRA) or ΔW stack (full-rank)."""
+        self.cached_out: Tensor | None = None
+        """The cached B stackᵀ (LoRA; None for full-rank)."""
 
     def _build(self) -> tuple[Tensor, Tensor | None]:
         p, k = self.params, self.k
@@ -137,6 +153,8 @@ class _Stack:
         return torch.cat(p, dim=0), None
 
     def matrices(self) -> tuple[Tensor, Tensor | None]:
+        """(A stack, B stackᵀ) of the active LoRA skills, or (ΔW stack, None) of the
+        full-rank ones."""
         p, k = self.params, self.k
         if torch.is_grad_enabled() and any(t.requires_grad for t in p):
             # Part of the graph: built afresh every call.
@@ -152,11 +170,11 @@ class _Stack:
             return (p[0], p[1].t()) if self.kind == "lora" else (p[0], None)
         # data_ptr too: .to()/.double() swap a parameter's storage without a version bump
         versions = tuple((t._version, t.data_ptr()) for t in p)
-        if versions != self.versions:
+        if versions != self.cached_versions:
             with _cache_mode():
-                self.first, self.second = self._build()
-            self.versions = versions
-        return self.first, self.second
+                self.cached_in, self.cached_out = self._build()
+            self.cached_versions = versions
+        return self.cached_in, self.cached_out
 
 
 _ROW_ALIGNMENT = 16
@@ -206,11 +224,12 @@ class LoraLinear(nn.Module):
         self.merged_adapters: list[str] = []
         # The weight before the first merge; a buffer so that .to() moves it along.
         self.register_buffer("_unmerged_weight", None, persistent=False)
-        # What use_skills switched on: (active set, LoRA stack, full-rank stack)
-        self._state: tuple[_ActiveSet | None, _Stack | None, _Stack | None] = (None, None, None)
-        self._stack_cache: dict[tuple[str, tuple[str, ...]], _Stack] = {}
-        # Column plans for use_skills; only the first layer of a model consults its own.
-        self.plans = _Plans()
+        # What use_skills switched on (None: the base alone, plus merged skills).
+        self._on: _LayerState | None = None
+        # This layer's stacks by (kind, skill names), kept until an adapter is added or
+        # removed: looking the parameters up on every use_skills costs more than the
+        # forward pass of a small batch.
+        self._stacks: dict[tuple[str, tuple[str, ...]], _Stack] = {}
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(
@@ -234,8 +253,8 @@ class LoraLinear(nn.Module):
                 nn.init.zeros_(delta.weight)
             self.full_delta[name] = delta
         self.adapters[name] = spec
-        self._stack_cache.clear()
-        self.plans = _Plans()
+        self._stacks.clear()
+        _PLANS.adapters_changed()
 
     def remove_adapter(self, name: str) -> None:
         if name in self.merged_adapters:
@@ -245,8 +264,8 @@ class LoraLinear(nn.Module):
             del self.lora_B[name]
         else:
             del self.full_delta[name]
-        self._stack_cache.clear()
-        self.plans = _Plans()
+        self._stacks.clear()
+        _PLANS.adapters_changed()
 
     def adapter_parameters(self, name: str) -> list[nn.Parameter]:
         if self.adapters[name].kind == "lora":
@@ -290,11 +309,9 @@ class LoraLinear(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _stack(self, kind: str, names: tuple[str, ...]) -> _Stack | None:
-        # Kept until an adapter is added or removed: looking the parameters up again on
-        # every use_skills would cost more than the forward pass of a small batch.
         if not names:
             return None
-        cached = self._stack_cache.get((kind, names))
+        cached = self._stacks.get((kind, names))
         if cached is None:
             if kind == "lora":
                 params = tuple(self.lora_A[n].weight for n in names) + tuple(
@@ -302,27 +319,24 @@ class LoraLinear(nn.Module):
                 )
             else:
                 params = tuple(self.full_delta[n].weight for n in names)
-            cached = self._stack_cache[(kind, names)] = _Stack(params, kind, len(names))
+            cached = self._stacks[(kind, names)] = _Stack(params, kind, len(names))
         return cached
 
-    def _activate(self, active: _ActiveSet | None) -> tuple:
+    def _activate(self, active: _ActiveSet | None) -> _LayerState | None:
         """Switch on `active` (None: the base alone); returns the previous state."""
-        previous = self._state
-        if active is None:
-            self._state = (None, None, None)
-        else:
-            self._state = (
-                active, self._stack("lora", active.lora_names), self._stack("full", active.full_names)
-            )
+        previous = self._on
+        self._on = None if active is None else _LayerState(
+            active, self._stack("lora", active.lora_names), self._stack("full", active.full_names))
         return previous
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, in] (per-sample weights index the leading dim) or [..., in] for [k] weights
         base = self.base_layer
         y = F.linear(x, base.weight, base.bias)
-        active, lora, full = self._state
-        if active is None:
+        state = self._on
+        if state is None:
             return y
+        active, lora, full = state.skills, state.lora, state.full
         if lora is not None:
             a_stack, b_stack_t = lora.matrices()
             h = _down_project(x, a_stack) * active.lora_cols  # [B, R]
@@ -347,26 +361,57 @@ class LoraLinear(nn.Module):
 
 
 # ---------------------------------------------------------------------- model level
-# Walking every module costs more than a whole forward pass of a small policy, and
-# use_skills runs once per sampled batch, so the walk is remembered per model. Layers only
-# appear through add_skill, which bumps the generation and so invalidates every entry.
-_LAYERS: weakref.WeakKeyDictionary[nn.Module, tuple[int, dict[str, LoraLinear]]] = (
-    weakref.WeakKeyDictionary()
-)
-_generation = 0
+class _SkillPlan:
+    """What `use_skills` needs of one model, worked out once: its wrapped layers and, per
+    selection of skills, which weight each stacked rank column takes.
+
+    Walking every module costs more than a whole forward pass of a small policy, and
+    use_skills runs once per sampled batch, so this is kept per model (`_PLANS`) until a
+    layer is wrapped or an adapter added or removed on any model.
+    """
+
+    __slots__ = ("generation", "layers", "columns", "all_ones")
+
+    def __init__(self, generation: int, model: nn.Module):
+        self.generation = generation
+        """`_PLANS.generation` when the plan was made."""
+        self.layers: dict[str, LoraLinear] = {
+            name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
+        """Every wrapped layer, by module path, in module order."""
+        self.columns: dict[tuple, _ColumnPlan] = {}
+        """Column plans by (skill names, kept positions, dtype, device)."""
+        self.all_ones: dict[tuple, _ActiveSet | None] = {}
+        """The prepared active set of every skill at weight 1, by (names, dtype, device)."""
+
+
+class _PlanRegistry:
+    """The `_SkillPlan` of every model in use (weakly held), and the generation that
+    retires them all when layers or adapters change."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.plans: weakref.WeakKeyDictionary[nn.Module, _SkillPlan] = weakref.WeakKeyDictionary()
+
+    def adapters_changed(self) -> None:
+        self.generation += 1
+
+    def plan(self, model: nn.Module) -> _SkillPlan:
+        plan = self.plans.get(model)
+        if plan is None or plan.generation != self.generation:
+            plan = self.plans[model] = _SkillPlan(self.generation, model)
+        return plan
+
+
+_PLANS = _PlanRegistry()
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
     """Every wrapped layer of `model`, by module path, in module order.
 
-    The answer is cached until the next `add_skill` on any model; replacing a wrapped
-    layer by hand (not through this module) is not noticed.
+    The answer is kept until the next skill is added or removed on any model; replacing a
+    wrapped layer by hand (not through this module) is not noticed.
     """
-    cached = _LAYERS.get(model)
-    if cached is None or cached[0] != _generation:
-        layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
-        cached = _LAYERS[model] = (_generation, layers)
-    return dict(cached[1])
+    return dict(_PLANS.plan(model).layers)
 
 
 def _layers_or_raise(model: nn.Module) -> list[LoraLinear]:
@@ -482,10 +527,9 @@ def _wrap_linears(model: nn.Module) -> None:
     visit(model)
     if not targets and not lora_layers(model):
         raise ShapeError(f"{type(model).__name__} has no nn.Linear layer to attach a skill to")
-    global _generation
     for parent, child_name, child in targets:
         setattr(parent, child_name, LoraLinear(child))
-    _generation += 1
+    _PLANS.adapters_changed()
 
 
 def remove_skill(model: nn.Module, name: str) -> None:
@@ -584,34 +628,25 @@ def _column_plan(
         )
 
 
-class _Plans:
-    """Column plans of one model, by (names, kept positions, dtype, device); built once each."""
-
-    def __init__(self) -> None:
-        self.plans: dict[tuple, _ColumnPlan] = {}
-        self.unit: dict[tuple, _ActiveSet | None] = {}
-
-
 def _prepare_active(
-    layer: LoraLinear, names: Sequence[str], weights: object
+    plan: _SkillPlan, names: Sequence[str], weights: object
 ) -> _ActiveSet | None:
     """Turn (names, weights) into what each layer needs; None when only the base remains."""
     names = tuple(names)
-    ref = layer.base_layer.weight
+    ref = next(iter(plan.layers.values())).base_layer.weight
     dtype, device = ref.dtype, ref.device
-    plans: _Plans = layer.plans
     if weights is None:
         # Every skill at weight 1: the same prepared set every time.
         key = (names, dtype, device)
-        if key not in plans.unit:
+        if key not in plan.all_ones:
             with _cache_mode():
                 ones = torch.ones(len(names), dtype=dtype, device=device)
-                plans.unit[key] = _build_active(layer, names, ones)
-        return plans.unit[key]
-    return _build_active(layer, names, _as_weights(names, weights, dtype, device))
+                plan.all_ones[key] = _build_active(plan, names, ones)
+        return plan.all_ones[key]
+    return _build_active(plan, names, _as_weights(names, weights, dtype, device))
 
 
-def _build_active(layer: LoraLinear, names: tuple[str, ...], w: Tensor) -> _ActiveSet | None:
+def _build_active(plan: _SkillPlan, names: tuple[str, ...], w: Tensor) -> _ActiveSet | None:
     k = len(names)
     keep = tuple(i for i, n in enumerate(names) if n != BASE)
     if keep and not (torch.is_grad_enabled() and w.requires_grad):
@@ -622,14 +657,15 @@ def _build_active(layer: LoraLinear, names: tuple[str, ...], w: Tensor) -> _Acti
     if not keep:
         return None
     key = (names, keep, w.dtype, w.device)
-    plan = layer.plans.plans.get(key)
-    if plan is None:
-        plan = layer.plans.plans[key] = _column_plan(layer.adapters, names, keep, w.dtype, w.device)
+    columns = plan.columns.get(key)
+    if columns is None:
+        spec_of = next(iter(plan.layers.values())).adapters
+        columns = plan.columns[key] = _column_plan(spec_of, names, keep, w.dtype, w.device)
     lora_cols = None
-    if plan.lora_names:
-        lora_cols = w.index_select(-1, plan.lora_index) * plan.lora_scale  # [R] or [B, R]
-    full_weights = w.index_select(-1, plan.full_index) if plan.full_names else None
-    return _ActiveSet(plan.lora_names, lora_cols, plan.full_names, full_weights)
+    if columns.lora_names:
+        lora_cols = w.index_select(-1, columns.lora_index) * columns.lora_scale  # [R] or [B, R]
+    full_weights = w.index_select(-1, columns.full_index) if columns.full_names else None
+    return _ActiveSet(columns.lora_names, lora_cols, columns.full_names, full_weights)
 
 
 @contextmanager
@@ -645,7 +681,8 @@ def use_skills(
     names = list(names)
     if len(set(names)) != len(names):
         raise StoreError(f"skill names repeat in {names}")
-    layers = list(lora_layers(model).values())
+    plan = _PLANS.plan(model)
+    layers = list(plan.layers.values())
     if not layers:
         if any(n != BASE for n in names):
             raise StoreError(f"unknown skills {[n for n in names if n != BASE]}: the model has none")
@@ -656,10 +693,10 @@ def use_skills(
     merged = [n for n in names if n in first.merged_adapters]
     if merged:
         raise StoreError(f"skills {merged} are merged into the base; unmerge before use_skills")
-    active = _prepare_active(first, names, weights)
+    active = _prepare_active(plan, names, weights)
     previous = [layer._activate(active) for layer in layers]
     try:
         yield
     finally:
         for layer, prev in zip(layers, previous):
-            layer._state = prev
+            layer._on = prev

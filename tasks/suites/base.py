@@ -79,7 +79,15 @@ class Suite(ABC):
         """`make_env` once `env` and `dynamics` are checked and `horizon` is resolved."""
 
     def dims(self, env: str, dynamics: Dynamics | None = None) -> tuple[int, int]:
-        """(obs_dim, act_dim) of `make_env(env, dynamics)`; builds the env once to read them."""
+        """(obs_dim, act_dim) of `make_env(env, dynamics)`, once `env` and `dynamics` are
+        checked (`_dims`)."""
+        self.check_env(env)
+        self.check_dynamics(dynamics)
+        return self._dims(env, dynamics)
+
+    def _dims(self, env: str, dynamics: Dynamics | None) -> tuple[int, int]:
+        """`dims` of a checked env: builds the env once to read them (a suite that knows
+        its layouts says so without building one)."""
         instance = self.make_env(env, dynamics)
         try:
             return (

@@ -130,11 +130,6 @@ class BulletSafetySuite(Suite):
         wrapped.action_space.seed(seed)
         return wrapped
 
-    def dims(self, env: str, dynamics: Dynamics | None = None) -> tuple[int, int]:
-        self.check_env(env)
-        self.check_dynamics(dynamics)
-        return super().dims(env, dynamics)
-
     def score(
         self,
         env: str,

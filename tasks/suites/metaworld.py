@@ -87,9 +87,7 @@ class MetaWorldSuite(Suite):
         inner.seed(seed)
         return standardize(_GoalPerReset(inner, benchmark.train_tasks, seed), horizon)
 
-    def dims(self, env: str, dynamics: Dynamics | None = None) -> tuple[int, int]:
-        self.check_env(env)
-        self.check_dynamics(dynamics)
+    def _dims(self, env: str, dynamics: Dynamics | None) -> tuple[int, int]:
         return 39, 4  # every v3 task: hand, gripper, 2 objects (+ previous frame), goal
 
     def score(

@@ -110,9 +110,7 @@ class MujocoSuite(Suite):
         inner.action_space.seed(seed)
         return StandardEnv(inner)
 
-    def dims(self, env: str, dynamics: Dynamics | None = None) -> tuple[int, int]:
-        self.check_env(env)
-        self.check_dynamics(dynamics)
+    def _dims(self, env: str, dynamics: Dynamics | None) -> tuple[int, int]:
         # Dynamics never change the state or action layout; only the env name matters.
         return {"HalfCheetah-v5": (17, 6), "Walker2d-v5": (17, 6), "Hopper-v5": (11, 3)}[env]
 
