@@ -267,6 +267,31 @@ def _pyplot():
     return plt
 
 
+def _series(xs: list, values_at) -> tuple[list, list[float], list[float]]:
+    """(x, mean, std) over the x of `xs` at which `values_at(x)` (the seeds' values) is
+    not empty."""
+    kept, means, stds = [], [], []
+    for x in xs:
+        values = values_at(x)
+        if values:
+            mean, std = _mean_std(values)
+            kept.append(x)
+            means.append(mean)
+            stds.append(std)
+    return kept, means, stds
+
+
+def _save(plt, fig, ax, path: str, xlabel: str, search: SearchSpec, title: str) -> None:
+    """A search plot's labels, legend and PNG (the figure closed)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{search.metric} (mean ± std over seeds)")
+    ax.set_title(f"{search.name}: {title}")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_ranks(results: SearchResults, path: str) -> bool:
     """Score against LoRA rank (PSEC), MLP as a dashed line, one colour per target."""
     search = results.search
@@ -277,15 +302,9 @@ def plot_ranks(results: SearchResults, path: str) -> bool:
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     for index, target in enumerate(t.label for t in search.targets):
         colour = plt.get_cmap("tab10")(index % 10)
-        xs, means, stds = [], [], []
-        for rank in search.ranks:
-            values = [v for (t, m, r, _, _), vs in groups.items()
-                      if t == target and m == "psec" and r == rank for v in vs]
-            if values:
-                mean, std = _mean_std(values)
-                xs.append(rank)
-                means.append(mean)
-                stds.append(std)
+        xs, means, stds = _series(search.ranks, lambda rank, t=target: [
+            v for (t_, m, r, _, _), vs in groups.items()
+            if t_ == t and m == "psec" and r == rank for v in vs])
         if xs:
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=colour,
                         label=f"PSEC {target}")
@@ -299,13 +318,7 @@ def plot_ranks(results: SearchResults, path: str) -> bool:
         return False
     ax.set_xscale("log", base=2)
     ax.set_xticks(search.ranks, [str(r) for r in search.ranks])
-    ax.set_xlabel("LoRA rank n")
-    ax.set_ylabel(f"{search.metric} (mean ± std over seeds)")
-    ax.set_title(f"{search.name}: rank ablation")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, path, "LoRA rank n", search, "rank ablation")
     return True
 
 
@@ -321,15 +334,9 @@ def plot_data(results: SearchResults, path: str) -> bool:
     styles = ["-", "--", ":", "-."]
     for t_index, target in enumerate(t.label for t in search.targets):
         for m_index, method in enumerate(m for m in ROW_LABELS if m in search.methods):
-            xs, means, stds = [], [], []
-            for n in sizes:
-                values = [v for (t, m, _, e, _), vs in groups.items()
-                          if t == target and m == method and e == n for v in vs]
-                if values:
-                    mean, std = _mean_std(values)
-                    xs.append(n)
-                    means.append(mean)
-                    stds.append(std)
+            xs, means, stds = _series(sizes, lambda n, t=target, method=method: [
+                v for (t_, m, _, e, _), vs in groups.items()
+                if t_ == t and m == method and e == n for v in vs])
             if xs:
                 ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3,
                             linestyle=styles[t_index % len(styles)],
@@ -339,13 +346,7 @@ def plot_data(results: SearchResults, path: str) -> bool:
         plt.close(fig)
         return False
     ax.set_xticks(sizes, [str(n) for n in sizes])
-    ax.set_xlabel("trajectories of the new task")
-    ax.set_ylabel(f"{search.metric} (mean ± std over seeds)")
-    ax.set_title(f"{search.name}: sample efficiency")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, path, "trajectories of the new task", search, "sample efficiency")
     return True
 
 
