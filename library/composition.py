@@ -23,12 +23,12 @@ from the new skill alone and is credited only with what it adds to it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from library.config import config_from_dict, is_count, is_finite_number
+from library.config import StoredConfig, is_count, is_finite_number
 from library.diffusion import DiffusionPolicy, Noise
 from library.errors import SpecError, StoreError
 from library.lora import DEFAULT_SCALING, skill_names, use_skills
@@ -45,8 +45,10 @@ _CONFIDENT = math.log(99.0)
 
 
 @dataclass(frozen=True)
-class AlphaConfig:
+class AlphaConfig(StoredConfig):
     """How α(s) is parameterised: α = scale · u(z), z the network's (or constant's) output."""
+
+    FIELD = "alpha"
 
     output: str = "raw"
     """u(z): "raw" (u = z, unbounded, as in the paper's code), "softmax" (u on the simplex)
@@ -81,13 +83,6 @@ class AlphaConfig:
             raise SpecError("alpha.hidden", f"must be a positive integer, got {self.hidden!r}")
         if not (is_finite_number(self.reg) and self.reg >= 0):
             raise SpecError("alpha.reg", f"must be a number >= 0, got {self.reg!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AlphaConfig:
-        return config_from_dict(cls, data, "alpha")
 
     def initial_logits(self, k: int) -> Tensor:
         """z that gives the initial u for k skills: [k]."""

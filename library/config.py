@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, fields
-from typing import Any, TypeVar
+from dataclasses import MISSING, asdict, fields
+from typing import Any, ClassVar, TypeVar
 
 from library.errors import SpecError
 
@@ -32,3 +32,20 @@ def config_from_dict(cls: type[C], data: Any, field: str) -> C:
         if f.default is MISSING and f.default_factory is MISSING and f.name not in data:
             raise SpecError(f"{field}.{f.name}", "missing")
     return cls(**data)
+
+
+class StoredConfig:
+    """A config dataclass that stored items carry as a plain dict: `to_dict`, and
+    `from_dict` refusing unknown or missing fields as SpecErrors under `FIELD`."""
+
+    FIELD: ClassVar[str]
+    """The spec section the config's fields are named under in errors ("policy", ...)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # type: ignore[call-overload]  (subclasses are dataclasses)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict) -> C:
+        """Build from a dict (e.g. a stored config); unknown or missing fields are errors."""
+        return config_from_dict(cls, data, cls.FIELD)  # type: ignore[attr-defined]
+

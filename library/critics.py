@@ -25,12 +25,12 @@ import abc
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from library.config import config_from_dict
+from library.config import StoredConfig
 from library.errors import ShapeError, SpecError
 
 
@@ -56,8 +56,10 @@ def expectile_loss(diff: Tensor, tau: float) -> Tensor:
 
 
 @dataclass(frozen=True)
-class CriticConfig:
+class CriticConfig(StoredConfig):
     """Sizes and coefficients of one critic (IQL or feasibility)."""
+
+    FIELD = "critics"
 
     obs_dim: int
     """State dimension S."""
@@ -90,13 +92,6 @@ class CriticConfig:
         if not 0.0 < self.target_rate <= 1.0:
             raise SpecError("critics.target_rate", f"must lie in (0, 1], got {self.target_rate}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CriticConfig:
-        """Build from a dict (e.g. a stored config); unknown or missing fields are errors."""
-        return config_from_dict(cls, data, "critics")
 
 
 REWARD_NORMS = ("returns", "none")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from library.config import config_from_dict, is_count, is_finite_number
+from library.config import StoredConfig, is_count, is_finite_number
 from library.errors import DataError, ShapeError, SpecError
 from library.mish import Mish
 
@@ -54,8 +54,10 @@ TIME_EMBEDDINGS = ("fixed", "learned")
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
+class PolicyConfig(StoredConfig):
     """Shape of a diffusion policy. Skills and composers on a base share its config."""
+
+    FIELD = "policy"
 
     obs_dim: int
     """State dimension S."""
@@ -110,13 +112,6 @@ class PolicyConfig:
         if self.activation not in ACTIVATIONS:
             raise SpecError("activation", f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PolicyConfig:
-        """Build from a dict (e.g. a stored config); unknown or missing fields are errors."""
-        return config_from_dict(cls, data, "policy")
 
 
 def vp_betas(T: int, beta_min: float, beta_max: float) -> Tensor:
