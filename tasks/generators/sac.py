@@ -509,6 +509,62 @@ def save_actor(actor: Actor, path: Path, metadata: dict | None = None) -> None:
     os.replace(tmp, path)
 
 
+def _episode(config: SACConfig, env, agent: SAC, buffer: ReplayBuffer,
+             rng: np.random.Generator, progress: Progress, run: RunDir) -> dict[str, float]:
+    """One episode of acting (uniform actions before `learning_starts`) and one update per
+    step after it, logged to the run's train log; the last update's losses ({} if none)."""
+    act_dim = env.action_space.shape[0]
+    losses: dict[str, float] = {}
+    obs, _ = env.reset(seed=episode_seed(config.seed, 0, progress.episode))
+    episode_return, episode_cost, done = 0.0, 0.0, False
+    while not done:
+        if progress.step < config.learning_starts:
+            action = rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
+        else:
+            with torch.no_grad():
+                action = agent.actor.sample(torch.from_numpy(obs)[None], agent.generator)[0][0].numpy()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        cost = float(info.get("cost", 0.0))
+        buffer.add(obs=obs, actions=action, rewards=reward, costs=cost, next_obs=next_obs,
+                   terminals=float(terminated), timeouts=float(truncated))
+        obs, done = next_obs, terminated or truncated
+        episode_return += reward
+        episode_cost += cost
+        progress.step += 1
+        if progress.step >= config.learning_starts:
+            losses = agent.update(buffer.sample(config.batch_size, rng))
+            progress.updates += 1
+    progress.episode += 1
+    _append_jsonl(run.train_log, {"step": progress.step, "episode": progress.episode,
+                                  "return": episode_return, "cost": episode_cost})
+    return losses
+
+
+def _evaluate(config: SACConfig, eval_env, agent: SAC, progress: Progress, run: RunDir,
+              since: tuple[float, int], losses: dict[str, float], log) -> dict:
+    """Evaluate the actor, save it and log the row (the eval log's); schedules the next.
+    `since`: (time, updates) when this call of `train` started, for the update rate."""
+    returns, costs = evaluate(agent.actor, eval_env, config.eval_episodes, config.seed)
+    updates_per_s = (progress.updates - since[1]) / max(time.time() - since[0], 1e-9)
+    # The objective SAC maximises here: the return of r − λ·c.
+    objective = float(np.mean(returns) - config.cost_penalty * np.mean(costs))
+    row = {"step": progress.step, "return_mean": float(np.mean(returns)),
+           "return_std": float(np.std(returns)), "returns": returns,
+           "cost_mean": float(np.mean(costs)), "objective_mean": objective,
+           "actor": f"actors/step-{progress.step}.safetensors",
+           "updates_per_s": updates_per_s, "losses": losses}
+    save_actor(agent.actor, run.path / row["actor"], {"step": progress.step})
+    _append_jsonl(run.eval_log, row)
+    progress.best_return = max(progress.best_return, objective)
+    progress.next_eval += config.eval_every
+    safety = (f", cost {row['cost_mean']:.1f}, objective {objective:.1f}"
+              if config.cost_penalty else "")
+    log(f"sac: {config.env} step {progress.step} eval {row['return_mean']:.1f} "
+        f"± {row['return_std']:.1f}{safety} (best {progress.best_return:.1f}, "
+        f"{row['updates_per_s']:.1f} updates/s)")
+    return row
+
+
 def train(config: SACConfig, run_dir: Path | None = None,
           on_eval: Callable[[SAC, dict], None] | None = None,
           log: Callable[[str], None] = print,
@@ -542,49 +598,10 @@ def train(config: SACConfig, run_dir: Path | None = None,
     started, updates_at_start = time.time(), progress.updates
     losses: dict[str, float] = {}
     while progress.step < config.steps:
-        obs, _ = env.reset(seed=episode_seed(config.seed, 0, progress.episode))
-        episode_return, episode_cost, done = 0.0, 0.0, False
-        while not done:
-            if progress.step < config.learning_starts:
-                action = rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
-            else:
-                with torch.no_grad():
-                    action = agent.actor.sample(torch.from_numpy(obs)[None], agent.generator)[0][0].numpy()
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            cost = float(info.get("cost", 0.0))
-            buffer.add(obs=obs, actions=action, rewards=reward, costs=cost, next_obs=next_obs,
-                       terminals=float(terminated), timeouts=float(truncated))
-            obs, done = next_obs, terminated or truncated
-            episode_return += reward
-            episode_cost += cost
-            progress.step += 1
-            if progress.step >= config.learning_starts:
-                losses = agent.update(buffer.sample(config.batch_size, rng))
-                progress.updates += 1
-        progress.episode += 1
-        _append_jsonl(run.train_log, {"step": progress.step, "episode": progress.episode,
-                                      "return": episode_return, "cost": episode_cost})
-
+        losses = _episode(config, env, agent, buffer, rng, progress, run) or losses
         if progress.step >= progress.next_eval:
-            returns, costs = evaluate(agent.actor, eval_env, config.eval_episodes, config.seed)
-            elapsed = time.time() - started
-            # The objective SAC maximises here: the return of r − λ·c.
-            objective = float(np.mean(returns) - config.cost_penalty * np.mean(costs))
-            row = {"step": progress.step, "return_mean": float(np.mean(returns)),
-                   "return_std": float(np.std(returns)), "returns": returns,
-                   "cost_mean": float(np.mean(costs)), "objective_mean": objective,
-                   "actor": f"actors/step-{progress.step}.safetensors",
-                   "updates_per_s": (progress.updates - updates_at_start) / max(elapsed, 1e-9),
-                   "losses": losses}
-            save_actor(agent.actor, run.path / row["actor"], {"step": progress.step})
-            _append_jsonl(run.eval_log, row)
-            progress.best_return = max(progress.best_return, objective)
-            progress.next_eval += config.eval_every
-            safety = (f", cost {row['cost_mean']:.1f}, objective {objective:.1f}"
-                      if config.cost_penalty else "")
-            log(f"sac: {config.env} step {progress.step} eval {row['return_mean']:.1f} "
-                f"± {row['return_std']:.1f}{safety} (best {progress.best_return:.1f}, "
-                f"{row['updates_per_s']:.1f} updates/s)")
+            row = _evaluate(config, eval_env, agent, progress, run, (started, updates_at_start),
+                            losses, log)
             if on_eval is not None:
                 on_eval(agent, row)
 
