@@ -190,6 +190,29 @@ def replay_path(env: str, directory: Path = EXPERTS_DIR) -> Path:
     return directory / f"{env}-medium-replay.safetensors"
 
 
+def _replay_until(run: RunDir, step: int, max_episodes: int
+                  ) -> tuple[dict[str, torch.Tensor], list[float], int]:
+    """The run's replay buffer up to `step`: every episode, or `max_episodes` of them spread
+    evenly over it, as tensors (with episode ids); their returns; the episodes there were."""
+    checkpoint = run.latest()
+    if checkpoint is None:
+        raise DataError(f"{run.path} has no checkpoint holding the replay buffer")
+    with np.load(checkpoint / "replay.npz") as f:
+        if int(f["added"]) > int(f["size"]):
+            raise DataError(f"the replay buffer of {run.path} has wrapped: its first transitions are gone")
+        replay = {k: f[k][:step] for k in ("obs", "actions", "rewards", "costs", "next_obs",
+                                           "terminals", "timeouts")}
+    ends = np.flatnonzero(np.logical_or(replay["terminals"], replay["timeouts"]))
+    starts = np.r_[0, ends[:-1] + 1]
+    keep = np.unique(np.linspace(0, len(ends) - 1, min(max_episodes, len(ends))).round().astype(int))
+    rows_kept = np.concatenate([np.arange(starts[i], ends[i] + 1) for i in keep])
+    episode = np.concatenate([np.full(ends[i] + 1 - starts[i], n) for n, i in enumerate(keep)])
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v[rows_kept])) for k, v in replay.items()}
+    tensors["episode"] = torch.from_numpy(episode.astype(np.int64))
+    returns = [float(replay["rewards"][starts[i]: ends[i] + 1].sum()) for i in keep]
+    return tensors, returns, int(len(ends))
+
+
 def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
                   max_episodes: int = MEDIUM_REPLAY_EPISODES, directory: Path = EXPERTS_DIR,
                   step: int | None = None) -> dict:
@@ -219,22 +242,7 @@ def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
             raise DataError(f"no evaluation of {run.path} has a return in [{low:.0f}, {high:.0f}] "
                             f"(1/3..1/2 of the expert's {reference:.0f}); pick one with --step")
     row = min(rows, key=lambda r: r["step"])
-    checkpoint = run.latest()
-    if checkpoint is None:
-        raise DataError(f"{run.path} has no checkpoint holding the replay buffer")
-    with np.load(checkpoint / "replay.npz") as f:
-        if int(f["added"]) > int(f["size"]):
-            raise DataError(f"the replay buffer of {run.path} has wrapped: its first transitions are gone")
-        replay = {k: f[k][: row["step"]] for k in ("obs", "actions", "rewards", "costs", "next_obs",
-                                                   "terminals", "timeouts")}
-    ends = np.flatnonzero(np.logical_or(replay["terminals"], replay["timeouts"]))
-    starts = np.r_[0, ends[:-1] + 1]
-    keep = np.unique(np.linspace(0, len(ends) - 1, min(max_episodes, len(ends))).round().astype(int))
-    rows_kept = np.concatenate([np.arange(starts[i], ends[i] + 1) for i in keep])
-    episode = np.concatenate([np.full(ends[i] + 1 - starts[i], n) for n, i in enumerate(keep)])
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v[rows_kept])) for k, v in replay.items()}
-    tensors["episode"] = torch.from_numpy(episode.astype(np.int64))
-    returns = [float(replay["rewards"][starts[i]: ends[i] + 1].sum()) for i in keep]
+    tensors, returns, in_buffer = _replay_until(run, row["step"], max_episodes)
 
     record = {"suite": suite, "steps": row["step"], "return_mean": row["return_mean"],
               "return_std": row["return_std"], "episodes": len(row["returns"]),
@@ -245,8 +253,8 @@ def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
               + (f" --suite {suite}" if suite != "dmc" else "")
               + (f" --step {step}" if step is not None else "")
               + (f" --max-episodes {max_episodes}" if max_episodes != MEDIUM_REPLAY_EPISODES else "")}
-    replay_record = {"suite": suite, "steps": row["step"], "episodes_in_buffer": int(len(ends)),
-                     "episodes": int(len(keep)), "transitions": int(len(rows_kept)),
+    replay_record = {"suite": suite, "steps": row["step"], "episodes_in_buffer": in_buffer,
+                     "episodes": len(returns), "transitions": int(len(tensors["episode"])),
                      "return_mean": float(np.mean(returns)), "return_min": float(np.min(returns)),
                      "return_max": float(np.max(returns)), "command": record["command"]}
     export_actor(_read_actor(run.path / row["actor"]), env, "medium", record, directory)
