@@ -33,6 +33,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -99,9 +100,9 @@ class _ActiveSet:
     """Weight per full-rank skill: [k_f] or per sample [B, k_f]."""
 
 
-@dataclass(frozen=True)
-class _LayerState:
-    """What a `use_skills` block switched on in one layer."""
+class _LayerState(NamedTuple):
+    """What a `use_skills` block switched on in one layer (a tuple: built for every layer
+    on every `use_skills`, so as cheap as one)."""
 
     skills: _ActiveSet
     """The active skills and their weights per rank column (shared by every layer)."""
@@ -325,9 +326,14 @@ class LoraLinear(nn.Module):
     def _activate(self, active: _ActiveSet | None) -> _LayerState | None:
         """Switch on `active` (None: the base alone); returns the previous state."""
         previous = self._on
-        self._on = None if active is None else _LayerState(
-            active, self._stack("lora", active.lora_names), self._stack("full", active.full_names))
+        self._switch(None if active is None else _LayerState(
+            active, self._stack("lora", active.lora_names), self._stack("full", active.full_names)))
         return previous
+
+    def _switch(self, state: _LayerState | None) -> None:
+        # Straight into the instance dict: nn.Module.__setattr__ first checks whether the
+        # value is a parameter, buffer or module, which was a third of a use_skills block.
+        self.__dict__["_on"] = state
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, in] (per-sample weights index the leading dim) or [..., in] for [k] weights
@@ -699,4 +705,4 @@ def use_skills(
         yield
     finally:
         for layer, prev in zip(layers, previous):
-            layer._on = prev
+            layer._switch(prev)
