@@ -468,8 +468,12 @@ def run_plan(plan: StreamPlan, store_uri: str, options: DriverOptions | None = N
 def run_stream_file(path: str, store_uri: str, scale: str | None = None,
                     address: str | None = None,
                     options: DriverOptions | None = None) -> StreamSummary:
-    """`psec run`: load and validate the stream, check, run, resume where it stopped."""
+    """`psec run`: load and validate the stream, check, run, resume where it stopped; the
+    store is this driver's alone meanwhile (pipeline/store_lease.py)."""
+    from pipeline.store_lease import driver_lease
+
     stream = load_stream(path, scale)
-    summary = run_plan(plan_stream(stream), store_uri, options, stream.seed, address)
+    with driver_lease(store_uri, f"psec run {path}"):
+        summary = run_plan(plan_stream(stream), store_uri, options, stream.seed, address)
     summary.paper = dict(stream.paper)
     return summary

@@ -166,9 +166,18 @@ def serve(store_uri: str, address: str | None = None, max_tasks: int | None = No
     that fails (bad against the store, a failed fit) is marked failed with its one-line
     error and the server goes on. One that an earlier driver was running when it stopped
     (killed: its lease lapsed; interrupted: it put it back) is resumed: what that driver
-    stored from the same spec is kept, the rest is fitted and evaluated."""
-    store = SkillStore(store_uri)
-    store.check_writable()
+    stored from the same spec is kept, the rest is fitted and evaluated. The store is this
+    driver's alone meanwhile (pipeline/store_lease.py)."""
+    from pipeline.store_lease import driver_lease
+
+    with driver_lease(store_uri, "psec serve"):
+        return _serve_inbox(SkillStore(store_uri), address, max_tasks, once, poll, options,
+                            record)
+
+
+def _serve_inbox(store: SkillStore, address: str | None, max_tasks: int | None, once: bool,
+                 poll: float, options: DriverOptions | None,
+                 record: list[StreamSummary] | None) -> int:
     # Like `psec run`: a private instance unless told where (an "auto" attach could land
     # in another program's instance); `psec submit` finds it through the serve record.
     connect(address)

@@ -463,7 +463,16 @@ def _summarise(grid, search: SearchSpec, summary: SearchSummary) -> None:
 def run_search(path: str, store_uri: str, resume: bool = False, scale: str = "smoke",
                address: str | None = None) -> SearchSummary:
     """`psec tune`: check the search, prepare what trials share, run (or resume) the
-    Tune experiment, record scale, machine and wall time next to it."""
+    Tune experiment, record scale, machine and wall time next to it. The store is this
+    driver's alone meanwhile (pipeline/store_lease.py)."""
+    from pipeline.store_lease import driver_lease
+
+    with driver_lease(store_uri, f"psec tune {path}"):
+        return _run_search(path, store_uri, resume, scale, address)
+
+
+def _run_search(path: str, store_uri: str, resume: bool, scale: str,
+                address: str | None) -> SearchSummary:
     started = time.perf_counter()
     search = load_search(path, scale)
     stream = search.load_stream()
