@@ -23,6 +23,15 @@ def _episodes():
     return obs, terminals, timeouts
 
 
+def _write_h5(path, fields):
+    """An HDF5 file of `fields` (a None value leaves that field out)."""
+    with h5py.File(path, "w") as handle:
+        for key, value in fields.items():
+            if value is not None:
+                handle[key] = value
+    return path
+
+
 def _write_d4rl(path, next_observations=False, **override):
     """A file in D4RL's gym-mujoco layout (plus its infos/ and metadata/ groups)."""
     obs, terminals, timeouts = _episodes()
@@ -39,12 +48,7 @@ def _write_d4rl(path, next_observations=False, **override):
     }
     if next_observations:
         fields["next_observations"] = obs + 0.5
-    fields.update(override)
-    with h5py.File(path, "w") as handle:
-        for key, value in fields.items():
-            if value is not None:
-                handle[key] = value
-    return path
+    return _write_h5(path, {**fields, **override})
 
 
 def _write_dsrl(path, **override):
@@ -61,12 +65,7 @@ def _write_dsrl(path, **override):
         "terminals": terminals,
         "timeouts": timeouts,
     }
-    fields.update(override)
-    with h5py.File(path, "w") as handle:
-        for key, value in fields.items():
-            if value is not None:
-                handle[key] = value
-    return path
+    return _write_h5(path, {**fields, **override})
 
 
 def test_d4rl_rebuilds_next_observations_inside_episodes(tmp_path):
