@@ -425,7 +425,7 @@ class SkillStore:
             # Object stores may report a missing key as a generic OSError.
             if self._info(path).type == pafs.FileType.NotFound:
                 return None
-            raise StoreError(f"store at {self._uri} cannot be read: {_reason(e)}") from e
+            raise StoreError(f"store at {self._uri} cannot be read: {error_reason(e)}") from e
 
     def _info(self, what: str | pafs.FileSelector):
         """`get_file_info`; a failure (an unreachable endpoint, denied access, a missing
@@ -435,7 +435,7 @@ class SkillStore:
         try:
             return self._fs.get_file_info(what)
         except OSError as e:
-            raise StoreError(f"store at {self._uri} cannot be read: {_reason(e)}") from e
+            raise StoreError(f"store at {self._uri} cannot be read: {error_reason(e)}") from e
 
     def _refuse_file_root(self) -> None:
         """A local store whose folder is a file: every path under it reads as "not found",
@@ -452,7 +452,7 @@ class SkillStore:
         except StoreError:
             raise
         except OSError as e:
-            raise StoreError(f"store at {self._uri} is not writable: {_reason(e)}") from e
+            raise StoreError(f"store at {self._uri} is not writable: {error_reason(e)}") from e
 
     def _write(self, path: str, data: bytes | pa.Buffer, *, exclusive: bool = False) -> None:
         """Replace `path` with `data` atomically; with `exclusive`, fail if it already exists."""
@@ -570,7 +570,7 @@ def _with_gcs_retry_limit(uri: str) -> str:
     )
 
 
-def _reason(error: OSError) -> str:
+def error_reason(error: OSError) -> str:
     """A filesystem error's message, without the `error_info={…}` block google-cloud-cpp
     (pyarrow's GCS) appends, which repeats the message with retry metadata."""
     return str(error).split(" error_info={", 1)[0]

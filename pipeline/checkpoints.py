@@ -20,6 +20,8 @@ import ray
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from library.errors import StoreError
+from library.store import error_reason
 from pipeline.fit_job import FitReport
 
 if TYPE_CHECKING:
@@ -135,6 +137,7 @@ class TaskSession:
     def __init__(self, job: FitJob, store_uri: str):
         self.rank, self.world = 0, 1
         self.device = torch.device("cuda") if job.gpus_per_worker > 0 else torch.device("cpu")
+        self.store_uri = store_uri
         self.fs, root = filesystem(checkpoint_root(store_uri))
         self.folder = f"{root}/{job.run_name}"
         self.final: dict | None = None
@@ -150,13 +153,16 @@ class TaskSession:
                 if self.fs.get_file_info(f"{path}/{META_FILE}").type == pafs.FileType.File]
 
     def load_resume(self, fingerprint: str) -> Resume | None:
-        complete = self._complete()
-        if not complete:
-            return None
-        with self.fs.open_input_stream(f"{complete[-1]}/{META_FILE}") as f:
-            meta = json.loads(f.read())
-        with self.fs.open_input_stream(f"{complete[-1]}/{STATE_FILE}") as f:
-            return resume_from(meta, f.read(), fingerprint)
+        try:
+            complete = self._complete()
+            if not complete:
+                return None
+            with self.fs.open_input_stream(f"{complete[-1]}/{META_FILE}") as f:
+                meta = json.loads(f.read())
+            with self.fs.open_input_stream(f"{complete[-1]}/{STATE_FILE}") as f:
+                return resume_from(meta, f.read(), fingerprint)
+        except OSError as error:
+            raise self._failed("read", self.folder, error) from error
 
     def report(self, metrics: dict[str, float], meta: dict, state: dict,
                final: bool = False) -> None:
@@ -165,12 +171,21 @@ class TaskSession:
             return
         # Names sort in training order: stage index, then step (zero-padded).
         path = f"{self.folder}/task-{meta['stage_index']:04d}-{meta['step']:012d}"
-        self.fs.create_dir(path, recursive=True)
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        with self.fs.open_output_stream(f"{path}/{STATE_FILE}") as f:
-            f.write(buffer.getvalue())
-        with self.fs.open_output_stream(f"{path}/{META_FILE}") as f:
-            f.write(json.dumps(meta).encode())
-        for old in self._complete()[:-self.KEEP]:
-            self.fs.delete_dir(old)
+        try:
+            self.fs.create_dir(path, recursive=True)
+            with self.fs.open_output_stream(f"{path}/{STATE_FILE}") as f:
+                f.write(buffer.getvalue())
+            with self.fs.open_output_stream(f"{path}/{META_FILE}") as f:
+                f.write(json.dumps(meta).encode())
+            for old in self._complete()[:-self.KEEP]:
+                self.fs.delete_dir(old)
+        except OSError as error:
+            # One line naming the store; what was complete before stays the latest.
+            raise self._failed("written", path, error) from error
+
+    def _failed(self, done: str, path: str, error: OSError) -> StoreError:
+        reason = " ".join(error_reason(error).split())
+        return StoreError(f"store at {self.store_uri}: checkpoint {path} could not be "
+                          f"{done}: {reason}")
