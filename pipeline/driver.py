@@ -392,8 +392,11 @@ class Driver:
         self.summary.unit_windows[report.unit] = (report.worker_started, report.worker_finished)
         self.summary.unit_trainer_seconds[report.unit] = (report.start_seconds,
                                                           report.stop_seconds)
+        resumed = "".join(f"; {stage} resumed from its checkpoint at step {step} (an "
+                          "earlier attempt was cut short: a lost worker, node or driver)"
+                          for stage, step in report.resumed.items())
         view.event(f"fitted {', '.join(report.registered) or '(nothing new)'} in "
-                   f"{report.wall_seconds:.0f} s (unit {report.unit})")
+                   f"{report.wall_seconds:.0f} s (unit {report.unit}){resumed}")
 
     def _chunk_done(self, view: ProgressView, key: tuple[str, str, str, str], stats: list) -> None:
         self.chunk_stats[key].extend(stats)

@@ -105,6 +105,9 @@ class FitReport(BaseModel):
     """Unix time at which rank 0 left it."""
     user_error: dict[str, str] | None = None
     """A user error that stopped the unit: {type, message}."""
+    resumed: dict[str, int] = {}
+    """Stages this attempt took up from a checkpoint (an earlier attempt's worker, process
+    or node was lost), by the step it resumed from."""
     keep_checkpoints: bool = False
     """Whether the unit's checkpoints outlive it (a fit that diverged keeps its last good
     ones; the final report's checkpoint, with no fingerprint, is never resumed)."""

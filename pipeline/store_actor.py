@@ -30,7 +30,10 @@ from library.store import ManifestEntry, SkillStore
 from pipeline.runtime import NAMESPACE
 
 
-@ray.remote(num_cpus=0, max_concurrency=16)
+# It holds no state, so when its node is lost Ray may start it again elsewhere and retry
+# the calls that were in flight (a registration that had landed is found by
+# `register_once`): every driver and fit keeps the handle it has.
+@ray.remote(num_cpus=0, max_concurrency=16, max_restarts=-1, max_task_retries=-1)
 class StoreActor:
     """Owns one SkillStore; writes hold a lock, reads do not."""
 

@@ -163,6 +163,7 @@ class _UnitRun:
         if resume is not None:
             learner.load_state_dict(resume.learner_state)
             start, optimizer_state = resume.step, resume.optimizer_state
+            self.report.setdefault("resumed", {})[stage.name] = start
         learner.module.to(self.session.device)
         log = RunLog(self.store.uri, run_name(stage.name, stage.method, self.job.stream_seed),
                      enabled=self.session.rank == 0)
