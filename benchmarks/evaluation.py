@@ -10,7 +10,7 @@ PSEC composer over k = 2 rank-8 skills, default network shape, random weights):
 * `one_at_a_time` — episodes one after the other, one batch-1 policy call per env step:
   evaluation as it ran before episodes were batched;
 * `side_by_side` — all 30 episodes at once, one policy call per env step for every live
-  episode (`tasks.evaluation.rollout_batch`, `pipeline.stages.Acting.batch`);
+  episode (`tasks.evaluation.rollout_batch`, `pipeline.acting.Acting.batch`);
 * `env_only` — the env stepped with zero actions: the floor no policy call can go below.
 
 Each row gives env steps/s (envs built before the clock starts: `env_build_s` says what
@@ -32,7 +32,7 @@ import torch
 from library.composition import AlphaConfig, Composer
 from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
 from library.lora import add_skill, lora_layers
-from pipeline.stages import Acting
+from pipeline.acting import Acting
 from tasks.evaluation import rollout, rollout_batch
 from tasks.suites import get_suite
 

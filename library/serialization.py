@@ -14,12 +14,14 @@ SpecError or StoreError naming what is wrong.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from library.composition import AlphaConfig, Composer
 from library.config import is_count
+from library.critics import CriticConfig, FeasibilityConfig, FeasibilityCritic, IQLCritics
 from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
 from library.errors import DataError, ShapeError, SpecError, StoreError
 from library.lora import LoraLinear, add_skill, lora_layers, merged_skills, skill_spec
@@ -225,8 +227,77 @@ def load_composer(policy: DiffusionPolicy, config: Mapping, tensors: Mapping[str
     composer.load_state_dict(dict(tensors), strict=False)
     return composer
 
+# ---------------------------------------------------------------------- critics inside items
+# Critics are not an item kind of their own: they belong to the task whose data they were
+# fitted on and are stored inside that task's base or skill item, their tensors under the
+# prefix `critics.` and their configs under the item config's `critics` key (peft ignores
+# both).
+
+CRITIC_PREFIX = "critics."
+LAST_PREFIX = "last_iterate."
+"""Tensors of a base or skill item that hold the last iterate beside the stored EMA."""
+
+
+def build_critics(configs: dict[str, Any], normalizer: StateNormalizer
+                   ) -> tuple[IQLCritics | None, FeasibilityCritic | None]:
+    iql = IQLCritics(configs["iql"], normalizer) if "iql" in configs else None
+    feasibility = (FeasibilityCritic(configs["feasibility"], normalizer)
+                   if "feasibility" in configs else None)
+    return iql, feasibility
+
+
+def dump_critics(iql: IQLCritics | None, feasibility: FeasibilityCritic | None
+                    ) -> dict[str, Tensor]:
+    """Critic weights without the normaliser, which travels with the base."""
+    tensors: dict[str, Tensor] = {}
+    for name, critic in (("iql", iql), ("feasibility", feasibility)):
+        if critic is None:
+            continue
+        for key, value in critic.state_dict().items():
+            if not key.startswith("normalizer."):
+                tensors[f"{CRITIC_PREFIX}{name}.{key}"] = value.detach().clone()
+    return tensors
+
+
+def load_critic_state(critic: torch.nn.Module, name: str, tensors: dict[str, Tensor]) -> None:
+    prefix = f"{CRITIC_PREFIX}{name}."
+    own = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+    expected = {key for key in critic.state_dict() if not key.startswith("normalizer.")}
+    if set(own) != expected:
+        raise StoreError(f"stored {name} critic does not match its config: "
+                         f"{sorted(set(own) ^ expected)[:3]}")
+    critic.load_state_dict(own, strict=False)
+
+
+def split_item(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(the item's own tensors, its critics' tensors); the last iterate kept beside an
+    EMA item is in neither."""
+    own = {k: v for k, v in tensors.items()
+           if not k.startswith(CRITIC_PREFIX) and not k.startswith(LAST_PREFIX)}
+    critics = {k: v for k, v in tensors.items() if k.startswith(CRITIC_PREFIX)}
+    return own, critics
+
+
+def critics_from_item(config: dict, tensors: dict[str, Tensor], normalizer: StateNormalizer
+                      ) -> tuple[IQLCritics | None, FeasibilityCritic | None]:
+    """The critics stored in a base or skill item (None, None if it has none)."""
+    stored = config.get("critics") or {}
+    configs: dict[str, Any] = {}
+    if "iql" in stored:
+        configs["iql"] = CriticConfig.from_dict(stored["iql"])
+    if "feasibility" in stored:
+        configs["feasibility"] = FeasibilityConfig.from_dict(stored["feasibility"])
+    iql, feasibility = build_critics(configs, normalizer)
+    if iql is not None:
+        load_critic_state(iql, "iql", tensors)
+    if feasibility is not None:
+        load_critic_state(feasibility, "feasibility", tensors)
+    return iql, feasibility
+
 
 __all__ = [
     "dump_base", "load_base", "dump_skill", "load_skill", "dump_composer", "load_composer",
+    "CRITIC_PREFIX", "LAST_PREFIX", "build_critics", "dump_critics", "load_critic_state",
+    "split_item", "critics_from_item",
     "PEFT_PREFIX",
 ]

@@ -72,12 +72,12 @@ def roll_episodes(store, item: str, task_json: dict[str, Any], seed: int, first:
     Side by side (the default), the `count` episodes run at once in `count` envs with one
     batched policy call per step (`tasks.evaluation.rollout_batch`); otherwise one after
     the other in one env. Each episode's noise comes from a generator seeded with its own
-    env seed, and every policy call is padded to `pipeline.stages.MIN_ROWS` rows, so both
+    env seed, and every policy call is padded to `pipeline.acting.MIN_ROWS` rows, so both
     ways give the same episodes (tests/test_batched_evaluation.py).
     """
     import torch
 
-    from pipeline.stages import load_acting
+    from pipeline.acting import load_acting
     from tasks.evaluation import rollout, rollout_batch
     from tasks.suites import get_suite
 

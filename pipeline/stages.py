@@ -1,25 +1,21 @@
 """What each stage of a fit unit builds from the library, and how stored items act.
 
-This is the only place where the pipeline touches the algorithm: it turns a `Stage` into
-a `library.learners` learner (critics, base, skill, composer), turns the trained
-learner into a store item (`library.serialization`), and turns a stored item back into a
-policy that acts in an env (`load_acting`, used by the evaluation tasks).
+With pipeline/acting.py the only place where the pipeline touches the algorithm: it turns
+a `Stage` into a `library.learners` learner (critics, base, skill, composer) and the
+trained learner into a store item (`library.serialization`); pipeline/acting.py turns a
+stored item back into a policy that acts in an env.
 
 Critics are not an item kind of their own: they belong to the task whose data they were
-fitted on and are stored inside that task's base or skill item, their tensors under the
-prefix `critics.` and their configs under the item config's `critics` key (peft ignores
-both). A composer of that task, fitted in another unit, reads them from there; so does
-IDQL candidate selection at evaluation time.
+fitted on and are stored inside that task's base or skill item (library/serialization.py,
+"Critics inside items"). A composer of that task, fitted in another unit, reads them from
+there; so does IDQL candidate selection at evaluation time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,26 +28,27 @@ from library.critics import (
     reward_scale,
 )
 from library.data import OfflineData
-from library.diffusion import DiffusionPolicy, Noise, PolicyConfig, StateNormalizer, select_action
-from library.errors import StoreError
+from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
 from library.learners import BaseLearner, ComposerLearner, CriticLearner, Learner, SkillLearner
-from library.lora import add_random_skill, remove_skill, use_skills
+from library.lora import add_random_skill, remove_skill
 from library.names import BASE
 from library.serialization import (
+    LAST_PREFIX,
+    build_critics,
+    critics_from_item,
     dump_base,
     dump_composer,
+    dump_critics,
     dump_skill,
     load_base,
+    load_critic_state,
     load_skill,
+    split_item,
 )
-from library.serialization import load_composer as composer_from_item
 from library.weighting import WeightingConfig
 from pipeline.plan import FitUnit, Stage
 from tasks.spec import TaskSpec, dump
 
-CRITIC_PREFIX = "critics."
-LAST_PREFIX = "last_iterate."
-"""Tensors of a base or skill item that hold the last iterate beside the stored EMA."""
 ALPHA_SAMPLE = 512
 """States on which a composer's α(s) statistics are logged."""
 
@@ -91,63 +88,6 @@ def _reward_scale(task: TaskSpec, table) -> float:
     horizon = task.horizon or get_suite(task.suite).default_horizon(task.env)
     _, returns, _ = episode_totals(to_arrays(table))
     return reward_scale(list(returns), horizon)
-
-
-def _build_critics(configs: dict[str, Any], normalizer: StateNormalizer
-                   ) -> tuple[IQLCritics | None, FeasibilityCritic | None]:
-    iql = IQLCritics(configs["iql"], normalizer) if "iql" in configs else None
-    feasibility = (FeasibilityCritic(configs["feasibility"], normalizer)
-                   if "feasibility" in configs else None)
-    return iql, feasibility
-
-
-def _critic_tensors(iql: IQLCritics | None, feasibility: FeasibilityCritic | None
-                    ) -> dict[str, Tensor]:
-    """Critic weights without the normaliser, which travels with the base."""
-    tensors: dict[str, Tensor] = {}
-    for name, critic in (("iql", iql), ("feasibility", feasibility)):
-        if critic is None:
-            continue
-        for key, value in critic.state_dict().items():
-            if not key.startswith("normalizer."):
-                tensors[f"{CRITIC_PREFIX}{name}.{key}"] = value.detach().clone()
-    return tensors
-
-
-def _load_critic_state(critic: torch.nn.Module, name: str, tensors: dict[str, Tensor]) -> None:
-    prefix = f"{CRITIC_PREFIX}{name}."
-    own = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
-    expected = {key for key in critic.state_dict() if not key.startswith("normalizer.")}
-    if set(own) != expected:
-        raise StoreError(f"stored {name} critic does not match its config: "
-                         f"{sorted(set(own) ^ expected)[:3]}")
-    critic.load_state_dict(own, strict=False)
-
-
-def split_item(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(the item's own tensors, its critics' tensors); the last iterate kept beside an
-    EMA item is in neither."""
-    own = {k: v for k, v in tensors.items()
-           if not k.startswith(CRITIC_PREFIX) and not k.startswith(LAST_PREFIX)}
-    critics = {k: v for k, v in tensors.items() if k.startswith(CRITIC_PREFIX)}
-    return own, critics
-
-
-def critics_from_item(config: dict, tensors: dict[str, Tensor], normalizer: StateNormalizer
-                      ) -> tuple[IQLCritics | None, FeasibilityCritic | None]:
-    """The critics stored in a base or skill item (None, None if it has none)."""
-    stored = config.get("critics") or {}
-    configs: dict[str, Any] = {}
-    if "iql" in stored:
-        configs["iql"] = CriticConfig.from_dict(stored["iql"])
-    if "feasibility" in stored:
-        configs["feasibility"] = FeasibilityConfig.from_dict(stored["feasibility"])
-    iql, feasibility = _build_critics(configs, normalizer)
-    if iql is not None:
-        _load_critic_state(iql, "iql", tensors)
-    if feasibility is not None:
-        _load_critic_state(feasibility, "feasibility", tensors)
-    return iql, feasibility
 
 
 # ------------------------------------------------------------------ a unit's stages
@@ -243,7 +183,7 @@ class UnitContext:
         generator = torch.Generator().manual_seed(stage.seed)
         obs_dim, act_dim = self.data.obs_dim, self.data.act_dim
         if stage.kind == "critics":
-            iql, feasibility = _build_critics(
+            iql, feasibility = build_critics(
                 _critic_configs(self.task, obs_dim, act_dim, self.table), self._normalizer())
             return CriticLearner(iql, feasibility)
         self._ensure_critics()
@@ -308,16 +248,16 @@ class UnitContext:
         unit that are not in the store yet."""
         if not self._critics_fitted_here:
             return {}
-        return {k: v.cpu() for k, v in _critic_tensors(self.iql, self.feasibility).items()}
+        return {k: v.cpu() for k, v in dump_critics(self.iql, self.feasibility).items()}
 
     def restore_carry(self, carry: dict[str, Tensor]) -> None:
         if not carry:
             return
         configs = _critic_configs(self.task, self.data.obs_dim, self.data.act_dim, self.table)
-        self.iql, self.feasibility = _build_critics(configs, self._normalizer())
+        self.iql, self.feasibility = build_critics(configs, self._normalizer())
         for name, critic in (("iql", self.iql), ("feasibility", self.feasibility)):
             if critic is not None:
-                _load_critic_state(critic, name, carry)
+                load_critic_state(critic, name, carry)
                 critic.requires_grad_(False).eval()
         self._critics_fitted_here = True
         self._to_device()
@@ -342,7 +282,7 @@ class UnitContext:
         critic_config: dict[str, Any] = {}
         critic_tensors: dict[str, Tensor] = {}
         if stage.kind in ("base", "skill") and (self.iql or self.feasibility):
-            critic_tensors = _critic_tensors(self.iql, self.feasibility)
+            critic_tensors = dump_critics(self.iql, self.feasibility)
             critic_config = {name: critic.config.to_dict() for name, critic in
                              (("iql", self.iql), ("feasibility", self.feasibility))
                              if critic is not None}
@@ -397,105 +337,3 @@ class UnitContext:
 # ------------------------------------------------------------------- acting in an env
 
 
-MIN_ROWS = 8
-"""Every acting call runs at least this many rows, padding with copies of the first
-state. A CPU GEMM computes a row identically at any batch size from 4 rows up, but
-differently (in the last bits) at 1–3 rows (measured with torch 2.13's CPU kernels and
-asserted in tests/test_batched_evaluation.py): padding makes an episode's actions the same
-whether it is rolled out alone or side by side with others."""
-
-
-class Acting:
-    """A stored policy acting in an env: obs -> action, its sampling noise drawn from
-    generators of its own. `__call__` acts for one state with `generator`, which
-    `reseed(seed)` restarts; `batch` acts for several episodes at once, each with its own
-    generator, and gives each the action it would get alone."""
-
-    def __init__(self, sample: Callable[[Tensor, Noise], Tensor], seed: int,
-                 rows_per_state: int = 1):
-        self._sample = sample  # obs [B, S], noise (one generator per state) -> actions [B, A]
-        self._rows_per_state = rows_per_state  # policy rows one state costs (IDQL candidates)
-        self.generator = torch.Generator().manual_seed(seed)
-        self._padding = torch.Generator().manual_seed(0)  # noise of the padding rows only
-
-    def reseed(self, seed: int) -> None:
-        self.generator.manual_seed(seed)
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        return self.batch(np.asarray(obs, dtype=np.float32)[None], [self.generator])[0]
-
-    @torch.inference_mode()
-    def batch(self, obs: np.ndarray, generators: list[torch.Generator]) -> np.ndarray:
-        """Actions [E, A] for the states obs [E, S] of E episodes, state e's noise drawn
-        from generators[e]."""
-        states = torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(len(generators), -1)
-        padding = max(0, math.ceil(MIN_ROWS / self._rows_per_state) - len(generators))
-        if padding:
-            states = torch.cat([states, states[:1].expand(padding, -1)])
-        actions = self._sample(states, [*generators, *[self._padding] * padding])
-        return actions[: len(generators)].numpy()
-
-
-def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0) -> Acting:
-    """A stored base, skill or composer as `obs [S] -> action [A]` (IDQL selection over
-    `n_candidates` samples when its task stored critics), its noise seeded with `seed`."""
-    entry = store.entry(name)
-    config, tensors = store.load(name)
-    own, critic_tensors = split_item(tensors)
-    critics_config: dict = config
-    if entry.kind == "base":
-        policy = load_base(config, own)
-        sample_policy: Callable[[Tensor, Noise], Tensor] = policy.sample
-    else:
-        base_config, base_tensors = store.load(entry.parent)
-        policy = load_base(base_config, split_item(base_tensors)[0])
-        if entry.kind == "skill":
-            load_skill(policy, name, config, own)
-
-            def sample_policy(obs: Tensor, generator: Noise) -> Tensor:
-                with use_skills(policy, [name]):
-                    return policy.sample(obs, generator)
-        else:
-            composer = _composer_on(store, policy, config, own)
-            sample_policy = composer.sample
-            # The composer's critics are its task's, stored in that task's skill item.
-            task_name = (entry.task_spec or {}).get("name")
-            if task_name and store.exists(task_name):
-                critics_config, tensors = store.load(task_name)
-                critic_tensors = split_item(tensors)[1]
-    policy.eval()
-    iql, feasibility = critics_from_item(critics_config, critic_tensors, policy.normalizer)
-    q_fn, minimize = None, False
-    if feasibility is not None:
-        q_fn, minimize = feasibility.q, True
-    elif iql is not None:
-        q_fn = iql.q
-
-    def sample(batch: Tensor, noise: Noise) -> Tensor:
-        return select_action(lambda o: sample_policy(o, noise), batch, n_candidates,
-                             q_fn=q_fn, minimize=minimize)
-
-    return Acting(sample, seed, n_candidates if q_fn is not None else 1)
-
-
-def _composer_on(store, policy: DiffusionPolicy, config: dict, tensors: dict[str, Tensor]
-                 ) -> Composer:
-    """A stored composer's item on `policy` (its base), with the skills it composes."""
-    for skill in config.get("skills", []):
-        if skill != BASE:
-            skill_config, skill_tensors = store.load(skill)
-            load_skill(policy, skill, skill_config, split_item(skill_tensors)[0])
-    return composer_from_item(policy, config, tensors)
-
-
-def load_composer(store, name: str) -> Composer:
-    """The stored composer `name` on its base with its skills, in eval mode (for α(s))."""
-    entry = store.entry(name)
-    if entry.kind != "composer":
-        raise StoreError(f"{name!r} is a {entry.kind}, not a composer")
-    config, tensors = store.load(name)
-    base_config, base_tensors = store.load(entry.parent)
-    policy = load_base(base_config, split_item(base_tensors)[0])
-    composer = _composer_on(store, policy, config, split_item(tensors)[0])
-    composer.eval()
-    return composer

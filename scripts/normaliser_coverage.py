@@ -17,9 +17,8 @@ import argparse
 import torch
 
 from library.diffusion import StateNormalizer
-from library.serialization import load_base
+from library.serialization import load_base, split_item
 from library.store import SkillStore
-from pipeline.stages import split_item
 from tasks.dataset import to_arrays
 from tasks.generators.generator import generate
 from tasks.spec import load_stream

@@ -1,7 +1,7 @@
 """Episodes rolled out side by side are the episodes rolled out one at a time, bit for bit.
 
 Evaluation steps all episodes of a chunk at once, with one batched policy call per env
-step (`tasks.evaluation.rollout_batch`, `pipeline.stages.Acting.batch`). Two things make an
+step (`tasks.evaluation.rollout_batch`, `pipeline.acting.Acting.batch`). Two things make an
 episode independent of the others in its batch: its sampling noise comes from its own
 generator (`library.diffusion.Noise`), and every call is padded to `MIN_ROWS` rows, from
 where the CPU GEMM computes a row the same way at any batch size. These tests hold both
@@ -25,7 +25,7 @@ from library.diffusion import (
     standard_normal,
 )
 from library.errors import ShapeError
-from pipeline.stages import MIN_ROWS, Acting
+from pipeline.acting import MIN_ROWS, Acting
 from tasks.evaluation import rollout, rollout_batch
 from tasks.suites import get_suite
 
@@ -65,7 +65,7 @@ def test_per_block_generators_draw_what_each_would_draw_alone():
 
 
 def _acting(policy: DiffusionPolicy, mode: str | None, n_candidates: int = 1) -> Acting:
-    """What `pipeline.stages.load_acting` builds, for an in-memory base or composer: walk
+    """What `pipeline.acting.load_acting` builds, for an in-memory base or composer: walk
     and run are trained-looking skills, α(s) varies with the state."""
     sample_policy = policy.sample
     if mode is not None:

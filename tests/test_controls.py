@@ -13,12 +13,13 @@ from library.composition import AlphaConfig, Composer
 from library.errors import SpecError, StoreError
 from library.learners import ComposerLearner
 from library.lora import add_random_skill, lora_layers, use_skills
-from library.serialization import dump_skill, load_base
+from library.serialization import dump_skill, load_base, split_item
 from library.store import SkillStore
+from pipeline.acting import load_acting, load_composer
 from pipeline.checks import check_plan
 from pipeline.plan import plan_task
 from pipeline.results import ResultRow, now
-from pipeline.stages import UnitContext, load_acting, load_composer, random_skill_name, split_item
+from pipeline.stages import UnitContext, random_skill_name
 from tasks.spec import parse_stream, parse_task
 
 torch.set_num_threads(1)

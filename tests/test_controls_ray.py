@@ -5,9 +5,10 @@ import pytest
 import torch
 from pipeline_builders import stand_base_with_walk_skill, tiny_task
 
+from pipeline.acting import load_composer
 from pipeline.driver import DriverOptions, run_plan
 from pipeline.plan import plan_task
-from pipeline.stages import load_composer, random_skill_name
+from pipeline.stages import random_skill_name
 from tasks.spec import parse_task
 
 torch.set_num_threads(1)

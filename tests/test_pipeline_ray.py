@@ -75,9 +75,8 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path,
 
     # Resuming restored learner, EMA and Adam state: the stored EMA and the last iterate
     # kept beside it equal an uninterrupted run's (on the same learning-rate schedule).
-    from library.serialization import dump_base
+    from library.serialization import LAST_PREFIX, dump_base
     from library.training import train
-    from pipeline.stages import LAST_PREFIX
     from pipeline.unit_loop import lr_decay_steps
 
     unit = plan.units["stand"]

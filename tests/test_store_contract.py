@@ -107,7 +107,7 @@ def test_items_round_trip_bit_for_bit_in_peft_layout(store: SkillStore, tmp_path
 
 
 def test_a_real_composer_loads_back_and_acts_the_same(store: SkillStore):
-    from pipeline.stages import load_composer
+    from pipeline.acting import load_composer
 
     torch.set_num_threads(1)
     policy = tiny_policy(seed=0)

@@ -1,6 +1,6 @@
 """α(s) of a stored composer over one episode of its own rollout (paper Fig. 5).
 
-The composer acts as it does in evaluation (`pipeline.stages.load_acting`), and at every
+The composer acts as it does in evaluation (`pipeline.acting.load_acting`), and at every
 step its context network's weights for the visited state are recorded: one line per
 composed skill, over the steps of one episode on the target task. On a safety task the
 per-step cost is recorded too, and steps that cost are shaded, so a reader sees whether
@@ -14,7 +14,7 @@ import torch
 
 from library.errors import StoreError
 from library.names import BASE
-from pipeline.stages import load_acting, load_composer
+from pipeline.acting import load_acting, load_composer
 from tasks.spec import StreamSpec
 from tasks.suites import get_suite
 from tune.spec import AlphaTraceSpec, SearchSpec, find_composer
