@@ -92,7 +92,7 @@ print(worker)
 def test_a_stream_survives_losing_the_node_of_a_fit_and_of_the_store_actor(tmp_path, two_nodes):
     address, env, temp = two_nodes
     tasks = [tiny_task("stand", role="base", steps=40),
-             tiny_task("walk", steps=1500), tiny_task("run", steps=1500, env="walker-run")]
+             tiny_task("walk", steps=1000), tiny_task("run", steps=1000, env="walker-run")]
     store_uri = str(tmp_path / "store")
     put_datasets(store_uri, tasks)
     stream = write_stream(tmp_path / "stream.yaml", tasks, name="lost")
