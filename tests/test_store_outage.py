@@ -125,3 +125,56 @@ def test_a_checkpoint_upload_cut_off_is_one_line_naming_the_store(route: Route):
     assert resume is not None and resume.step == 10  # the last whole checkpoint
     session.report({}, {**meta, "step": 20}, state)  # and uploading works again
     assert TaskSession(Job(), uri).load_resume("f").step == 20
+
+
+@pytest.mark.slow
+def test_a_stream_cut_off_from_its_store_fails_in_one_line_and_the_same_run_finishes_it(
+        aws_env, ray_cluster, route: Route, moto_port: int, tmp_path):
+    """`psec run`'s driver on a bucket whose route is cut while the base fits (after its
+    first checkpoint reached S3): one StoreError line naming the store, nothing registered;
+    the same run once the route is back resumes the fit from its S3 checkpoint and ends.
+    `aws_env` comes before `ray_cluster`: the Ray workers inherit the credentials."""
+    import time
+
+    from pipeline_builders import put_datasets, tiny_task, write_stream
+    from store_builders import files
+
+    from pipeline.driver import DriverOptions, run_plan
+    from pipeline.fit_job import FitOptions
+    from pipeline.plan import plan_stream
+    from tasks.spec import load_stream
+
+    uri = f"s3://{BUCKET}/store-outage-run?{s3_query(route.port)}"
+    around = f"s3://{BUCKET}/store-outage-run?{s3_query(moto_port)}"  # not through the route
+    tasks = [tiny_task("stand", role="base", steps=2000)]
+    put_datasets(uri, tasks)
+    plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks, name="outage")))
+    options = DriverOptions(progress=False, fit=FitOptions(log_every=20, checkpoint_every=20))
+    outcome: dict = {}
+
+    def drive() -> None:
+        try:
+            outcome["summary"] = run_plan(plan, uri, options)
+        except Exception as error:  # what the user would see
+            outcome["error"] = error
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    deadline = time.monotonic() + 240
+    while not any(key.startswith("checkpoints/outage__stand/task-") for key in files(around)):
+        assert driver.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.2)
+    route.cut()
+    driver.join(timeout=300)
+    error = outcome.get("error")
+    assert isinstance(error, StoreError), outcome
+    assert str(error).startswith(f"store at {uri}") and "\n" not in str(error), str(error)
+    assert SkillStore(around).list() == []  # nothing registered, nothing half-visible
+
+    route.restore()
+    summary = run_plan(plan, uri, options)
+    assert summary.fitted == ["stand"]
+    store = SkillStore(around)
+    assert [entry.name for entry in store.list()] == ["stand"]
+    assert store.entry("stand").metrics["resumed_from"] > 0  # from its S3 checkpoint
+    assert not [key for key in files(around) if key.startswith("checkpoints/outage__stand/")]

@@ -409,3 +409,20 @@ def test_a_composer_s_own_objective_reaches_its_trials():
     task = trial_task(search, stream, point)
     assert task.objective == "feasibility" and task.composers[0].objective == "bc"
     assert task.composers[0].data.max_episode_cost == 4 and task.composers[0].steps == 1000
+
+
+def test_an_interrupted_trial_is_not_counted_as_completed(tmp_path):
+    """After Ctrl-C, Tune's grid holds trials with neither metrics nor an error."""
+    from types import SimpleNamespace
+
+    from tune.search import SearchSummary, _summarise
+
+    search = load_search(write(tmp_path), "smoke")
+    point = enumerate_points(search)[0].model_dump(mode="json")
+    grid = [SimpleNamespace(config={"point": point}, error=None, metrics=metrics)
+            for metrics in ({"score": 2.0}, {}, None)]
+    summary = SearchSummary(search="s", scale="smoke", store="x", experiment="y", trials=3)
+    _summarise(grid, search, summary)
+    assert (summary.completed, summary.unfinished) == (1, 2)
+    assert "2 trial(s) interrupted before they reported: continue with --resume" in (
+        summary.describe())

@@ -111,6 +111,8 @@ class SearchSummary:
     """Where Tune's records are (`Tuner.restore` path)."""
     trials: int = 0
     completed: int = 0
+    unfinished: int = 0
+    """Trials that neither reported nor failed: the search was interrupted (`--resume`)."""
     errored: list[str] = field(default_factory=list)
     """`<tag> (<point>): <one-line error>` of every trial that failed."""
     best: str | None = None
@@ -122,6 +124,9 @@ class SearchSummary:
         lines = [f"search {self.search} ({self.scale}) into {self.store}: {self.completed} of "
                  f"{self.trials} trial(s) completed in {self.wall_seconds:.0f} s "
                  f"(prepare {self.prepare_seconds:.0f} s); Tune records in {self.experiment}"]
+        if self.unfinished:
+            lines.append(f"  {self.unfinished} trial(s) interrupted before they reported: "
+                         "continue with --resume")
         if self.best is not None:
             lines.append(f"  best: {self.best}")
         lines += [f"  failed: {error}" for error in self.errored]
@@ -440,7 +445,8 @@ def _open_experiment(search: SearchSpec, store: SkillStore, scale: str,
 
 
 def _summarise(grid, search: SearchSpec, summary: SearchSummary) -> None:
-    """Count the grid's completed and errored trials into `summary`, and name the best."""
+    """Count the grid's completed, unfinished and errored trials into `summary`, and name
+    the best."""
     best_value = None
     for result in grid:
         point = TrialPoint.model_validate(result.config["point"])
@@ -449,10 +455,11 @@ def _summarise(grid, search: SearchSpec, summary: SearchSummary) -> None:
             message = " ".join(str(cause or result.error).split())[:300]
             summary.errored.append(f"{point.tag()} ({point.describe()}): {message}")
             continue
-        summary.completed += 1
         value = (result.metrics or {}).get(search.metric)
-        if value is None:
+        if value is None:  # every finished trial reports it (run_point): this one did not
+            summary.unfinished += 1
             continue
+        summary.completed += 1
         better = best_value is None or (value > best_value if search.mode == "max"
                                         else value < best_value)
         if better:
