@@ -47,7 +47,10 @@ def driver_lease(store_uri: str, command: str) -> Iterator[None]:
     try:
         yield
     finally:
-        lease.release()
+        # Never hides what ended the block: a store that cannot be reached now (the reason
+        # a run may be ending) leaves a lease that lapses or a lock the kernel drops.
+        with contextlib.suppress(StoreError, OSError):
+            lease.release()
 
 
 def _busy(store: SkillStore, holder: dict) -> StoreError:
