@@ -53,6 +53,17 @@ def driver_lease(store_uri: str, command: str) -> Iterator[None]:
             lease.release()
 
 
+def _read_holder(store: SkillStore, folder: str, name: str) -> dict | None:
+    """The holder a lease file names; None if there is none (or it is unreadable: a driver
+    killed while writing it, as good as none)."""
+    data = store.get_file(folder, name)
+    if data is None:
+        return None
+    with contextlib.suppress(ValueError, TypeError):
+        return json.loads(data)
+    return None
+
+
 def _busy(store: SkillStore, holder: dict) -> StoreError:
     return StoreError(
         f"store {store.uri} is in use by another psec driver ({holder.get('command', '?')} "
@@ -75,7 +86,7 @@ class _LocalLease:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise _busy(self.store, self._read_info()) from None
+                raise _busy(self.store, _read_holder(self.store, LOCAL_FOLDER, LOCAL_INFO) or {}) from None
             # The holder before us unlinks the file as it lets go: a lock on the file it
             # unlinked is no lock on the path, so take the one at the path instead.
             with contextlib.suppress(FileNotFoundError):
@@ -85,11 +96,6 @@ class _LocalLease:
         self.fd = fd
         self.store.put_file(LOCAL_FOLDER, LOCAL_INFO, json.dumps(self.holder).encode())
 
-    def _read_info(self) -> dict:
-        data = self.store.get_file(LOCAL_FOLDER, LOCAL_INFO)
-        with contextlib.suppress(ValueError, TypeError):
-            return json.loads(data)
-        return {}
 
     def release(self) -> None:
         """Leaves the store as it found it: no lock file, no holder file."""
@@ -110,12 +116,7 @@ class _RemoteLease:
         self.renewer: threading.Thread | None = None
 
     def _read(self) -> dict | None:
-        data = self.store.get_file(REMOTE_FOLDER, REMOTE_LEASE)
-        if data is None:
-            return None
-        with contextlib.suppress(ValueError, TypeError):
-            return json.loads(data)
-        return None  # unreadable: as good as none
+        return _read_holder(self.store, REMOTE_FOLDER, REMOTE_LEASE)
 
     def _write(self) -> None:
         lease = {**self.holder, "renewed": time.time()}

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict
 from library.errors import PsecError, StoreError
 from library.names import BASE
 from library.store import SkillStore
+from pipeline.checkpoints import filesystem
 from pipeline.driver import DriverOptions, make_dataset, run_plan
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
 from pipeline.fit import psec_cause
@@ -139,12 +140,6 @@ class SearchSummary:
 def experiment_path(store_uri: str, search: str) -> str:
     """Tune's experiment folder (or URI) for `search` in the store."""
     return SkillStore(store_uri).uri_of(TUNE_FOLDER, search)
-
-
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), path
 
 
 def read_record(store_uri: str, search: str) -> dict[str, Any] | None:
@@ -398,7 +393,7 @@ def _tuner(search: SearchSpec, context: SearchContext, points: list[TrialPoint],
 def _experiment_exists(experiment: str) -> bool:
     """Whether Tune wrote anything at `experiment` (psec's own files do not count: the
     points file is written before Tune starts)."""
-    fs, path = _filesystem(experiment)
+    fs, path = filesystem(experiment)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return False
     ours = {RECORD_FILE, POINTS_FILE}
