@@ -95,6 +95,7 @@ def train(
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
     checkpoint_every: int | None = None,
     lr_decay_steps: int | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Run optimisation steps `start_step` .. `steps` − 1 of `learner` on `data`.
 
@@ -106,6 +107,8 @@ def train(
     optimizer_state=checkpoint.optimizer_state`.
     `lr_decay_steps`: the rate follows `cosine_lr` over that many steps (None: constant);
     it is a function of the step alone, so a resumed run follows the same schedule.
+    `after_step(done)` is called after every step with the number of steps done (keep it
+    cheap: it runs 10^4–10^6 times).
     """
     _check_args(learner, data, steps, batch_size, lr, log_every, lr_decay_steps, start_step)
     params = learner.parameters()
@@ -131,6 +134,8 @@ def train(
         for key, value in terms.items():
             window.setdefault(key, []).append(value.detach())
         done = step + 1
+        if after_step is not None:
+            after_step(done)
         if done % log_every == 0 or done == steps:
             _close_window(result, window, done, on_step)
             window = {}

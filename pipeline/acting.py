@@ -63,15 +63,26 @@ def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0) -> Actin
     `n_candidates` samples when its task stored critics), its noise seeded with `seed`."""
     entry = store.entry(name)
     config, tensors = store.load(name)
+    return acting_from_item(store, entry.kind, name, config, tensors, parent=entry.parent,
+                            task_name=(entry.task_spec or {}).get("name"),
+                            n_candidates=n_candidates, seed=seed)
+
+
+def acting_from_item(store, kind: str, name: str, config: dict, tensors: dict[str, Tensor],
+                     parent: str | None = None, task_name: str | None = None,
+                     n_candidates: int = 1, seed: int = 0) -> Acting:
+    """An item given as its config and tensors (stored or not: a fit's snapshot) acting as
+    `load_acting`'s; a skill's or composer's `parent` base and a composer's skills and
+    critics (its task `task_name`'s item) come from `store`."""
     own, critic_tensors = split_item(tensors)
     critics_config: dict = config
-    if entry.kind == "base":
+    if kind == "base":
         policy = load_base(config, own)
         sample_policy: Callable[[Tensor, Noise], Tensor] = policy.sample
     else:
-        base_config, base_tensors = store.load(entry.parent)
+        base_config, base_tensors = store.load(parent)
         policy = load_base(base_config, split_item(base_tensors)[0])
-        if entry.kind == "skill":
+        if kind == "skill":
             load_skill(policy, name, config, own)
 
             def sample_policy(obs: Tensor, generator: Noise) -> Tensor:
@@ -81,10 +92,9 @@ def load_acting(store, name: str, n_candidates: int = 1, seed: int = 0) -> Actin
             composer = _composer_on(store, policy, config, own)
             sample_policy = composer.sample
             # The composer's critics are its task's, stored in that task's skill item.
-            task_name = (entry.task_spec or {}).get("name")
             if task_name and store.exists(task_name):
-                critics_config, tensors = store.load(task_name)
-                critic_tensors = split_item(tensors)[1]
+                critics_config, task_tensors = store.load(task_name)
+                critic_tensors = split_item(task_tensors)[1]
     policy.eval()
     iql, feasibility = critics_from_item(critics_config, critic_tensors, policy.normalizer)
     q_fn, minimize = None, False

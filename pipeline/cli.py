@@ -314,14 +314,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipeline.report import check_output, write_report
+    from pipeline.report import check_output, learning_curves, write_report
 
     store = SkillStore(args.store)
     out = args.out or default_report_folder(store)
     check_output(out, "--out", kind="folder")
     command = " ".join(["psec", "report", "--store", shlex.quote(args.store),
                         "--out", shlex.quote(out)])
-    path = write_report(store.results(), out, command)
+    path = write_report(store.results(), out, command, learning_curves(store))
     print(f"wrote {path}")
     return 0
 

@@ -11,10 +11,10 @@ success rate, so p_i(t) is a success rate; for other suites it is the normalised
 * A stream is continual when some task's own item was evaluated after a later task.
 * Forward transfer needs a scratch reference: for task X, a base item named `X-scratch`
   (a policy fitted on X's data alone, e.g. by configs/cw10_scratch.yaml), evaluated on
-  its own task in any stream of the store. The pipeline evaluates each item once after
-  its fit, so the reference is its final score and forward transfer is the simplified,
-  final-success version (see tasks.continual), not Continual World's area under the
-  training curve. Without a reference the line reads `forward transfer —`.
+  its own task in any stream of the store. Where both X's skill and X-scratch stored a
+  learning curve (`eval.curve_points`, pipeline/curves.py) it is Continual World's, from
+  the areas under the curves; otherwise the simplified final-success version
+  (tasks.continual). The section says which, per task.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from tasks.continual import ContinualMetrics, continual_metrics
+from tasks.continual import ContinualMetrics, continual_metrics, curve_auc
 
 
 def _fmt(value: float) -> str:
@@ -80,15 +80,30 @@ def scratch_reference(all_rows: list[dict], tasks: list[str]) -> list[float]:
             for task in tasks]
 
 
-def stream_metrics(rows: list[dict],
-                   all_rows: list[dict]) -> tuple[np.ndarray, ContinualMetrics] | None:
-    """(p, metrics) of one stream's rows, scratch references looked up in `all_rows`;
-    None when the stream is not continual or has fewer than two continual tasks."""
+def curve_aucs(curves: dict[str, dict], tasks: list[str]) -> tuple[list[float], list[float]]:
+    """(own, reference) AUC per task from the items' stored learning curves
+    (pipeline/curves.py): task X's own item X and its reference X-scratch; NaN where an
+    item has no curve."""
+    def auc(name: str) -> float:
+        curve = curves.get(name) or {}
+        if not curve.get("scores"):
+            return math.nan
+        return curve_auc(curve["scores"], curve["steps"])
+
+    return ([auc(task) for task in tasks], [auc(task + SCRATCH_SUFFIX) for task in tasks])
+
+
+def stream_metrics(rows: list[dict], all_rows: list[dict], curves: dict[str, dict] | None = None
+                   ) -> tuple[np.ndarray, ContinualMetrics] | None:
+    """(p, metrics) of one stream's rows, scratch references looked up in `all_rows` and
+    learning curves in `curves` (item name -> the "curve" of its metrics); None when the
+    stream is not continual or has fewer than two continual tasks."""
     tasks = continual_tasks(rows)
     if len(tasks) < 2:
         return None
     p = success_matrix(rows, tasks)
-    return p, continual_metrics(tasks, p, scratch_reference(all_rows, tasks))
+    return p, continual_metrics(tasks, p, scratch_reference(all_rows, tasks),
+                                curve_aucs(curves or {}, tasks))
 
 
 def scores_are_success_rates(rows: list[dict]) -> bool:
@@ -106,6 +121,30 @@ def metric_lines(metrics: ContinualMetrics, success: bool = True) -> list[str]:
             f"forward transfer {_fmt(metrics.forward_transfer)}"]
 
 
+TRANSFER_FROM = {"auc": "training curves", "final": "final successes", "": "—"}
+"""The `from` column: what a task's forward transfer compares."""
+
+
+def _transfer_note(metrics: ContinualMetrics) -> str:
+    """What the forward-transfer figures compare, in one sentence."""
+    if math.isnan(metrics.forward_transfer):
+        return ("Forward transfer needs a scratch reference (a base `<task>-scratch` fitted "
+                "on the task's data alone, e.g. configs/cw10_scratch.yaml); the store holds "
+                "none for these tasks.")
+    kinds = [kind for kind in metrics.transfer_from if kind]
+    if all(kind == "auc" for kind in kinds):
+        return ("Forward transfer is Continual World's: (AUC_i − AUC_i^scratch) / "
+                "(1 − AUC_i^scratch), from the areas under the success curves measured while "
+                "each task's skill and its scratch reference trained (`eval.curve_points`).")
+    note = ("Forward transfer is the simplified final-success version, (p_i(i) − "
+            "p_i^scratch) / (1 − p_i^scratch), not the area under the training curve")
+    if "auc" in kinds:
+        return (note + f", for the {kinds.count('final')} task(s) without learning curves; "
+                f"the {kinds.count('auc')} with curves use Continual World's area under "
+                "them (column `from`).")
+    return note + " (no learning curves stored: set `eval.curve_points`)."
+
+
 def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
              heat_map: str | None, success: bool = True) -> str:
     """The section `psec report` appends after a continual stream's tables; `success` says
@@ -115,20 +154,14 @@ def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
              "left out). p_i(t) is the mean score over seeds of task i's own skill after "
              "task t (Meta-World: the success rate; DMC: the return).", "", "```text",
              *metric_lines(metrics, success), "```", ""]
-    if math.isnan(metrics.forward_transfer):
-        lines.append("Forward transfer needs a scratch reference (a base `<task>-scratch` "
-                     "fitted on the task's data alone, e.g. configs/cw10_scratch.yaml); the "
-                     "store holds none for these tasks.")
-    else:
-        lines.append("Forward transfer is the simplified final-success version: "
-                     "(p_i(i) − p_i^scratch) / (1 − p_i^scratch), not the area under the "
-                     "training curve.")
-    lines += ["", "| task | p_i(i) | p_i(T) | forgetting | forward transfer |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+    lines.append(_transfer_note(metrics))
+    lines += ["", "| task | p_i(i) | p_i(T) | forgetting | forward transfer | from |",
+              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for i, task in enumerate(metrics.tasks):
         lines.append(f"| {task} | {_fmt(p[i, i])} | {_fmt(p[-1, i])} | "
                      f"{_fmt(metrics.task_forgetting[i])} | "
-                     f"{_fmt(metrics.task_forward_transfer[i])} |")
+                     f"{_fmt(metrics.task_forward_transfer[i])} | "
+                     f"{TRANSFER_FROM[metrics.transfer_from[i]]} |")
     if heat_map is not None:
         lines += ["", f"Heat map of p_i(t): ![{heat_map}]({heat_map})"]
     return "\n".join(lines) + "\n"

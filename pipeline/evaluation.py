@@ -14,13 +14,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from library.store import ManifestEntry
 from tasks.evaluation import EpisodeStats
 from tasks.spec import TaskSpec, dump, parse_task
+
+if TYPE_CHECKING:
+    from pipeline.acting import Acting
 
 EPISODE_SEED_STRIDE = 100_003
 """Env reset seed of episode i of eval seed s: s * stride + i (chunks never overlap)."""
@@ -75,18 +78,27 @@ def roll_episodes(store, item: str, task_json: dict[str, Any], seed: int, first:
     env seed, and every policy call is padded to `pipeline.acting.MIN_ROWS` rows, so both
     ways give the same episodes (tests/test_batched_evaluation.py).
     """
+    from pipeline.acting import load_acting
+
+    task = parse_task(task_json)
+    first_seed = seed * EPISODE_SEED_STRIDE + first
+    act = load_acting(store, item, n_candidates=task.eval.n_candidates, seed=first_seed)
+    return roll_with(act, task, seed, first, count, side_by_side)
+
+
+def roll_with(act: Acting, task: TaskSpec, seed: int, first: int, count: int,
+              side_by_side: bool = True) -> list[EpisodeStats]:
+    """Episodes first .. first+count-1 of eval seed `seed` of the policy `act` on `task`
+    (`roll_episodes`'s rollouts, for a policy built by its caller)."""
     import torch
 
-    from pipeline.acting import load_acting
     from tasks.evaluation import rollout, rollout_batch
     from tasks.suites import get_suite
 
     torch.set_num_threads(1)  # one CPU per rollout task
-    task = parse_task(task_json)
     suite = get_suite(task.suite)
     first_seed = seed * EPISODE_SEED_STRIDE + first
     seeds = list(range(first_seed, first_seed + count))
-    act = load_acting(store, item, n_candidates=task.eval.n_candidates, seed=first_seed)
     envs = [suite.make_env(task.env, task.dynamics, seed=seed, horizon=task.horizon)
             for _ in range(count if side_by_side else 1)]
     try:

@@ -243,8 +243,16 @@ def plot_continual(stream: str, rows: list[dict], path: str) -> bool:
     return True
 
 
-def write_report(results: pa.Table, out: str, command: str) -> str:
-    """Write `results.md` and PNGs into `out`; returns the Markdown path."""
+def learning_curves(store) -> dict[str, dict]:
+    """Item name -> the learning curve in its metrics, for every item that stored one."""
+    return {entry.name: entry.metrics["curve"] for entry in store.list()
+            if isinstance(entry.metrics.get("curve"), dict)}
+
+
+def write_report(results: pa.Table, out: str, command: str,
+                 curves: dict[str, dict] | None = None) -> str:
+    """Write `results.md` and PNGs into `out`; returns the Markdown path. `curves`: the
+    stored items' learning curves by name (`learning_curves`), for forward transfer."""
     rows = _rows(results)
     if not rows:
         raise StoreError("the store holds no results yet: run a stream first (psec run ...)")
@@ -260,7 +268,7 @@ def write_report(results: pa.Table, out: str, command: str) -> str:
         if plot_continual(stream, stream_rows, os.path.join(out, f"{stream}-continual.png")):
             plots.append(f"{stream}-continual.png")
         sections.append(markdown(stream, stream_rows, command, plots))
-        continual = continual_report.stream_metrics(stream_rows, rows)
+        continual = continual_report.stream_metrics(stream_rows, rows, curves)
         if continual is not None:
             # p_i(t) over the continual tasks alone (bases left out), as the metrics use it.
             p, metrics = continual

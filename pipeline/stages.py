@@ -46,6 +46,7 @@ from library.serialization import (
     split_item,
 )
 from library.weighting import WeightingConfig
+from pipeline.curves import Snapshot
 from pipeline.plan import FitUnit, Stage
 from tasks.spec import TaskSpec, dump
 
@@ -279,27 +280,35 @@ class UnitContext:
     def register(self, stage: Stage, learner: Learner, metrics: dict[str, Any]) -> bool:
         """Rank 0: store the stage's item through the store actor; False if it was there."""
         learner.module.to("cpu")
-        critic_config: dict[str, Any] = {}
-        critic_tensors: dict[str, Tensor] = {}
-        if stage.kind in ("base", "skill") and (self.iql or self.feasibility):
-            critic_tensors = dump_critics(self.iql, self.feasibility)
-            critic_config = {name: critic.config.to_dict() for name, critic in
-                             (("iql", self.iql), ("feasibility", self.feasibility))
-                             if critic is not None}
         if stage.kind in ("base", "skill"):
-            config, tensors = self.policy_item(stage, learner)
+            config, tensors = self.policy_item_with_critics(stage, learner)
         else:
             assert isinstance(learner, ComposerLearner)
             self._register_random_bank(stage, learner)
             config, tensors = dump_composer(learner.composer)
-        if critic_config:
-            config = {**config, "critics": critic_config}
-            tensors = {**tensors, **critic_tensors}
         _, created = self.store.register_once(
             stage.name, stage.kind, config, tensors, parent=stage.parent,
             task_spec=dump(self.task), dataset_fingerprint=self.fingerprint, metrics=metrics)
         learner.module.to(self.device)
         return created
+
+    def snapshot(self, stage: Stage, learner: Learner) -> Snapshot:
+        """A base or skill stage's weights now, as the item it would register (for its
+        learning curve, pipeline.curves), on the CPU."""
+        config, tensors = self.policy_item_with_critics(stage, learner)
+        return Snapshot(stage.kind, stage.name, stage.parent, config,
+                        {key: value.detach().cpu().clone() for key, value in tensors.items()})
+
+    def policy_item_with_critics(self, stage: Stage, learner: Learner
+                                 ) -> tuple[dict, dict[str, Tensor]]:
+        """`policy_item`, with the task's critics inside when it has any."""
+        config, tensors = self.policy_item(stage, learner)
+        critics = [(name, critic) for name, critic in
+                   (("iql", self.iql), ("feasibility", self.feasibility)) if critic is not None]
+        if not critics:
+            return config, tensors
+        config = {**config, "critics": {name: critic.config.to_dict() for name, critic in critics}}
+        return config, {**tensors, **dump_critics(self.iql, self.feasibility)}
 
     @staticmethod
     def policy_item(stage: Stage, learner: Learner) -> tuple[dict, dict[str, Tensor]]:

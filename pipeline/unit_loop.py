@@ -24,6 +24,7 @@ import torch
 
 from library.errors import DataError, PsecError, TrainingDiverged
 from pipeline.checkpoints import Resume, TrainSession, checkpoint_root, filesystem
+from pipeline.curves import CurveTracker
 from pipeline.fit_job import FitJob, FitOptions, error_record, new_report
 from pipeline.progress import ProgressReporter
 
@@ -170,35 +171,60 @@ class _UnitRun:
         stage_started = time.perf_counter()
         data = self.unit_ctx.data_for(stage)
         terms: dict[str, float] = {}
+        curve = self._curve(stage, start)
         if stage.steps > 0:  # 0: an untrained composer, registered as initialised
             try:
-                terms = self._train(index, stage, learner, data, log, start, optimizer_state)
+                terms = self._train(index, stage, learner, data, log, start, optimizer_state,
+                                    curve)
             except TrainingDiverged as error:
                 self._diverged(index, stage, error)
                 return False
         seconds = time.perf_counter() - stage_started
         log.close()
         if stage.stored:
-            self._register(stage, learner, terms, seconds, len(data.obs), start)
+            extra = {}
+            if curve is not None:
+                curve.collect(wait=True)
+                extra["curve"] = curve.metrics()
+            self._register(stage, learner, terms, seconds, len(data.obs), start, extra)
         self.unit_ctx.finished(stage, learner)
         self.report["stage_seconds"][stage.name] = round(seconds, 3)
         return True
 
+    def _curve(self, stage: Stage, start: int) -> CurveTracker | None:
+        """The learning curve of a base or skill stage whose task asks for one (rank 0)."""
+        if (stage.kind not in ("base", "skill") or not stage.stored or stage.steps == 0
+                or self.job.unit.task.eval.curve_points == 0 or self.session.rank != 0):
+            return None
+        return CurveTracker(self.store, self.job.unit.task, stage.name, stage.steps, start,
+                            self.report)
+
     def _train(self, index: int, stage: Stage, learner, data, log, start: int,
-               optimizer_state: dict | None) -> dict[str, float]:
+               optimizer_state: dict | None, curve: CurveTracker | None) -> dict[str, float]:
         from library.training import train
 
         job, options, rank, world = self.job, self.job.options, self.session.rank, self.session.world
 
+        def measure(done: int) -> None:
+            if curve.due(done):
+                curve.launch(done, self.unit_ctx.snapshot(stage, learner))
+
+        if curve is not None:
+            measure(start)  # step 0 (or the step this attempt resumes from)
+
         def on_step(step: int, terms: dict[str, float]) -> None:
             if rank != 0:
                 return  # rank 0 writes (and is the one a fault test kills)
+            if curve is not None:
+                curve.collect(wait=False)
             _maybe_fail(options, stage.name, step, self.marker_root, job.run_name)
             log.scalars(terms, step, prefix="train/")
             log.scalars(self.unit_ctx.alpha_stats(stage, learner), step, prefix="alpha/")
             self.reporter(stage.name, step, stage.steps)
 
         def on_checkpoint(checkpoint) -> None:
+            if curve is not None:
+                curve.collect(wait=False)  # finished points go into this checkpoint's report
             meta = {"fingerprint": self.fingerprint, "stage_index": index,
                     "step": checkpoint.step, "report": self.report}
             state = {"learner": checkpoint.learner_state,
@@ -213,7 +239,8 @@ class _UnitRun:
             grad_hook=_allreduce_mean if world > 1 else None, start_step=start,
             optimizer_state=optimizer_state, log_every=min(options.log_every, stage.steps),
             on_checkpoint=on_checkpoint, checkpoint_every=every,
-            lr_decay_steps=lr_decay_steps(stage, job.unit.task)).terms
+            lr_decay_steps=lr_decay_steps(stage, job.unit.task),
+            after_step=measure if curve is not None else None).terms
 
     def _diverged(self, index: int, stage: Stage, error: TrainingDiverged) -> None:
         """Every retry would diverge at the same step: end the unit with the error, nothing
@@ -226,13 +253,13 @@ class _UnitRun:
         _final_report(self.session, "", index, self.report)
 
     def _register(self, stage: Stage, learner, terms: dict[str, float], seconds: float,
-                  transitions: int, resumed_from: int) -> None:
+                  transitions: int, resumed_from: int, extra: dict[str, Any]) -> None:
         metrics = {"train_steps": stage.steps, "train_seconds": round(seconds, 3),
                    "train_transitions": transitions, "resumed_from": resumed_from,
                    "workers": self.session.world,
                    # Workers and threads are training inputs like the seed: a refit
                    # reproduces these weights bit for bit only with both the same.
                    "threads": self.job.cpus_per_worker,
-                   **{f"train_{k}": v for k, v in terms.items() if "/" not in k}}
+                   **{f"train_{k}": v for k, v in terms.items() if "/" not in k}, **extra}
         if self.session.rank == 0 and self.unit_ctx.register(stage, learner, metrics):
             self.report["registered"].append(stage.name)

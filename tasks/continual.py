@@ -10,11 +10,12 @@ not trained yet (i > t) or not evaluated are NaN.
   F_i is 0 by definition).
 * forward transfer FT_i = (AUC_i - AUC_i^b) / (1 - AUC_i^b): how much better task i is
   learnt in the stream than by a reference trained on task i alone (the "scratch"
-  baseline b). Continual World uses the area under the success curve during training;
-  `curve_auc` computes it where a curve exists. Where only final successes are known
-  (the pipeline evaluates each item once, after its fit) the same formula is applied to
-  them: FT_i = (p[i, i] - p_i^b) / (1 - p_i^b). That is a simplification — it compares
-  end points, not learning speed — and callers that use it must say so.
+  baseline b), from the areas under the success curves during training (`curve_auc`;
+  the pipeline measures them for tasks with `eval.curve_points`, pipeline/curves.py).
+  Where a task has no curves (its own or its reference's) only final successes are known
+  and the same formula is applied to them: FT_i = (p[i, i] - p_i^b) / (1 - p_i^b). That
+  is a simplification — it compares end points, not learning speed — and
+  `ContinualMetrics.transfer_from` says, per task, which one was used.
 
 Pure numpy; no Ray, no results-table format (pipeline.continual_report reads the table).
 """
@@ -46,6 +47,9 @@ class ContinualMetrics:
     """Mean of the defined `task_forward_transfer` values; NaN without a reference."""
     task_forward_transfer: list[float]
     """FT_i per task; NaN where the reference is missing or already perfect."""
+    transfer_from: list[str]
+    """Per task, what FT_i compares: "auc" (the areas under the training curves, Continual
+    World's), "final" (final successes, the simplified version) or "" (undefined)."""
 
 
 def _square(p: np.ndarray) -> np.ndarray:
@@ -73,15 +77,21 @@ def forgetting(p: np.ndarray) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
 
 
-def curve_auc(curve: Sequence[float]) -> float:
-    """Normalised area under a success curve sampled at equal training intervals: the
-    trapezoid rule over [0, 1], so a constant curve c has AUC c."""
+def curve_auc(curve: Sequence[float], steps: Sequence[float] | None = None) -> float:
+    """Normalised area under a success curve: the trapezoid rule over the steps it was
+    measured at (`steps`; default equal intervals), divided by the span they cover, so a
+    constant curve c has AUC c. A curve whose first points were lost (measured from a
+    later step on) covers a shorter span, not a span of zeros."""
     values = np.asarray(curve, dtype=float)
     if values.ndim != 1 or len(values) == 0:
         raise ShapeError(f"a success curve must be a non-empty 1-d sequence, got {values.shape}")
+    x = np.arange(len(values), dtype=float) if steps is None else np.asarray(steps, dtype=float)
+    if x.shape != values.shape or (len(x) > 1 and not (np.diff(x) > 0).all()):
+        raise ShapeError(f"a curve's steps must increase and match its {len(values)} values, "
+                         f"got {list(x)}")
     if len(values) == 1:
         return float(values[0])
-    return float(np.trapezoid(values, dx=1.0 / (len(values) - 1)))
+    return float(np.trapezoid(values, x) / (x[-1] - x[0]))
 
 
 def task_forward_transfer(own: Sequence[float], reference: Sequence[float]) -> np.ndarray:
@@ -104,19 +114,31 @@ def task_forward_transfer(own: Sequence[float], reference: Sequence[float]) -> n
 
 
 def continual_metrics(tasks: Sequence[str], p: np.ndarray,
-                      reference: Sequence[float] | None = None) -> ContinualMetrics:
+                      reference: Sequence[float] | None = None,
+                      curves: tuple[Sequence[float], Sequence[float]] | None = None
+                      ) -> ContinualMetrics:
     """Every metric of a stream from its success matrix `p: [T, T]` (rows: after task t,
-    columns: task i) and, optionally, the scratch reference's final success per task
-    (NaN where a task has none). Forward transfer here is the simplified final-success
-    version: FT_i compares p[i, i] with the reference's final success."""
+    columns: task i), optionally the scratch reference's final success per task (NaN
+    where a task has none) and `curves`: (own AUC, reference AUC) per task, NaN where
+    either curve is missing. Task i's forward transfer is Continual World's, from the two
+    AUCs, where both exist; otherwise the simplified one from p[i, i] and the reference's
+    final success (`transfer_from` says which, per task)."""
     p = _square(p)
     if len(tasks) != p.shape[0]:
         raise ShapeError(f"{len(tasks)} task names for a {p.shape[0]}x{p.shape[0]} matrix")
-    ref = np.full(p.shape[0], math.nan) if reference is None else np.asarray(reference, float)
+    nan = np.full(p.shape[0], math.nan)
+    ref = nan if reference is None else np.asarray(reference, float)
     transfer = task_forward_transfer(np.diagonal(p), ref)
+    kinds = ["final" if math.isfinite(value) else "" for value in transfer]
+    if curves is not None:
+        own_auc, ref_auc = (np.asarray(values, float) for values in curves)
+        from_curves = task_forward_transfer(own_auc, ref_auc)
+        for i, value in enumerate(from_curves):
+            if np.isfinite(own_auc[i]) and np.isfinite(ref_auc[i]):
+                transfer[i], kinds[i] = value, "auc" if math.isfinite(value) else ""
     return ContinualMetrics(
         tasks=list(tasks), average_success=average_success(p), forgetting=forgetting(p),
         task_forgetting=task_forgetting(p).tolist(),
         forward_transfer=float(np.nanmean(transfer)) if np.isfinite(transfer).any()
         else math.nan,
-        task_forward_transfer=transfer.tolist())
+        task_forward_transfer=transfer.tolist(), transfer_from=kinds)

@@ -215,6 +215,10 @@ class Scale(SpecModel):
         None, min_length=1, description="eval.seeds of every task."
     )
     max_steps: int | None = Field(None, ge=1, description="eval.max_steps of every task.")
+    curve_points: int | None = Field(
+        None, ge=0, le=100, description="eval.curve_points of every task that asks for a "
+        "learning curve (0: none).",
+    )
     fit_shipped: bool = Field(
         False, description="Fit every base task, also those that name a `shipped` folder "
         "(e.g. smoke: tests fit a small base in seconds rather than take hours of training).",
@@ -442,6 +446,8 @@ class StreamSpec(SpecModel):
             _set(task["eval"], "episodes", scale.eval_episodes)
             _set(task["eval"], "seeds", scale.eval_seeds)
             _set(task["eval"], "max_steps", scale.max_steps)
+            if task["eval"].get("curve_points"):
+                _set(task["eval"], "curve_points", scale.curve_points)
             if task["eval"]["envs"] is not None and scale.eval_envs is not None:
                 task["eval"]["envs"] = task["eval"]["envs"][: scale.eval_envs]
         data["applied_scale"] = name

@@ -390,6 +390,13 @@ class EvalSpec(SpecModel):
     cost_threshold: float = Field(
         10.0, gt=0, description="Safety cost budget per episode (normalised cost = cost / this)."
     )
+    curve_points: int = Field(
+        0, ge=0, le=100,
+        description="Learning curve of a base or skill stage: evaluated (eval.episodes "
+        "episodes of the first eval seed) at step 0 and after every steps/N steps while it "
+        "trains, without pausing it; stored in the item's metrics under 'curve' (forward "
+        "transfer as Continual World defines it). 0: none.",
+    )
     envs: list[str] | None = Field(
         None,
         min_length=1,

@@ -100,16 +100,16 @@ def snapshot(root):
     return found
 
 
-def fit_base_killed_once(store_uri, stream_path, steps, fail_step, single_worker):
-    """A one-task stream whose base "stand" (`steps` steps, a checkpoint every 10) has
-    its worker killed once at the first progress report at or after `fail_step`; runs it
-    with `single_worker` and returns (plan, summary)."""
+def fit_base_killed_once(store_uri, stream_path, steps, fail_step, single_worker, **extra):
+    """A one-task stream whose base "stand" (`steps` steps, a checkpoint every 10; `extra`
+    task fields) has its worker killed once at the first progress report at or after
+    `fail_step`; runs it with `single_worker` and returns (plan, summary)."""
     from pipeline.driver import DriverOptions, run_plan
     from pipeline.fit_job import FailurePoint, FitOptions
     from pipeline.plan import plan_stream
     from tasks.spec import load_stream
 
-    tasks = [tiny_task("stand", role="base", steps=steps)]
+    tasks = [tiny_task("stand", role="base", steps=steps, **extra)]
     put_datasets(store_uri, tasks)
     plan = plan_stream(load_stream(write_stream(stream_path, tasks)))
     options = DriverOptions(progress=False, fit=FitOptions(

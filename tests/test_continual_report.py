@@ -68,7 +68,7 @@ def test_report_writes_the_three_lines_and_the_heat_map(tmp_path):
     lines = open(path).read().splitlines()
     assert "### Continual metrics of `cw`" in lines
     assert {"average success 0.33", "forgetting 0.17", "forward transfer —"} <= set(lines)
-    assert "| a | 1.00 | 0.50 | 0.50 | — |" in lines
+    assert "| a | 1.00 | 0.50 | 0.50 | — | — |" in lines
     assert (tmp_path / "cw-success.png").stat().st_size > 1000
 
 

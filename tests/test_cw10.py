@@ -83,6 +83,14 @@ def test_cw10_first_tasks_at_smoke_scale(ray_cluster, tmp_path):
     for t in range(len(CW_TASKS)):
         for i in range(len(CW_TASKS)):
             assert (0.0 <= p[t, i] <= 1.0) if i <= t else p[t, i] != p[t, i]  # NaN above
+    # Each skill's learning curve (smoke: curve_points 2 of 100 steps); its last point
+    # rolled out the registered weights on the episodes of eval seed 0, the only seed here.
+    for i, name in enumerate(CW_TASKS):
+        curve = items[name].metrics["curve"]
+        assert curve["steps"] == [0, 50, 100] and curve["lost"] == []
+        assert all(0.0 <= score <= 1.0 for score in curve["scores"])
+        assert curve["scores"][-1] == p[i, i]
+    assert "curve" not in items["mw-base"].metrics
     # Frozen skills, seeded rollouts: a skill's success never changes later in the stream.
     _, metrics = stream_metrics(rows, rows)
     assert metrics.task_forgetting == [0.0, 0.0, 0.0] and metrics.forgetting == 0.0

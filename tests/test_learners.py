@@ -259,3 +259,19 @@ def test_the_weights_effective_sample_size_is_logged():
     assert effective_sample_size(torch.tensor([1.0, 1.0, 0.0, 0.0])).item() == 0.5
     result = train(LEARNERS["skill"](), random_data(), steps=2, batch_size=32, lr=1e-3, seed=0)
     assert result.terms["weight_ess"] == 1.0  # bc: every sample counts
+
+
+def test_after_step_sees_every_step_done_after_its_update():
+    data = random_data()
+    learner = BaseLearner(small_policy())
+    seen = []
+
+    def after_step(done):
+        # Called after the update of step `done`: the weights have moved by then.
+        seen.append((done, float(next(learner.policy.parameters()).detach().sum())))
+
+    train(learner, data, steps=7, batch_size=32, lr=1e-2, seed=0, log_every=5,
+          start_step=2, after_step=after_step)
+    assert [done for done, _ in seen] == [3, 4, 5, 6, 7]
+    sums = [total for _, total in seen]
+    assert all(a != b for a, b in zip(sums, sums[1:]))
