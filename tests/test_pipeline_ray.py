@@ -29,6 +29,7 @@ from pipeline.store_actor import StoreHandle
 from tasks.spec import load_stream
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.slow  # every test runs fits on Ray (about 6 minutes in all)
 
 
 def test_store_actor_serialises_registrations_and_keeps_errors_one_line(ray_cluster, tmp_path):

@@ -26,6 +26,7 @@ def fitted_names(output: str) -> list[str]:
     return match.group(1).split(", ") if match.group(1) else []
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_without_refitting(tmp_path):
     tasks = [tiny_task("stand", role="base", steps=40),
              tiny_task("walk", steps=150, composers=[{"name": "s2w", "skills": ["base"]}]),

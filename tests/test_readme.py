@@ -18,6 +18,10 @@ def test_readme_starts_with_the_two_commands():
     commands = lines[2:4]  # after the title and the code fence
     assert "psec run configs/dmc_walker.yaml --scale main" in commands[0]
     assert "pytest" in commands[1]
+    # CI runs the README's test command as written.
+    test_command = commands[1].split("&&", 1)[1].split("#", 1)[0].strip()
+    ci = (README.parent / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci
 
 
 def test_the_main_job_starts_from_the_committed_base(tmp_path, monkeypatch):

@@ -99,6 +99,7 @@ def test_training_refuses_a_folder_of_another_plan(tmp_path):
         train_base(other, "walk", tmp_path / "walk", scale=None, threads=1, log=quiet)
 
 
+@pytest.mark.slow
 def test_a_stream_takes_the_shipped_base(ray_cluster, tmp_path, capsys):
     folder = tmp_path / "bases" / "stand"
     train_base(stream_file(tmp_path), "stand", folder, scale=None, until=40,
