@@ -226,6 +226,10 @@ class Scale(SpecModel):
     eval_envs: int | None = Field(
         None, ge=1, description="Keep the first N of eval.envs of every task that lists them."
     )
+    data_envs: int | None = Field(
+        None, ge=1, description="Keep the first N of data.envs of every task that lists "
+        "them (a multi-task base's data), e.g. a few of them for a smoke run.",
+    )
     tasks: list[str] | None = Field(
         None,
         min_length=1,
@@ -450,6 +454,8 @@ class StreamSpec(SpecModel):
                 _set(task["eval"], "curve_points", scale.curve_points)
             if task["eval"]["envs"] is not None and scale.eval_envs is not None:
                 task["eval"]["envs"] = task["eval"]["envs"][: scale.eval_envs]
+            if task["data"].get("envs") is not None and scale.data_envs is not None:
+                task["data"]["envs"] = task["data"]["envs"][: scale.data_envs]
         data["applied_scale"] = name
         return parse_stream(data)
 

@@ -101,3 +101,17 @@ def test_cw10_first_tasks_at_smoke_scale(ray_cluster, tmp_path):
     assert f"average success {metrics.average_success:.2f}" in lines
     assert "forgetting 0.00" in lines and "forward transfer —" in lines
     assert (tmp_path / "report" / "cw10-success.png").exists()
+
+
+@pytest.mark.parametrize("scale", ["smoke", "paper"])
+def test_the_base_pretrains_on_the_meta_world_tasks_outside_cw10(scale):
+    import metaworld
+
+    base, *skills = load_stream(STREAM, scale).tasks
+    cw10 = [task.env for task in skills]
+    outside = set(metaworld.MT50().train_classes) - set(cw10)
+    assert len(cw10) == 10 and len(outside) == 40
+    if scale == "paper":  # appendix F.1: all 40, 100 scripted episodes each
+        assert sorted(base.data.envs) == sorted(outside) and base.data.episodes == 100
+    else:  # smoke keeps ten of them (data_envs)
+        assert len(base.data.envs) == 10 and set(base.data.envs) < outside
