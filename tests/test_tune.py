@@ -154,6 +154,23 @@ def test_a_scale_can_try_fewer_fixed_weight_start_points(tmp_path):
         load_search(write(tmp_path, bad), scale="paper")
 
 
+def test_table_2_controls_reuse_the_table_s_psec_trials():
+    """search_alpha's paper-controls scale: the default α only; its PSEC points are
+    search_dmc_table's at the paper scale (same tags: the same stored items)."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    controls = load_search(str(configs / "search_alpha.yaml"), scale="paper-controls")
+    table = load_search(str(configs / "search_dmc_table.yaml"), scale="paper")
+    assert len(controls.alpha) == 1 and controls.alpha[0] == table.alpha[0]
+    points = enumerate_points(controls)
+    assert sorted({p.method for p in points}) == ["psec", "random", "uniform"]
+    assert len(points) == 3 * 3 * 3  # targets × seeds × methods
+    psec = {p.tag() for p in points if p.method == "psec"}
+    assert psec == {p.tag() for p in enumerate_points(table) if p.method == "psec"}
+    # Every control composes the same new skill as the table's PSEC trial of its seed.
+    assert {p.skill_tag() for p in points} == \
+        {p.skill_tag() for p in enumerate_points(table) if p.method == "psec"}
+
+
 # ------------------------------------------------------ methods as stream transformations
 
 

@@ -150,6 +150,9 @@ class SearchScale(_Spec):
     fixed_alpha: list[AlphaSpec] | None = Field(None, min_length=1)
     """Start points of the fixed-weight baseline (fewer at a small scale: each is a trial
     per target and seed)."""
+    alpha: list[AlphaSpec] | None = Field(None, min_length=1)
+    """α(s) parameterisations (e.g. only the default, for the controls of another search's
+    table)."""
     num_samples: int | None = Field(None, ge=1)
     """searcher.num_samples."""
     max_concurrent_trials: int | None = Field(None, ge=1)
@@ -334,8 +337,9 @@ class SearchSpec(_Spec):
         for field in ("seeds", "ranks", "data_episodes", "steps_per_episode"):
             if getattr(scale, field) is not None:
                 data[field] = getattr(scale, field)
-        if scale.fixed_alpha is not None:
-            data["fixed_alpha"] = [choice.model_dump(mode="json") for choice in scale.fixed_alpha]
+        for field in ("fixed_alpha", "alpha"):
+            if getattr(scale, field) is not None:
+                data[field] = [choice.model_dump(mode="json") for choice in getattr(scale, field)]
         if scale.targets is not None:
             data["targets"] = [t for t in data["targets"] if t["label"] in scale.targets]
             data["alpha_trace"] = [trace for trace in data["alpha_trace"]
