@@ -6,7 +6,9 @@ task (its composers train on a fraction of that task's data and are rolled out i
 env); one with `eval.envs` is a zero-shot task (its composers train on other tasks' data
 and are rolled out in each listed env). The table has one row per unseen env and one
 column per (setting, method); a cell is the mean ± std over evaluation seeds of the
-normalised score (Meta-World: success rate) from the store's results table.
+normalised score (Meta-World: success rate) from the store's results table, with the
+paper's figure for that task, setting and method beside it (Tables 6 and 7). A second
+table gives each pretraining task's own skill beside the paper's Table 5.
 
     python -m pipeline.unseen_report configs/metaworld_unseen.yaml --scale smoke \\
         --store ./psec-store --results docs/RESULTS.md
@@ -18,9 +20,10 @@ in the results file (appended at its end when the markers are absent), or prints
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from library.errors import ArgumentParser, exit_status
@@ -31,6 +34,68 @@ from tasks.spec import StreamSpec, load_stream
 SETTINGS = ("few-shot", "zero-shot")
 METHOD_LABELS = {"psec": "PSEC", "nsec": "NSEC", "asec": "ASEC", "fixed": "fixed",
                  "mlp": "PSEC (MLP)"}
+
+# The paper's figures for its unseen-task setting (PSEC appendix F.2, success rate on
+# Meta-World v2), exactly as ../shared/PAPER.md transcribes them ("Meta-World",
+# "Unseen-task setting"), keyed by the paper's task names (no version suffix). The one
+# place they live: configs/metaworld_unseen.yaml's task lists are tested against them.
+PAPER_PRETRAINING_COLUMNS = ("Scratch", "ASEC", "NSEC", "PSEC")
+"""Table 5's columns, in its order."""
+PAPER_PRETRAINING: dict[str, tuple[float, float, float, float]] = {
+    # Table 5, the 18 pretraining tasks: Scratch / ASEC / NSEC / PSEC.
+    "peg-insert-side": (0.50, 0.87, 0.88, 0.90),
+    "peg-unplug-side": (0.35, 0.61, 0.78, 0.86),
+    "button-press-topdown": (0.71, 0.88, 0.88, 0.89),
+    "push-back": (0.26, 0.61, 0.76, 0.88),
+    "window-close": (0.65, 0.84, 0.84, 0.88),
+    "door-open": (0.74, 0.85, 0.86, 0.86),
+    "handle-press": (0.67, 0.96, 0.97, 0.97),
+    "plate-slide-side": (0.27, 0.23, 0.53, 0.74),
+    "handle-pull-side": (0.76, 0.94, 0.94, 0.95),
+    "window-open": (0.87, 0.75, 0.88, 0.89),
+    "door-close": (0.90, 0.89, 0.89, 0.91),
+    "reach": (0.89, 0.95, 0.95, 0.95),
+    "push": (0.15, 0.58, 0.81, 0.92),
+    "stick-push": (0.44, 0.54, 0.17, 0.79),
+    "drawer-close": (0.97, 0.97, 0.97, 0.97),
+    "plate-slide-back": (0.90, 0.94, 0.94, 0.95),
+    "coffee-button": (0.91, 0.94, 0.94, 0.95),
+    "hand-insert": (0.30, 0.68, 0.63, 0.89),
+}
+PAPER_PRETRAINING_MEAN = (0.62, 0.78, 0.81, 0.90)
+"""Table 5's mean row (over its 18 tasks), as written."""
+PAPER_UNSEEN: dict[str, dict[str, dict[str, float]]] = {
+    # Table 6: the 12 unseen tasks, composers on 10% of the task's data.
+    "few-shot": {
+        "plate-slide": {"asec": 0.14, "nsec": 0.66, "psec": 0.89},
+        "handle-press-side": {"asec": 0.73, "nsec": 0.65, "psec": 0.92},
+        "button-press-wall": {"asec": 0.09, "nsec": 0.03, "psec": 0.72},
+        "button-press-topdown-wall": {"asec": 0.87, "nsec": 0.88, "psec": 0.89},
+        "push-wall": {"asec": 0.57, "nsec": 0.68, "psec": 0.88},
+        "reach-wall": {"asec": 0.41, "nsec": 0.36, "psec": 0.90},
+        "faucet-close": {"asec": 0.41, "nsec": 0.49, "psec": 0.90},
+        "button-press": {"asec": 0.02, "nsec": 0.14, "psec": 0.23},
+        "plate-slide-back-side": {"asec": 0.17, "nsec": 0.19, "psec": 0.92},
+        "handle-pull": {"asec": 0.15, "nsec": 0.21, "psec": 0.93},
+        "faucet-open": {"asec": 0.14, "nsec": 0.16, "psec": 0.89},
+        "stick-pull": {"asec": 0.00, "nsec": 0.00, "psec": 0.32},
+    },
+    # Table 7: the same tasks, composers trained on the 18 pretraining tasks' data only.
+    "zero-shot": {
+        "plate-slide": {"asec": 0.03, "nsec": 0.00, "psec": 0.15},
+        "handle-press-side": {"asec": 0.50, "nsec": 0.60, "psec": 0.62},
+        "button-press-wall": {"asec": 0.00, "nsec": 0.00, "psec": 0.40},
+        "button-press-topdown-wall": {"asec": 0.85, "nsec": 0.87, "psec": 0.89},
+        "push-wall": {"asec": 0.53, "nsec": 0.53, "psec": 0.71},
+        "reach-wall": {"asec": 0.34, "nsec": 0.05, "psec": 0.90},
+        "faucet-close": {"asec": 0.00, "nsec": 0.00, "psec": 0.16},
+        "button-press": {"asec": 0.00, "nsec": 0.00, "psec": 0.15},
+        "plate-slide-back-side": {"asec": 0.00, "nsec": 0.00, "psec": 0.00},
+        "handle-pull": {"asec": 0.00, "nsec": 0.00, "psec": 0.00},
+        "faucet-open": {"asec": 0.00, "nsec": 0.00, "psec": 0.77},
+        "stick-pull": {"asec": 0.00, "nsec": 0.00, "psec": 0.00},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +110,30 @@ class Column:
     @property
     def label(self) -> str:
         return f"{self.setting} {METHOD_LABELS.get(self.method, self.method)}"
+
+
+def paper_task(env: str) -> str:
+    """The paper's name of a Meta-World env: `reach-wall-v3` -> `reach-wall` (it ran v2)."""
+    return re.sub(r"-v\d+$", "", env)
+
+
+def paper_figure(env: str, column: Column) -> float | None:
+    """The paper's figure for `env` in `column` (Table 6 or 7), or None if it has none."""
+    return PAPER_UNSEEN.get(column.setting, {}).get(paper_task(env), {}).get(column.method)
+
+
+def mean_std(values: list[float]) -> str:
+    """`mean ± std (n=N)` of per-seed scores, or — when there are none."""
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return f"{mean:.2f} ± {std:.2f} (n={len(values)})"
+
+
+def _paper_note(figure: float | None) -> str:
+    """What follows our cell: `; paper 0.89`, or nothing where the paper has no figure."""
+    return "" if figure is None else f"; paper {figure:.2f}"
 
 
 @dataclass
@@ -63,28 +152,49 @@ class UnseenTable:
     """Per (env, column): the normalised score of each evaluation seed."""
     episodes: list[int]
     """The distinct numbers of episodes per seed among the rows used."""
+    skills: dict[str, list[float]] = field(default_factory=dict)
+    """Per skill task (stream order, env name): its own skill's score per evaluation seed
+    in its env (the pretraining tasks, beside the paper's Table 5)."""
 
     def cell(self, env: str, column: Column) -> str:
-        values = self.scores.get((env, column), [])
-        if not values:
-            return "—"
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-        return f"{mean:.2f} ± {std:.2f} (n={len(values)})"
+        return mean_std(self.scores.get((env, column), []))
 
     def markdown(self) -> str:
+        """Our cells, each with the paper's figure beside it where the paper has one."""
         header = "| unseen task | " + " | ".join(c.label for c in self.columns) + " |"
         lines = [header, "|" + " --- |" * (len(self.columns) + 1)]
         for env in self.envs:
-            lines.append(f"| {env} | " + " | ".join(self.cell(env, c) for c in self.columns)
-                         + " |")
+            cells = [self.cell(env, c) + _paper_note(paper_figure(env, c))
+                     for c in self.columns]
+            lines.append(f"| {env} | " + " | ".join(cells) + " |")
         means = []
         for column in self.columns:
-            per_env = [sum(v) / len(v) for (env, c), v in self.scores.items()
-                       if c == column and v and env in self.envs]
-            means.append(f"{sum(per_env) / len(per_env):.2f} over {len(per_env)}"
-                         if per_env else "—")
+            per_env = {env: sum(v) / len(v) for (env, c), v in self.scores.items()
+                       if c == column and v and env in self.envs}
+            if not per_env:
+                means.append("—")
+                continue
+            paper = [paper_figure(env, column) for env in per_env]
+            paper_mean = sum(paper) / len(paper) if None not in paper else None
+            means.append(f"{sum(per_env.values()) / len(per_env):.2f} over {len(per_env)}"
+                         + _paper_note(paper_mean))
         lines.append("| mean over envs | " + " | ".join(means) + " |")
+        return "\n".join(lines)
+
+    def pretraining_markdown(self) -> str:
+        """Each pretraining task's own skill beside the paper's Table 5 (Meta-World v2)."""
+        labels = PAPER_PRETRAINING_COLUMNS
+        lines = ["| pretraining task | our skill | "
+                 + " | ".join(f"paper {label}" for label in labels) + " |",
+                 "|" + " --- |" * (len(labels) + 2)]
+        for env, values in self.skills.items():
+            paper = PAPER_PRETRAINING.get(paper_task(env))
+            figures = [f"{x:.2f}" for x in paper] if paper else ["—"] * len(labels)
+            lines.append(f"| {env} | {mean_std(values)} | " + " | ".join(figures) + " |")
+        ours = [sum(v) / len(v) for v in self.skills.values() if v]
+        mean = f"{sum(ours) / len(ours):.2f} over {len(ours)}" if ours else "—"
+        lines.append(f"| mean | {mean} | "
+                     + " | ".join(f"{x:.2f}" for x in PAPER_PRETRAINING_MEAN) + " |")
         return "\n".join(lines)
 
 
@@ -93,6 +203,7 @@ def collect(stream: StreamSpec, rows: list[dict]) -> UnseenTable:
     # composer name -> (setting, the envs its task rolls it out in, its task)
     composers: dict[str, tuple[str, list[str], str]] = {}
     envs: list[str] = []
+    skill_envs = {task.name: task.env for task in stream.tasks if task.role == "skill"}
     for task in stream.tasks:
         if task.role != "composer":
             continue
@@ -102,11 +213,21 @@ def collect(stream: StreamSpec, rows: list[dict]) -> UnseenTable:
         envs.extend(env for env in task.eval_envs if env not in envs)
     columns: list[Column] = []
     scores: dict[tuple[str, Column], list[float]] = defaultdict(list)
+    skills: dict[str, list[float]] = {env: [] for env in skill_envs.values()}
     episodes: set[int] = set()
     for row in rows:
-        if row.get("stream") != stream.name or row.get("name") not in composers:
+        if row.get("stream") != stream.name:
             continue
-        setting, task_envs, task_name = composers[row["name"]]
+        name = row.get("name")
+        if row.get("kind") == "skill" and name in skill_envs:
+            # A skill in its own task's env: the pretraining table.
+            if row.get("eval_task") == name and row.get("env") in (None, skill_envs[name]):
+                skills[skill_envs[name]].append(float(row["score"]))
+                episodes.add(int(row["episodes"]))
+            continue
+        if name not in composers:
+            continue
+        setting, task_envs, task_name = composers[name]
         env = row.get("env") or task_envs[0]  # rows without env: the task's own env
         if row.get("eval_task") != task_name or env not in task_envs:
             continue
@@ -118,7 +239,7 @@ def collect(stream: StreamSpec, rows: list[dict]) -> UnseenTable:
     columns.sort(key=lambda c: (SETTINGS.index(c.setting), list(METHOD_LABELS).index(c.method)
                                 if c.method in METHOD_LABELS else len(METHOD_LABELS)))
     return UnseenTable(stream.name, stream.applied_scale or "as-written", envs, columns,
-                       dict(scores), sorted(episodes))
+                       dict(scores), sorted(episodes), skills)
 
 
 def section(stream_path: str, scale: str, store_uri: str, command: str) -> str:
@@ -128,13 +249,23 @@ def section(stream_path: str, scale: str, store_uri: str, command: str) -> str:
     table = collect(stream, store.results().to_pylist())
     body = (table.markdown() if table.columns else
             f"No composer results of stream `{stream.name}` in the store yet.")
+    pretraining = ([
+        "",
+        "Pretraining tasks: each task's own skill in its env, beside the paper's Table 5 "
+        "(its mean row is over its 18 tasks):",
+        "",
+        table.pretraining_markdown(),
+    ] if table.skills else [])
     return "\n".join([
         f"<!-- unseen:{stream.name} -->",
         f"Generated by `{command}` (scale {table.scale}): mean ± std over evaluation seeds "
         f"of the normalised score (Meta-World: success rate), n seeds of "
-        f"{' or '.join(map(str, table.episodes)) or 'no'} episode(s) each.",
+        f"{' or '.join(map(str, table.episodes)) or 'no'} episode(s) each; after `paper`, "
+        "the paper's figure (appendix F.2, Meta-World v2: Table 6 few-shot, Table 7 "
+        "zero-shot; in the mean row, the mean of its figures over the same envs).",
         "",
         body,
+        *pretraining,
         f"<!-- /unseen:{stream.name} -->",
     ])
 

@@ -308,7 +308,7 @@ def test_a_composer_task_s_composers_start_uniform_without_the_pull():
         for composer in task.composers:
             expected = ("uniform", 0.0) if task.role == "composer" else ("newest", 1.0)
             assert (composer.alpha.init, composer.alpha.reg) == expected, composer.name
-    explicit = stream.task("reach-wall-v3").model_dump(mode="json")
+    explicit = stream.task("plate-slide-v3").model_dump(mode="json")
     explicit["composers"][0]["alpha"] = {"init": "newest"}
     from tasks.spec import parse_task
 
