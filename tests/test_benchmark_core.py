@@ -39,3 +39,19 @@ def test_compare_train_times_both_checkouts_and_refuses_a_folder_that_is_none(ca
         assert len(row["before"]) == len(row["after"]) == 1 and "speedup" in row
     with pytest.raises(SystemExit, match="not a checkout of this repository"):
         compare_train.main([str(tmp_path), str(root)])
+
+
+@pytest.mark.parametrize("timings, expected", [
+    # (short run, long run) per attempt, in seconds: 100 extra steps in 4 s -> 25 steps/s.
+    ([(5.0, 9.0)], 25.0),
+    # Disturbed once (the longer run barely longer), then plausible: the retry counts.
+    ([(9.0, 9.5), (5.0, 9.0)], 25.0),
+    # Never plausible (the longer run shorter, as when other load eased): not a number.
+    ([(9.0, 5.0), (9.0, 9.1), (6.0, 6.5)], None),
+])
+def test_train_rate_keeps_only_a_plausible_difference(monkeypatch, timings, expected):
+    clock = iter(t for short, long in timings for t in (0.0, short, 0.0, long))
+    monkeypatch.setattr(core, "train", lambda *args, **kwargs: None)
+    monkeypatch.setattr(core.time, "perf_counter", lambda: next(clock))
+    rate = core.train_rate(lambda: None, None, batch_size=8, steps=100)
+    assert (rate != rate) if expected is None else rate == pytest.approx(expected)
