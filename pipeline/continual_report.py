@@ -84,13 +84,7 @@ def curve_aucs(curves: dict[str, dict], tasks: list[str]) -> tuple[list[float], 
     """(own, reference) AUC per task from the items' stored learning curves
     (pipeline/curves.py): task X's own item X and its reference X-scratch; NaN where an
     item has no curve."""
-    def auc(name: str) -> float:
-        curve = curves.get(name) or {}
-        if not curve.get("scores"):
-            return math.nan
-        return curve_auc(curve["scores"], curve["steps"])
-
-    return ([auc(task) for task in tasks], [auc(task + SCRATCH_SUFFIX) for task in tasks])
+    return _aucs(curves, tasks), _aucs(curves, [task + SCRATCH_SUFFIX for task in tasks])
 
 
 def stream_metrics(rows: list[dict], all_rows: list[dict], curves: dict[str, dict] | None = None
@@ -104,6 +98,73 @@ def stream_metrics(rows: list[dict], all_rows: list[dict], curves: dict[str, dic
     p = success_matrix(rows, tasks)
     return p, continual_metrics(tasks, p, scratch_reference(all_rows, tasks),
                                 curve_aucs(curves or {}, tasks))
+
+
+def sequential_tasks(rows: list[dict]) -> tuple[list[str], list[str]] | None:
+    """(tasks in stream order, each task's env) of a stream of one network trained task
+    after task — each task a base starting from the one before (`init`: fine-tuning) and
+    evaluated in the env of every task so far (`eval.envs`), as configs/cw10_finetune.yaml
+    is — or None for any other stream. A task's env is the one its rows add."""
+    positions: dict[str, int] = {}
+    envs: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if row["name"] != row["task"] or row["eval_task"] != row["task"]:
+            continue
+        if row.get("kind") != "base" or not row.get("env"):
+            return None
+        positions[row["task"]] = int(row["position"])
+        envs[row["task"]].add(row["env"])
+    tasks = sorted(positions, key=positions.get)
+    own: list[str] = []
+    for task in tasks:
+        new = envs[task] - set(own)
+        if len(new) != 1 or not set(own) <= envs[task]:
+            return None
+        own.extend(new)
+    if len(tasks) < 2 or all(len(envs[task]) == 1 for task in tasks):
+        return None
+    return tasks, own
+
+
+def sequential_metrics(rows: list[dict], all_rows: list[dict],
+                       curves: dict[str, dict] | None = None
+                       ) -> tuple[np.ndarray, ContinualMetrics] | None:
+    """(p, metrics) of a fine-tuning stream (`sequential_tasks`): p[t, i] = mean score over
+    seeds of task t's network in task i's env; task i's scratch reference is the
+    `<x>-scratch` base rolled out in task i's env. None for any other stream."""
+    found = sequential_tasks(rows)
+    if found is None:
+        return None
+    tasks, envs = found
+    column = {env: i for i, env in enumerate(envs)}
+    index = {task: t for t, task in enumerate(tasks)}
+    values: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for row in rows:
+        if row["name"] == row["task"] == row["eval_task"] and row["task"] in index:
+            values[(index[row["task"]], column[row["env"]])].append(float(row["score"]))
+    p = np.full((len(tasks), len(tasks)), math.nan)
+    for (t, i), scores in values.items():
+        p[t, i] = sum(scores) / len(scores)
+    scratch: dict[str, str] = {}  # env -> the scratch base rolled out in it
+    for row in all_rows:
+        if row.get("kind") == "base" and row["name"].endswith(SCRATCH_SUFFIX) \
+                and row["eval_task"] == row["name"] and row.get("env"):
+            scratch.setdefault(row["env"], row["name"])
+    references = [scratch.get(env, "") for env in envs]
+    reference = scratch_reference(all_rows, [name[: -len(SCRATCH_SUFFIX)] for name in references])
+    own_auc = _aucs(curves or {}, tasks)
+    ref_auc = _aucs(curves or {}, references)
+    return p, continual_metrics(tasks, p, reference, (own_auc, ref_auc))
+
+
+def _aucs(curves: dict[str, dict], names: list[str]) -> list[float]:
+    """The area under each named item's stored learning curve; NaN without one."""
+    aucs = []
+    for name in names:
+        curve = curves.get(name) or {}
+        aucs.append(curve_auc(curve["scores"], curve["steps"]) if curve.get("scores")
+                    else math.nan)
+    return aucs
 
 
 def scores_are_success_rates(rows: list[dict]) -> bool:
@@ -145,14 +206,23 @@ def _transfer_note(metrics: ContinualMetrics) -> str:
     return note + " (no learning curves stored: set `eval.curve_points`)."
 
 
+SKILLS = ("task i's own skill after task t", "bases left out")
+"""What p_i(t) is in a continual stream of skills (the matrix's cell, and what it omits)."""
+SEQUENTIAL = ("the one network, fine-tuned task after task, after task t in task i's env",
+              "one base per task, each starting from the one before")
+"""... and in a fine-tuning stream (`sequential_metrics`)."""
+
+
 def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
-             heat_map: str | None, success: bool = True) -> str:
+             heat_map: str | None, success: bool = True,
+             what: tuple[str, str] = SKILLS) -> str:
     """The section `psec report` appends after a continual stream's tables; `success` says
-    whether p holds success rates (`scores_are_success_rates`)."""
+    whether p holds success rates (`scores_are_success_rates`); `what` what p_i(t) is
+    (SKILLS or SEQUENTIAL)."""
     lines = [f"### Continual metrics of `{stream}`", "",
-             f"Over {len(metrics.tasks)} continual tasks ({', '.join(metrics.tasks)}; bases "
-             "left out). p_i(t) is the mean score over seeds of task i's own skill after "
-             "task t (Meta-World: the success rate; DMC: the return).", "", "```text",
+             f"Over {len(metrics.tasks)} continual tasks ({', '.join(metrics.tasks)}; "
+             f"{what[1]}). p_i(t) is the mean score over seeds of {what[0]} (Meta-World: the "
+             "success rate; DMC: the return).", "", "```text",
              *metric_lines(metrics, success), "```", ""]
     lines.append(_transfer_note(metrics))
     lines += ["", "| task | p_i(i) | p_i(T) | forgetting | forward transfer | from |",

@@ -223,8 +223,10 @@ def _plan(tasks: list[TaskSpec], stream: str, scale: str, continual: bool,
                                   units=[unit.name], items=task.stored_names()))
             continue
         main_stages = [s for s in stages if s.kind != "composer"]
-        needs = [task.base] if task.role == "skill" else []
-        after = [produced_by[task.base]] if task.base in produced_by else []
+        # A skill builds on its base; a base may start from another base's weights (init).
+        builds_on = task.base if task.role == "skill" else task.init
+        needs = [builds_on] if builds_on is not None else []
+        after = [produced_by[builds_on]] if builds_on in produced_by else []
         main = FitUnit(name=task.name, task=task, position=position,
                        dataset=dataset_name(task), stages=main_stages, needs=needs,
                        after=after)

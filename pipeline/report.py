@@ -219,16 +219,22 @@ def plot_continual(stream: str, rows: list[dict], path: str) -> bool:
     tasks, columns, means = continual_matrix(rows)
     if not has_continual_matrix(tasks, means):
         return False
+    grid = [[means.get((task, column), math.nan) for column in columns] for task in tasks]
+    plot_matrix(f"{stream}: continual matrix", tasks, columns, grid, path)
+    return True
+
+
+def plot_matrix(title: str, rows: list[str], columns: list[str], grid, path: str) -> None:
+    """A heat map of `grid[r][c]` (after task rows[r], evaluated on columns[c]); NaN blank."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = [[means.get((task, column), math.nan) for column in columns] for task in tasks]
-    fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 2, 0.6 * len(tasks) + 1.5))
+    fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 2, 0.6 * len(rows) + 1.5))
     image = ax.imshow(grid, cmap="viridis")
     ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
-    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("after task")
     for i, row in enumerate(grid):
@@ -236,11 +242,10 @@ def plot_continual(stream: str, rows: list[dict], path: str) -> bool:
             if not math.isnan(value):
                 ax.text(j, i, f"{value:.2g}", ha="center", va="center", color="w", fontsize=8)
     fig.colorbar(image, ax=ax, label="score")
-    ax.set_title(f"{stream}: continual matrix")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return True
 
 
 def learning_curves(store) -> dict[str, dict]:
@@ -277,6 +282,16 @@ def write_report(results: pa.Table, out: str, command: str,
             plot_continual(stream, kept, os.path.join(out, heat_map))
             success = continual_report.scores_are_success_rates(kept)
             sections.append(continual_report.markdown(stream, p, metrics, heat_map, success))
+        sequential = continual_report.sequential_metrics(stream_rows, rows, curves)
+        if sequential is not None:
+            p, metrics = sequential
+            heat_map = f"{stream}-success.png"
+            plot_matrix(f"{stream}: one network after each task", metrics.tasks,
+                        continual_report.sequential_tasks(stream_rows)[1], p.tolist(),
+                        os.path.join(out, heat_map))
+            success = continual_report.scores_are_success_rates(stream_rows)
+            sections.append(continual_report.markdown(stream, p, metrics, heat_map, success,
+                                                      what=continual_report.SEQUENTIAL))
     path = os.path.join(out, REPORT_FILE)
     with open(path, "w") as f:
         f.write("\n".join(sections))

@@ -123,10 +123,11 @@ class UnitContext:
     # ---- what stages build on
 
     def _normalizer(self) -> StateNormalizer:
-        """The base's normaliser: from the store for a skill or composer task, from the data
-        for a base task (computed exactly as the base stage computes it)."""
-        if self.task.role != "base":
-            config, tensors = self.store.load(self.task.base)
+        """The base's normaliser: from the store for a skill or composer task and for a base
+        that starts from a stored one (`init`), from the data for any other base task
+        (computed exactly as the base stage computes it)."""
+        if self.task.role != "base" or self.task.init is not None:
+            config, tensors = self.store.load(self.task.base or self.task.init)
             return load_base(config, split_item(tensors)[0]).normalizer
         return StateNormalizer.from_data(self.data.obs)
 
@@ -191,9 +192,13 @@ class UnitContext:
         critics = {"iql": self.iql, "feasibility": self.feasibility,
                    "weighting_config": self.weighting}
         if stage.kind == "base":
-            policy = DiffusionPolicy(PolicyConfig(obs_dim=obs_dim, act_dim=act_dim,
-                                                  **self.task.network.model_dump()),
-                                     StateNormalizer.from_data(self.data.obs))
+            if self.task.init is not None:  # fine-tuning: every weight of a stored base
+                config, tensors = self.store.load(self.task.init)
+                policy = load_base(config, split_item(tensors)[0])
+            else:
+                policy = DiffusionPolicy(PolicyConfig(obs_dim=obs_dim, act_dim=act_dim,
+                                                      **self.task.network.model_dump()),
+                                         StateNormalizer.from_data(self.data.obs))
             return BaseLearner(policy, self.task.objective, ema_rate=self.task.train.ema,
                                **critics)
         if stage.kind == "skill":

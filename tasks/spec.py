@@ -91,6 +91,12 @@ class TaskSpec(SpecModel):
     horizon: int | None = Field(
         None, ge=1, description="Episode length (default: the suite's default for the env)."
     )
+    init: StoreName | None = Field(
+        None,
+        description="base: start from this stored base's weights and normaliser instead of "
+        "random ones, and train all of them on this task's data (fine-tuning; e.g. the "
+        "CW10 baseline that forgets, configs/cw10_finetune.yaml). Its network is that base's.",
+    )
     shipped: str | None = Field(
         None,
         description="base: a folder written by `psec base train` (e.g. bases/walker-stand, "
@@ -134,8 +140,16 @@ class TaskSpec(SpecModel):
                 raise FieldError("base", "a base task has no base of its own")
             if self.composers:
                 raise FieldError("composers", "only skill and composer tasks have composers")
+            if self.init is not None and self.shipped is not None:
+                raise FieldError("init", "a shipped base is taken, not trained: drop init")
+            if self.init is not None and self.network != NetworkSpec():
+                raise FieldError("network", f"a base initialised from {self.init!r} has that "
+                                            "base's network; remove it")
         elif self.shipped is not None:
             raise FieldError("shipped", "only a base task can be shipped")
+        elif self.init is not None:
+            raise FieldError("init", "only a base task starts from another base's weights "
+                                     "(a skill or composer builds on its `base`)")
         if self.role == "composer":
             self._check_composer_role()
         names = [self.name]
