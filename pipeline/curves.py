@@ -12,10 +12,10 @@ fits that hold every CPU (a fit blocking on its own curve would deadlock a full 
 it shares the cores with them for the seconds it runs.
 
 Finished points are kept in the unit's report, so they survive into its checkpoints; a
-point still running when a worker dies is lost with it and recorded as missing
-(`CurveTracker.metrics`); the area under the curve is taken over the steps that were
-measured (tasks.continual.curve_auc). The curve is stored in the item's metrics under
-"curve".
+point still running when a worker dies is lost with it, and so is one whose rollout
+fails (the fit goes on): both are listed under `lost` (`CurveTracker.metrics`), and the
+area under the curve is taken over the steps that were measured
+(tasks.continual.curve_auc). The curve is stored in the item's metrics under "curve".
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Snapshot:
     """A stage's weights at one training step, as the item it would register."""
 
     kind: str
-    """"base" or "skill"."""
+    """The stage's kind: base or skill."""
     name: str
     """The stage's store name (a skill's adapters are named after it)."""
     parent: str | None
@@ -108,13 +108,17 @@ class CurveTracker:
         refs = list(self._pending.values())
         ready = set(ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)[0])
         for step, ref in list(self._pending.items()):
-            if ref in ready:
+            if ref not in ready:
+                continue
+            del self._pending[step]
+            try:
                 self.points[str(step)] = float(ray.get(ref))
-                del self._pending[step]
+            except ray.exceptions.RayError:  # a failed rollout costs its point, not the fit
+                self.lost.append(step)
 
     def metrics(self) -> dict[str, Any]:
         """The curve for the item's metrics: the steps measured and their scores, and the
-        scheduled steps lost with an earlier worker."""
+        scheduled steps without one (lost with an earlier worker, or a failed rollout)."""
         measured = sorted(int(step) for step in self.points)
         return {"steps": measured, "scores": [self.points[str(step)] for step in measured],
-                "lost": self.lost, "episodes": self.episodes, "total_steps": self.total_steps}
+                "lost": sorted(self.lost), "episodes": self.episodes, "total_steps": self.total_steps}

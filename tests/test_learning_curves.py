@@ -140,3 +140,23 @@ def test_a_killed_fit_keeps_the_points_its_checkpoints_hold(ray_cluster, tmp_pat
     assert measured == [0, 10, 20, 30, 40, 50, 60] and len(curve["scores"]) == len(curve["steps"])
     assert all(step < resumed_from for step in curve["lost"])
     assert all(0.0 <= score <= 1.0 or math.isfinite(score) for score in curve["scores"])
+
+
+def test_a_failed_rollout_costs_its_point_not_the_fit(ray_cluster):
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def fails():
+        raise RuntimeError("env exploded")
+
+    @ray.remote(num_cpus=0)
+    def scores():
+        return 0.5
+
+    task = parse_task(tiny_task("stand", role="base", steps=20,
+                                eval={**CURVE_EVAL, "curve_points": 2}))
+    tracker = CurveTracker(None, task, "stand", 20, 0, {})
+    tracker._pending = {0: scores.remote(), 10: fails.remote()}
+    tracker.collect(wait=True)
+    assert tracker.points == {"0": 0.5} and tracker.due(20)
+    assert tracker.metrics()["lost"] == [10] and tracker.metrics()["steps"] == [0]
