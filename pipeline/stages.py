@@ -65,15 +65,17 @@ def random_skill_name(composer: str, skill: str) -> str:
 
 
 def _critic_configs(task: TaskSpec, obs_dim: int, act_dim: int, table) -> dict[str, Any]:
-    """The critics a task's objective needs, as CriticConfig / FeasibilityConfig; the
-    reward scale comes from the episodes of `table`, the task's dataset."""
+    """The critics the task's objectives (its own and its composers') need, as CriticConfig /
+    FeasibilityConfig; the reward scale comes from the episodes of `table`, the task's
+    dataset."""
     critic = task.critic
     configs: dict[str, Any] = {}
-    if task.objective in ("advantage", "reward+feasibility"):
+    objectives = task.objectives
+    if objectives & {"advantage", "reward+feasibility"}:
         configs["iql"] = CriticConfig(obs_dim=obs_dim, act_dim=act_dim,
                                       discount=critic.discount, expectile=critic.expectile,
                                       reward_scale=_reward_scale(task, table))
-    if task.objective in ("feasibility", "reward+feasibility"):
+    if objectives & {"feasibility", "reward+feasibility"}:
         configs["feasibility"] = FeasibilityConfig(obs_dim=obs_dim, act_dim=act_dim,
                                                    discount=critic.discount)
     return configs

@@ -170,9 +170,15 @@ class TaskSpec(SpecModel):
         if not self.composers:
             raise FieldError("composers", "a composer task needs at least one composer")
         if self.needs_critic:
+            field: str | tuple = "objective"
+            objective = self.objective
+            if objective not in CRITIC_OBJECTIVES:
+                index, objective = next((i, c.objective) for i, c in enumerate(self.composers)
+                                        if c.objective in CRITIC_OBJECTIVES)
+                field = ("composers", index, "objective")
             raise FieldError(
-                "objective",
-                f"{self.objective!r} needs critics, which a composer task has no item to "
+                field,
+                f"{objective!r} needs critics, which a composer task has no item to "
                 "store in; use 'bc'",
             )
         if self.lora != LoraSpec():
@@ -184,9 +190,16 @@ class TaskSpec(SpecModel):
                 composer.alpha = AlphaSpec(init="uniform", reg=0.0)
 
     @property
+    def objectives(self) -> set[str]:
+        """The sample weightings this task trains with: its own and its composers'."""
+        return {self.objective, *(c.objective for c in self.composers if c.objective)}
+
+    @property
     def needs_critic(self) -> bool:
-        """Whether the objective (or IDQL selection) needs critics trained on the data."""
-        return self.objective in CRITIC_OBJECTIVES
+        """Whether an objective of the task or of one of its composers needs critics trained
+        on the task's data (a bc skill's composer may weigh by advantage: the critics are
+        then fitted first and stored in the skill's item)."""
+        return bool(self.objectives & set(CRITIC_OBJECTIVES))
 
     def composer_skills(self, composer: ComposerSpec) -> list[str]:
         """The full ordered skill list of `composer`: its stored skills, then this task's

@@ -81,6 +81,31 @@ def test_critics_come_first_and_stage_seeds_differ():
     assert len({s.seed for s in unit.stages}) == 3
 
 
+def test_a_composer_weighing_by_advantage_gets_critics_fitted_on_its_task_s_data():
+    """A bc skill whose composer weighs by advantage: the critics are fitted first (on the
+    skill task's data, stored in its item), not missed inside the composer's fit."""
+    from pipeline.stages import _critic_configs
+
+    stream = parse_stream({
+        "name": "adv", "tasks": [
+            task("stand", role="base"),
+            task("walk", critic={"reward_norm": "none"},
+                 composers=[{"name": "s2w", "skills": ["base"], "objective": "advantage"}]),
+        ], "scales": {"smoke": {}, "paper": {}}})
+    walk = stream.tasks[1]
+    assert walk.needs_critic and walk.objectives == {"bc", "advantage"}
+    unit = plan_stream(stream).units["walk"]
+    assert [s.kind for s in unit.stages] == ["critics", "skill", "composer"]
+    assert set(_critic_configs(walk, 3, 2, table=None)) == {"iql"}
+    # A composer task has no item to keep critics in: refused, naming the composer's field.
+    with pytest.raises(SpecError, match=r"composers\[0\]\.objective.*'advantage' needs critics"):
+        parse_stream({"name": "x", "tasks": [
+            task("stand", role="base"),
+            task("mix", role="composer", composers=[
+                {"name": "m", "skills": ["stand"], "objective": "advantage"}])],
+            "scales": {"smoke": {}, "paper": {}}})
+
+
 def test_mlp_method_names_full_rank_parameter_composition():
     stream = parse_stream({
         "name": "mlp", "tasks": [
