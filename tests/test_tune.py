@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from library.errors import PsecError, SpecError
+from pipeline.plan import plan_task
 from tune.spec import load_search
 from tune.trials import (
     UNIFORM_ALPHA,
@@ -169,6 +170,30 @@ def test_table_2_controls_reuse_the_table_s_psec_trials():
     # Every control composes the same new skill as the table's PSEC trial of its seed.
     assert {p.skill_tag() for p in points} == \
         {p.skill_tag() for p in enumerate_points(table) if p.method == "psec"}
+
+
+def test_the_composer_objective_is_a_search_axis_that_keeps_old_tags(tmp_path):
+    search = load_search(write(tmp_path, changed(
+        methods=["psec", "uniform", "scratch"], composer_objectives=[None, "advantage"])),
+        scale="smoke")
+    points = enumerate_points(search)
+    # PSEC at both objectives; an untrained composer and a policy of its own at neither.
+    assert sorted((p.method, p.objective or "") for p in points) == [
+        ("psec", ""), ("psec", "advantage"), ("scratch", ""), ("uniform", "")]
+    default, weighted = (p for p in points if p.method == "psec")
+    # A point of the default objective is named as before the axis existed...
+    before = load_search(write(tmp_path, changed(methods=["psec"])), scale="smoke")
+    assert default.tag() == enumerate_points(before)[0].tag()
+    # ...and the advantage one fits its skill into an item of its own, which holds the
+    # critics its composer weighs with.
+    assert weighted.tag() != default.tag() and weighted.skill_tag() != default.skill_tag()
+    stream = search.load_stream()
+    task = trial_task(search, stream, weighted)
+    assert task.composers[0].objective == "advantage" and task.needs_critic
+    unit = plan_task(task, bases=["stand"]).units[task.name]
+    assert [s.kind for s in unit.stages] == ["critics", "skill", "composer"]
+    assert trial_task(search, stream, default).composers[0].objective is None
+    assert "composer advantage" in weighted.describe()
 
 
 # ------------------------------------------------------ methods as stream transformations

@@ -30,6 +30,7 @@ from tasks.spec import (
     read_yaml,
     spec_error,
 )
+from tasks.spec_sections import Objective
 
 Method = Literal["psec", "nsec", "asec", "mlp", "scratch", "fixed", "uniform", "random",
                  "bc", "joint"]
@@ -153,6 +154,8 @@ class SearchScale(_Spec):
     alpha: list[AlphaSpec] | None = Field(None, min_length=1)
     """α(s) parameterisations (e.g. only the default, for the controls of another search's
     table)."""
+    composer_objectives: list[Objective | None] | None = Field(None, min_length=1)
+    """Sample weightings of the target's composers to try."""
     num_samples: int | None = Field(None, ge=1)
     """searcher.num_samples."""
     max_concurrent_trials: int | None = Field(None, ge=1)
@@ -201,6 +204,11 @@ class SearchSpec(_Spec):
     fixed_alpha: list[AlphaSpec] = Field(default_factory=lambda: [AlphaSpec()], min_length=1)
     """Start points of the fixed-weight baseline's constant α (it is then trained); the
     tables report the best of them per target: the search tunes the fixed weights."""
+    composer_objectives: list[Objective | None] = Field(default_factory=lambda: [None],
+                                                        min_length=1)
+    """Sample weightings of the target's composers to try (null: the stream's), e.g.
+    [null, advantage]: the advantage-weighted composer loss, from IQL critics fitted on the
+    target's data (its skill is then fitted again, into an item that holds them)."""
     controls: list[Literal["single"]] = Field(default_factory=list)
     """single: roll every stored skill the target composes, and the base, out on the
     target task alone (stream `<search>_controls`). The new skill alone is evaluated in
@@ -334,7 +342,8 @@ class SearchSpec(_Spec):
             raise SpecError("scale", f"unknown scale {name!r}; defined: {', '.join(self.scales)}")
         scale = self.scales[name]
         data = self.model_dump(mode="json")
-        for field in ("seeds", "ranks", "data_episodes", "steps_per_episode"):
+        for field in ("seeds", "ranks", "data_episodes", "steps_per_episode",
+                      "composer_objectives"):
             if getattr(scale, field) is not None:
                 data[field] = getattr(scale, field)
         for field in ("fixed_alpha", "alpha"):

@@ -143,7 +143,8 @@ def _varying(search: SearchSpec) -> dict[str, bool]:
             "alpha": len(search.alpha) > 1}
 
 
-def _row_label(method: str, rank, episodes, alpha, varying: dict[str, bool]) -> str:
+def _row_label(method: str, rank, episodes, alpha, varying: dict[str, bool],
+               objective: str | None = None) -> str:
     label = ROW_LABELS[method]
     extra = []
     if varying["rank"] and rank is not None:
@@ -152,13 +153,16 @@ def _row_label(method: str, rank, episodes, alpha, varying: dict[str, bool]) -> 
         extra.append(f"{episodes} traj.")
     if varying["alpha"] and alpha is not None and method not in ("fixed", "uniform"):
         extra.append(alpha)
+    if objective is not None:
+        extra.append(f"composer {objective}")
     return f"{label} [{', '.join(extra)}]" if extra else label
 
 
 def _config(point: TrialPoint) -> tuple:
-    """A point without its seed: (target, method, rank, episodes, α label)."""
+    """A point without its seed: (target, method, rank, episodes, α label, composer
+    objective)."""
     return (point.target, point.method, point.rank, point.episodes,
-            None if point.alpha is None else alpha_label(point.alpha))
+            None if point.alpha is None else alpha_label(point.alpha), point.objective)
 
 
 def method_table(results: SearchResults) -> list[str]:
@@ -178,23 +182,23 @@ def method_table(results: SearchResults) -> list[str]:
             # the start point with the best mean over seeds.
             best: dict[tuple, tuple[float, str | None, list[float]]] = {}
             for config in mine:
-                target, _, rank, episodes, alpha = config
+                target, _, rank, episodes, alpha, objective = config
                 values = groups.get(config, [])
                 mean = _mean_std(values)[0] if values else math.nan
-                key = (target, rank, episodes)
+                key = (target, rank, episodes, objective)
                 if key not in best or math.isnan(best[key][0]) or (
                         not math.isnan(mean) and (mean > best[key][0] if search.mode == "max"
                                                   else mean < best[key][0])):
                     best[key] = (mean, alpha, values)
-            for (target, rank, episodes), (mean, alpha, values) in best.items():
-                label = _row_label("fixed", rank, episodes, None, varying)
+            for (target, rank, episodes, objective), (mean, alpha, values) in best.items():
+                label = _row_label("fixed", rank, episodes, None, varying, objective)
                 rows.setdefault(label, {})[target] = values
                 if len(search.fixed_alpha) > 1 and not math.isnan(mean):
                     winners.append(f"{target}: {alpha}")
             continue
         for config in mine:
-            target, _, rank, episodes, alpha = config
-            label = _row_label(method, rank, episodes, alpha, varying)
+            target, _, rank, episodes, alpha, objective = config
+            label = _row_label(method, rank, episodes, alpha, varying, objective)
             rows.setdefault(label, {})[target] = groups.get(config, [])
     lines = ["| method | " + " | ".join(labels) + " |",
              "| --- |" + " ---: |" * len(labels)]
@@ -303,12 +307,12 @@ def plot_ranks(results: SearchResults, path: str) -> bool:
     for index, target in enumerate(t.label for t in search.targets):
         colour = plt.get_cmap("tab10")(index % 10)
         xs, means, stds = _series(search.ranks, lambda rank, t=target: [
-            v for (t_, m, r, _, _), vs in groups.items()
+            v for (t_, m, r, *_), vs in groups.items()
             if t_ == t and m == "psec" and r == rank for v in vs])
         if xs:
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=colour,
                         label=f"PSEC {target}")
-        mlp = [v for (t, m, _, _, _), vs in groups.items() if t == target and m == "mlp"
+        mlp = [v for (t, m, *_), vs in groups.items() if t == target and m == "mlp"
                for v in vs]
         if mlp:
             ax.axhline(_mean_std(mlp)[0], linestyle="--", color=colour,
@@ -335,7 +339,7 @@ def plot_data(results: SearchResults, path: str) -> bool:
     for t_index, target in enumerate(t.label for t in search.targets):
         for m_index, method in enumerate(m for m in ROW_LABELS if m in search.methods):
             xs, means, stds = _series(sizes, lambda n, t=target, method=method: [
-                v for (t_, m, _, e, _), vs in groups.items()
+                v for (t_, m, _, e, *_), vs in groups.items()
                 if t_ == t and m == method and e == n for v in vs])
             if xs:
                 ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3,

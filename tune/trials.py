@@ -30,6 +30,7 @@ stream name `<search>_<tag>` and the tags `search` and `trial` (`<tag>`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 
@@ -38,7 +39,13 @@ from pydantic import BaseModel, ConfigDict
 from library.names import BASE
 from pipeline.plan import dataset_name
 from tasks.spec import StreamSpec, TaskSpec, dump, parse_task
-from tasks.spec_sections import AlphaSpec, ComposerData, ComposerSpec, DataSpec
+from tasks.spec_sections import (
+    CRITIC_OBJECTIVES,
+    AlphaSpec,
+    ComposerData,
+    ComposerSpec,
+    DataSpec,
+)
 from tune.spec import FROM_SCRATCH, MODE, SearchSpec, find_composer
 
 
@@ -61,6 +68,9 @@ class TrialPoint(BaseModel):
     """α parameterisation of the composer; None for scratch, bc and joint."""
     seed: int
     """Training seed of the target's skill and composer (or of the new policy)."""
+    objective: str | None = None
+    """The composer's sample weighting where the search sets one (`composer_objectives`);
+    None: the stream's."""
 
     def tag(self) -> str:
         """8 hex digits naming the point's items and stream (stable across runs).
@@ -73,6 +83,8 @@ class TrialPoint(BaseModel):
             identity.pop("target")
         if identity["alpha"] is not None and not identity["alpha"]["reg"]:
             identity["alpha"].pop("reg")  # points from before the regulariser keep their tags
+        if identity["objective"] is None:
+            identity.pop("objective")  # points from before the objective axis keep theirs
         return _digest(identity)
 
     def skill_tag(self) -> str:
@@ -83,8 +95,12 @@ class TrialPoint(BaseModel):
         data size and the seed. Every method and α choice on those shares one fit."""
         if self.method in FROM_SCRATCH:
             return self.tag()
-        return _digest({"task": self.task, "variant": self.variant,
-                        "episodes": self.episodes, "seed": self.seed})
+        identity = {"task": self.task, "variant": self.variant, "episodes": self.episodes,
+                    "seed": self.seed}
+        if self.objective in CRITIC_OBJECTIVES:
+            # The skill's item then holds the critics its composer weighs with.
+            identity["critics"] = self.objective
+        return _digest(identity)
 
     @property
     def variant(self) -> str | None:
@@ -102,6 +118,8 @@ class TrialPoint(BaseModel):
             parts.append(f"{self.episodes} trajectories")
         if self.alpha is not None:
             parts.append(alpha_label(self.alpha))
+        if self.objective is not None:
+            parts.append(f"composer {self.objective}")
         parts.append(f"seed {self.seed}")
         return ", ".join(parts)
 
@@ -139,15 +157,16 @@ def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
                 alphas = [UNIFORM_ALPHA]
             else:  # psec, nsec, asec, mlp and the random bank that controls them
                 alphas = list(search.alpha)
-            for rank in ranks:
-                for episodes in search.data_episodes:
-                    for alpha in alphas:
-                        for seed in search.seeds:
-                            point = TrialPoint(target=target.label, task=task,
-                                               method=method, rank=rank,
-                                               episodes=episodes, alpha=alpha, seed=seed)
-                            if point not in points:
-                                points.append(point)
+            # An untrained composer (uniform) and a policy of its own weigh nothing.
+            objectives = ([None] if method in FROM_SCRATCH or method == "uniform"
+                          else list(search.composer_objectives))
+            for rank, episodes, alpha, objective, seed in itertools.product(
+                    ranks, search.data_episodes, alphas, objectives, search.seeds):
+                point = TrialPoint(target=target.label, task=task, method=method, rank=rank,
+                                   episodes=episodes, alpha=alpha, seed=seed,
+                                   objective=objective)
+                if point not in points:
+                    points.append(point)
     return points
 
 
@@ -250,7 +269,7 @@ def trial_task(search: SearchSpec, stream: StreamSpec, point: TrialPoint,
     data.update(lora=_lora(task, variant), composers=[{
         "name": f"{composer.name}_{tag}", "skills": skills, "mode": MODE[point.method],
         "alpha": point.alpha.model_dump(), "steps": steps, "data": composer.data.model_dump(),
-        "objective": composer.objective,
+        "objective": point.objective or composer.objective,
         "bank": "random" if point.method == "random" else "stored"}])
     return parse_task(data)
 
