@@ -182,6 +182,22 @@ def metric_lines(metrics: ContinualMetrics, success: bool = True) -> list[str]:
             f"forward transfer {_fmt(metrics.forward_transfer)}"]
 
 
+PAPER_CW10 = {"hammer-v3": 0.91, "push-wall-v3": 0.86, "faucet-close-v3": 0.92,
+              "push-back-v3": 0.85, "stick-pull-v3": 0.74, "handle-press-side-v3": 0.95,
+              "push-v3": 0.89, "shelf-place-v3": 0.85, "window-close-v3": 0.88,
+              "peg-unplug-side-v3": 0.87}
+"""PSEC's success per CW10 task at the end of the sequence (the paper's Table 4, Meta-World
+v2; ../shared/PAPER.md), by the env a task is rolled out in."""
+PAPER_CW10_AVERAGE = 0.87
+"""PSEC's CW10 average success (the paper's Table 3)."""
+
+
+def paper_column(envs: list[str | None]) -> list[float | None] | None:
+    """The paper's figure for each task's env, or None when no task is a CW10 task."""
+    figures = [PAPER_CW10.get(env) if env else None for env in envs]
+    return figures if any(f is not None for f in figures) else None
+
+
 TRANSFER_FROM = {"auc": "training curves", "final": "final successes", "": "—"}
 """The `from` column: what a task's forward transfer compares."""
 
@@ -215,23 +231,29 @@ SEQUENTIAL = ("the one network, fine-tuned task after task, after task t in task
 
 def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
              heat_map: str | None, success: bool = True,
-             what: tuple[str, str] = SKILLS) -> str:
+             what: tuple[str, str] = SKILLS, paper: list[float | None] | None = None) -> str:
     """The section `psec report` appends after a continual stream's tables; `success` says
     whether p holds success rates (`scores_are_success_rates`); `what` what p_i(t) is
-    (SKILLS or SEQUENTIAL)."""
+    (SKILLS or SEQUENTIAL); `paper` the paper's figure per task (`paper_column`)."""
     lines = [f"### Continual metrics of `{stream}`", "",
              f"Over {len(metrics.tasks)} continual tasks ({', '.join(metrics.tasks)}; "
              f"{what[1]}). p_i(t) is the mean score over seeds of {what[0]} (Meta-World: the "
              "success rate; DMC: the return).", "", "```text",
              *metric_lines(metrics, success), "```", ""]
     lines.append(_transfer_note(metrics))
-    lines += ["", "| task | p_i(i) | p_i(T) | forgetting | forward transfer | from |",
-              "| --- | ---: | ---: | ---: | ---: | --- |"]
+    if paper is not None:
+        lines += ["", f"The paper's PSEC (Tables 3–4, Meta-World v2): average success "
+                      f"{PAPER_CW10_AVERAGE:.2f}, forgetting 0; per task in the last column."]
+    extra = " paper PSEC |" if paper is not None else ""
+    lines += ["", "| task | p_i(i) | p_i(T) | forgetting | forward transfer | from |" + extra,
+              "| --- | ---: | ---: | ---: | ---: | --- |" + (" ---: |" if paper else "")]
     for i, task in enumerate(metrics.tasks):
+        cell = "" if paper is None else \
+            f" {'—' if paper[i] is None else f'{paper[i]:.2f}'} |"
         lines.append(f"| {task} | {_fmt(p[i, i])} | {_fmt(p[-1, i])} | "
                      f"{_fmt(metrics.task_forgetting[i])} | "
                      f"{_fmt(metrics.task_forward_transfer[i])} | "
-                     f"{TRANSFER_FROM[metrics.transfer_from[i]]} |")
+                     f"{TRANSFER_FROM[metrics.transfer_from[i]]} |{cell}")
     if heat_map is not None:
         lines += ["", f"Heat map of p_i(t): ![{heat_map}]({heat_map})"]
     return "\n".join(lines) + "\n"

@@ -281,17 +281,22 @@ def write_report(results: pa.Table, out: str, command: str,
             kept = [r for r in stream_rows if r["task"] in metrics.tasks]
             plot_continual(stream, kept, os.path.join(out, heat_map))
             success = continual_report.scores_are_success_rates(kept)
-            sections.append(continual_report.markdown(stream, p, metrics, heat_map, success))
+            envs = {row["eval_task"]: row.get("env") for row in kept
+                    if row["name"] == row["eval_task"]}
+            paper = continual_report.paper_column([envs.get(t) for t in metrics.tasks])
+            sections.append(continual_report.markdown(stream, p, metrics, heat_map, success,
+                                                      paper=paper))
         sequential = continual_report.sequential_metrics(stream_rows, rows, curves)
         if sequential is not None:
             p, metrics = sequential
             heat_map = f"{stream}-success.png"
-            plot_matrix(f"{stream}: one network after each task", metrics.tasks,
-                        continual_report.sequential_tasks(stream_rows)[1], p.tolist(),
-                        os.path.join(out, heat_map))
+            envs = continual_report.sequential_tasks(stream_rows)[1]
+            plot_matrix(f"{stream}: one network after each task", metrics.tasks, envs,
+                        p.tolist(), os.path.join(out, heat_map))
             success = continual_report.scores_are_success_rates(stream_rows)
-            sections.append(continual_report.markdown(stream, p, metrics, heat_map, success,
-                                                      what=continual_report.SEQUENTIAL))
+            sections.append(continual_report.markdown(
+                stream, p, metrics, heat_map, success, what=continual_report.SEQUENTIAL,
+                paper=continual_report.paper_column(envs)))
     path = os.path.join(out, REPORT_FILE)
     with open(path, "w") as f:
         f.write("\n".join(sections))

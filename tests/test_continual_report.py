@@ -79,3 +79,17 @@ def test_a_stream_scored_by_return_reports_an_average_score_not_a_success(tmp_pa
     lines = open(write_report(pa.Table.from_pylist(rows), str(tmp_path), "psec report")).read()
     assert "average score 200.00" in lines.splitlines()
     assert "average success" not in lines
+
+
+def test_a_cw10_stream_puts_the_paper_s_per_task_figures_beside_its_own(tmp_path):
+    envs = {"a": "hammer-v3", "b": "push-wall-v3", "c": "window-close-v3", "base": "reach-v3"}
+    rows = [{**r, "env": envs[r["eval_task"]]} for r in cw_rows()]
+    lines = open(write_report(pa.Table.from_pylist(rows), str(tmp_path),
+                              "psec report")).read().splitlines()
+    assert "| a | 1.00 | 0.50 | 0.50 | — | — | 0.91 |" in lines
+    assert "| c | 0.00 | 0.00 | 0.00 | — | — | 0.88 |" in lines
+    assert any("average success 0.87, forgetting 0" in line for line in lines)
+    # Streams of other tasks get no such column.
+    other = open(write_report(pa.Table.from_pylist(cw_rows()), str(tmp_path / "x"),
+                              "psec report")).read()
+    assert "paper PSEC" not in other
