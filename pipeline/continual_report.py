@@ -67,15 +67,19 @@ SCRATCH_SUFFIX = "-scratch"
 """The reference of task X is the base item named X + SCRATCH_SUFFIX."""
 
 
+def _is_scratch_row(row: dict) -> bool:
+    """A scratch reference's own evaluation: base `X-scratch` on its own task."""
+    return (row.get("kind") == "base" and row["name"].endswith(SCRATCH_SUFFIX)
+            and row["eval_task"] == row["name"])
+
+
 def scratch_reference(all_rows: list[dict], tasks: list[str]) -> list[float]:
     """Per task X: the mean score over seeds of base `X-scratch` on its own task (NaN if
     the store has none)."""
     scores: dict[str, list[float]] = defaultdict(list)
     for row in all_rows:
-        name = row["name"]
-        if row.get("kind") == "base" and name.endswith(SCRATCH_SUFFIX) \
-                and row["eval_task"] == name:
-            scores[name[: -len(SCRATCH_SUFFIX)]].append(float(row["score"]))
+        if _is_scratch_row(row):
+            scores[row["name"][: -len(SCRATCH_SUFFIX)]].append(float(row["score"]))
     return [sum(scores[task]) / len(scores[task]) if scores[task] else math.nan
             for task in tasks]
 
@@ -147,8 +151,7 @@ def sequential_metrics(rows: list[dict], all_rows: list[dict],
         p[t, i] = sum(scores) / len(scores)
     scratch: dict[str, str] = {}  # env -> the scratch base rolled out in it
     for row in all_rows:
-        if row.get("kind") == "base" and row["name"].endswith(SCRATCH_SUFFIX) \
-                and row["eval_task"] == row["name"] and row.get("env"):
+        if _is_scratch_row(row) and row.get("env"):
             scratch.setdefault(row["env"], row["name"])
     references = [scratch.get(env, "") for env in envs]
     reference = scratch_reference(all_rows, [name[: -len(SCRATCH_SUFFIX)] for name in references])
