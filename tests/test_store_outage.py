@@ -133,7 +133,7 @@ def test_a_stream_cut_off_from_its_store_fails_in_one_line_and_the_same_run_fini
     """`psec run`'s driver on a bucket whose route is cut while the base fits (after its
     first checkpoint reached S3): one StoreError line naming the store, nothing registered;
     the same run once the route is back resumes the fit from its S3 checkpoint and ends.
-    `aws_env` comes before `ray_cluster`: the Ray workers inherit the credentials."""
+    The Ray workers have the credentials from `ray_cluster` (tests/conftest.py)."""
     import time
 
     from pipeline_builders import put_datasets, tiny_task, write_stream

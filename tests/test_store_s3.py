@@ -131,8 +131,8 @@ def test_a_stream_on_s3_resumes_a_killed_fit_from_its_s3_checkpoint(aws_env, ray
                                                                     tmp_path, single_worker):
     """`psec run` on the bucket: the store actor, checkpoints on S3 (the plain Ray task's
     own, or Ray Train's storage_path) and the resume from them after a worker is killed,
-    results, TensorBoard runs; no checkpoints left. `aws_env` comes before `ray_cluster`:
-    the Ray workers inherit the credentials from the environment Ray starts in."""
+    results, TensorBoard runs; no checkpoints left. The Ray workers have the credentials
+    from `ray_cluster` (tests/conftest.py), the driver from `aws_env`."""
     from pipeline_builders import fit_base_killed_once
 
     torch.set_num_threads(1)

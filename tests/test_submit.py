@@ -54,18 +54,6 @@ def store(tmp_path, monkeypatch):
     return SkillStore(uri)
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    """`ray.init` reached is a failure: these refusals must come before any Ray instance
-    (in particular an unrelated one on this machine) is touched."""
-    import ray
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("ray.init was reached")
-
-    monkeypatch.setattr(ray, "init", refuse)
-
-
 def submit_error(capsys, argv, *needles):
     """`psec submit` in-process: exit 2, one stderr line holding every needle."""
     code = main(["submit", *argv])

@@ -280,19 +280,8 @@ def test_changing_the_data_size_of_an_imported_target_is_refused(tmp_path):
 # -------------------------------------------------------------------- a tiny search
 
 
-@pytest.fixture
-def ray_two_cpus():
-    import ray
-
-    from pipeline.runtime import connect
-
-    connect("local", num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
-def test_two_trials_run_on_two_cpus_resume_and_make_the_table(tmp_path, ray_two_cpus):
+def test_two_trials_run_on_two_cpus_resume_and_make_the_table(tmp_path, ray_cluster):
     import torch
 
     from library.store import SkillStore
