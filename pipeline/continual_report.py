@@ -247,9 +247,9 @@ def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
     if paper is not None:
         lines += ["", f"The paper's PSEC (Tables 3–4, Meta-World v2): average success "
                       f"{PAPER_CW10_AVERAGE:.2f}, forgetting 0; per task in the last column."]
-    extra = " paper PSEC |" if paper is not None else ""
-    lines += ["", "| task | p_i(i) | p_i(T) | forgetting | forward transfer | from |" + extra,
-              "| --- | ---: | ---: | ---: | ---: | --- |" + (" ---: |" if paper else "")]
+    header, rule = (" paper PSEC |", " ---: |") if paper is not None else ("", "")
+    lines += ["", "| task | p_i(i) | p_i(T) | forgetting | forward transfer | from |" + header,
+              "| --- | ---: | ---: | ---: | ---: | --- |" + rule]
     for i, task in enumerate(metrics.tasks):
         cell = "" if paper is None else \
             f" {'—' if paper[i] is None else f'{paper[i]:.2f}'} |"
