@@ -2,6 +2,7 @@
 started with RAY_AUTH_MODE=disabled, through scripts/job_submit_smoke.sh."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -11,6 +12,28 @@ from pipeline_builders import put_datasets, tiny_task, write_stream
 from library.store import SkillStore
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "job_submit_smoke.sh")
+
+
+def run_in_own_group(command: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """(exit status, stdout + stderr) of `command` in a process group of its own. Past
+    `timeout` the whole group gets SIGTERM, then SIGKILL: killing the script alone (as
+    `subprocess.run`'s timeout does, with SIGKILL) skips its EXIT trap and leaves the Ray
+    head node it started running after the tests."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(process.pid, sig)
+                output, _ = process.communicate(timeout=grace)
+                break
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                output = ""
+        pytest.fail(f"{command[1]} ran past {timeout} s; its process group was stopped\n"
+                    + (output or "")[-4000:])
+    return process.returncode, output
 
 
 @pytest.mark.slow
@@ -27,10 +50,8 @@ def test_a_stream_runs_as_a_ray_job(tmp_path):
            "PSEC_VENV": os.path.dirname(venv_bin)}
     env.pop("RAY_ADDRESS", None)
     env.pop("VIRTUAL_ENV", None)
-    result = subprocess.run(["bash", SCRIPT, stream, store_uri], env=env, capture_output=True,
-                            text=True, timeout=500)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    returncode, output = run_in_own_group(["bash", SCRIPT, stream, store_uri], env, timeout=500)
+    assert returncode == 0, output[-4000:]
     assert "succeeded" in output and "fitted 1 (stand)" in output, output[-4000:]
     store = SkillStore(store_uri)
     assert store.entry("stand").kind == "base" and store.results().num_rows == 1
