@@ -274,7 +274,7 @@ class Composer(nn.Module):
         batch mean of each skill's weight (terms "alpha/<skill>", for the logs)."""
         alpha = self._layer_weights(obs)  # computed once: the loss, the regulariser, the logs
         terms = self._composed_loss(obs, actions, weights, generator, alpha)
-        reg = self._regulariser(alpha)
+        reg = self.regulariser(alpha)
         if self.alpha_config.reg > 0:
             terms["loss"] = terms["loss"] + reg
         terms["alpha_reg"] = reg.detach()
@@ -288,9 +288,9 @@ class Composer(nn.Module):
         reg · 16²/A · [(mean_{s,i} α_i(s) − 1/k)² + (mean_s α_new(s) − 1)²], with the new
         skill last. It pulls the average weights, not each state's, so α(s) may still vary.
         """
-        return self._regulariser(self._layer_weights(obs))
+        return self.regulariser(self._layer_weights(obs))
 
-    def _regulariser(self, alpha: Tensor) -> Tensor:
+    def regulariser(self, alpha: Tensor) -> Tensor:
         """`alpha_reg` of weights already computed: [B, k], or [k] for "fixed"."""
         if self.alpha_config.reg == 0:
             return torch.zeros((), device=alpha.device)
