@@ -276,10 +276,25 @@ class DiffusionPolicy(nn.Module):
         so a rate of 0 or dropout=False leaves every draw as it was); it needs the own
         network (no `eps_fn`).
         """
-        self.check_inputs(obs, actions)
         batch = obs.shape[0]
         if weights is not None and weights.shape != (batch,):
             raise ShapeError(f"loss weights must be [{batch}], got {list(weights.shape)}")
+        mse = self.noise_errors(obs, actions, generator, eps_fn, dropout)
+        loss = mse.mean() if weights is None else (weights.detach() * mse).mean()
+        return {"loss": loss, "mse": mse.detach().mean()}
+
+    def noise_errors(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        generator: torch.Generator | None = None,
+        eps_fn: EpsFn | None = None,
+        dropout: bool = False,
+    ) -> Tensor:
+        """Each sample's ‖ε − ε_θ(a_t, s, t)‖² (mean over action dims) for one draw of t and
+        ε per sample: [B], the terms `loss` averages (same arguments, same draws)."""
+        self.check_inputs(obs, actions)
+        batch = obs.shape[0]
         eps_fn = eps_fn or self.net
         t = torch.randint(1, self.config.T + 1, (batch,), generator=generator, device=obs.device)
         noise = torch.randn(actions.shape, generator=generator, device=obs.device, dtype=actions.dtype)
@@ -293,9 +308,7 @@ class DiffusionPolicy(nn.Module):
             eps = self.net(a_t, s_norm, t, self._dropout_masks(batch, rate, generator, obs))
         else:
             eps = eps_fn(a_t, s_norm, t)
-        mse = (eps - noise).pow(2).mean(dim=-1)  # [B]
-        loss = mse.mean() if weights is None else (weights.detach() * mse).mean()
-        return {"loss": loss, "mse": mse.detach().mean()}
+        return (eps - noise).pow(2).mean(dim=-1)  # [B]
 
     def _dropout_masks(
         self, batch: int, rate: float, generator: torch.Generator | None, like: Tensor

@@ -10,7 +10,10 @@ line also gives the standard error of the difference from the start over the bat
 
 If the ε-loss grows as α_i leaves 0, the composer's gradient pushes α_i back to 0 on the
 target's data, whatever skill i would score there: a loss-driven composer cannot find a
-skill that acts better on the target but fits its demonstrations worse.
+skill that acts better on the target but fits its demonstrations worse. The column
+"states lowered" is the share of the data's states whose own error falls there: a
+state-dependent α(s), or a per-state weighting of the loss (advantage weights), can move
+toward skill i only on those states.
 
     python scripts/alpha_loss_profile.py --store stores/dmc-table-paper \
         --composer sw2r_0b3f843a --dataset walker-run
@@ -51,20 +54,46 @@ def batch_losses(composer, obs: torch.Tensor, actions: torch.Tensor, weights: li
     return torch.stack(losses)
 
 
+def state_errors(composer, obs: torch.Tensor, actions: torch.Tensor, weights: list[float],
+                 draws: int, chunk: int, seed: int) -> torch.Tensor:
+    """Each state's ε-error under constant `weights`, averaged over `draws` draws of t and
+    ε: [N], every state of the data once per draw. The same seed gives every call the
+    same draws."""
+    policy = composer.policy
+    g = torch.Generator().manual_seed(seed)
+    alpha = torch.tensor(weights, dtype=torch.float32)
+    total = torch.zeros(obs.shape[0])
+    with torch.no_grad(), use_skills(policy, composer.skills, alpha):
+        for _ in range(draws):
+            for start in range(0, obs.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                total[rows] += policy.noise_errors(obs[rows], actions[rows], generator=g)
+    return total / draws
+
+
+def lowered_share(errors: torch.Tensor, at_start: torch.Tensor) -> float:
+    """The share of states whose error is lower than at the start by more than float32
+    rounding (a relative 1e-5: the same weights summed in another order differ by that)."""
+    return float((errors < at_start * (1.0 - 1e-5)).float().mean())
+
+
 def regulariser(composer, weights: list[float]) -> float:
     """The composer's α regulariser at constant weights (0 when its `reg` is 0)."""
     return float(composer.regulariser(torch.tensor(weights, dtype=torch.float32)))
 
 
 def profile(composer, obs, actions, batches: int, batch_size: int, seed: int,
-            grid=GRID) -> list[dict]:
+            grid=GRID, draws: int = 4) -> list[dict]:
     """One line per (path, skill, point): the mean ε-loss, its difference from the start
-    (the new skill alone) with that difference's standard error over the batches, and the
-    regulariser there."""
+    (the new skill alone) with that difference's standard error over the batches, the
+    share of the data's states whose own ε-error (mean of `draws` draws) is lower there
+    than at the start — the states where any per-state weighting of the loss, such as
+    advantage weights, could pull α toward this point — and the regulariser there."""
     skills = composer.skills
     new = len(skills) - 1
     start = [0.0] * new + [1.0]
     at_start = batch_losses(composer, obs, actions, start, batches, batch_size, seed)
+    states_at_start = state_errors(composer, obs, actions, start, draws, batch_size, seed)
     lines = []
     for i, skill in enumerate(skills[:-1]):
         for path in ("added", "traded"):
@@ -75,12 +104,14 @@ def profile(composer, obs, actions, batches: int, batch_size: int, seed: int,
                     weights[new] = 1.0 - x
                 losses = batch_losses(composer, obs, actions, weights, batches, batch_size, seed)
                 diff = losses - at_start
+                states = state_errors(composer, obs, actions, weights, draws, batch_size, seed)
                 lines.append({
                     "skill": skill, "path": path, "alpha": dict(zip(skills, weights)),
                     "eps_loss": round(float(losses.mean()), 5),
                     "minus_start": round(float(diff.mean()), 5),
                     "stderr": round(float(diff.std(unbiased=True)) / math.sqrt(batches), 5)
                     if batches > 1 else None,
+                    "states_lowered": round(lowered_share(states, states_at_start), 4),
                     "regulariser": round(regulariser(composer, weights), 5),
                 })
     return lines
@@ -108,14 +139,17 @@ def markdown(lines: list[dict]) -> str:
         weight = list(line["alpha"].values())[0]
         rows.setdefault((line["path"], weight), []).append(line)
     table = ["| path | α stored | α new | ε-loss (mean ± std over composers) | "
-             "ε-loss − start | regulariser |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "ε-loss − start | states lowered | regulariser |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for (path, weight), same in rows.items():
         loss = torch.tensor([line["eps_loss"] for line in same])
         minus = torch.tensor([line["minus_start"] for line in same])
+        lowered = torch.tensor([line["states_lowered"] for line in same])
         spread = float(loss.std(unbiased=False)) if len(same) > 1 else 0.0
         new = list(same[0]["alpha"].values())[-1]
         table.append(f"| {path} | {weight:.2f} | {new:.2f} | {float(loss.mean()):.4f} ± "
                      f"{spread:.4f} | {float(minus.mean()):+.4f} | "
+                     f"{float(lowered.mean()):.3f} | "
                      f"{same[0]['regulariser']:.3f} |")
     return "\n".join(table)
 
@@ -135,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-seed", type=int, default=1002)
     parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--draws", type=int, default=4,
+                        help="draws of t and ε per state for the per-state errors")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", action="store_true",
                         help="print one table over the composers instead of JSON lines")
@@ -151,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         composer = load_composer(store, name)
         if composer.mode != "parameter":
             parser.error(f"{name} composes in mode {composer.mode!r}, not 'parameter'")
-        for line in profile(composer, obs, actions, args.batches, args.batch_size, args.seed):
+        for line in profile(composer, obs, actions, args.batches, args.batch_size, args.seed,
+                            draws=args.draws):
             lines.append(line)
             if not args.markdown:
                 print(json.dumps({"composer": name, "data": data_name, **line}))

@@ -8,7 +8,7 @@ import torch
 from library_builders import ACT_DIM, add_trained_looking_skill, observations, tiny_policy
 
 from library.composition import Composer
-from library.lora import add_skill
+from library.lora import add_skill, use_skills
 
 _PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "alpha_loss_profile.py")
 _spec = importlib.util.spec_from_file_location("alpha_loss_profile", _PATH)
@@ -50,6 +50,7 @@ def test_a_zero_skill_leaves_the_loss_exactly_where_it_starts_and_only_the_regul
     traded = [line for line in lines if line["path"] == "traded"]
     assert [line["alpha"] for line in added] == [{"old": x, "new": 1.0} for x in (0.0, 0.5, 1.0)]
     assert [line["minus_start"] for line in added] == [0.0, 0.0, 0.0]
+    assert [line["states_lowered"] for line in added] == [0.0, 0.0, 0.0]
     regs = [line["regulariser"] for line in added]
     assert regs[0] == 0.0 and 0 < regs[1] < regs[2]
     # Trading the new skill away for a zero adapter does change the loss.
@@ -67,6 +68,18 @@ def test_a_trained_skill_moves_the_loss():
     assert added[1]["eps_loss"] == pytest.approx(added[0]["eps_loss"] + added[1]["minus_start"],
                                                  abs=1e-4)
     assert added[1]["minus_start"] != 0.0
+    assert added[0]["states_lowered"] == 0.0 and 0.0 < added[1]["states_lowered"] < 1.0
+
+
+def test_state_errors_average_the_loss_terms_of_every_state():
+    composer = composer_over(old_is_zero=False)
+    obs, actions = data(100)
+    errors = alpha_loss_profile.state_errors(composer, obs, actions, [0.0, 1.0], draws=1,
+                                             chunk=100, seed=3)
+    with torch.no_grad(), use_skills(composer.policy, ["old", "new"], torch.tensor([0.0, 1.0])):
+        loss = composer.policy.loss(obs, actions, generator=torch.Generator().manual_seed(3))
+    assert errors.shape == (100,)
+    assert float(errors.mean()) == pytest.approx(float(loss["loss"]), rel=1e-6)
 
 
 def test_the_table_averages_over_composers_per_point():
