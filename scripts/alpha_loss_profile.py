@@ -18,8 +18,9 @@ toward skill i only on those states.
     python scripts/alpha_loss_profile.py --store stores/dmc-table-paper \
         --composer sw2r_0b3f843a --dataset walker-run
 
-`--held-out configs/dmc_walker.yaml:walker-run` generates the target's episodes with another
-data seed instead (the same expert and count: episodes the composer never trained on).
+`--held-out configs/dmc_walker.yaml:walker-run` also (or instead) generates the target's
+episodes with another data seed (the same expert and count: episodes the composer never
+trained on); `--markdown` puts both in one table.
 """
 
 from __future__ import annotations
@@ -131,26 +132,30 @@ def held_out(where: str, seed: int):
 
 
 def markdown(lines: list[dict]) -> str:
-    """The profile of one or more composers (same skills' roles, same grid) as a table:
-    per path and weight of the stored skill, the ε-loss as mean ± std over composers and
-    the regulariser (the same for all)."""
-    rows: dict[tuple[str, float], list[dict]] = {}
+    """The profile of one or more composers (same skills' roles, same grid) on one or more
+    data (each line's "data") as one table: per path and weight of the stored skill, for
+    each data the ε-loss as mean ± std over composers and the share of states lowered,
+    then the regulariser (the same for all)."""
+    datas = list(dict.fromkeys(line["data"] for line in lines))
+    rows: dict[tuple[str, float], dict[str, list[dict]]] = {}
     for line in lines:
         weight = list(line["alpha"].values())[0]
-        rows.setdefault((line["path"], weight), []).append(line)
-    table = ["| path | α stored | α new | ε-loss (mean ± std over composers) | "
-             "ε-loss − start | states lowered | regulariser |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for (path, weight), same in rows.items():
-        loss = torch.tensor([line["eps_loss"] for line in same])
-        minus = torch.tensor([line["minus_start"] for line in same])
-        lowered = torch.tensor([line["states_lowered"] for line in same])
-        spread = float(loss.std(unbiased=False)) if len(same) > 1 else 0.0
-        new = list(same[0]["alpha"].values())[-1]
-        table.append(f"| {path} | {weight:.2f} | {new:.2f} | {float(loss.mean()):.4f} ± "
-                     f"{spread:.4f} | {float(minus.mean()):+.4f} | "
-                     f"{float(lowered.mean()):.3f} | "
-                     f"{same[0]['regulariser']:.3f} |")
+        rows.setdefault((line["path"], weight), {}).setdefault(line["data"], []).append(line)
+    header = ["path", "α stored", "α new"]
+    for data in datas:
+        header += [f"ε-loss on {data} (mean ± std over composers)", "states lowered"]
+    table = ["| " + " | ".join(header) + " | regulariser |",
+             "| --- |" + " ---: |" * (len(header) + 0)]
+    for (path, weight), by_data in rows.items():
+        first = next(iter(by_data.values()))[0]
+        cells = [path, f"{weight:.2f}", f"{list(first['alpha'].values())[-1]:.2f}"]
+        for data in datas:
+            same = by_data.get(data, [])
+            loss = torch.tensor([line["eps_loss"] for line in same])
+            lowered = torch.tensor([line["states_lowered"] for line in same])
+            spread = float(loss.std(unbiased=False)) if len(same) > 1 else 0.0
+            cells += [f"{float(loss.mean()):.4f} ± {spread:.4f}", f"{float(lowered.mean()):.3f}"]
+        table.append("| " + " | ".join(cells) + f" | {first['regulariser']:.3f} |")
     return "\n".join(table)
 
 
@@ -159,13 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", required=True)
     parser.add_argument("--composer", required=True, nargs="+",
                         help="stored parameter-level composers (e.g. one per training seed)")
-    data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--dataset", help="a stored dataset of the target task (e.g. the one "
-                                        "the composers trained on)")
-    data.add_argument("--held-out", metavar="STREAM:TASK",
-                      help="generate the episodes of TASK in the stream file STREAM (its "
-                           "paper scale) with data seed --data-seed instead: episodes the "
-                           "composers never trained on")
+    parser.add_argument("--dataset", help="a stored dataset of the target task (e.g. the one "
+                                          "the composers trained on)")
+    parser.add_argument("--held-out", metavar="STREAM:TASK",
+                        help="also (or instead) generate the episodes of TASK in the stream "
+                             "file STREAM (its paper scale) with data seed --data-seed: "
+                             "episodes the composers never trained on")
     parser.add_argument("--data-seed", type=int, default=1002)
     parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -175,23 +179,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--markdown", action="store_true",
                         help="print one table over the composers instead of JSON lines")
     args = parser.parse_args(argv)
+    if not (args.dataset or args.held_out):
+        parser.error("give --dataset, --held-out or both")
     torch.set_num_threads(1)
     store = SkillStore(args.store)
-    table = held_out(args.held_out, args.data_seed) if args.held_out else \
-        store.get_dataset(args.dataset)
-    arrays = to_arrays(table)
-    obs, actions = torch.as_tensor(arrays["obs"]), torch.as_tensor(arrays["actions"])
-    data_name = args.dataset or f"{args.held_out} seed {args.data_seed}"
+    datas = {}
+    if args.dataset:
+        datas[args.dataset] = store.get_dataset(args.dataset)
+    if args.held_out:
+        datas[f"{args.held_out} seed {args.data_seed}"] = held_out(args.held_out, args.data_seed)
     lines = []
-    for name in args.composer:
-        composer = load_composer(store, name)
-        if composer.mode != "parameter":
-            parser.error(f"{name} composes in mode {composer.mode!r}, not 'parameter'")
-        for line in profile(composer, obs, actions, args.batches, args.batch_size, args.seed,
-                            draws=args.draws):
-            lines.append(line)
-            if not args.markdown:
-                print(json.dumps({"composer": name, "data": data_name, **line}))
+    for data_name, table in datas.items():
+        arrays = to_arrays(table)
+        obs, actions = torch.as_tensor(arrays["obs"]), torch.as_tensor(arrays["actions"])
+        for name in args.composer:
+            composer = load_composer(store, name)
+            if composer.mode != "parameter":
+                parser.error(f"{name} composes in mode {composer.mode!r}, not 'parameter'")
+            for line in profile(composer, obs, actions, args.batches, args.batch_size,
+                                args.seed, draws=args.draws):
+                line = {"composer": name, "data": data_name, **line}
+                lines.append(line)
+                if not args.markdown:
+                    print(json.dumps(line))
     if args.markdown:
         print(markdown(lines))
 

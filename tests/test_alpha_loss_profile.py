@@ -82,13 +82,18 @@ def test_state_errors_average_the_loss_terms_of_every_state():
     assert float(errors.mean()) == pytest.approx(float(loss["loss"]), rel=1e-6)
 
 
-def test_the_table_averages_over_composers_per_point():
+def test_the_table_averages_over_composers_per_point_and_data():
     obs, actions = data()
     one = alpha_loss_profile.profile(composer_over(old_is_zero=False), obs, actions,
                                      batches=2, batch_size=32, seed=0, grid=(0.0, 1.0))
-    two = [{**line, "eps_loss": line["eps_loss"] + 0.5} for line in one]
-    table = alpha_loss_profile.markdown(one + two).splitlines()
+    lines = [{**line, "data": "train"} for line in one]
+    lines += [{**line, "data": "train", "eps_loss": line["eps_loss"] + 0.5} for line in one]
+    lines += [{**line, "data": "held", "states_lowered": 0.5} for line in one]
+    table = alpha_loss_profile.markdown(lines).splitlines()
     assert len(table) == 2 + 4  # header, rule, 2 paths × 2 weights
+    assert "ε-loss on train" in table[0] and "ε-loss on held" in table[0]
+    assert table[1].count("|") == table[0].count("|")
     first = next(line for line in table if line.startswith("| added | 0.00 |"))
-    mean = one[0]["eps_loss"] + 0.25
-    assert f"| {mean:.4f} ± 0.2500 |" in first
+    cells = [cell.strip() for cell in first.strip("|").split("|")]
+    assert cells[3] == f"{one[0]['eps_loss'] + 0.25:.4f} ± 0.2500"
+    assert cells[5] == f"{one[0]['eps_loss']:.4f} ± 0.0000" and cells[6] == "0.500"
