@@ -56,9 +56,11 @@ HEAD=$!
 trap 'kill "$HEAD" 2>/dev/null || true; wait "$HEAD" 2>/dev/null || true; rm -rf "$TEMP"' EXIT
 
 ADDRESS="http://127.0.0.1:$DASH"
+# Ready when the job API itself answers (it lists the jobs): the dashboard answers
+# /api/version before its job module is up, and a submission sent then can be dropped.
 for _ in $(seq 120); do
-    if python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-        "$ADDRESS/api/version" 2>/dev/null; then
+    if python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+        "$ADDRESS/api/jobs/" 2>/dev/null; then
         break
     fi
     if ! kill -0 "$HEAD" 2>/dev/null; then
