@@ -391,6 +391,17 @@ def test_tables_and_plots_from_results_rows(tmp_path):
     assert not plot_ranks(collect(search, []), str(tmp_path / "none.png"))
 
 
+def test_a_store_without_its_search_record_is_not_called_unmeasured():
+    from tune.table import measured_line
+
+    assert measured_line(None, "x").startswith("Not run in this store yet")
+    kept = measured_line(None, "x", done=21)
+    assert "results of 21 trial point(s)" in kept and "Not run" not in kept
+    record = {"scale": "paper", "machine": "m", "completed": 3, "trials": 4,
+              "wall_seconds": 10.0, "prepare_seconds": 1.0, "finished": "t"}
+    assert measured_line(record, "x", done=3).startswith("Measured at scale `paper` on m: 3 of 4")
+
+
 def test_the_regenerate_line_names_a_store_a_reader_can_use(tmp_path, monkeypatch):
     from tune.cli import portable_store
 

@@ -132,7 +132,7 @@ def shift_section(results: SearchResults, record: dict | None, command: str) -> 
     lines = [f"<!-- tune:{search.name} -->", f"### Search `{search.name}` (Table 8 layout)", "",
              f"Regenerate: `{command}` on a fresh store (`--table-only` rewrites this section "
              "from the store as it is).", ""]
-    lines.append(measured_line(record, "data and bases"))
+    lines.append(measured_line(record, "data and bases", done))
     lines += ["", f"{done} of {len(results.measured)} trial points have results. Cells: "
               f"D4RL-normalised `{search.metric}` (mean over evaluation episodes and seeds), "
               f"then mean ± std over training seeds {search.seeds} (n = seeds measured).", ""]

@@ -364,7 +364,7 @@ def _section(results: SearchResults, record: dict | None, command: str,
     lines = [f"<!-- tune:{search.name} -->", f"## Search `{search.name}`", ""]
     lines += [f"Regenerate: `{command}` on a fresh store (`--table-only` rewrites this "
               "section from the store as it is).", ""]
-    lines.append(measured_line(record, "the shared base and skills"))
+    lines.append(measured_line(record, "the shared base and skills", done))
     lines += ["", f"{done} of {len(results.measured)} trial points have results. Metric: "
               f"`{search.metric}` (mean over evaluation seeds), then mean ± std over "
               f"training seeds {search.seeds}.", ""]
@@ -376,9 +376,15 @@ def _section(results: SearchResults, record: dict | None, command: str,
     return "\n".join(lines + section_tail(search.name, plots, trace_note)) + "\n"
 
 
-def measured_line(record: dict | None, prepared: str) -> str:
+def measured_line(record: dict | None, prepared: str, done: int = 0) -> str:
     """Where, at what scale and in how much wall time the search ran (`prepared`: what
-    its preparation fitted), or that it has not run in this store."""
+    its preparation fitted), or that it has not run in this store. Without a record,
+    `done` (trial points with results) tells a store whose Tune folder was not kept with
+    it (a committed store, stores/README.md) from one the search never ran in."""
+    if record is None and done > 0:
+        return (f"This store keeps the results of {done} trial point(s) but no search record "
+                "(its Tune folder was not kept with it), so where and how long it ran is "
+                "not known here; the numbers below are the stored results.")
     if record is None:
         return "Not run in this store yet: no numbers below are measured."
     return (f"Measured at scale `{record['scale']}` on {record['machine']}: "
