@@ -276,6 +276,7 @@ class DiffusionPolicy(nn.Module):
         so a rate of 0 or dropout=False leaves every draw as it was); it needs the own
         network (no `eps_fn`).
         """
+        self.check_inputs(obs, actions)  # before the weights' check, which reads obs's shape
         batch = obs.shape[0]
         if weights is not None and weights.shape != (batch,):
             raise ShapeError(f"loss weights must be [{batch}], got {list(weights.shape)}")
