@@ -468,3 +468,19 @@ def test_an_interrupted_trial_is_not_counted_as_completed(tmp_path):
     assert (summary.completed, summary.unfinished) == (1, 2)
     assert "2 trial(s) interrupted before they reported: continue with --resume" in (
         summary.describe())
+
+
+def test_the_new_skill_alone_counts_each_training_seed_once():
+    """Trials with the advantage objective refit the new skill with critics (another
+    item, the same skill for its seed): the control is one value per seed, not per item."""
+    from tune.table import Measured, SearchResults, controls_table
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    search = load_search(configs / "search_alpha.yaml", scale="paper-advantage")
+    points = enumerate_points(search)
+    psec = [p for p in points if p.method == "psec"]
+    assert len({p.skill_tag() for p in psec}) == 6 and len({p.seed for p in psec}) == 3
+    measured = [Measured(p, 1.0, 100.0 * (p.seed + 1)) for p in psec]
+    lines = controls_table(SearchResults(search, search.load_stream(), measured))
+    [row] = [line for line in lines if line.startswith("| new skill alone (rank 8)")]
+    assert "200 ± 82 (n=3)" in row

@@ -228,13 +228,17 @@ def controls_table(results: SearchResults) -> list[str]:
     labels = [t.label for t in search.targets]
     rows: dict[str, dict[str, list[float]]] = defaultdict(dict)
     new_skill: dict[tuple[str, str], list[float]] = defaultdict(list)
-    seen: set[tuple[str, str]] = set()  # trials of several methods share one new skill
+    # Trials of several methods share one new skill; a trial whose objective needs critics
+    # refits it with them (another item, the same skill for the same seed): one value per
+    # target, adapter, data size and training seed.
+    seen: set[tuple] = set()
     for m in results.measured:
         if m.skill_value is not None and m.point.method in ("psec", "mlp"):
-            if (m.point.target, m.point.skill_tag()) in seen:
-                continue
-            seen.add((m.point.target, m.point.skill_tag()))
             kind = "full" if m.point.method == "mlp" else f"rank {m.point.rank}"
+            key = (m.point.target, kind, m.point.episodes, m.point.seed)
+            if key in seen:
+                continue
+            seen.add(key)
             new_skill[(kind, m.point.target)].append(m.skill_value)
     for (kind, target), values in new_skill.items():
         rows[f"new skill alone ({kind})"][target] = values
