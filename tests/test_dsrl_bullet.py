@@ -209,7 +209,9 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     assert cells["bc-all"].reward == [0.9] and cells["bc-all"].cost == [4.0]
     assert cells["safety-skill"].reward == [0.2] * 3  # one skill per seed, not per method
     text = safe_section(table, None, "psec tune configs/search_dsrl.yaml", [], None)
-    assert "## Safe composition" in text and "Not run in this store yet" in text
+    assert "## Safe composition" in text
+    # Results without a search record: a store whose Tune folder was not kept, not "not run".
+    assert "Not run in this store yet" not in text and "but no search record" in text
     assert "safe subset: BallRun: 3 of 6 episodes." in text
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| task |"))

@@ -248,7 +248,8 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
              f"Search `{search.name}` (paper Table 1, Bullet-Safety-Gym). Regenerate: "
              f"`{command}` on a fresh store (`--table-only` rewrites this section from the "
              "store as it is).", ""]
-    lines.append(measured_line(record, "the datasets, base and reward skill"))
+    measured = sum(cell.measured for cells in table.cells.values() for cell in cells.values())
+    lines.append(measured_line(record, "the datasets, base and reward skill", measured))
     lines += ["", "Cells: normalised reward ↑ / normalised cost ↓ (DSRL: episode cost / "
               f"threshold {', '.join(f'{t:g}' for t in thresholds)}; † unsafe, cost > 1; bold: "
               "the best reward among the safe cells of the row), mean over training seeds "

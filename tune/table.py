@@ -380,13 +380,14 @@ def _section(results: SearchResults, record: dict | None, command: str,
     return "\n".join(lines + section_tail(search.name, plots, trace_note)) + "\n"
 
 
-def measured_line(record: dict | None, prepared: str, done: int = 0) -> str:
+def measured_line(record: dict | None, prepared: str, done: int) -> str:
     """Where, at what scale and in how much wall time the search ran (`prepared`: what
     its preparation fitted), or that it has not run in this store. Without a record,
-    `done` (trial points with results) tells a store whose Tune folder was not kept with
-    it (a committed store, stores/README.md) from one the search never ran in."""
+    `done` (how many of the section's entries have results) tells a store whose Tune
+    folder was not kept with it (a committed store, stores/README.md) from one the search
+    never ran in."""
     if record is None and done > 0:
-        return (f"This store keeps the results of {done} trial point(s) but no search record "
+        return (f"This store keeps results ({done} measured) but no search record "
                 "(its Tune folder was not kept with it), so where and how long it ran is "
                 "not known here; the numbers below are the stored results.")
     if record is None:
