@@ -103,9 +103,14 @@ def profile(composer, obs, actions, batches: int, batch_size: int, seed: int,
                 weights[i] = x
                 if path == "traded":
                     weights[new] = 1.0 - x
-                losses = batch_losses(composer, obs, actions, weights, batches, batch_size, seed)
+                if weights == start:  # the same draws give the start's values again
+                    losses, states = at_start, states_at_start
+                else:
+                    losses = batch_losses(composer, obs, actions, weights, batches,
+                                          batch_size, seed)
+                    states = state_errors(composer, obs, actions, weights, draws,
+                                          batch_size, seed)
                 diff = losses - at_start
-                states = state_errors(composer, obs, actions, weights, draws, batch_size, seed)
                 lines.append({
                     "skill": skill, "path": path, "alpha": dict(zip(skills, weights)),
                     "eps_loss": round(float(losses.mean()), 5),
