@@ -17,7 +17,7 @@ import pyarrow as pa
 from library.errors import PsecError, ShapeError, StoreError
 from library.names import BASE
 from library.store import ManifestEntry, SkillStore
-from pipeline.plan import StreamPlan
+from pipeline.plan import STREAM_SEED, StreamPlan
 from tasks.spec import TaskSpec, dump, parse_task
 
 
@@ -108,7 +108,8 @@ def same_fit(stored_spec: dict[str, Any], task: TaskSpec, name: str) -> bool:
 
 
 def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
-    """Every check that can fail on user input, before anything is written."""
+    """Every check that can fail on user input, before anything is written (an item that
+    a run with another root seed fitted is one: a store holds one seed's run)."""
     from tasks.generators.generator import check_can_generate  # loads the experts registry
 
     store.check_writable()
@@ -124,6 +125,12 @@ def check_plan(plan: StreamPlan, store: SkillStore) -> Checked:
                 raise StoreError(
                     f"{name!r} is in the store from a different spec of task {task.name!r} "
                     f"(another scale or an edited stream): remove it or rename the task")
+            fitted_by = None if entry is None else entry.metrics.get(STREAM_SEED)
+            if fitted_by is not None and fitted_by != plan.seed:
+                raise StoreError(
+                    f"{name!r} is in the store from a run with seed {fitted_by}, this run's "
+                    f"seed is {plan.seed}: a store holds one seed's run (give each seed its "
+                    f"own --store)")
         if task.data.source == "generate" and not store.has_dataset(task_plan.dataset):
             check_can_generate(task)
         if task.data.source == "store" and task_plan.dataset in made_here \

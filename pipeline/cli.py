@@ -99,6 +99,9 @@ def _add_run(commands) -> None:
                      help="worker failures a fit recovers from (Ray Train FailureConfig)")
     run.add_argument("--single-worker", choices=("task", "trainer"), default="task",
                      help="a one-worker fit as a plain Ray task (default) or a TorchTrainer")
+    run.add_argument("--seed", type=_non_negative, default=None,
+                     help="the stream's root seed instead of its `seed:` (one run per seed, "
+                          "each into its own --store; `psec report` takes several stores)")
     run.set_defaults(handler=_run)
 
 
@@ -185,7 +188,11 @@ def _add_report(commands) -> None:
     report.add_argument("--out", default=None,
                         help="folder to write into (default: <store>-report beside a local "
                              "store, ./<store name>-report for a remote one)")
-    _add_store(report)
+    report.add_argument("--store", action="append", default=None, metavar="URI",
+                        help=f"skill store: a folder or a pyarrow URI such as s3://bucket/prefix "
+                             f"(default {DEFAULT_URI}); given several times, one run (seed) of "
+                             f"a stream per store, reported across runs with 95%% confidence "
+                             f"intervals (--out is then required)")
     report.set_defaults(handler=_report)
 
 
@@ -199,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         args.stream, args.store, scale=args.scale, address=args.address,
         options=DriverOptions(concurrent_fits=args.concurrent_fits,
                               max_failures=args.max_failures,
-                              single_worker=args.single_worker))
+                              single_worker=args.single_worker), seed=args.seed)
     print(summary.describe())
     return 0
 
@@ -314,14 +321,25 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from pipeline.continual_seeds import write_runs_report
     from pipeline.report import check_output, learning_curves, write_report
 
-    store = SkillStore(args.store)
-    out = args.out or default_report_folder(store)
+    uris = args.store or [DEFAULT_URI]
+    if len(set(uris)) < len(uris):
+        raise PsecError("--store: a store given twice would count its run twice")
+    if len(uris) > 1 and args.out is None:
+        raise PsecError("--out: several stores have no folder of their own to report "
+                        "beside; give --out")
+    stores = [SkillStore(uri) for uri in uris]
+    out = args.out or default_report_folder(stores[0])
     check_output(out, "--out", kind="folder")
-    command = " ".join(["psec", "report", "--store", shlex.quote(args.store),
+    command = " ".join(["psec", "report", *(part for uri in uris
+                                            for part in ("--store", shlex.quote(uri))),
                         "--out", shlex.quote(out)])
-    path = write_report(store.results(), out, command, learning_curves(store))
+    if len(stores) > 1:
+        path = write_runs_report(stores, out, command)
+    else:
+        path = write_report(stores[0].results(), out, command, learning_curves(stores[0]))
     print(f"wrote {path}")
     return 0
 

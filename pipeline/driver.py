@@ -177,12 +177,12 @@ class Driver:
     """Runs one plan to the end (or to its first failure)."""
 
     def __init__(self, plan: StreamPlan, store_uri: str, options: DriverOptions,
-                 checked: Checked, stream_seed: int = 0):
+                 checked: Checked):
         self.plan = plan
         self.options = options
         self.fit_options = options.fit_options()
         self.checked = checked
-        self.stream_seed = stream_seed
+        self.stream_seed = plan.seed
         self.store = StoreHandle(store_uri)
         self.summary = StreamSummary(plan.stream, plan.scale, self.store.uri)
 
@@ -450,7 +450,7 @@ def recorded_results(plan: StreamPlan, table: pa.Table) -> set[tuple[str, str, s
 
 
 def run_plan(plan: StreamPlan, store_uri: str, options: DriverOptions | None = None,
-             stream_seed: int = 0, address: str | None = None) -> StreamSummary:
+             address: str | None = None) -> StreamSummary:
     """Check, then run a plan (Ray is started or attached after the checks, and not at all
     when the store already holds every item and every evaluation of the plan)."""
     started = time.perf_counter()
@@ -465,18 +465,21 @@ def run_plan(plan: StreamPlan, store_uri: str, options: DriverOptions | None = N
         return StreamSummary(plan.stream, plan.scale, store.uri, skipped=items,
                              wall_seconds=time.perf_counter() - started)
     connect(address)
-    return Driver(plan, store.uri, options, checked, stream_seed).run()
+    return Driver(plan, store.uri, options, checked).run()
 
 
 def run_stream_file(path: str, store_uri: str, scale: str | None = None,
-                    address: str | None = None,
-                    options: DriverOptions | None = None) -> StreamSummary:
+                    address: str | None = None, options: DriverOptions | None = None,
+                    seed: int | None = None) -> StreamSummary:
     """`psec run`: load and validate the stream, check, run, resume where it stopped; the
-    store is this driver's alone meanwhile (pipeline/store_lease.py)."""
+    store is this driver's alone meanwhile (pipeline/store_lease.py). `seed` replaces the
+    stream's root seed (`psec run --seed`)."""
     from pipeline.store_lease import driver_lease
 
     stream = load_stream(path, scale)
+    if seed is not None:
+        stream = stream.model_copy(update={"seed": seed})
     with driver_lease(store_uri, f"psec run {path}"):
-        summary = run_plan(plan_stream(stream), store_uri, options, stream.seed, address)
+        summary = run_plan(plan_stream(stream), store_uri, options, address)
     summary.paper = dict(stream.paper)
     return summary

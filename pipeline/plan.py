@@ -123,6 +123,9 @@ class StreamPlan(_Model):
     """In stream order."""
     units: dict[str, FitUnit]
     """By name, in an order where every unit comes after the units it waits for."""
+    seed: int = 0
+    """The root seed every stage seed derives from (the stream's `seed`, `psec run --seed`,
+    a search point's seed); fitted items record it (STREAM_SEED)."""
 
     def stage(self, name: str) -> Stage:
         for unit in self.units.values():
@@ -130,6 +133,11 @@ class StreamPlan(_Model):
                 if stage.name == name:
                     return stage
         raise KeyError(name)
+
+
+STREAM_SEED = "stream_seed"
+"""The item metric that records the root seed of the run that fitted the item: a store
+holds one seed's run of a stream (pipeline.checks refuses another seed's)."""
 
 
 def derive_seed(*parts: int) -> int:
@@ -251,7 +259,7 @@ def _plan(tasks: list[TaskSpec], stream: str, scale: str, continual: bool,
                 produced_by[produced] = unit_name
         plans.append(TaskPlan(task=task, position=position, dataset=dataset_name(task),
                               units=task_units, items=task.stored_names()))
-    return StreamPlan(stream=stream, scale=scale, continual=continual, tasks=plans,
+    return StreamPlan(stream=stream, scale=scale, continual=continual, tasks=plans, seed=seed,
                       units=units)
 
 

@@ -95,7 +95,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
-def _rows(table: pa.Table) -> list[dict]:
+def result_rows(table: pa.Table) -> list[dict]:
+    """The results table's rows, refused when it lacks the columns psec writes."""
     needed = {"stream", "task", "position", "name", "method", "eval_task", "seed", "score",
               "return_mean"}
     missing = needed - set(table.column_names)
@@ -258,7 +259,7 @@ def write_report(results: pa.Table, out: str, command: str,
                  curves: dict[str, dict] | None = None) -> str:
     """Write `results.md` and PNGs into `out`; returns the Markdown path. `curves`: the
     stored items' learning curves by name (`learning_curves`), for forward transfer."""
-    rows = _rows(results)
+    rows = result_rows(results)
     if not rows:
         raise StoreError("the store holds no results yet: run a stream first (psec run ...)")
     os.makedirs(out, exist_ok=True)

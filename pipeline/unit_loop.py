@@ -26,6 +26,7 @@ from library.errors import DataError, PsecError, TrainingDiverged
 from pipeline.checkpoints import Resume, TrainSession, checkpoint_root, filesystem
 from pipeline.curves import CurveTracker
 from pipeline.fit_job import FitJob, FitOptions, error_record, new_report
+from pipeline.plan import STREAM_SEED
 from pipeline.progress import ProgressReporter
 
 if TYPE_CHECKING:
@@ -259,7 +260,7 @@ class _UnitRun:
                    "workers": self.session.world,
                    # Workers and threads are training inputs like the seed: a refit
                    # reproduces these weights bit for bit only with both the same.
-                   "threads": self.job.cpus_per_worker,
+                   "threads": self.job.cpus_per_worker, STREAM_SEED: self.job.stream_seed,
                    **{f"train_{k}": v for k, v in terms.items() if "/" not in k}, **extra}
         if self.session.rank == 0 and self.unit_ctx.register(stage, learner, metrics):
             self.report["registered"].append(stage.name)

@@ -233,17 +233,18 @@ def test_run_passes_its_fit_flags_to_the_driver(tmp_path, monkeypatch):
         def describe(self) -> str:
             return "nothing to do"
 
-    def fake_run(stream, store, scale=None, address=None, options=None):
-        seen["fit"] = options.fit_options()
+    def fake_run(stream, store, scale=None, address=None, options=None, seed=None):
+        seen["fit"], seen["seed"] = options.fit_options(), seed
         return Summary()
 
     monkeypatch.setattr(driver, "run_stream_file", fake_run)
     assert main(["run", "s.yaml", "--store", str(tmp_path / "store")]) == 0
     assert seen["fit"].single_worker == "task" and seen["fit"].concurrent_fits == 2
+    assert seen["seed"] is None  # the stream's own seed
     assert main(["run", "s.yaml", "--store", str(tmp_path / "store"), "--single-worker",
-                 "trainer", "--concurrent-fits", "1", "--max-failures", "0"]) == 0
+                 "trainer", "--concurrent-fits", "1", "--max-failures", "0", "--seed", "3"]) == 0
     assert (seen["fit"].single_worker, seen["fit"].concurrent_fits,
-            seen["fit"].max_failures) == ("trainer", 1, 0)
+            seen["fit"].max_failures, seen["seed"]) == ("trainer", 1, 0, 3)
 
 
 def test_report_writes_beside_the_store_by_default(tmp_path, capsys):
@@ -270,3 +271,19 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     err = child.stderr.read().decode()
     assert child.wait(timeout=120) == 141
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_store_holds_one_seed_s_run(tmp_path, store, capsys):
+    from library.diffusion import DiffusionPolicy, PolicyConfig
+    from library.serialization import dump_base
+    from tasks.spec import dump, parse_stream
+
+    written = stream([task("stand", "d24", role="base")])
+    config, tensors = dump_base(DiffusionPolicy(PolicyConfig(obs_dim=24, act_dim=6, hidden=8)))
+    store.register("stand", "base", config, tensors,
+                   task_spec=dump(parse_stream(written).tasks[0]), metrics={"stream_seed": 0})
+    before = snapshot(store.local_path)
+    path = write_yaml(tmp_path / "s.yaml", written)
+    code, _, err = run_cli(capsys, "run", path, "--store", store.uri, "--seed", "1")
+    assert_one_line_error(code, err, "'stand'", "seed 0", "seed is 1", "own --store")
+    assert snapshot(store.local_path) == before

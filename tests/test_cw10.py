@@ -73,6 +73,8 @@ def test_cw10_first_tasks_at_smoke_scale(ray_cluster, tmp_path):
     items = {entry.name: entry for entry in store.list()}
     assert set(items) == {"mw-base", *CW_TASKS, "hammer-psec", "push-wall-psec"}
     assert all(items[name].parent == "mw-base" for name in CW_TASKS)
+    # Each fitted item records the run's seed: a store holds one seed's run.
+    assert {items[name].metrics["stream_seed"] for name in CW_TASKS} == {0}
 
     rows = store.results().to_pylist()
     assert {row["scale"] for row in rows} == {"smoke"}

@@ -81,6 +81,18 @@ def test_critics_come_first_and_stage_seeds_differ():
     assert len({s.seed for s in unit.stages}) == 3
 
 
+def test_another_root_seed_changes_every_stage_seed_and_rides_in_the_plan():
+    first = plan_stream(walker_stream())
+    second = plan_stream(walker_stream().model_copy(update={"seed": 1}))  # psec run --seed 1
+    assert (first.seed, second.seed) == (0, 1)
+
+    def seeds(plan):
+        return {stage.name: stage.seed for unit in plan.units.values() for stage in unit.stages}
+
+    assert seeds(first).keys() == seeds(second).keys()
+    assert all(seeds(first)[name] != seeds(second)[name] for name in seeds(first))
+
+
 def test_a_composer_weighing_by_advantage_gets_critics_fitted_on_its_task_s_data():
     """A bc skill whose composer weighs by advantage: the critics are fitted first (on the
     skill task's data, stored in its item), not missed inside the composer's fit."""
