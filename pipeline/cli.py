@@ -99,9 +99,10 @@ def _add_run(commands) -> None:
                      help="worker failures a fit recovers from (Ray Train FailureConfig)")
     run.add_argument("--single-worker", choices=("task", "trainer"), default="task",
                      help="a one-worker fit as a plain Ray task (default) or a TorchTrainer")
-    run.add_argument("--seed", type=_non_negative, default=None,
-                     help="the stream's root seed instead of its `seed:` (one run per seed, "
-                          "each into its own --store; `psec report` takes several stores)")
+    run.add_argument("--seed", type=_non_negative, nargs="+", default=None, metavar="N",
+                     help="the stream's root seed instead of its `seed:`; several: one run "
+                          "per seed side by side, each into <store>/seed-N (a store holds "
+                          "one seed's run), for `psec report --store <store>`")
     run.set_defaults(handler=_run)
 
 
@@ -190,9 +191,10 @@ def _add_report(commands) -> None:
                              "store, ./<store name>-report for a remote one)")
     report.add_argument("--store", action="append", default=None, metavar="URI",
                         help=f"skill store: a folder or a pyarrow URI such as s3://bucket/prefix "
-                             f"(default {DEFAULT_URI}); given several times, one run (seed) of "
-                             f"a stream per store, reported across runs with 95%% confidence "
-                             f"intervals (--out is then required)")
+                             f"(default {DEFAULT_URI}); given several times, or a store whose "
+                             f"runs are in seed-N folders (psec run --seed 0 1 2), one run "
+                             f"(seed) of a stream per store, reported across runs with 95%% "
+                             f"confidence intervals")
     report.set_defaults(handler=_report)
 
 
@@ -201,12 +203,23 @@ def _add_report(commands) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from pipeline.driver import DriverOptions, run_stream_file
+    from pipeline.seed_runs import run_seeds
 
-    summary = run_stream_file(
-        args.stream, args.store, scale=args.scale, address=args.address,
-        options=DriverOptions(concurrent_fits=args.concurrent_fits,
-                              max_failures=args.max_failures,
-                              single_worker=args.single_worker), seed=args.seed)
+    options = DriverOptions(concurrent_fits=args.concurrent_fits,
+                            max_failures=args.max_failures, single_worker=args.single_worker)
+    if args.seed is not None and len(args.seed) > 1:
+        outcomes = run_seeds(args.stream, args.store, args.seed, scale=args.scale,
+                             address=args.address, options=options)
+        for outcome in outcomes:
+            print(f"seed {outcome.seed}: {outcome.text}")
+        failed = [outcome for outcome in outcomes if outcome.failed]
+        if failed:
+            print(f"psec: error: {len(failed)} of {len(outcomes)} seed run(s) failed (above); "
+                  "run the same command again to resume them", file=sys.stderr)
+            return 2
+        return 0
+    summary = run_stream_file(args.stream, args.store, scale=args.scale, address=args.address,
+                              options=options, seed=None if args.seed is None else args.seed[0])
     print(summary.describe())
     return 0
 
@@ -323,17 +336,21 @@ def _eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pipeline.continual_seeds import write_runs_report
     from pipeline.report import check_output, learning_curves, write_report
+    from pipeline.seed_runs import seed_stores
 
-    uris = args.store or [DEFAULT_URI]
-    if len(set(uris)) < len(uris):
+    given = args.store or [DEFAULT_URI]
+    stores = [SkillStore(uri) for uri in given]
+    if len({store.uri for store in stores}) < len(stores):
         raise PsecError("--store: a store given twice would count its run twice")
-    if len(uris) > 1 and args.out is None:
+    if len(stores) > 1 and args.out is None:
         raise PsecError("--out: several stores have no folder of their own to report "
                         "beside; give --out")
-    stores = [SkillStore(uri) for uri in uris]
     out = args.out or default_report_folder(stores[0])
+    if len(stores) == 1 and stores[0].results().num_rows == 0:
+        # `psec run --seed 0 1 2 --store URI` wrote its runs into URI/seed-N.
+        stores = [SkillStore(uri) for uri in seed_stores(stores[0].uri)] or stores
     check_output(out, "--out", kind="folder")
-    command = " ".join(["psec", "report", *(part for uri in uris
+    command = " ".join(["psec", "report", *(part for uri in given
                                             for part in ("--store", shlex.quote(uri))),
                         "--out", shlex.quote(out)])
     if len(stores) > 1:
