@@ -139,20 +139,24 @@ def test_a_fit_with_two_workers_averages_gradients_across_them(ray_cluster, tmp_
 def test_a_user_error_in_a_fit_is_raised_once_and_keeps_what_was_stored(ray_cluster, tmp_path,
                                                                         single_worker):
     import numpy as np
-    from pipeline_builders import synthetic_table
+    from pipeline_builders import register_base, synthetic_table
 
     from library.errors import DataError
+    from pipeline.plan import plan_task
     from tasks.dataset import to_arrays, to_table
+    from tasks.spec import parse_task
 
-    tasks = [tiny_task("stand", role="base", steps=20),
-             tiny_task("run", base="stand", composers=[
-                 {"name": "safe", "skills": ["base"], "data": {"max_episode_cost": 1}}])]
+    # The base is stored beforehand (no fit of its own: one trainer start fewer), and the
+    # task runs on it as a one-task plan.
+    tasks = [tiny_task("run", base="stand", composers=[
+        {"name": "safe", "skills": ["base"], "data": {"max_episode_cost": 1}}])]
     store_uri = str(tmp_path / "store")
-    store = put_datasets(store_uri, tasks[:1])
+    store = put_datasets(store_uri, [tiny_task("stand", role="base")])
+    register_base(store_uri, "stand", "stand-data")
     costly = to_arrays(synthetic_table(seed=1))
     costly["costs"] = np.ones(len(costly["rewards"]), np.float32)  # 50 per episode
     store.put_dataset("run-data", to_table(costly, {"suite": "dmc", "env": "walker-walk"}))
-    plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
+    plan = plan_task(parse_task(tasks[0]), ["stand"], stream="tiny")
     with pytest.raises(DataError, match=r"composer 'safe'.*cost <= 1") as error:
         run_plan(plan, store_uri, DriverOptions(progress=False, fit=FitOptions(
             max_failures=3, single_worker=single_worker)))
