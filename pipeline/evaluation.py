@@ -92,6 +92,7 @@ def roll_with(act: Acting, task: TaskSpec, seed: int, first: int, count: int,
     (`roll_episodes`'s rollouts, for a policy built by its caller)."""
     import torch
 
+    from tasks.env_pool import pooled_envs
     from tasks.evaluation import rollout, rollout_batch
     from tasks.suites import get_suite
 
@@ -99,9 +100,10 @@ def roll_with(act: Acting, task: TaskSpec, seed: int, first: int, count: int,
     suite = get_suite(task.suite)
     first_seed = seed * EPISODE_SEED_STRIDE + first
     seeds = list(range(first_seed, first_seed + count))
-    envs = [suite.make_env(task.env, task.dynamics, seed=seed, horizon=task.horizon)
-            for _ in range(count if side_by_side else 1)]
-    try:
+    # Envs this process built for earlier rollouts of the same env are reused
+    # (tasks/env_pool.py): each episode starts from reset(seed), as a new env's would.
+    with pooled_envs(suite, task.env, task.dynamics, seed, task.horizon,
+                     count if side_by_side else 1) as envs:
         if side_by_side:
             generators = [torch.Generator().manual_seed(s) for s in seeds]
             return rollout_batch(envs, lambda obs, live: act.batch(obs, [generators[i] for i in live]),
@@ -112,9 +114,6 @@ def roll_with(act: Acting, task: TaskSpec, seed: int, first: int, count: int,
             episodes.extend(rollout(envs[0], act, 1, episode_seed, horizon=task.eval.max_steps,
                                     suite=suite, env_name=task.env))
         return episodes
-    finally:
-        for env in envs:
-            env.close()
 
 
 def launch_evaluation(store, job: EvalJob, resources: dict[str, float]) -> list[ray.ObjectRef]:
