@@ -195,6 +195,18 @@ PAPER_CW10_AVERAGE = 0.87
 """PSEC's CW10 average success (the paper's Table 3)."""
 
 
+def paper_parts(paper: list[float | None] | None, tasks: int
+                ) -> tuple[list[str], str, str, list[str]]:
+    """What the paper's column adds to a per-task table: the sentence before the table, the
+    header and rule cells, and one cell per task; all empty when `paper` is None."""
+    if paper is None:
+        return [], "", "", [""] * tasks
+    note = ["", f"The paper's PSEC (Tables 3–4, Meta-World v2): average success "
+                f"{PAPER_CW10_AVERAGE:.2f}, forgetting 0; per task in the last column."]
+    cells = [f" {'—' if figure is None else f'{figure:.2f}'} |" for figure in paper]
+    return note, " paper PSEC |", " ---: |", cells
+
+
 def paper_column(envs: list[str | None]) -> list[float | None] | None:
     """The paper's figure for each task's env, or None when no task is a CW10 task."""
     figures = [PAPER_CW10.get(env) if env else None for env in envs]
@@ -244,19 +256,14 @@ def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
              "success rate; DMC: the return).", "", "```text",
              *metric_lines(metrics, success), "```", ""]
     lines.append(_transfer_note(metrics))
-    if paper is not None:
-        lines += ["", f"The paper's PSEC (Tables 3–4, Meta-World v2): average success "
-                      f"{PAPER_CW10_AVERAGE:.2f}, forgetting 0; per task in the last column."]
-    header, rule = (" paper PSEC |", " ---: |") if paper is not None else ("", "")
-    lines += ["", "| task | p_i(i) | p_i(T) | forgetting | forward transfer | from |" + header,
-              "| --- | ---: | ---: | ---: | ---: | --- |" + rule]
+    note, header, rule, cells = paper_parts(paper, len(metrics.tasks))
+    lines += [*note, "", "| task | p_i(i) | p_i(T) | forgetting | forward transfer | from |"
+              + header, "| --- | ---: | ---: | ---: | ---: | --- |" + rule]
     for i, task in enumerate(metrics.tasks):
-        cell = "" if paper is None else \
-            f" {'—' if paper[i] is None else f'{paper[i]:.2f}'} |"
         lines.append(f"| {task} | {_fmt(p[i, i])} | {_fmt(p[-1, i])} | "
                      f"{_fmt(metrics.task_forgetting[i])} | "
                      f"{_fmt(metrics.task_forward_transfer[i])} | "
-                     f"{TRANSFER_FROM[metrics.transfer_from[i]]} |{cell}")
+                     f"{TRANSFER_FROM[metrics.transfer_from[i]]} |{cells[i]}")
     if heat_map is not None:
         lines += ["", f"Heat map of p_i(t): ![{heat_map}]({heat_map})"]
     return "\n".join(lines) + "\n"

@@ -156,21 +156,16 @@ def markdown(stream: str, runs: list[Run], heat_map: str | None) -> str:
     for run in unfinished:
         lines += ["", f"Left out, unfinished: {run.store} ({len(run.metrics.tasks)} of "
                       f"{longest} tasks)."]
-    paper = continual_report.paper_column(first.envs)
-    if paper is not None:
-        lines += ["", f"The paper's PSEC (Tables 3–4, Meta-World v2): average success "
-                      f"{continual_report.PAPER_CW10_AVERAGE:.2f}, forgetting 0; per task "
-                      "in the last column."]
-    header, rule = (" paper PSEC |", " ---: |") if paper is not None else ("", "")
-    lines += ["", "| task | p_i(i) | p_i(T) | forgetting | forward transfer |" + header,
+    note, header, rule, cells = continual_report.paper_parts(
+        continual_report.paper_column(first.envs), longest)
+    lines += [*note, "", "| task | p_i(i) | p_i(T) | forgetting | forward transfer |" + header,
               "| --- | ---: | ---: | ---: | ---: |" + rule]
     for i, task in enumerate(first.metrics.tasks):
-        cell = "" if paper is None else f" {'—' if paper[i] is None else f'{paper[i]:.2f}'} |"
         lines.append(
             f"| {task} | {_cell([run.p[i, i] for run in complete])} | "
             f"{_cell([run.p[-1, i] for run in complete])} | "
             f"{_cell([run.metrics.task_forgetting[i] for run in complete])} | "
-            f"{_cell([run.metrics.task_forward_transfer[i] for run in complete])} |{cell}")
+            f"{_cell([run.metrics.task_forward_transfer[i] for run in complete])} |{cells[i]}")
     if heat_map is not None:
         lines += ["", f"Heat map of p_i(t), the mean over runs: ![{heat_map}]({heat_map})"]
     return "\n".join(lines) + "\n"
