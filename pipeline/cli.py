@@ -346,17 +346,19 @@ def _report(args: argparse.Namespace) -> int:
         raise PsecError("--out: several stores have no folder of their own to report "
                         "beside; give --out")
     out = args.out or default_report_folder(stores[0])
-    if len(stores) == 1 and stores[0].results().num_rows == 0:
+    results = stores[0].results() if len(stores) == 1 else None
+    if results is not None and results.num_rows == 0 and (found := seed_stores(stores[0].uri)):
         # `psec run --seed 0 1 2 --store URI` wrote its runs into URI/seed-N.
-        stores = [SkillStore(uri) for uri in seed_stores(stores[0].uri)] or stores
+        stores = [SkillStore(uri) for uri in found]
+        results = stores[0].results() if len(stores) == 1 else None
     check_output(out, "--out", kind="folder")
     command = " ".join(["psec", "report", *(part for uri in given
                                             for part in ("--store", shlex.quote(uri))),
                         "--out", shlex.quote(out)])
-    if len(stores) > 1:
+    if results is None:
         path = write_runs_report(stores, out, command)
     else:
-        path = write_report(stores[0].results(), out, command, learning_curves(stores[0]))
+        path = write_report(results, out, command, learning_curves(stores[0]))
     print(f"wrote {path}")
     return 0
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -158,6 +159,45 @@ def sequential_metrics(rows: list[dict], all_rows: list[dict],
     own_auc = _aucs(curves or {}, tasks)
     ref_auc = _aucs(curves or {}, references)
     return p, continual_metrics(tasks, p, reference, (own_auc, ref_auc))
+
+
+@dataclass
+class ContinualRun:
+    """A stream's continual metrics and what its tables need beside them."""
+
+    p: np.ndarray
+    metrics: ContinualMetrics
+    sequential: bool
+    """A fine-tuning stream (`sequential_metrics`: one network, task after task)."""
+    envs: list[str | None]
+    """The env each continual task is rolled out in (for the paper's column)."""
+    success: bool
+    """Whether p holds success rates (`scores_are_success_rates`)."""
+
+    @property
+    def what(self) -> tuple[str, str]:
+        """What p_i(t) is (SKILLS or SEQUENTIAL)."""
+        return SEQUENTIAL if self.sequential else SKILLS
+
+
+def continual_run(stream_rows: list[dict], all_rows: list[dict],
+                  curves: dict[str, dict] | None = None) -> ContinualRun | None:
+    """The continual run of one stream's rows — a stream of skills (`stream_metrics`) or a
+    fine-tuning stream (`sequential_metrics`) —, or None for a stream that is neither."""
+    skills = stream_metrics(stream_rows, all_rows, curves)
+    if skills is not None:
+        p, metrics = skills
+        kept = [row for row in stream_rows if row["task"] in metrics.tasks]
+        own_env = {row["eval_task"]: row.get("env") for row in kept
+                   if row["name"] == row["eval_task"]}
+        return ContinualRun(p, metrics, False, [own_env.get(task) for task in metrics.tasks],
+                            scores_are_success_rates(kept))
+    found = sequential_metrics(stream_rows, all_rows, curves)
+    if found is None:
+        return None
+    p, metrics = found
+    return ContinualRun(p, metrics, True, list(sequential_tasks(stream_rows)[1]),
+                        scores_are_success_rates(stream_rows))
 
 
 def _aucs(curves: dict[str, dict], names: list[str]) -> list[float]:

@@ -28,7 +28,6 @@ from library.errors import StoreError
 from pipeline import continual_report
 from pipeline.plan import STREAM_SEED
 from pipeline.report import REPORT_FILE, learning_curves, plot_matrix, result_rows
-from tasks.continual import ContinualMetrics
 
 CONFIDENCE = 0.95
 """Level of the intervals over runs."""
@@ -51,21 +50,13 @@ def mean_ci(values: list[float], level: float = CONFIDENCE) -> tuple[float, floa
 
 
 @dataclass
-class Run:
+class Run(continual_report.ContinualRun):
     """One store's run of a stream and its continual metrics."""
 
-    store: str
+    store: str = ""
     """The store's URI."""
-    seed: int | None
+    seed: int | None = None
     """The root seed its items were fitted with (None: recorded by none of them)."""
-    p: np.ndarray
-    metrics: ContinualMetrics
-    sequential: bool
-    """A fine-tuning stream (one network, task after task)."""
-    envs: list[str | None]
-    """The env each continual task is rolled out in (for the paper's column)."""
-    success: bool
-    """Whether p holds success rates."""
 
 
 def stream_runs(stores) -> dict[str, list[Run]]:
@@ -96,26 +87,12 @@ def stream_runs(stores) -> dict[str, list[Run]]:
 
 def _run(uri: str, stream_rows: list[dict], rows: list[dict], curves: dict[str, dict],
          seeds: dict[str, int | None]) -> Run | None:
-    skills = continual_report.stream_metrics(stream_rows, rows, curves)
-    if skills is not None:
-        p, metrics = skills
-        kept = [row for row in stream_rows if row["task"] in metrics.tasks]
-        own_env = {row["eval_task"]: row.get("env") for row in kept
-                   if row["name"] == row["eval_task"]}
-        envs = [own_env.get(task) for task in metrics.tasks]
-        success = continual_report.scores_are_success_rates(kept)
-        sequential = False
-    else:
-        found = continual_report.sequential_metrics(stream_rows, rows, curves)
-        if found is None:
-            return None
-        p, metrics = found
-        envs = list(continual_report.sequential_tasks(stream_rows)[1])
-        success = continual_report.scores_are_success_rates(stream_rows)
-        sequential = True
-    recorded = {seeds.get(task) for task in metrics.tasks} - {None}
+    found = continual_report.continual_run(stream_rows, rows, curves)
+    if found is None:
+        return None
+    recorded = {seeds.get(task) for task in found.metrics.tasks} - {None}
     seed = recorded.pop() if len(recorded) == 1 else None
-    return Run(uri, seed, p, metrics, sequential, envs, success)
+    return Run(**vars(found), store=uri, seed=seed)
 
 
 def _cell(values: list[float]) -> str:
@@ -135,7 +112,7 @@ def markdown(stream: str, runs: list[Run], heat_map: str | None) -> str:
     first = complete[0]
     success = all(run.success for run in complete)
     headline = "average success" if success else "average score"
-    what = continual_report.SEQUENTIAL if first.sequential else continual_report.SKILLS
+    what = first.what
     lines = [f"### Continual metrics of `{stream}` over {len(complete)} run(s)", "",
              f"Over {longest} continual tasks ({', '.join(first.metrics.tasks)}; {what[1]}). "
              f"p_i(t) is the mean score over evaluation seeds of {what[0]}, per run; each "

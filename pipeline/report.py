@@ -274,30 +274,19 @@ def write_report(results: pa.Table, out: str, command: str,
         if plot_continual(stream, stream_rows, os.path.join(out, f"{stream}-continual.png")):
             plots.append(f"{stream}-continual.png")
         sections.append(markdown(stream, stream_rows, command, plots))
-        continual = continual_report.stream_metrics(stream_rows, rows, curves)
-        if continual is not None:
-            # p_i(t) over the continual tasks alone (bases left out), as the metrics use it.
-            p, metrics = continual
+        run = continual_report.continual_run(stream_rows, rows, curves)
+        if run is not None:
             heat_map = f"{stream}-success.png"
-            kept = [r for r in stream_rows if r["task"] in metrics.tasks]
-            plot_continual(stream, kept, os.path.join(out, heat_map))
-            success = continual_report.scores_are_success_rates(kept)
-            envs = {row["eval_task"]: row.get("env") for row in kept
-                    if row["name"] == row["eval_task"]}
-            paper = continual_report.paper_column([envs.get(t) for t in metrics.tasks])
-            sections.append(continual_report.markdown(stream, p, metrics, heat_map, success,
-                                                      paper=paper))
-        sequential = continual_report.sequential_metrics(stream_rows, rows, curves)
-        if sequential is not None:
-            p, metrics = sequential
-            heat_map = f"{stream}-success.png"
-            envs = continual_report.sequential_tasks(stream_rows)[1]
-            plot_matrix(f"{stream}: one network after each task", metrics.tasks, envs,
-                        p.tolist(), os.path.join(out, heat_map))
-            success = continual_report.scores_are_success_rates(stream_rows)
+            if run.sequential:
+                plot_matrix(f"{stream}: one network after each task", run.metrics.tasks,
+                            run.envs, run.p.tolist(), os.path.join(out, heat_map))
+            else:
+                # p_i(t) over the continual tasks alone (bases left out), as the metrics use it.
+                kept = [r for r in stream_rows if r["task"] in run.metrics.tasks]
+                plot_continual(stream, kept, os.path.join(out, heat_map))
             sections.append(continual_report.markdown(
-                stream, p, metrics, heat_map, success, what=continual_report.SEQUENTIAL,
-                paper=continual_report.paper_column(envs)))
+                stream, run.p, run.metrics, heat_map, run.success, what=run.what,
+                paper=continual_report.paper_column(run.envs)))
     path = os.path.join(out, REPORT_FILE)
     with open(path, "w") as f:
         f.write("\n".join(sections))
