@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.continual import ContinualMetrics, continual_metrics, curve_auc
+from tasks.continual import ContinualMetrics, continual_metrics, curve_auc, missing_cells
 
 
 def _fmt(value: float) -> str:
@@ -257,6 +257,25 @@ TRANSFER_FROM = {"auc": "training curves", "final": "final successes", "": "—"
 """The `from` column: what a task's forward transfer compares."""
 
 
+SHOWN_MISSING = 6
+"""How many of a partial matrix's missing cells its note names."""
+
+
+def partial_note(p: np.ndarray, tasks: list[str]) -> list[str]:
+    """The lines saying that p lacks cells a finished continual stream fills (which, and
+    what that leaves undefined); [] when it lacks none."""
+    missing = missing_cells(p)
+    if not missing:
+        return []
+    count = len(tasks) * (len(tasks) + 1) // 2
+    named = ", ".join(f"{tasks[i]} after {tasks[t]}" for t, i in missing[:SHOWN_MISSING])
+    more = f" and {len(missing) - SHOWN_MISSING} more" if len(missing) > SHOWN_MISSING else ""
+    return [f"**Partial:** p_i(t) holds {count - len(missing)} of the {count} cells a finished "
+            f"run of these {len(tasks)} tasks fills (missing: {named}{more}), so average success and "
+            "forgetting, which need every task's, read —. A stream still running, or one "
+            "whose evaluations have not run yet, reads so.", ""]
+
+
 def _transfer_note(metrics: ContinualMetrics) -> str:
     """What the forward-transfer figures compare, in one sentence."""
     if math.isnan(metrics.forward_transfer):
@@ -294,7 +313,7 @@ def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
              f"Over {len(metrics.tasks)} continual tasks ({', '.join(metrics.tasks)}; "
              f"{what[1]}). p_i(t) is the mean score over seeds of {what[0]} (Meta-World: the "
              "success rate; DMC: the return).", "", "```text",
-             *metric_lines(metrics, success), "```", ""]
+             *metric_lines(metrics, success), "```", "", *partial_note(p, metrics.tasks)]
     lines.append(_transfer_note(metrics))
     note, header, rule, cells = paper_parts(paper, len(metrics.tasks))
     lines += [*note, "", "| task | p_i(i) | p_i(T) | forgetting | forward transfer | from |"

@@ -28,6 +28,7 @@ from library.errors import StoreError
 from pipeline import continual_report
 from pipeline.plan import STREAM_SEED
 from pipeline.report import REPORT_FILE, learning_curves, plot_matrix, result_rows
+from tasks.continual import missing_cells
 
 CONFIDENCE = 0.95
 """Level of the intervals over runs."""
@@ -133,6 +134,11 @@ def markdown(stream: str, runs: list[Run], heat_map: str | None) -> str:
     for run in unfinished:
         lines += ["", f"Left out, unfinished: {run.store} ({len(run.metrics.tasks)} of "
                       f"{longest} tasks)."]
+    for run in complete:
+        if missing := len(missing_cells(run.p)):
+            lines += ["", f"Partial: {run.store} lacks {missing} cell(s) of p_i(t), so its "
+                          "average success and forgetting read — and the means leave it out "
+                          "(n = the runs counted)."]
     note, header, rule, cells = continual_report.paper_parts(
         continual_report.paper_column(first.envs), longest)
     lines += [*note, "", "| task | p_i(i) | p_i(T) | forgetting | forward transfer |" + header,

@@ -4,10 +4,12 @@ The success matrix `p: [T, T]` holds `p[t, i]`, the success (or normalised score
 task i's policy evaluated right after training task t of the stream. Entries for tasks
 not trained yet (i > t) or not evaluated are NaN.
 
-* average success  P(T) = mean_i p[T-1, i]           (every task, after the last one)
+* average success  P(T) = mean_i p[T-1, i]           (every task, after the last one;
+  undefined, NaN, while any task's score after the last task is missing: a stream cut
+  short, or an evaluation not run yet, has no average success)
 * forgetting       F_i  = p[i, i] - p[T-1, i]          (right after task i vs at the end)
   and F = mean_i F_i over all T tasks, as Continual World averages it (the last task's
-  F_i is 0 by definition).
+  F_i is 0 by definition; NaN while any F_i is missing).
 * forward transfer FT_i = (AUC_i - AUC_i^b) / (1 - AUC_i^b): how much better task i is
   learnt in the stream than by a reference trained on task i alone (the "scratch"
   baseline b), from the areas under the success curves during training (`curve_auc`;
@@ -38,9 +40,10 @@ class ContinualMetrics:
     tasks: list[str]
     """Tasks in stream order (the matrix's rows and columns)."""
     average_success: float
-    """P(T): mean success of every task after the last task."""
+    """P(T): mean success of every task after the last task (NaN when one is missing)."""
     forgetting: float
-    """Mean of `task_forgetting` over all tasks (Continual World's F)."""
+    """Mean of `task_forgetting` over all tasks (Continual World's F; NaN when one is
+    missing)."""
     task_forgetting: list[float]
     """F_i = p_i(i) - p_i(T) per task (NaN where either entry is missing)."""
     forward_transfer: float
@@ -59,10 +62,18 @@ def _square(p: np.ndarray) -> np.ndarray:
     return p
 
 
+def missing_cells(p: np.ndarray) -> list[tuple[int, int]]:
+    """The (t, i) with i <= t where p is NaN: the cells a finished continual stream fills
+    (every task so far, after each task) that this one has not, in row order."""
+    p = _square(p)
+    return [(t, i) for t in range(p.shape[0]) for i in range(t + 1) if math.isnan(p[t, i])]
+
+
 def average_success(p: np.ndarray) -> float:
-    """P(T) = mean_i p[T-1, i]; NaN entries (never evaluated) are left out."""
+    """P(T) = mean_i p[T-1, i]; NaN when any of that row is missing (a mean over the
+    tasks that happen to be evaluated would not be P(T))."""
     last = _square(p)[-1]
-    return float(np.nanmean(last)) if np.isfinite(last).any() else math.nan
+    return float(last.mean()) if np.isfinite(last).all() else math.nan
 
 
 def task_forgetting(p: np.ndarray) -> np.ndarray:
@@ -72,9 +83,10 @@ def task_forgetting(p: np.ndarray) -> np.ndarray:
 
 
 def forgetting(p: np.ndarray) -> float:
-    """Mean F_i over all T tasks (Continual World's average, last task included)."""
+    """Mean F_i over all T tasks (Continual World's average, last task included); NaN
+    when any F_i is missing, as `average_success` is."""
     values = task_forgetting(p)
-    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+    return float(values.mean()) if np.isfinite(values).all() else math.nan
 
 
 def curve_auc(curve: Sequence[float], steps: Sequence[float] | None = None) -> float:

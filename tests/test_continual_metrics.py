@@ -11,6 +11,7 @@ from tasks.continual import (
     continual_metrics,
     curve_auc,
     forgetting,
+    missing_cells,
     task_forgetting,
     task_forward_transfer,
 )
@@ -26,6 +27,16 @@ FORGETFUL = np.array([[1.0, NAN, NAN],
 
 def test_average_success_is_the_mean_of_the_last_row():
     assert average_success(FORGETFUL) == pytest.approx((0.5 + 0.6 + 0.9) / 3)
+
+
+def test_a_matrix_missing_a_cell_has_no_average_success_or_forgetting():
+    # Task 0 not re-evaluated after task 2 yet (a stream still running): a mean over the
+    # two scores that exist would read 0.75 as if it were P(T).
+    partial = FORGETFUL.copy()
+    partial[2, 0] = NAN
+    assert missing_cells(partial) == [(2, 0)] and missing_cells(FORGETFUL) == []
+    assert math.isnan(average_success(partial)) and math.isnan(forgetting(partial))
+    assert task_forgetting(partial)[1:] == pytest.approx([0.2, 0.0])
 
 
 def test_forgetting_per_task_and_averaged_over_all_tasks():

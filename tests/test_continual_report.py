@@ -72,6 +72,19 @@ def test_report_writes_the_three_lines_and_the_heat_map(tmp_path):
     assert (tmp_path / "cw-success.png").stat().st_size > 1000
 
 
+def test_a_report_on_a_stream_still_running_says_which_cells_it_lacks(tmp_path):
+    # Task a not yet re-evaluated after c: no average success, no forgetting, and why.
+    rows = [r for r in cw_rows() if not (r["task"] == "c" and r["eval_task"] == "a")]
+    lines = open(write_report(pa.Table.from_pylist(rows), str(tmp_path), "psec report")
+                 ).read().splitlines()
+    assert {"average success —", "forgetting —"} <= set(lines)
+    assert any(line.startswith("**Partial:** p_i(t) holds 5 of the 6 cells")
+               and "(missing: a after c)" in line for line in lines)
+    full = open(write_report(pa.Table.from_pylist(cw_rows()), str(tmp_path), "psec report")
+                ).read()
+    assert "Partial" not in full
+
+
 def test_a_stream_scored_by_return_reports_an_average_score_not_a_success(tmp_path):
     # DMC: the score is the return and no episode reports success.
     rows = [{**r, "score": 600 * r["score"], "return_mean": 600 * r["score"], "success": 0.0}

@@ -21,10 +21,11 @@ def test_the_interval_is_student_s_t_over_the_finite_values():
     assert math.isnan(mean_ci([0.4])[1]) and math.isnan(mean_ci([])[0])
 
 
-def run_store(path, seed, scores):
+def run_store(path, seed, scores, skip=()):
     """One seed's run of stream `cw`: a base, then skills a, b, c, ... scoring `scores`
     (as many tasks as scores: fewer is a run still going), each re-evaluated after every
-    later task with the same score (frozen skills); items record the seed as fits do."""
+    later task with the same score (frozen skills), except the (task, evaluated task) pairs
+    in `skip`; items record the seed as fits do."""
     store = SkillStore(str(path))
     tasks = "abcdef"[: len(scores)]
     store.register("mw", "base", {"kind": "base"}, {"w": torch.zeros(1)},
@@ -33,7 +34,8 @@ def run_store(path, seed, scores):
     for t, task in enumerate(tasks):
         store.register(task, "skill", {"kind": "skill"}, {"w": torch.zeros(1)},
                        parent="mw", metrics={"stream_seed": seed})
-        rows += [row(task, t + 1, tasks[i], tasks[i], scores[i]) for i in range(t + 1)]
+        rows += [row(task, t + 1, tasks[i], tasks[i], scores[i]) for i in range(t + 1)
+                 if (task, tasks[i]) not in skip]
     store.append_results(rows)
     return store
 
@@ -71,6 +73,18 @@ def test_a_run_short_of_the_last_task_is_listed_and_left_out(tmp_path):
     assert f"Left out, unfinished: {stores[2].uri} (2 of 3 tasks)." in text
     mean, half, _ = mean_ci([(1.0 + 0.2 + 0.5) / 3, (0.6 + 0.4 + 0.7) / 3])
     assert f"**{mean:.2f} ± {half:.2f}**" in text
+
+
+def test_a_run_with_a_cell_missing_is_named_and_left_out_of_the_means(tmp_path):
+    # Seed 2's task a not re-evaluated after task c (yet).
+    scores = [(1.0, 0.2, 0.3), (0.6, 0.4, 0.5), (0.8, 0.9, 1.0)]
+    stores = [run_store(tmp_path / f"s{seed}", seed, scores[seed],
+                        skip={("c", "a")} if seed == 2 else ()) for seed in range(3)]
+    text = open(write_runs_report(stores, str(tmp_path / "out"), "psec report")).read()
+    assert f"Partial: {stores[2].uri} lacks 1 cell(s) of p_i(t)" in text
+    assert f"| {stores[2].uri} | 2 | — | — | — |" in text
+    mean, half, _ = mean_ci([0.5, 0.5])
+    assert f"**{mean:.2f} ± {half:.2f} (n=2)**" in text
 
 
 def test_one_seed_twice_and_one_store_twice_are_refused(tmp_path, capsys):
