@@ -7,7 +7,16 @@ py=.venv/bin/python
 "$py" -m pip install -q --upgrade pip
 # The CPU build first: a bare or unpinned torch pulls several GB of CUDA packages.
 "$py" -m pip install -q torch==2.13.0
-"$py" -m pip install -q -e ".[dev,safety,minari]"
+# The rest through uv, which downloads and byte-compiles in parallel: 43 s against pip's
+# 88 s for the same versions on a 2-core box with cold caches (session 17). uv does not
+# read pip's config, so it never sees the local torch file; torch is installed above.
+# pip does it all if uv cannot.
+if "$py" -m pip install -q uv==0.13.9; then
+  .venv/bin/uv pip install -q --python "$py" --compile-bytecode -e ".[dev,safety,minari]" \
+    || "$py" -m pip install -q -e ".[dev,safety,minari]"
+else
+  "$py" -m pip install -q -e ".[dev,safety,minari]"
+fi
 # bullet-safety-gym declares gymnasium 0.28 but works with 1.x: its deps come from [safety].
 "$py" -m pip install -q --no-deps bullet-safety-gym==1.4.0
 # These machines set PYTHONDONTWRITEBYTECODE=1, so Python never caches the bytecode of the
