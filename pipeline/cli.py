@@ -103,6 +103,10 @@ def _add_run(commands) -> None:
                      help="the stream's root seed instead of its `seed:`; several: one run "
                           "per seed side by side, each into <store>/seed-N (a store holds "
                           "one seed's run), for `psec report --store <store>`")
+    run.add_argument("--no-replay", dest="replay", action="store_false",
+                     help="roll out every continual re-evaluation, even of a frozen item "
+                          "already rolled out (default: copy that rollout's figures; "
+                          "pipeline/replay.py)")
     run.set_defaults(handler=_run)
 
 
@@ -206,7 +210,8 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.seed_runs import run_seeds
 
     options = DriverOptions(concurrent_fits=args.concurrent_fits,
-                            max_failures=args.max_failures, single_worker=args.single_worker)
+                            max_failures=args.max_failures, single_worker=args.single_worker,
+                            replay=args.replay)
     if args.seed is not None and len(args.seed) > 1:
         outcomes = run_seeds(args.stream, args.store, args.seed, scale=args.scale,
                              address=args.address, options=options)

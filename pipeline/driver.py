@@ -43,6 +43,7 @@ from pipeline.fit import launch_fit, psec_cause, size_job
 from pipeline.fit_job import FitOptions, FitReport
 from pipeline.plan import StreamPlan, TaskPlan, plan_stream
 from pipeline.progress import ProgressView
+from pipeline.replay import Rollouts
 from pipeline.results import ResultRow, existing_env_keys, now
 from pipeline.runtime import connect
 from pipeline.shipped_base import install
@@ -70,6 +71,9 @@ class DriverOptions(BaseModel):
     result_tags: dict[str, str] = {}
     """Extra columns of every result row the run records, by name: `search` and `trial`
     (what `psec tune` sets, so tables find a trial's rows without parsing stream names)."""
+    replay: bool = True
+    """Record a continual re-evaluation of a frozen item as a copy of its earlier rollout
+    (pipeline.replay); False rolls every re-evaluation out (the CLI's --no-replay)."""
 
     def fit_options(self) -> FitOptions:
         update = {}
@@ -119,6 +123,9 @@ class StreamSummary:
     """Items that were in the store already."""
     evaluations: int = 0
     """(item, eval task, seed) evaluations made by this run."""
+    replayed: int = 0
+    """How many of them were continual re-evaluations copied from an earlier rollout of
+    the same frozen item (pipeline.replay)."""
     scores: list[ItemScore] = field(default_factory=list)
     """Own-task scores of the items evaluated by this run."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -142,7 +149,9 @@ class StreamSummary:
         fitted = f" ({', '.join(self.fitted)})" if self.fitted else ""
         lines = [f"stream {self.stream} ({self.scale}) into {self.store}: fitted "
                  f"{len(self.fitted)}{fitted}, already stored {len(self.skipped)}, "
-                 f"{self.evaluations} evaluation(s), {self.wall_seconds:.0f} s"]
+                 f"{self.evaluations} evaluation(s)"
+                 + (f" ({self.replayed} replayed)" if self.replayed else "")
+                 + f", {self.wall_seconds:.0f} s"]
         for score in self.scores:
             where = score.task if not score.env else f"{score.task} [{score.env}]"
             paper = self.paper.get(score.name) if not score.env else None
@@ -207,7 +216,8 @@ class Driver:
                                     position=row_plan.position, seeds=seeds))
         return jobs
 
-    def _row(self, job: EvalJob, seed: int, stats: dict[str, float]) -> ResultRow:
+    def _row(self, job: EvalJob, seed: int, stats: dict[str, float],
+             replay_of: str | None = None) -> ResultRow:
         stage = self.plan.stage(job.item)
         entry_metrics = self.entries.get(job.item, {})
         skills = stage.skills
@@ -224,12 +234,14 @@ class Driver:
             return_std=stats["return_std"], score=stats["score_mean"],
             success=stats["success_rate"], cost=stats["cost_mean"], steps=stage.steps,
             wall_s=float(entry_metrics.get("train_seconds") or 0.0), scale=self.plan.scale,
-            time=now())
+            time=now(), replay_of=replay_of)
 
-    def _record(self, job: EvalJob, per_seed: dict[int, dict[str, float]]) -> None:
-        rows = [self._row(job, seed, stats) for seed, stats in sorted(per_seed.items())]
+    def _record(self, job: EvalJob, per_seed: dict[int, dict[str, float]],
+                replay_of: str | None = None) -> None:
+        rows = [self._row(job, seed, stats, replay_of) for seed, stats in sorted(per_seed.items())]
         self.store.append_results([row.model_dump(mode="json") for row in rows])
         self.summary.evaluations += len(rows)
+        self.summary.replayed += len(rows) if replay_of is not None else 0
         score = sum(row.score for row in rows) / len(rows)
         returns = sum(row.return_mean for row in rows) / len(rows)
         episodes = sum(row.episodes for row in rows)
@@ -258,7 +270,10 @@ class Driver:
         self.entries = {e.name: e.metrics for e in store.list()}
         self.registered = set(self.entries)
         self.task_env = {task_plan.task.name: task_plan.task.env for task_plan in plan.tasks}
-        self.result_keys = recorded_results(plan, store.results())
+        results = store.results()
+        self.result_keys = recorded_results(plan, results)
+        self.rollouts = Rollouts.from_store(plan.stream, results.to_pylist(), store.list()) \
+            if self.options.replay else None
         view = ProgressView(len(plan.tasks), f"{plan.stream}", enabled=self.options.progress)
         pending: dict[ray.ObjectRef, tuple[str, Any]] = {}
         try:
@@ -310,6 +325,7 @@ class Driver:
         self.eval_started: dict[tuple[str, str, str, str], float] = {}
         self.evaluated_tasks: set[str] = set()
         self.continual_done: set[int] = set()
+        self.waiting: list[EvalJob] = []  # re-evaluations waiting for a rollout in flight
 
     def _schedule_evaluations(self, view: ProgressView, pending: dict) -> None:
         plan = self.plan
@@ -331,7 +347,23 @@ class Driver:
             self.continual_done.add(index)
             for earlier in _own_policies(plan.tasks[:index]):
                 for job in self._eval_jobs(earlier.task.name, earlier, row_plan):
-                    self._start_eval(job, pending)
+                    self._reevaluate(view, job, pending)
+
+    def _reevaluate(self, view: ProgressView, job: EvalJob, pending: dict) -> None:
+        """A continual re-evaluation: replayed when the frozen item's rollout is known,
+        waiting when it is in flight, else rolled out."""
+        if self.rollouts is None:
+            self._start_eval(job, pending)
+        elif (known := self.rollouts.recall(job)) is not None:
+            replay_of, per_seed = known
+            self._record(job, per_seed, replay_of)
+            view.event(f"replayed {job.item} on {job.task.name} after {job.row_task}: "
+                       f"{job.item} is frozen, its rollout after {replay_of} stands")
+        elif any(key[0] == job.item and key[1] == job.task.name and key[3] == job.task.env
+                 for key in self.evaluating):
+            self.waiting.append(job)
+        else:
+            self._start_eval(job, pending)
 
     def _start_eval(self, job: EvalJob, pending: dict) -> None:
         key = job.key()
@@ -364,6 +396,9 @@ class Driver:
                     self._fit_done(view, value)
                 else:
                     self._chunk_done(view, key, value)
+            waiting, self.waiting = self.waiting, []
+            for job in waiting:
+                self._reevaluate(view, job, pending)
             self._schedule_evaluations(view, pending)
             self._count_done_tasks(view)
 
@@ -375,7 +410,8 @@ class Driver:
                 continue
             if self.plan.continual and index not in self.continual_done:
                 continue
-            if not any(key[2] == name for key in self.evaluating):
+            if not any(key[2] == name for key in self.evaluating) \
+                    and not any(job.row_task == name for job in self.waiting):
                 self.done_tasks.add(name)
                 view.task_done()
 
@@ -406,6 +442,8 @@ class Driver:
         job = self.evaluating.pop(key)
         per_seed = summarise_job(job, self.chunk_stats.pop(key))
         self._record(job, per_seed)
+        if self.rollouts is not None:
+            self.rollouts.remember(job, per_seed)
         seconds = time.perf_counter() - self.eval_started.pop(key)
         self.summary.eval_seconds["/".join(key)] = round(seconds, 3)
         scores = [stats["score_mean"] for stats in per_seed.values()]

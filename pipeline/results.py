@@ -72,6 +72,9 @@ class ResultRow(BaseModel):
     """The `psec tune` search that recorded the row (`DriverOptions.result_tags`), else None."""
     trial: str | None = None
     """The search's trial point (its tag) that recorded the row, else None."""
+    replay_of: str | None = None
+    """For a re-evaluation of a frozen item copied from its earlier rollout (pipeline.replay):
+    the row task of that rollout; None when this row's episodes were rolled out for it."""
 
     def key(self) -> tuple[str, str, str, str, int]:
         """What makes an evaluation in the eval task's own env unique: a rerun skips rows

@@ -68,7 +68,8 @@ def test_each_cw10_skill_has_a_scratch_reference_of_the_same_budget(scale):
 def test_cw10_first_tasks_at_smoke_scale(ray_cluster, tmp_path):
     store_uri = str(tmp_path / "store")
     stream_path = first_tasks_stream(str(tmp_path / "cw10.yaml"))
-    run_stream_file(stream_path, store_uri, scale="smoke", options=DriverOptions(progress=False))
+    summary = run_stream_file(stream_path, store_uri, scale="smoke",
+                              options=DriverOptions(progress=False))
     store = SkillStore(store_uri)
     items = {entry.name: entry for entry in store.list()}
     assert set(items) == {"mw-base", *CW_TASKS, "hammer-psec", "push-wall-psec"}
@@ -92,6 +93,17 @@ def test_cw10_first_tasks_at_smoke_scale(ray_cluster, tmp_path):
         assert all(0.0 <= score <= 1.0 for score in curve["scores"])
         assert curve["scores"][-1] == p[i, i]
     assert "curve" not in items["mw-base"].metrics
+    # Frozen items are not rolled out again after later tasks but replayed: mw-base after
+    # hammer, mw-base and hammer after push-wall (one eval seed), each row a copy of the
+    # item's first rollout (pipeline/replay.py; tests/test_pipeline_dmc.py rolls them out).
+    first = {row["name"]: row for row in rows if row["task"] == row["eval_task"]}
+    replays = [row for row in rows if row["replay_of"] is not None]
+    assert summary.replayed == 3
+    assert sorted((row["task"], row["name"]) for row in replays) == [
+        ("hammer-v3", "mw-base"), ("push-wall-v3", "hammer-v3"), ("push-wall-v3", "mw-base")]
+    for row in replays:
+        assert row["replay_of"] == row["name"]
+        assert row["return_mean"] == first[row["name"]]["return_mean"]
     # Frozen skills, seeded rollouts: a skill's success never changes later in the stream.
     _, metrics = stream_metrics(rows, rows)
     assert metrics.task_forgetting == [0.0, 0.0] and metrics.forgetting == 0.0
