@@ -296,6 +296,27 @@ def _transfer_note(metrics: ContinualMetrics) -> str:
     return note + " (no learning curves stored: set `eval.curve_points`)."
 
 
+def curve_lines(curves: dict[str, dict], tasks: list[str]) -> list[str]:
+    """A table of the stored learning curves of the tasks' own items and their scratch
+    references (a row per item with a curve, a column per step measured; `—` where a
+    point was lost or not measured); [] when none has one."""
+    names = [name for task in tasks for name in (task, task + SCRATCH_SUFFIX)
+             if (curves.get(name) or {}).get("scores")]
+    if not names:
+        return []
+    steps = sorted({int(step) for name in names for step in curves[name]["steps"]})
+    lines = ["", "Learning curves: the score of each item's weights while it trained, on the "
+                 "first eval seed's episodes (`eval.curve_points`); the last point is the "
+                 "registered weights.", "",
+             "| item | " + " | ".join(f"{step:,}" for step in steps) + " |",
+             "| --- |" + " ---: |" * len(steps)]
+    for name in names:
+        at = dict(zip((int(step) for step in curves[name]["steps"]), curves[name]["scores"]))
+        lines.append(f"| {name} | " + " | ".join(_fmt(at.get(step, math.nan)) for step in steps)
+                     + " |")
+    return lines
+
+
 SKILLS = ("task i's own skill after task t", "bases left out")
 """What p_i(t) is in a continual stream of skills (the matrix's cell, and what it omits)."""
 SEQUENTIAL = ("the one network, fine-tuned task after task, after task t in task i's env",
@@ -305,10 +326,12 @@ SEQUENTIAL = ("the one network, fine-tuned task after task, after task t in task
 
 def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
              heat_map: str | None, success: bool = True,
-             what: tuple[str, str] = SKILLS, paper: list[float | None] | None = None) -> str:
+             what: tuple[str, str] = SKILLS, paper: list[float | None] | None = None,
+             curves: dict[str, dict] | None = None) -> str:
     """The section `psec report` appends after a continual stream's tables; `success` says
     whether p holds success rates (`scores_are_success_rates`); `what` what p_i(t) is
-    (SKILLS or SEQUENTIAL); `paper` the paper's figure per task (`paper_column`)."""
+    (SKILLS or SEQUENTIAL); `paper` the paper's figure per task (`paper_column`); `curves`
+    the items' stored learning curves (`curve_lines`)."""
     lines = [f"### Continual metrics of `{stream}`", "",
              f"Over {len(metrics.tasks)} continual tasks ({', '.join(metrics.tasks)}; "
              f"{what[1]}). p_i(t) is the mean score over seeds of {what[0]} (Meta-World: the "
@@ -323,6 +346,7 @@ def markdown(stream: str, p: np.ndarray, metrics: ContinualMetrics,
                      f"{_fmt(metrics.task_forgetting[i])} | "
                      f"{_fmt(metrics.task_forward_transfer[i])} | "
                      f"{TRANSFER_FROM[metrics.transfer_from[i]]} |{cells[i]}")
+    lines += curve_lines(curves or {}, metrics.tasks)
     if heat_map is not None:
         lines += ["", f"Heat map of p_i(t): ![{heat_map}]({heat_map})"]
     return "\n".join(lines) + "\n"

@@ -286,7 +286,7 @@ def write_report(results: pa.Table, out: str, command: str,
                 plot_continual(stream, kept, os.path.join(out, heat_map))
             sections.append(continual_report.markdown(
                 stream, run.p, run.metrics, heat_map, run.success, what=run.what,
-                paper=continual_report.paper_column(run.envs)))
+                paper=continual_report.paper_column(run.envs), curves=curves))
     path = os.path.join(out, REPORT_FILE)
     with open(path, "w") as f:
         f.write("\n".join(sections))

@@ -5,7 +5,12 @@ import math
 import pyarrow as pa
 import pytest
 
-from pipeline.continual_report import continual_tasks, stream_metrics, success_matrix
+from pipeline.continual_report import (
+    continual_tasks,
+    curve_lines,
+    stream_metrics,
+    success_matrix,
+)
 from pipeline.report import write_report
 from pipeline.results import ResultRow, now
 
@@ -106,3 +111,15 @@ def test_a_cw10_stream_puts_the_paper_s_per_task_figures_beside_its_own(tmp_path
     other = open(write_report(pa.Table.from_pylist(cw_rows()), str(tmp_path / "x"),
                               "psec report")).read()
     assert "paper PSEC" not in other
+
+
+def test_learning_curves_are_tabled_per_item_and_step_with_lost_points_marked():
+    curves = {"a": {"steps": [0, 50, 100], "scores": [0.0, 0.5, 1.0]},
+              "a-scratch": {"steps": [50, 100], "scores": [0.25, 0.75]},  # step 0 lost
+              "b": {"steps": [], "scores": []}}
+    lines = curve_lines(curves, ["a", "b", "c"])
+    assert "| item | 0 | 50 | 100 |" in lines
+    assert "| a | 0.00 | 0.50 | 1.00 |" in lines and "| a-scratch | — | 0.25 | 0.75 |" in lines
+    assert not any(line.startswith(("| b ", "| c ")) for line in lines)
+    assert curve_lines({"b": {"steps": [], "scores": []}}, ["a", "b"]) == []
+
