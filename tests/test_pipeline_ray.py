@@ -5,6 +5,7 @@ as a TorchTrainer), and the serve/submit round trip."""
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import pytest
 import torch
@@ -204,3 +205,25 @@ def test_psec_eval_rolls_a_stored_item_out_in_its_env_or_another(ray_cluster, tm
     assert own.task == "stand" and sorted(own.per_seed) == [0, 1]
     assert other.task == "stand [walker-run]" and list(other.per_seed) == [0]
     assert "stand [walker-run]: normalised score" in other.describe()
+
+
+def test_fits_are_admitted_up_to_concurrent_fits_and_evaluations_go_between(ray_cluster,
+                                                                            tmp_path):
+    # Three skills on a stored base, two fits at a time (one CPU each, as on any 2-CPU
+    # machine): the driver launches a fit only when one ends, after queueing the
+    # evaluations of the one that ended. Launched all at once, a third fit started on the
+    # CPU a fit releases while it waits on the store, and the evaluations ran after the
+    # last fit.
+    store_uri = str(tmp_path / "store")
+    skills = [("walk", "walker-walk"), ("run", "walker-run"), ("stand2", "walker-stand")]
+    tasks = [tiny_task("stand", role="base")] + [tiny_task(name, env=env) for name, env in skills]
+    put_datasets(store_uri, tasks)
+    register_base(store_uri, "stand", "stand-data")
+    plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks, continual=False)))
+    summary = run_plan(plan, store_uri, DriverOptions(progress=False))
+    windows = sorted(summary.unit_windows[name] for name, _ in skills)
+    for start, _ in windows:  # never more than two training at once
+        assert sum(a <= start < b for a, b in windows) <= 2, windows
+    first = min(skills, key=lambda skill: summary.unit_windows[skill[0]][1])[0]
+    [row] = [r for r in SkillStore(store_uri).results().to_pylist() if r["name"] == first]
+    assert datetime.fromisoformat(row["time"]).timestamp() <= windows[-1][1], (row, windows)
