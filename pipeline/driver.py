@@ -44,7 +44,7 @@ from pipeline.fit_job import FitOptions, FitReport
 from pipeline.plan import StreamPlan, TaskPlan, plan_stream
 from pipeline.progress import ProgressView
 from pipeline.replay import Rollouts
-from pipeline.results import ResultRow, existing_env_keys, now
+from pipeline.results import ResultRow, existing_env_keys, now, row_figures
 from pipeline.runtime import connect
 from pipeline.shipped_base import install
 from pipeline.stages import random_skill_name
@@ -230,9 +230,7 @@ class Driver:
             name=job.item, kind="composer" if stage.kind == "composer" else stage.kind,
             method=stage.method, composer=job.item if stage.kind == "composer" else None,
             skills=skills, seed=seed, eval_task=job.task.name, env=job.task.env,
-            episodes=int(stats["episodes"]), return_mean=stats["return_mean"],
-            return_std=stats["return_std"], score=stats["score_mean"],
-            success=stats["success_rate"], cost=stats["cost_mean"], steps=stage.steps,
+            **row_figures(stats), steps=stage.steps,
             wall_s=float(entry_metrics.get("train_seconds") or 0.0), scale=self.plan.scale,
             time=now(), replay_of=replay_of)
 
@@ -267,12 +265,13 @@ class Driver:
     def run(self) -> StreamSummary:
         started = time.perf_counter()
         plan, store = self.plan, self.store
-        self.entries = {e.name: e.metrics for e in store.list()}
+        entries = store.list()
+        self.entries = {e.name: e.metrics for e in entries}
         self.registered = set(self.entries)
         self.task_env = {task_plan.task.name: task_plan.task.env for task_plan in plan.tasks}
         results = store.results()
         self.result_keys = recorded_results(plan, results)
-        self.rollouts = Rollouts.from_store(plan.stream, results.to_pylist(), store.list()) \
+        self.rollouts = Rollouts.from_store(plan.stream, results.to_pylist(), entries) \
             if self.options.replay else None
         view = ProgressView(len(plan.tasks), f"{plan.stream}", enabled=self.options.progress)
         pending: dict[ray.ObjectRef, tuple[str, Any]] = {}

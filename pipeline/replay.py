@@ -23,6 +23,7 @@ from datetime import datetime
 
 from library.manifest import ManifestEntry
 from pipeline.evaluation import EvalJob
+from pipeline.results import summary_of
 
 Stats = dict[str, float]
 """One seed's figures as pipeline.evaluation.summarise_job gives them (the keys a result
@@ -35,13 +36,6 @@ RolloutKey = tuple[str, str, str, int, int]
 def _time(iso: str) -> datetime:
     # Rows are stamped to the second, manifests to the microsecond.
     return datetime.fromisoformat(iso).replace(microsecond=0)
-
-
-def _stats(row: dict) -> Stats:
-    """A stored row's figures as `summarise_job` names them."""
-    return {"episodes": float(row["episodes"]), "return_mean": row["return_mean"],
-            "return_std": row["return_std"], "score_mean": row["score"],
-            "success_rate": row["success"], "cost_mean": row["cost"]}
 
 
 class Rollouts:
@@ -80,7 +74,7 @@ class Rollouts:
                 continue
             key = (row["name"], row["eval_task"], row["env"], int(row["seed"]),
                    int(row["episodes"]))
-            rollouts._known.setdefault(key, (row.get("replay_of") or row["task"], _stats(row)))
+            rollouts._known.setdefault(key, (row.get("replay_of") or row["task"], summary_of(row)))
         return rollouts
 
     @staticmethod

@@ -86,6 +86,25 @@ class ResultRow(BaseModel):
         return (self.stream, self.task, self.name, self.eval_task, self.env, self.seed)
 
 
+FIGURES = {"episodes": "episodes", "return_mean": "return_mean", "return_std": "return_std",
+           "score": "score_mean", "success": "success_rate", "cost": "cost_mean"}
+"""A row's figures, by column, and the key of `tasks.evaluation.summarise` (one seed's
+summary, as `pipeline.evaluation.summarise_job` gives it) each is taken from."""
+
+
+def row_figures(summary: dict[str, float]) -> dict[str, float | int]:
+    """The figure columns of a row from one seed's summary."""
+    figures: dict[str, float | int] = {column: summary[key] for column, key in FIGURES.items()}
+    figures["episodes"] = int(summary["episodes"])
+    return figures
+
+
+def summary_of(row: dict) -> dict[str, float]:
+    """A stored row's figures as the summary they were taken from names them (what
+    `row_figures` turns back into the same columns)."""
+    return {key: float(row[column]) for column, key in FIGURES.items()}
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

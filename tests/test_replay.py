@@ -9,7 +9,7 @@ from pipeline_builders import stand_base_with_walk_skill, tiny_task
 
 from pipeline.evaluation import EvalJob
 from pipeline.replay import Rollouts
-from pipeline.results import now
+from pipeline.results import now, row_figures, summary_of
 from tasks.spec import parse_task
 
 WALK = parse_task(tiny_task("walk"))
@@ -60,3 +60,12 @@ def test_a_remembered_rollout_is_recalled_for_every_seed_it_covers():
     rollouts.remember(job(seeds=(0, 1), row_task="walk"), stats)
     assert rollouts.recall(job(seeds=(1,))) == ("walk", {1: {"score_mean": 0.7}})
     assert rollouts.recall(job(seeds=(0, 1, 2))) is None
+
+
+def test_a_row_s_figures_turn_back_into_the_summary_they_came_from():
+    summary = {"episodes": 10.0, "return_mean": 812.5, "return_std": 3.25, "score_mean": 0.9,
+               "success_rate": 0.9, "cost_mean": 0.0, "score_std": 0.1}
+    figures = row_figures(summary)
+    assert figures == {"episodes": 10, "return_mean": 812.5, "return_std": 3.25,
+                       "score": 0.9, "success": 0.9, "cost": 0.0}
+    assert summary_of(figures) == {k: v for k, v in summary.items() if k != "score_std"}

@@ -53,7 +53,7 @@ from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
 from pipeline.fit import psec_cause
 from pipeline.fit_job import FitOptions
 from pipeline.plan import plan_stream, plan_task
-from pipeline.results import ResultRow, existing_keys, now
+from pipeline.results import ResultRow, existing_keys, now, row_figures
 from pipeline.runtime import connect
 from pipeline.store_actor import StoreHandle
 from pipeline.tblog import RunLog, run_name
@@ -293,10 +293,8 @@ def _run_controls(search: SearchSpec, jobs: list[EvalJob], store_uri: str) -> No
                 stream=f"{search.name}_controls", task=job.row_task, position=0,
                 name=job.item, kind=entry.kind, method="base" if entry.kind == "base" else "skill",
                 composer=None, skills=[] if entry.kind == "base" else [job.item], seed=seed,
-                eval_task=job.task.name, episodes=int(summary["episodes"]),
-                return_mean=summary["return_mean"], return_std=summary["return_std"],
-                score=summary["score_mean"], success=summary["success_rate"],
-                cost=summary["cost_mean"], steps=int(entry.metrics.get("train_steps") or 0),
+                eval_task=job.task.name, **row_figures(summary),
+                steps=int(entry.metrics.get("train_steps") or 0),
                 wall_s=float(entry.metrics.get("train_seconds") or 0.0),
                 scale=search.stream_scale or "as-written", time=now(),
                 search=search.name).model_dump(mode="json"))
