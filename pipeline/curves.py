@@ -5,11 +5,19 @@ Continual World's forward transfer compares the area under a task's success curv
 task with `eval.curve_points: N` gets N + 1 points per base or skill stage: at step 0
 (before any update: a LoRA skill starts as its base, a base from its random weights) and
 after every steps/N steps, the last at the end of training. At each point the fit
-snapshots the weights it would register (the EMA ones where it keeps them) and starts a
-Ray task that rolls them out (`eval.episodes` episodes of the first eval seed, side by
-side) while training goes on. The task asks for no CPU, so it never waits behind the
-fits that hold every CPU (a fit blocking on its own curve would deadlock a full cluster);
-it shares the cores with them for the seconds it runs.
+snapshots the weights it would register (the EMA ones where it keeps them) and hands them
+to the stage's rollout actor (`CurveRollouts`), which rolls them out (`eval.episodes`
+episodes of the first eval seed, side by side) while training goes on. The actor asks
+for no CPU, so it never waits behind the fits that hold every CPU (a fit blocking on its
+own curve would deadlock a full cluster); it shares the cores with them for the seconds
+each point runs.
+
+One actor per stage, its points rolled out one after another: a Ray task per point ran
+each in a new worker process (the fits hold every CPU, and Ray stops idle workers beyond
+one per CPU within a second), which paid for importing torch and the simulator and for
+building the envs again at every point. The actor pays once per stage and keeps its envs
+(tasks/env_pool.py). Where a point takes longer to roll out than the stage takes to train
+to the next one, the points queue, and the stage's registration waits for the last.
 
 Finished points are kept in the unit's report, so they survive into its checkpoints; a
 point still running when a worker dies is lost with it, and so is one whose rollout
@@ -43,7 +51,6 @@ class Snapshot:
     tensors: dict[str, Tensor]
 
 
-@ray.remote(num_cpus=0, max_retries=1)
 def rollout_snapshot(store, snapshot: Snapshot, task_json: dict[str, Any]) -> float:
     """The mean score of `snapshot` over `eval.episodes` episodes of the task's first eval
     seed (the same episodes as the registered item's evaluation of that seed)."""
@@ -61,6 +68,14 @@ def rollout_snapshot(store, snapshot: Snapshot, task_json: dict[str, Any]) -> fl
     episodes = roll_with(act, task, seed, 0, task.eval.episodes)
     stats = summarise(episodes, get_suite(task.suite), task.env, task.eval.cost_threshold)
     return stats["score_mean"]
+
+
+@ray.remote(num_cpus=0, max_restarts=1, max_task_retries=1)
+class CurveRollouts:
+    """The process that rolls out one stage's curve points, in the order they come."""
+
+    def score(self, store, snapshot: Snapshot, task_json: dict[str, Any]) -> float:
+        return rollout_snapshot(store, snapshot, task_json)
 
 
 def curve_steps(steps: int, points: int) -> list[int]:
@@ -91,6 +106,7 @@ class CurveTracker:
         self.lost = [step for step in self.scheduled
                      if step < start and str(step) not in self.points]
         self._pending: dict[int, ray.ObjectRef] = {}
+        self._rollouts: ray.actor.ActorHandle | None = None  # started at the first point
 
     def due(self, done: int) -> bool:
         """Whether the weights after `done` steps are a point still to measure (called
@@ -99,7 +115,9 @@ class CurveTracker:
             and done not in self._pending and done not in self.lost
 
     def launch(self, done: int, snapshot: Snapshot) -> None:
-        self._pending[done] = rollout_snapshot.remote(self.store, snapshot, self.task_json)
+        if self._rollouts is None:
+            self._rollouts = CurveRollouts.remote()
+        self._pending[done] = self._rollouts.score.remote(self.store, snapshot, self.task_json)
 
     def collect(self, wait: bool) -> None:
         """Move finished evaluations into `points`; with `wait`, all of them."""
@@ -115,6 +133,13 @@ class CurveTracker:
                 self.points[str(step)] = float(ray.get(ref))
             except ray.exceptions.RayError:  # a failed rollout costs its point, not the fit
                 self.lost.append(step)
+
+    def close(self) -> None:
+        """Stop the rollout actor (after `collect(wait=True)`: a point still in flight
+        would be lost). A tracker dropped without it stops the actor as its handle goes."""
+        if self._rollouts is not None:
+            ray.kill(self._rollouts)
+            self._rollouts = None
 
     def metrics(self) -> dict[str, Any]:
         """The curve for the item's metrics: the steps measured and their scores, and the

@@ -186,6 +186,7 @@ class _UnitRun:
             extra = {}
             if curve is not None:
                 curve.collect(wait=True)
+                curve.close()
                 extra["curve"] = curve.metrics()
             self._register(stage, learner, terms, seconds, len(data.obs), start, extra)
         self.unit_ctx.finished(stage, learner)

@@ -2,6 +2,7 @@
 Continual World's forward transfer from them (tasks.continual, pipeline.continual_report)."""
 
 import math
+import time
 
 import pyarrow as pa
 import pytest
@@ -100,7 +101,18 @@ def test_a_skill_stores_its_curve_and_its_last_point_is_its_evaluation(ray_clust
              tiny_task("walk", base="stand", steps=40, lora={"rank": 4}, eval=curve_eval)]
     put_datasets(store_uri, tasks)
     plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
+    rollouts_before = curve_rollout_actors()
     run_plan(plan, store_uri, DriverOptions(progress=False, fit=FitOptions(log_every=10)))
+    # The stage's three points were rolled out by one process, stopped once they were in
+    # (its death reaches the state API within a moment).
+    known = {actor.actor_id for actor in rollouts_before}
+    deadline = time.monotonic() + 30
+    while True:
+        started = [a for a in curve_rollout_actors() if a.actor_id not in known]
+        if [a.state for a in started] == ["DEAD"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [a.state for a in started] == ["DEAD"], started
 
     store = SkillStore(store_uri)
     curve = store.entry("walk").metrics["curve"]
@@ -122,6 +134,17 @@ def test_a_skill_stores_its_curve_and_its_last_point_is_its_evaluation(ray_clust
     base_on_walk = roll_episodes(store, "stand", dump(walk), 0, 0, 1)
     assert curve["scores"][0] == summarise(base_on_walk, get_suite("dmc"), walk.env,
                                            walk.eval.cost_threshold)["score_mean"]
+
+
+def curve_rollout_actors() -> list:
+    """Every CurveRollouts actor this Ray instance has started (the live and the dead)."""
+    import ray
+    from ray.util.state import list_actors
+
+    # This instance's address: the CI machine runs one Ray per test process.
+    return list_actors(address=ray.get_runtime_context().gcs_address,
+                       filters=[("class_name", "=", "CurveRollouts")], limit=1000,
+                       raise_on_missing_output=False)
 
 
 @pytest.mark.parametrize("single_worker", ["task"])
