@@ -14,6 +14,12 @@ through `connect`, so the choices below are made once:
   store's serve recorded (pipeline/inbox.py).
 * A Ray Train run that asks for more CPUs than exist waits forever, so every fit is
   sized from `ray.cluster_resources()` (`plan_fit_resources`).
+* Ray stops an idle worker process within a second once a node runs more workers than
+  it has CPUs, and the pipeline's actors (store, progress board, inbox, curve rollouts)
+  count among them: on a small machine every fit and evaluation then started a new
+  process and imported torch, Ray Train and the simulator again. A local instance keeps
+  `SPARE_WORKERS` more (`keep_idle_workers`); a cluster's nodes set the same variable in
+  cluster.yaml.
 """
 
 from __future__ import annotations
@@ -36,6 +42,26 @@ def disable_token_auth_unless_chosen() -> None:
     os.environ.setdefault(AUTH_MODE_VAR, "disabled")
 
 
+WORKER_LIMIT_VAR = "RAY_num_workers_soft_limit"
+SPARE_WORKERS = 4
+"""Idle worker processes a node keeps beyond one per CPU. Measured on the 2-core box (CW10's
+smoke stream, alternated): Ray's default (one per CPU) 87 s, 4 spare 61–67 s, 6 or 14
+spare no better."""
+
+
+def worker_limit(num_cpus: int | None = None) -> int:
+    """The worker processes a node of `num_cpus` CPUs (default: this machine's) keeps
+    before it stops idle ones (cluster.yaml and scripts/job_submit_smoke.sh print it for
+    `ray start`)."""
+    return (num_cpus or os.cpu_count() or 1) + SPARE_WORKERS
+
+
+def keep_idle_workers(num_cpus: int | None) -> None:
+    """Let a Ray node about to start in this process keep `worker_limit` workers, unless
+    the user set the limit; must run before `ray.init` starts a local instance."""
+    os.environ.setdefault(WORKER_LIMIT_VAR, str(worker_limit(num_cpus)))
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Attach to the Ray cluster at `address` ("auto", "host:port", "ray://..."), or start a
     private local instance when neither `address` nor RAY_ADDRESS is given.
@@ -52,6 +78,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         address = "local"
     if address not in (None, "auto", "local"):
         check_reachable(address)
+    if address == "local":
+        keep_idle_workers(num_cpus)
     try:
         ray.init(
             address=address,

@@ -45,6 +45,9 @@ for s in socks:
 PY
 )
 TEMP=$(mktemp -d /tmp/psecray.XXXX)
+# Idle workers the head keeps (pipeline/runtime.py: worker_limit), as psec's local Ray does.
+: "${RAY_num_workers_soft_limit:=$(python -c "from pipeline.runtime import worker_limit; print(worker_limit($CPUS))")}"
+export RAY_num_workers_soft_limit
 
 ray start --head --block --num-cpus "$CPUS" --port "$GCS" --dashboard-port "$DASH" \
     --ray-client-server-port "$CLIENT" --dashboard-agent-listen-port "$AGENT_HTTP" \

@@ -17,6 +17,9 @@ def _ray_instance():
     import ray  # only the modules that use Ray pay for importing it
     from store_builders import AWS_ENV
 
+    from pipeline.runtime import keep_idle_workers
+
+    keep_idle_workers(2)  # as `psec run` does for its local instance
     ray.init(num_cpus=2, namespace="psec", log_to_driver=False,
              runtime_env={"env_vars": dict(AWS_ENV)})
     yield

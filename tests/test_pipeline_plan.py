@@ -239,3 +239,41 @@ def test_cluster_yaml_is_a_valid_ray_launcher_config():
     assert {"head", "cpu_worker", "gpu_worker"} <= set(config["available_node_types"])
     setup = " ".join(config["setup_commands"])
     assert "torch==2.13.0" in setup and "psec" in setup
+
+
+def test_a_local_ray_keeps_spare_idle_workers_unless_the_user_set_the_limit(monkeypatch):
+    import os
+
+    from pipeline.runtime import SPARE_WORKERS, WORKER_LIMIT_VAR, keep_idle_workers
+
+    monkeypatch.delenv(WORKER_LIMIT_VAR, raising=False)
+    keep_idle_workers(2)
+    assert os.environ[WORKER_LIMIT_VAR] == str(2 + SPARE_WORKERS)
+    monkeypatch.setenv(WORKER_LIMIT_VAR, "3")
+    keep_idle_workers(2)
+    assert os.environ[WORKER_LIMIT_VAR] == "3"
+
+
+def test_cluster_yaml_starts_every_node_with_the_worker_limit():
+    """The limit the start commands compute is pipeline.runtime.worker_limit() (the
+    node's venv python replaced by the one running the tests)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline.runtime import WORKER_LIMIT_VAR, worker_limit
+
+    path = os.path.join(os.path.dirname(__file__), "..", "cluster.yaml")
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        [start] = [c for c in config[key] if "ray start" in c]
+        match = re.search(WORKER_LIMIT_VAR + r"=\$\((.*?)\) \S*ray start", start)
+        assert match, start
+        command = match.group(1).replace("~/venv/bin/python", sys.executable)
+        printed = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                                 check=True).stdout
+        assert printed.strip() == str(worker_limit())
