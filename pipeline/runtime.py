@@ -14,12 +14,11 @@ through `connect`, so the choices below are made once:
   store's serve recorded (pipeline/inbox.py).
 * A Ray Train run that asks for more CPUs than exist waits forever, so every fit is
   sized from `ray.cluster_resources()` (`plan_fit_resources`).
-* Ray stops an idle worker process within a second once a node runs more workers than
-  it has CPUs, and the pipeline's actors (store, progress board, inbox, curve rollouts)
-  count among them: on a small machine every fit and evaluation then started a new
-  process and imported torch, Ray Train and the simulator again. A local instance keeps
-  `SPARE_WORKERS` more (`keep_idle_workers`); a cluster's nodes set the same variable in
-  cluster.yaml.
+* Ray stops idle worker processes within a second once a node runs more workers than
+  its soft limit (RAY_num_workers_soft_limit): left unset, a fit or an evaluation on a
+  small machine often started a new process and imported torch, Ray Train and the
+  simulator again. A local instance sets it to its CPUs + `SPARE_WORKERS`
+  (`keep_idle_workers`); a cluster's nodes set the same in cluster.yaml.
 """
 
 from __future__ import annotations
@@ -44,9 +43,11 @@ def disable_token_auth_unless_chosen() -> None:
 
 WORKER_LIMIT_VAR = "RAY_num_workers_soft_limit"
 SPARE_WORKERS = 4
-"""Idle worker processes a node keeps beyond one per CPU. Measured on the 2-core box (CW10's
-smoke stream, alternated): Ray's default (one per CPU) 87 s, 4 spare 61–67 s, 6 or 14
-spare no better."""
+"""Idle worker processes a node keeps beyond one per CPU: room for the pipeline's own
+actors (store, progress board, inbox, a fit's curve rollouts). Measured on the 2-core box
+beside a running search (CW10's smoke stream, 15 runs alternated): the variable unset, 82–96 s
+and 12–13 worker processes started; set to any of 2, 4, 6, 8 or 16, 59–80 s and 8–9
+processes. The value within that range made no difference the noise could show."""
 
 
 def worker_limit(num_cpus: int | None = None) -> int:
