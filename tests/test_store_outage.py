@@ -146,7 +146,9 @@ def test_a_stream_cut_off_from_its_store_fails_in_one_line_and_the_same_run_fini
 
     uri = f"s3://{BUCKET}/store-outage-run?{s3_query(route.port)}"
     around = f"s3://{BUCKET}/store-outage-run?{s3_query(moto_port)}"  # not through the route
-    tasks = [tiny_task("stand", role="base", steps=2000)]
+    # 400 steps, a checkpoint (an S3 upload) every 20: the fit is still running seconds
+    # after its first checkpoint lands, and the run after the outage trains the rest.
+    tasks = [tiny_task("stand", role="base", steps=400)]
     put_datasets(uri, tasks)
     plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks, name="outage")))
     options = DriverOptions(progress=False, fit=FitOptions(log_every=20, checkpoint_every=20))
