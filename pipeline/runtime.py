@@ -44,10 +44,9 @@ def disable_token_auth_unless_chosen() -> None:
 WORKER_LIMIT_VAR = "RAY_num_workers_soft_limit"
 SPARE_WORKERS = 4
 """Idle worker processes a node keeps beyond one per CPU: room for the pipeline's own
-actors (store, progress board, inbox, a fit's curve rollouts). Measured on the 2-core box
-beside a running search (CW10's smoke stream, 15 runs alternated): the variable unset, 82–96 s
-and 12–13 worker processes started; set to any of 2, 4, 6, 8 or 16, 59–80 s and 8–9
-processes. The value within that range made no difference the noise could show."""
+actors (store, progress board, inbox, a fit's curve rollouts). `python -m benchmarks.worker_reuse`
+measures it (docs/BENCHMARKS.md: the DMC smoke stream 95.8 s → 69.2 s on 2 cores, 9 → 5
+worker processes); on CW10's smoke stream any limit from 2 to 16 did as well as another."""
 
 
 def worker_limit(num_cpus: int | None = None) -> int:
