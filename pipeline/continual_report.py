@@ -132,12 +132,14 @@ def sequential_tasks(rows: list[dict]) -> tuple[list[str], list[str]] | None:
 
 
 def sequential_metrics(rows: list[dict], all_rows: list[dict],
-                       curves: dict[str, dict] | None = None
+                       curves: dict[str, dict] | None = None,
+                       found: tuple[list[str], list[str]] | None = None,
                        ) -> tuple[np.ndarray, ContinualMetrics] | None:
     """(p, metrics) of a fine-tuning stream (`sequential_tasks`): p[t, i] = mean score over
     seeds of task t's network in task i's env; task i's scratch reference is the
-    `<x>-scratch` base rolled out in task i's env. None for any other stream."""
-    found = sequential_tasks(rows)
+    `<x>-scratch` base rolled out in task i's env. None for any other stream. `found`:
+    `sequential_tasks(rows)`, when the caller has it already."""
+    found = found or sequential_tasks(rows)
     if found is None:
         return None
     tasks, envs = found
@@ -192,12 +194,12 @@ def continual_run(stream_rows: list[dict], all_rows: list[dict],
                    if row["name"] == row["eval_task"]}
         return ContinualRun(p, metrics, False, [own_env.get(task) for task in metrics.tasks],
                             scores_are_success_rates(kept))
-    found = sequential_metrics(stream_rows, all_rows, curves)
+    order = sequential_tasks(stream_rows)
+    found = None if order is None else sequential_metrics(stream_rows, all_rows, curves, order)
     if found is None:
         return None
     p, metrics = found
-    return ContinualRun(p, metrics, True, list(sequential_tasks(stream_rows)[1]),
-                        scores_are_success_rates(stream_rows))
+    return ContinualRun(p, metrics, True, list(order[1]), scores_are_success_rates(stream_rows))
 
 
 def _aucs(curves: dict[str, dict], names: list[str]) -> list[float]:

@@ -336,22 +336,27 @@ def test_lora_a_is_lecun_normal():
     assert a.abs().max().item() <= 2.0 / (0.87962566103423978 * a.shape[1] ** 0.5) + 1e-6
 
 
+@pytest.mark.parametrize("where", ["net.blocks.0.fc1", "net.input"])
 @pytest.mark.parametrize("names", [["b"], ["a", "b", "d"]])
-def test_adapter_gradients_equal_those_of_the_written_out_formula(names):
-    """Training builds B stackᵀ as a row-major copy (faster backward); the gradients of every
-    A and B must still be those of y = W0 x + b + Σ_i w_i s_i B_i A_i x, skill by skill."""
+def test_adapter_gradients_equal_those_of_the_written_out_formula(names, where):
+    """Training builds B stackᵀ as a row-major copy (faster backward); the output and the
+    gradients of every A, B and of the input must still be those of y = W0 x + b + Σ_i w_i s_i B_i A_i x, skill by skill, in a
+    layer whose input is padded for the down-projection (net.input) and one that is not."""
     policy = skill_bank()
-    layer = lora_layers(policy)["net.blocks.0.fc1"]
+    layer = lora_layers(policy)[where]
     for name in names:
         layer.lora_A[name].weight.requires_grad_(True)
         layer.lora_B[name].weight.requires_grad_(True)
-    x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(7))
+    x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(7),
+                    requires_grad=True)
     w = torch.tensor([0.5, -1.0, 2.0])[: len(names)]
     upstream = torch.randn(5, layer.out_features, generator=torch.Generator().manual_seed(8))
     with use_skills(policy, names, w):
-        (layer(x) * upstream).sum().backward()
+        out = layer(x)
+        (out * upstream).sum().backward()
     got = {n: (layer.lora_A[n].weight.grad.clone(), layer.lora_B[n].weight.grad.clone())
            for n in names}
+    got_x, x.grad = x.grad.clone(), None
     for name in names:
         layer.lora_A[name].weight.grad = layer.lora_B[name].weight.grad = None
     y = nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias)
@@ -359,7 +364,10 @@ def test_adapter_gradients_equal_those_of_the_written_out_formula(names):
         a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
         y = y + wi * layer.adapters[name].scaling * (x @ a.t() @ b.t())
     (y * upstream).sum().backward()
+    torch.testing.assert_close(out, y)
+    torch.testing.assert_close(got_x, x.grad)
+    assert layer.base_layer.weight.grad is None
     for name in names:
         torch.testing.assert_close(got[name][0], layer.lora_A[name].weight.grad)
         torch.testing.assert_close(got[name][1], layer.lora_B[name].weight.grad)
-        assert got[name][1].abs().sum() > 0
+        assert got[name][0].abs().sum() > 0 and got[name][1].abs().sum() > 0
