@@ -484,3 +484,36 @@ def test_the_new_skill_alone_counts_each_training_seed_once():
     lines = controls_table(SearchResults(search, search.load_stream(), measured))
     [row] = [line for line in lines if line.startswith("| new skill alone (rank 8)")]
     assert "200 ± 82 (n=3)" in row
+
+
+def test_the_seed_table_shows_each_trial_against_its_own_skill_seed_by_seed():
+    """Every configuration (each fixed start point too) gets a row of per-seed values and
+    its gap to the new skill alone at the same seed; a target with nothing measured has no
+    table."""
+    from tune.table import Measured, SearchResults, seed_table
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    search = load_search(configs / "search_dmc_table.yaml", scale="paper")
+    measured = []
+    for p in enumerate_points(search):
+        if p.target != "S→W":
+            measured.append(Measured(p, None, None))
+            continue
+        skill = 900.0 + 10 * p.seed if p.method != "mlp" else 800.0
+        value = skill + (5.0 if p.method == "psec" else -5.0) * (1 if p.seed != 2 else -1)
+        if p.method == "scratch":
+            value, skill = 300.0 + p.seed, None
+        measured.append(Measured(p, None if (p.method == "asec" and p.seed == 1) else value,
+                                 skill))
+    lines = seed_table(SearchResults(search, search.load_stream(), measured))
+    text = "\n".join(lines)
+    assert text.count("By training seed") == 1 and "By training seed, S→W" in text
+    row = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ")}
+    assert row["new skill alone (rank 8)"] == "| new skill alone (rank 8) | 900.0 | 910.0 | 920.0 | — |"
+    assert row["new skill alone (full)"].startswith("| new skill alone (full) | 800.0 | 800.0 |")
+    assert row["PSEC"] == "| PSEC | 905.0 | 915.0 | 915.0 | +5, +5, -5 |"
+    assert row["PSEC (MLP)"].endswith("| -5, -5, +5 |")
+    assert row["ASEC"] == "| ASEC | 895.0 | — | 925.0 | -5, +5 |"
+    assert row["Scratch"] == "| Scratch | 300.0 | 301.0 | 302.0 | — |"
+    fixed = [label for label in row if label.startswith("Fixed [")]
+    assert len(fixed) == len(search.fixed_alpha) == 2

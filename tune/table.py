@@ -17,6 +17,8 @@ The section holds, as the search's axes call for:
 * the controls a composition claim is made against (docs/ARCHITECTURE.md): the new
   skill alone, every stored skill and the base alone (`controls: [single]`), uniform α (method `uniform`),
   a random-LoRA bank (method `random`);
+* by training seed, per target: every configuration's value (each fixed start point
+  too) and its gap to its own new skill alone at the same seed;
 * `<search>-ranks.png` (rank ablation, MLP as a reference line), `<search>-data.png`
   (score against trajectories) and `<search>-alpha.png` (α(s) over one episode);
 * the command that regenerates it, the machine and the wall time of the search.
@@ -263,6 +265,57 @@ def controls_table(results: SearchResults) -> list[str]:
     return lines
 
 
+def seed_table(results: SearchResults) -> list[str]:
+    """Per target, every configuration's value by training seed and, for a method that
+    composes a new skill, its difference from that skill alone at the same seed: a mean
+    ± std over three seeds hides whether a method is above its own skill at every seed.
+    Every fixed start point has its row here (the method table shows the best)."""
+    search = results.search
+    varying = _varying(search)
+    seeds = list(search.seeds)
+    lines: list[str] = []
+    for target in [t.label for t in search.targets]:
+        rows: dict[str, dict[int, tuple[float | None, float | None]]] = {}
+        skills: dict[str, dict[int, float]] = {}
+        for m in sorted((m for m in results.measured if m.point.target == target),
+                        key=lambda m: list(ROW_LABELS).index(m.point.method)):
+            point = m.point
+            alpha = None if point.alpha is None else alpha_label(point.alpha)
+            label = _row_label(point.method, point.rank, point.episodes, alpha, varying,
+                               point.objective)
+            if point.method == "fixed":
+                label = f"{label} [{alpha}]"
+            rows.setdefault(label, {})[point.seed] = (m.value, m.skill_value)
+            if m.skill_value is not None:
+                kind = "full" if point.method == "mlp" else f"rank {point.rank}"
+                if varying["episodes"]:
+                    kind += f", {point.episodes} traj."
+                if point.objective is not None:
+                    kind += f", for composer {point.objective}"
+                skills.setdefault(f"new skill alone ({kind})", {})[point.seed] = m.skill_value
+        if not any(v is not None for cells in rows.values() for v, _ in cells.values()):
+            continue
+        lines += [f"By training seed, {target} (`{search.metric}`; the last column: the "
+                  "trial minus its own new skill alone, seed by seed):", "",
+                  "| method | " + " | ".join(f"seed {s}" for s in seeds)
+                  + " | minus its new skill alone |",
+                  "| --- |" + " ---: |" * len(seeds) + " --- |"]
+        for label, cells in skills.items():
+            lines.append(f"| {label} | " + " | ".join(
+                _cell(cells.get(s)) for s in seeds) + " | — |")
+        for label, cells in rows.items():
+            values = [cells.get(s, (None, None)) for s in seeds]
+            gaps = [f"{v - k:+.0f}" for v, k in values if v is not None and k is not None]
+            lines.append(f"| {label} | " + " | ".join(_cell(v) for v, _ in values)
+                         + f" | {', '.join(gaps) or '—'} |")
+        lines.append("")
+    return lines
+
+
+def _cell(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
 # ----------------------------------------------------------------------------- plots
 
 
@@ -377,6 +430,7 @@ def _section(results: SearchResults, record: dict | None, command: str,
     if controls:
         lines += ["Controls (a composition claim is made against them: docs/ARCHITECTURE.md):", ""]
         lines += controls + [""]
+    lines += seed_table(results)
     return "\n".join(lines + section_tail(search.name, plots, trace_note)) + "\n"
 
 
