@@ -340,8 +340,9 @@ def test_lora_a_is_lecun_normal():
 @pytest.mark.parametrize("names", [["b"], ["a", "b", "d"]])
 def test_adapter_gradients_equal_those_of_the_written_out_formula(names, where):
     """Training builds B stackᵀ as a row-major copy (faster backward); the output and the
-    gradients of every A, B and of the input must still be those of y = W0 x + b + Σ_i w_i s_i B_i A_i x, skill by skill, in a
-    layer whose input is padded for the down-projection (net.input) and one that is not."""
+    gradients of every A, B and of the input must still be those of
+    y = W0 x + b + Σ_i w_i s_i B_i A_i x, skill by skill, in a layer whose input is padded
+    for the down-projection (net.input) and in one that is not."""
     policy = skill_bank()
     layer = lora_layers(policy)[where]
     for name in names:

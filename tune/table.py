@@ -224,6 +224,11 @@ def paper_table(search: SearchSpec) -> list[str]:
     return lines
 
 
+def _skill_kind(point: TrialPoint) -> str:
+    """The adapter of a trial's new skill, as the control rows name it."""
+    return "full" if point.method == "mlp" else f"rank {point.rank}"
+
+
 def controls_table(results: SearchResults) -> list[str]:
     """New skill alone, every stored skill and the base alone, per target."""
     search, stream = results.search, results.stream
@@ -236,7 +241,7 @@ def controls_table(results: SearchResults) -> list[str]:
     seen: set[tuple] = set()
     for m in results.measured:
         if m.skill_value is not None and m.point.method in ("psec", "mlp"):
-            kind = "full" if m.point.method == "mlp" else f"rank {m.point.rank}"
+            kind = _skill_kind(m.point)
             key = (m.point.target, kind, m.point.episodes, m.point.seed)
             if key in seen:
                 continue
@@ -273,12 +278,13 @@ def seed_table(results: SearchResults) -> list[str]:
     search = results.search
     varying = _varying(search)
     seeds = list(search.seeds)
+    order = list(ROW_LABELS)
     lines: list[str] = []
     for target in [t.label for t in search.targets]:
         rows: dict[str, dict[int, tuple[float | None, float | None]]] = {}
         skills: dict[str, dict[int, float]] = {}
         for m in sorted((m for m in results.measured if m.point.target == target),
-                        key=lambda m: list(ROW_LABELS).index(m.point.method)):
+                        key=lambda m: order.index(m.point.method)):
             point = m.point
             alpha = None if point.alpha is None else alpha_label(point.alpha)
             label = _row_label(point.method, point.rank, point.episodes, alpha, varying,
@@ -287,7 +293,7 @@ def seed_table(results: SearchResults) -> list[str]:
                 label = f"{label} [{alpha}]"
             rows.setdefault(label, {})[point.seed] = (m.value, m.skill_value)
             if m.skill_value is not None:
-                kind = "full" if point.method == "mlp" else f"rank {point.rank}"
+                kind = _skill_kind(point)
                 if varying["episodes"]:
                     kind += f", {point.episodes} traj."
                 if point.objective is not None:
