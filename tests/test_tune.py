@@ -486,6 +486,21 @@ def test_the_new_skill_alone_counts_each_training_seed_once():
     assert "200 ± 82 (n=3)" in row
 
 
+def test_the_new_skill_alone_is_one_control_per_data_size():
+    """A search that varies the data size fits a new skill per size: each is its own
+    control row, not one mean over every size."""
+    from tune.table import Measured, SearchResults, controls_table
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    search = load_search(configs / "search_sample_efficiency.yaml", scale="small")
+    measured = [Measured(p, 1.0, float(p.episodes + p.seed))
+                for p in enumerate_points(search) if p.method == "psec"]
+    lines = controls_table(SearchResults(search, search.load_stream(), measured))
+    rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| new skill")}
+    assert sorted(rows) == [f"new skill alone (rank 8, {n} traj.)" for n in (10, 30, 50)]
+    assert "| 31 ± 0.82 (n=3) |" in rows["new skill alone (rank 8, 30 traj.)"]
+
+
 def test_the_seed_table_shows_each_trial_against_its_own_skill_seed_by_seed():
     """Every configuration (each fixed start point too) gets a row of per-seed values and
     its gap to the new skill alone at the same seed; a target with nothing measured has no

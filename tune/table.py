@@ -224,9 +224,13 @@ def paper_table(search: SearchSpec) -> list[str]:
     return lines
 
 
-def _skill_kind(point: TrialPoint) -> str:
-    """The adapter of a trial's new skill, as the control rows name it."""
-    return "full" if point.method == "mlp" else f"rank {point.rank}"
+def _new_skill_label(point: TrialPoint, varying: dict[str, bool]) -> str:
+    """The control row of a trial's new skill alone: its adapter, and its data size where
+    the search varies it (skills fitted on different data are different controls)."""
+    kind = "full" if point.method == "mlp" else f"rank {point.rank}"
+    if varying["episodes"]:
+        kind += f", {point.episodes} traj."
+    return f"new skill alone ({kind})"
 
 
 def controls_table(results: SearchResults) -> list[str]:
@@ -239,16 +243,17 @@ def controls_table(results: SearchResults) -> list[str]:
     # refits it with them (another item, the same skill for the same seed): one value per
     # target, adapter, data size and training seed.
     seen: set[tuple] = set()
+    varying = _varying(search)
     for m in results.measured:
         if m.skill_value is not None and m.point.method in ("psec", "mlp"):
-            kind = _skill_kind(m.point)
-            key = (m.point.target, kind, m.point.episodes, m.point.seed)
+            label = _new_skill_label(m.point, varying)
+            key = (m.point.target, label, m.point.seed)
             if key in seen:
                 continue
             seen.add(key)
-            new_skill[(kind, m.point.target)].append(m.skill_value)
-    for (kind, target), values in new_skill.items():
-        rows[f"new skill alone ({kind})"][target] = values
+            new_skill[(label, m.point.target)].append(m.skill_value)
+    for (label, target), values in new_skill.items():
+        rows[label][target] = values
     for target in search.targets:
         task, composer = find_composer(stream, target.composer, "targets")
         for skill in composer.skills:
@@ -293,12 +298,10 @@ def seed_table(results: SearchResults) -> list[str]:
                 label = f"{label} [{alpha}]"
             rows.setdefault(label, {})[point.seed] = (m.value, m.skill_value)
             if m.skill_value is not None:
-                kind = _skill_kind(point)
-                if varying["episodes"]:
-                    kind += f", {point.episodes} traj."
+                skill = _new_skill_label(point, varying)
                 if point.objective is not None:
-                    kind += f", for composer {point.objective}"
-                skills.setdefault(f"new skill alone ({kind})", {})[point.seed] = m.skill_value
+                    skill = f"{skill[:-1]}, for composer {point.objective})"
+                skills.setdefault(skill, {})[point.seed] = m.skill_value
         if not any(v is not None for cells in rows.values() for v, _ in cells.values()):
             continue
         lines += [f"By training seed, {target} (`{search.metric}`; the last column: the "
