@@ -13,8 +13,10 @@
 3. *Fits.* Each fit unit (pipeline.plan) is a Ray task running one TorchTrainer
    (pipeline.fit); it receives the refs of the units and dataset it waits for as
    arguments, so Ray starts it once they are done: independent units run side by side.
-4. *Evaluations.* When all of a task's units are done its items are rolled out in
-   parallel (pipeline.evaluation); in a continual stream, once tasks 0..i are fitted,
+4. *Evaluations.* Each item is rolled out on its task as soon as it is registered
+   (pipeline.evaluation), while the task's later units still fit: a composer over a skill
+   of another task does not hold back the new skill's own rollouts. In a continual
+   stream, once tasks 0..i are fitted,
    every earlier task's own policy is rolled out again on its task (the continual
    matrix). Rows go to the store's results table, scores to the items' metrics and to
    TensorBoard.
@@ -315,20 +317,23 @@ class Driver:
         self.chunks_left: dict[tuple[str, str, str, str], int] = defaultdict(int)
         self.chunk_stats: dict[tuple[str, str, str, str], list] = defaultdict(list)
         self.eval_started: dict[tuple[str, str, str, str], float] = {}
-        self.evaluated_tasks: set[str] = set()
+        self.evaluated_items: set[str] = set()
+        self.evaluated_tasks: set[str] = set()  # every item of the task's is evaluating
         self.continual_done: set[int] = set()
         self.waiting: list[EvalJob] = []  # re-evaluations waiting for a rollout in flight
 
     def _schedule_evaluations(self, view: ProgressView, pending: dict) -> None:
         plan = self.plan
         for task_plan in plan.tasks:
-            name = task_plan.task.name
-            if name in self.evaluated_tasks or not self._task_fitted(task_plan):
+            if task_plan.task.name in self.evaluated_tasks:
                 continue
-            self.evaluated_tasks.add(name)
             for item in task_plan.items:
-                for job in self._eval_jobs(item, task_plan, task_plan):
-                    self._start_eval(job, pending)
+                if item in self.registered and item not in self.evaluated_items:
+                    self.evaluated_items.add(item)
+                    for job in self._eval_jobs(item, task_plan, task_plan):
+                        self._start_eval(job, pending)
+            if self._task_fitted(task_plan):
+                self.evaluated_tasks.add(task_plan.task.name)
         if not plan.continual:
             return
         for index, row_plan in enumerate(plan.tasks):

@@ -66,6 +66,33 @@ def test_a_composer_over_skills_of_an_ancestor_unit_stays_in_its_task_unit():
     assert plan_stream(stream).model_dump() == plan.model_dump()
 
 
+def test_an_item_is_evaluated_once_registered_and_the_matrix_once_its_tasks_are_fitted():
+    """The run skill and S→R are rolled out on run while S+W→R (a later unit of the same
+    task) still fits; the re-evaluations after run wait for all of run's items."""
+    from pipeline.driver import Driver
+
+    plan = plan_stream(walker_stream())
+    driver = object.__new__(Driver)  # the scheduling alone: no store, no Ray
+    driver.plan, driver.result_keys, driver.rollouts = plan, set(), None
+    driver.evaluated_items, driver.evaluated_tasks, driver.continual_done = set(), set(), set()
+    started = []
+    driver._start_eval = lambda job, pending: started.append((job.item, job.row_task))
+
+    driver.registered = {"stand", "walk", "s2w", "run", "s2r"}
+    driver._schedule_evaluations(None, {})
+    own = [("stand", "stand"), ("walk", "walk"), ("s2w", "walk"), ("run", "run"),
+           ("s2r", "run")]
+    assert started == own + [("stand", "walk")]  # the matrix after walk, not after run
+
+    started.clear()
+    driver.registered.add("sw2r")
+    driver._schedule_evaluations(None, {})
+    assert started == [("sw2r", "run"), ("stand", "run"), ("walk", "run")]
+    started.clear()
+    driver._schedule_evaluations(None, {})
+    assert started == []
+
+
 def test_critics_come_first_and_stage_seeds_differ():
     stream = parse_stream({
         "name": "adv", "tasks": [
