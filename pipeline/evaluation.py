@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +88,21 @@ def roll_episodes(store, item: str, task_json: dict[str, Any], seed: int, first:
     return roll_with(act, task, seed, first, count, side_by_side)
 
 
+@contextmanager
+def rollout_threads() -> Iterator[None]:
+    """One torch thread, as every rollout runs (one CPU per rollout task: a batch-1 or
+    batch-8 policy call gains nothing from a second thread, and beside busy fits two
+    threads wait on each other); the caller's count is restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def roll_with(act: Acting, task: TaskSpec, seed: int, first: int, count: int,
               side_by_side: bool = True) -> list[EpisodeStats]:
     """Episodes first .. first+count-1 of eval seed `seed` of the policy `act` on `task`
@@ -96,14 +113,13 @@ def roll_with(act: Acting, task: TaskSpec, seed: int, first: int, count: int,
     from tasks.evaluation import rollout, rollout_batch
     from tasks.suites import get_suite
 
-    torch.set_num_threads(1)  # one CPU per rollout task
     suite = get_suite(task.suite)
     first_seed = seed * EPISODE_SEED_STRIDE + first
     seeds = list(range(first_seed, first_seed + count))
     # Envs this process built for earlier rollouts of the same env are reused
     # (tasks/env_pool.py): each episode starts from reset(seed), as a new env's would.
-    with pooled_envs(suite, task.env, task.dynamics, seed, task.horizon,
-                     count if side_by_side else 1) as envs:
+    with rollout_threads(), pooled_envs(suite, task.env, task.dynamics, seed, task.horizon,
+                                        count if side_by_side else 1) as envs:
         if side_by_side:
             generators = [torch.Generator().manual_seed(s) for s in seeds]
             return rollout_batch(envs, lambda obs, live: act.batch(obs, [generators[i] for i in live]),

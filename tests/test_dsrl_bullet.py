@@ -240,8 +240,9 @@ def test_the_subset_dataset_of_bc_safe_is_made_from_the_target_dataset(tmp_path)
     assert (data.top_episodes, data.max_episode_cost) == (30, 4.0)
 
 
-def test_the_alpha_trace_records_costs(tmp_path):
-    """α(s) over one episode on a safety env: one α row and one cost per step."""
+def test_the_alpha_trace_records_costs(tmp_path, monkeypatch):
+    """α(s) over one episode on a safety env: one α row and one cost per step, the policy
+    acting on one torch thread as in evaluation, the caller's thread count kept."""
     from pipeline_builders import register_base
 
     from library.composition import AlphaConfig, Composer
@@ -268,7 +269,22 @@ def test_the_alpha_trace_records_costs(tmp_path):
     task = load_stream(STREAM, "smoke").task("ballrun-safety").model_copy(
         update={"eval": load_stream(STREAM, "smoke").task("ballrun-safety").eval.model_copy(
             update={"max_steps": 6})})
-    skills, alphas, rewards, costs = trace(store, "c", task)
+    import tune.alpha_trace
+
+    threads = []
+
+    def counting(*args, **kwargs):
+        act = load_acting(*args, **kwargs)
+        return lambda obs: threads.append(torch.get_num_threads()) or act(obs)
+
+    load_acting = tune.alpha_trace.load_acting
+    monkeypatch.setattr(tune.alpha_trace, "load_acting", counting)
+    torch.set_num_threads(2)
+    try:
+        skills, alphas, rewards, costs = trace(store, "c", task)
+        assert torch.get_num_threads() == 2 and threads == [1] * 6
+    finally:
+        torch.set_num_threads(1)
     assert skills == ["s"] and alphas.shape == (6, 1)  # W0 has no weight of its own
     assert np.allclose(alphas.sum(axis=1), 1.0)  # softmax weights
     assert rewards.shape == costs.shape == (6,) and (costs >= 0).all()

@@ -1,8 +1,9 @@
 """α(s) of a stored composer over one episode of its own rollout (paper Fig. 5).
 
-The composer acts as it does in evaluation (`pipeline.acting.load_acting`), and at every
-step its context network's weights for the visited state are recorded: one line per
-composed skill, over the steps of one episode on the target task. On a safety task the
+The composer acts as it does in evaluation (`pipeline.acting.load_acting`, on one torch
+thread: `pipeline.evaluation.rollout_threads`), and at every step its context network's
+weights for the visited state are recorded: one line per composed skill, over the steps
+of one episode on the target task. On a safety task the
 per-step cost is recorded too, and steps that cost are shaded, so a reader sees whether
 the weights move toward the safety skill near hazards (Fig. 5).
 """
@@ -15,6 +16,7 @@ import torch
 from library.errors import StoreError
 from library.names import BASE
 from pipeline.acting import load_acting, load_composer
+from pipeline.evaluation import rollout_threads
 from tasks.spec import StreamSpec
 from tasks.suites import get_suite
 from tune.spec import AlphaTraceSpec, SearchSpec, find_composer
@@ -34,15 +36,16 @@ def trace(store, name: str, task, seed: int = 0
     try:
         obs, _ = env.reset(seed=seed)
         limit = task.eval.max_steps or np.inf
-        while len(alphas) < limit:
-            with torch.no_grad():
-                weights = composer.alpha(torch.as_tensor(obs, dtype=torch.float32)[None])
-            alphas.append(weights[0].numpy())
-            obs, reward, terminated, truncated, info = env.step(act(obs))
-            rewards.append(float(reward))
-            costs.append(suite.cost(info))
-            if terminated or truncated:
-                break
+        with rollout_threads():
+            while len(alphas) < limit:
+                with torch.no_grad():
+                    weights = composer.alpha(torch.as_tensor(obs, dtype=torch.float32)[None])
+                alphas.append(weights[0].numpy())
+                obs, reward, terminated, truncated, info = env.step(act(obs))
+                rewards.append(float(reward))
+                costs.append(suite.cost(info))
+                if terminated or truncated:
+                    break
     finally:
         env.close()
     return list(composer.skills), np.stack(alphas), np.asarray(rewards), np.asarray(costs)
