@@ -48,6 +48,25 @@ def standard_normal(shape: tuple[int, int], noise: Noise, like: Tensor) -> Tenso
                       for g in noise])
 
 
+@dataclass(frozen=True)
+class NoiseDraw:
+    """The random draws of one ε-loss evaluation of B samples (`DiffusionPolicy.draw_noise`)."""
+
+    t: Tensor
+    """Noise step per sample, in 1..T: [B]."""
+    noise: Tensor
+    """ε: [B, A]."""
+    keep: list[Tensor] | None
+    """Dropout keep mask per block, [B, hidden] each, scaled by 1/(1 − rate); None: none."""
+
+    @staticmethod
+    def cat(draws: Sequence[NoiseDraw]) -> NoiseDraw:
+        """The draws of consecutive blocks of rows, as one draw."""
+        keeps = [d.keep for d in draws]
+        keep = None if keeps[0] is None else [torch.cat(masks) for masks in zip(*keeps)]
+        return NoiseDraw(torch.cat([d.t for d in draws]), torch.cat([d.noise for d in draws]), keep)
+
+
 ACTIVATIONS = {"mish": Mish, "relu": nn.ReLU}
 """Mish is `library.mish.Mish`: nn.Mish's function with a faster training path."""
 TIME_EMBEDDINGS = ("fixed", "learned")
@@ -295,21 +314,33 @@ class DiffusionPolicy(nn.Module):
         """Each sample's ‖ε − ε_θ(a_t, s, t)‖² (mean over action dims) for one draw of t and
         ε per sample: [B], the terms `loss` averages (same arguments, same draws)."""
         self.check_inputs(obs, actions)
-        batch = obs.shape[0]
-        eps_fn = eps_fn or self.net
-        t = torch.randint(1, self.config.T + 1, (batch,), generator=generator, device=obs.device)
-        noise = torch.randn(actions.shape, generator=generator, device=obs.device, dtype=actions.dtype)
-        alpha_bar = self.alpha_bars[t - 1].unsqueeze(-1)  # [B, 1]
-        a_t = alpha_bar.sqrt() * actions + (1.0 - alpha_bar).sqrt() * noise
-        s_norm = self.normalizer(obs)
+        if dropout and self.config.dropout > 0 and eps_fn not in (None, self.net):
+            raise ValueError("dropout needs the policy's own network, not an eps_fn")
+        return self.errors_of(obs, actions, self.draw_noise(actions, generator, dropout), eps_fn)
+
+    def draw_noise(self, actions: Tensor, generator: torch.Generator | None = None,
+                   dropout: bool = False) -> NoiseDraw:
+        """The random part of one ε-loss evaluation of `actions` [B, A]: t, then ε, then
+        (with `dropout` and a rate > 0) one keep mask per block, in that order."""
+        batch = actions.shape[0]
+        t = torch.randint(1, self.config.T + 1, (batch,), generator=generator, device=actions.device)
+        noise = torch.randn(actions.shape, generator=generator, device=actions.device,
+                            dtype=actions.dtype)
         rate = self.config.dropout if dropout else 0.0
-        if rate > 0:
-            if eps_fn is not self.net:
-                raise ValueError("dropout needs the policy's own network, not an eps_fn")
-            eps = self.net(a_t, s_norm, t, self._dropout_masks(batch, rate, generator, obs))
+        keep = self._dropout_masks(batch, rate, generator, actions) if rate > 0 else None
+        return NoiseDraw(t, noise, keep)
+
+    def errors_of(self, obs: Tensor, actions: Tensor, draw: NoiseDraw,
+                  eps_fn: EpsFn | None = None) -> Tensor:
+        """`noise_errors` for a given draw: [B]."""
+        alpha_bar = self.alpha_bars[draw.t - 1].unsqueeze(-1)  # [B, 1]
+        a_t = alpha_bar.sqrt() * actions + (1.0 - alpha_bar).sqrt() * draw.noise
+        s_norm = self.normalizer(obs)
+        if draw.keep is not None:
+            eps = self.net(a_t, s_norm, draw.t, draw.keep)
         else:
-            eps = eps_fn(a_t, s_norm, t)
-        return (eps - noise).pow(2).mean(dim=-1)  # [B]
+            eps = (eps_fn or self.net)(a_t, s_norm, draw.t)
+        return (eps - draw.noise).pow(2).mean(dim=-1)  # [B]
 
     def _dropout_masks(
         self, batch: int, rate: float, generator: torch.Generator | None, like: Tensor

@@ -6,6 +6,8 @@ the pipeline's Ray Train stages touch:
 * `module` — the nn.Module that holds what trains; `to(device)` moves it and the critics;
 * `parameters()` — the trainable parameters only, in a fixed order (the optimiser's);
 * `loss(batch) -> dict[str, Tensor]` — named terms; "loss" is the one minimised;
+* `step_loss(data, batch_size, seed, step, device)` — the terms of training step `step`,
+  its batch and noise drawn from (seed, step) alone (what `library.training.train` calls);
 * `after_step()` — bookkeeping after each optimiser step (critics: target networks; the
   base and skill learners: the EMA of their weights);
 * `state_dict()` / `load_state_dict()` — copies of what a checkpoint must hold to resume;
@@ -17,6 +19,7 @@ the pipeline's Ray Train stages touch:
 | `CriticLearner` | IQL critics and/or the feasibility critic | IQL / HJ losses, summed |
 | `BaseLearner` | the whole diffusion policy | weighted ε-loss |
 | `SkillLearner` | one new skill's adapters on the frozen base | weighted ε-loss with only that skill on |
+| `StackedSkillLearner` | several new skills on one frozen base, as one batched computation | the sum of each skill's own ε-loss (BC) |
 | `ComposerLearner` | θ of the composer's α(s) (or its constant weights) | weighted ε-loss of the composed policy |
 
 Weighted objectives take critics that are already fitted: they are frozen here and only
@@ -34,9 +37,11 @@ import torch
 from torch import Tensor, nn
 
 from library.critics import FeasibilityCritic, IQLCritics
-from library.diffusion import DiffusionPolicy
+from library.data import OfflineData
+from library.diffusion import DiffusionPolicy, NoiseDraw
 from library.errors import ShapeError, SpecError
 from library.lora import add_skill, trainable_only, use_skills
+from library.training import step_rng
 from library.weighting import WeightingConfig, effective_sample_size, make_weighting
 
 EMA_RATE = 1e-3
@@ -89,6 +94,14 @@ class Learner(abc.ABC):
     @abc.abstractmethod
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Named loss terms of a batch (raw states); "loss" is minimised."""
+
+    def step_loss(self, data: OfflineData, batch_size: int, seed: int, step: int,
+                  device: torch.device) -> dict[str, Tensor]:
+        """The loss terms of training step `step` of run `seed`: its batch and its noise
+        are drawn from (seed, step) alone (`library.training.step_rng`)."""
+        with step_rng(seed, step, device) as generator:
+            batch = {k: v.to(device) for k, v in data.sample(batch_size, generator).items()}
+            return self.loss(batch)
 
     def to(self, device: torch.device | str) -> Learner:
         """Move what trains, and whatever the loss reads, to `device` (in place)."""
@@ -313,6 +326,92 @@ class SkillLearner(_PolicyLearner):
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         with use_skills(self.policy, [self.name]):
             return self._weighted(self.policy.loss, batch, dropout=True)
+
+
+class StackedSkillLearner(Learner):
+    """Fits k new skills on one frozen base at once, as one batched computation.
+
+    Training step s of fit j draws its batch from its own dataset and its noise from
+    (seed_j, s), exactly as a `SkillLearner` fitted alone with that seed would; the k
+    batches then go through the network as one, each sample with its own fit's skill
+    alone switched on (per-sample one-hot skill weights: the frozen layers' products are
+    one GEMM over every fit's rows), and the loss minimised is the sum of the fits' own
+    losses. The skills share no parameter, and Adam and the EMA act element by element,
+    so each skill trains as it would alone, to float rounding: the stacked products sum
+    in another order. What a GPU gains from it is many small fits in one large one; the
+    BC objective only (a weighted one would need each fit's critics).
+    """
+
+    def __init__(
+        self,
+        policy: DiffusionPolicy,
+        names: list[str],
+        rank: int = 8,
+        alpha: float | None = None,
+        kind: str = "lora",
+        generators: list[torch.Generator | None] | None = None,
+        ema_rate: float = EMA_RATE,
+    ):
+        if not names or len(set(names)) != len(names):
+            raise SpecError("skills", f"must be distinct names, one per fit, got {names}")
+        generators = generators or [None] * len(names)
+        if len(generators) != len(names):
+            raise SpecError("generators", f"one per skill: {len(names)}, got {len(generators)}")
+        for name, generator in zip(names, generators):
+            add_skill(policy, name, rank=rank, alpha=alpha, kind=kind, generator=generator)
+        mine = {id(p) for name in names for p in trainable_only(policy, name)}
+        for p in policy.parameters():  # each trainable_only froze the skills before it
+            p.requires_grad_(id(p) in mine)
+        trainable = [(n, p) for n, p in policy.named_parameters() if id(p) in mine]
+        super().__init__(policy, trainable, ema_rate)
+        self.policy = policy
+        self.names = list(names)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.policy.config.obs_dim
+
+    @property
+    def act_dim(self) -> int:
+        return self.policy.config.act_dim
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`batch`: k equal blocks of rows, block j for skill j; one noise draw for all."""
+        actions = batch["actions"]
+        if actions.shape[0] % len(self.names):
+            raise ShapeError(f"a stacked batch of {actions.shape[0]} rows does not split "
+                             f"into {len(self.names)} equal blocks")
+        self.policy.check_inputs(batch["obs"], actions)
+        return self._terms(batch["obs"], actions,
+                           self.policy.draw_noise(actions, dropout=True))
+
+    def step_loss(self, data: list[OfflineData], batch_size: int, seed: list[int], step: int,
+                  device: torch.device) -> dict[str, Tensor]:
+        """Fit j's batch (of `batch_size` rows) from `data[j]` and its noise from
+        (seed[j], step): what a `SkillLearner` fitted alone on them would draw."""
+        if len(data) != len(self.names) or len(seed) != len(self.names):
+            raise SpecError("data", f"one dataset and one seed per skill ({len(self.names)}), "
+                            f"got {len(data)} and {len(seed)}")
+        obs, actions, draws = [], [], []
+        for fit_data, fit_seed in zip(data, seed):
+            with step_rng(fit_seed, step, device) as generator:
+                batch = fit_data.sample(batch_size, generator)
+                actions.append(batch["actions"].to(device))
+                draws.append(self.policy.draw_noise(actions[-1], dropout=True))
+            obs.append(batch["obs"].to(device))
+        return self._terms(torch.cat(obs), torch.cat(actions), NoiseDraw.cat(draws))
+
+    def _terms(self, obs: Tensor, actions: Tensor, draw: NoiseDraw) -> dict[str, Tensor]:
+        k = len(self.names)
+        rows = obs.shape[0] // k
+        owner = torch.arange(k, device=obs.device).repeat_interleave(rows)
+        one_hot = torch.nn.functional.one_hot(owner, k).to(obs.dtype)  # [B, k]
+        with use_skills(self.policy, self.names, one_hot):
+            errors = self.policy.errors_of(obs, actions, draw)
+        own = errors.view(k, rows).mean(dim=1)  # each fit's own loss
+        detached = own.detach()
+        return {"loss": own.sum(), "mse": errors.detach().mean(),
+                **{f"{name}/loss": detached[j] for j, name in enumerate(self.names)}}
 
 
 class ComposerLearner(_PolicyLearner):

@@ -82,11 +82,11 @@ def cosine_lr(lr: float, step: int, decay_steps: int) -> float:
 
 def train(
     learner: Learner,
-    data: OfflineData,
+    data: OfflineData | list[OfflineData],
     steps: int,
     batch_size: int,
     lr: float,
-    seed: int,
+    seed: int | list[int],
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     grad_hook: Callable[[list[torch.nn.Parameter]], None] | None = None,
     start_step: int = 0,
@@ -98,6 +98,9 @@ def train(
     after_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Run optimisation steps `start_step` .. `steps` − 1 of `learner` on `data`.
+
+    A `StackedSkillLearner` of k skills takes k datasets and k seeds (one per fit) and
+    `batch_size` rows of each per step.
 
     `on_step(step, mean terms)` is called every `log_every` steps and after the last;
     `grad_hook(params)` right after backward; `on_checkpoint(Checkpoint)` every
@@ -121,9 +124,7 @@ def train(
         if lr_decay_steps is not None:
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(lr, step, lr_decay_steps)
-        with step_rng(seed, step, device) as generator:
-            batch = {k: v.to(device) for k, v in data.sample(batch_size, generator).items()}
-            terms = learner.loss(batch)
+        terms = learner.step_loss(data, batch_size, seed, step, device)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if grad_hook is not None:
@@ -154,13 +155,15 @@ def train(
     return result
 
 
-def _check_args(learner: Learner, data: OfflineData, steps: int, batch_size: int, lr: float,
-                log_every: int, lr_decay_steps: int | None, start_step: int) -> None:
-    if (data.obs_dim, data.act_dim) != (learner.obs_dim, learner.act_dim):
-        raise ShapeError(
-            f"dataset has obs/act dims ({data.obs_dim}, {data.act_dim}) but the model "
-            f"expects ({learner.obs_dim}, {learner.act_dim})"
-        )
+def _check_args(learner: Learner, data: OfflineData | list[OfflineData], steps: int,
+                batch_size: int, lr: float, log_every: int, lr_decay_steps: int | None,
+                start_step: int) -> None:
+    for one in data if isinstance(data, list) else [data]:
+        if (one.obs_dim, one.act_dim) != (learner.obs_dim, learner.act_dim):
+            raise ShapeError(
+                f"dataset has obs/act dims ({one.obs_dim}, {one.act_dim}) but the model "
+                f"expects ({learner.obs_dim}, {learner.act_dim})"
+            )
     for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
         if value < 1:
             raise SpecError(f"train.{name}", f"must be a positive integer, got {value}")

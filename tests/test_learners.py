@@ -11,7 +11,13 @@ from library.composition import AlphaConfig, Composer
 from library.critics import CriticConfig, FeasibilityConfig, FeasibilityCritic, IQLCritics
 from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
 from library.errors import DataError, ShapeError, SpecError, TrainingDiverged
-from library.learners import BaseLearner, ComposerLearner, CriticLearner, SkillLearner
+from library.learners import (
+    BaseLearner,
+    ComposerLearner,
+    CriticLearner,
+    SkillLearner,
+    StackedSkillLearner,
+)
 from library.lora import add_skill, lora_layers
 from library.training import cosine_lr, train
 
@@ -28,10 +34,11 @@ def random_data(n: int = 512, seed: int = 0, obs_dim: int = S):
     )
 
 
-def small_policy(seed: int = 0) -> DiffusionPolicy:
+def small_policy(seed: int = 0, dropout: float = 0.0) -> DiffusionPolicy:
     torch.manual_seed(seed)
     norm = StateNormalizer.from_data(random_data().obs)
-    return DiffusionPolicy(PolicyConfig(obs_dim=S, act_dim=A, hidden=16, n_blocks=1), norm)
+    return DiffusionPolicy(PolicyConfig(obs_dim=S, act_dim=A, hidden=16, n_blocks=1,
+                                        dropout=dropout), norm)
 
 
 def with_old_skill(policy: DiffusionPolicy) -> DiffusionPolicy:
@@ -275,3 +282,51 @@ def test_after_step_sees_every_step_done_after_its_update():
     assert [done for done, _ in seen] == [3, 4, 5, 6, 7]
     sums = [total for _, total in seen]
     assert all(a != b for a, b in zip(sums, sums[1:]))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_stacked_skills_train_as_each_would_alone(dropout):
+    """Two skills fitted at once, as one batched computation, end where each ends fitted
+    alone on its own data with its own seed (same batches and noise, the same gradients to
+    float rounding), EMA included; the base and the stored skill do not move."""
+    datas, seeds = [random_data(seed=10), random_data(seed=11)], [5, 6]
+    run = {"steps": 15, "batch_size": 32, "lr": 3e-3, "log_every": 5, "lr_decay_steps": 20}
+
+    def policy():
+        return with_old_skill(small_policy(dropout=dropout))
+
+    def init(j):
+        return torch.Generator().manual_seed(20 + j)
+
+    alone, losses = [], []
+    for j in range(2):
+        learner = SkillLearner(policy(), f"s{j}", rank=2, generator=init(j))
+        result = train(learner, datas[j], seed=seeds[j], **run)
+        alone.append(learner.state_dict())
+        losses.append([terms["loss"] for _, terms in result.history])
+
+    stacked = StackedSkillLearner(policy(), ["s0", "s1"], rank=2, generators=[init(0), init(1)])
+    untouched = {n: p.detach().clone() for n, p in stacked.policy.named_parameters()
+                 if ".s0." not in n and ".s1." not in n}
+    result = train(stacked, datas, seed=seeds, **run)
+    state = stacked.state_dict()
+    assert set(state) == set(alone[0]) | set(alone[1])
+    for own in alone:
+        for key, value in own.items():
+            torch.testing.assert_close(state[key], value, rtol=1e-4, atol=1e-6)
+    for j in range(2):
+        assert [terms[f"s{j}/loss"] for _, terms in result.history] == pytest.approx(
+            losses[j], rel=1e-5)
+    for name, p in stacked.policy.named_parameters():
+        if name in untouched:
+            assert torch.equal(p, untouched[name]), name
+    assert result.history[-1][1]["loss"] == pytest.approx(
+        sum(result.history[-1][1][f"s{j}/loss"] for j in range(2)))
+
+
+def test_stacked_skills_need_one_dataset_and_seed_per_skill():
+    stacked = StackedSkillLearner(small_policy(), ["a", "b"], rank=2)
+    with pytest.raises(SpecError, match="one dataset and one seed per skill"):
+        train(stacked, [random_data()], steps=1, batch_size=8, lr=1e-3, seed=[0])
+    with pytest.raises(SpecError, match="distinct names"):
+        StackedSkillLearner(small_policy(), ["a", "a"])
