@@ -14,6 +14,13 @@ Linear layer's forward, input-gradient and weight-gradient products, best round)
 trainable extras for a frozen base): `fraction_of_ceiling` is how close the loop comes.
 `composer_step_ratio` = base steps/s ÷ composer steps/s (goal ≤ 1.3).
 
+Stacked fits (batch 1024 per fit): k rank-8 skills on one frozen base trained at once by
+a `StackedSkillLearner` (one batched computation, each fit with its own data and seed).
+`stacked_fit_steps_per_s` is the rate at which each of the k fits advances (the stacked
+run's steps/s), `fraction_of_one_fit` that rate ÷ the single LoRA fit's (issue 18's GPU
+goal: ≥ 0.7 at k = 8), `aggregate_speedup` k times it: above 1, k fits stacked finish
+sooner than the same k fitted one after another in this process.
+
 Latency (full T=5 sampling, batch 1 and 50): the base alone; one LoRA skill switched on
 with `use_skills` (unmerged — its adapters run beside the base like the composer's do);
 the same skill merged into the base; a k=3 parameter-level `Composer` (α(s) included).
@@ -37,7 +44,13 @@ import torch
 from library.composition import AlphaConfig, Composer
 from library.data import OfflineData
 from library.diffusion import DiffusionPolicy, PolicyConfig, StateNormalizer
-from library.learners import BaseLearner, ComposerLearner, Learner, SkillLearner
+from library.learners import (
+    BaseLearner,
+    ComposerLearner,
+    Learner,
+    SkillLearner,
+    StackedSkillLearner,
+)
 from library.lora import LoraLinear, add_skill, lora_layers, merge, unmerge, use_skills
 from library.training import train
 
@@ -143,8 +156,19 @@ def gemm_rate(policy: DiffusionPolicy, batch_size: int, seconds: float = 1.5) ->
     return flops / best
 
 
+def stacked(k: int, hidden: int = 256) -> Callable[[], Learner]:
+    """A fresh learner of k rank-8 skills fitted at once on the benchmark's base."""
+
+    def make() -> Learner:
+        return StackedSkillLearner(make_policy(hidden), [f"new{j}" for j in range(k)], rank=8,
+                                   generators=[torch.Generator().manual_seed(3 + j)
+                                               for j in range(k)])
+
+    return make
+
+
 def train_rate(make: Callable[[], Learner], data: OfflineData, batch_size: int, steps: int,
-               attempts: int = 3) -> float:
+               attempts: int = 3, fits: int = 1) -> float:
     """Steps/s of `library.training.train` as a fit runs it, without its fixed costs: the
     difference between a run of 2·steps and one of `steps`, on fresh learners, after a
     warm-up run (the first run in a process pays ~2 s of one-time kernel set-up, which
@@ -154,14 +178,16 @@ def train_rate(make: Callable[[], Learner], data: OfflineData, batch_size: int, 
     the difference says nothing (seen here: 1e11 steps/s). A difference is kept only if
     the extra steps took at least half the shorter run's time (i.e. the fixed costs are
     below the steps' own time, as they are by far at these sizes); otherwise the pair is
-    timed again, up to `attempts` times, and NaN says the machine was too disturbed."""
-    train(make(), data, min(steps, 20), batch_size, lr=3e-4, seed=0)
+    timed again, up to `attempts` times, and NaN says the machine was too disturbed.
+    `fits` > 1: a stacked learner of that many fits, each given `data` and its own seed."""
+    data, seed = ([data] * fits, list(range(fits))) if fits > 1 else (data, 0)
+    train(make(), data, min(steps, 20), batch_size, lr=3e-4, seed=seed)
     for _ in range(attempts):
         seconds = []
         for n in (steps, 2 * steps):
             learner = make()
             started = time.perf_counter()
-            train(learner, data, n, batch_size, lr=3e-4, seed=0, log_every=100)
+            train(learner, data, n, batch_size, lr=3e-4, seed=seed, log_every=100)
             seconds.append(time.perf_counter() - started)
         difference = seconds[1] - seconds[0]
         if difference >= 0.5 * seconds[0]:
@@ -172,6 +198,22 @@ def train_rate(make: Callable[[], Learner], data: OfflineData, batch_size: int, 
 def _rounded(value: float, digits: int) -> float | None:
     """`value` rounded; None (JSON null: not measured) for NaN."""
     return None if math.isnan(value) else round(value, digits)
+
+
+def stacked_figures(steps: int, single: float | None, ks: tuple[int, ...]) -> list[dict]:
+    """Each fit's steps/s when k LoRA fits train stacked at batch 1024 per fit, against
+    `single`, one LoRA fit's steps/s measured in the same run."""
+    data = training_data()
+    rows = []
+    for k in ks:
+        rate = train_rate(stacked(k), data, 1024, max(steps // k, 3), fits=k)
+        fraction = rate / (single or math.nan)
+        rows.append({"name": "stacked_fit_steps_per_s", "what": f"lora_r8 x {k} stacked",
+                     "batch": 1024, "fits": k, "value": _rounded(rate, 2), "unit": "steps/s",
+                     "fraction_of_one_fit": _rounded(fraction, 3),
+                     "aggregate_speedup": _rounded(k * fraction, 2),
+                     "goal": 0.7 if k == 8 else None})
+    return rows
 
 
 def train_figures(steps: int, batches: tuple[int, ...] = (1024, 256)) -> list[dict]:
@@ -276,7 +318,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = latency_figures(reps=10 if args.quick else 300)
-    rows += train_figures(steps=3 if args.quick else 100, batches=(1024,) if args.quick else (1024, 256))
+    steps = 3 if args.quick else 100
+    rows += train_figures(steps=steps, batches=(1024,) if args.quick else (1024, 256))
+    single = next(row["value"] for row in rows
+                  if row["name"] == "train_steps_per_s" and row["what"] == "lora_r8")
+    rows += stacked_figures(steps, single, ks=(2,) if args.quick else (2, 8))
     for row in rows:
         row["threads"] = args.threads
         if args.json:
