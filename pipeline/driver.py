@@ -160,7 +160,25 @@ class StreamSummary:
             lines.append(f"  {score.name:<24} {score.method:<6} on {where:<16} "
                          f"score {score.score:8.3f}  return {score.return_mean:9.1f}  "
                          f"({score.episodes} episodes)" + (f"  paper: {paper}" if paper else ""))
+        lines.extend(self._time_lines())
         return "\n".join(lines)
+
+    def _time_lines(self) -> list[str]:
+        """Where the wall time went: datasets made, fit units (wall seconds, TorchTrainer
+        start and stop included), rollouts (the evaluations, side by side as they ran)."""
+        def listed(seconds: dict[str, float]) -> str:
+            return ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items())
+
+        lines = []
+        if self.dataset_seconds:
+            lines.append(f"  time: datasets {listed(self.dataset_seconds)}")
+        if self.unit_seconds:
+            lines.append(f"  time: fit units {listed(self.unit_seconds)}")
+        if self.eval_seconds:
+            lines.append(f"  time: {len(self.eval_seconds)} rollout job(s), "
+                         f"{sum(self.eval_seconds.values()):.0f} s in all, the longest "
+                         f"{max(self.eval_seconds.values()):.0f} s")
+        return lines
 
 
 # ------------------------------------------------------------------------- datasets

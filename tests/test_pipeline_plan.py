@@ -93,6 +93,19 @@ def test_an_item_is_evaluated_once_registered_and_the_matrix_once_its_tasks_are_
     assert started == []
 
 
+def test_a_run_summary_says_where_the_time_went():
+    from pipeline.driver import StreamSummary
+
+    summary = StreamSummary("walker", "main", "file:///s", dataset_seconds={"walk": 12.4},
+                            unit_seconds={"walk": 548.2, "sw2r": 61.0},
+                            eval_seconds={"a": 10.0, "b": 31.0}, wall_seconds=640.0)
+    lines = summary.describe().splitlines()
+    assert lines[0].endswith(", 640 s")
+    assert lines[1:] == ["  time: datasets walk 12 s", "  time: fit units walk 548 s, sw2r 61 s",
+                         "  time: 2 rollout job(s), 41 s in all, the longest 31 s"]
+    assert len(StreamSummary("w", "smoke", "s").describe().splitlines()) == 1  # nothing ran
+
+
 def test_critics_come_first_and_stage_seeds_differ():
     stream = parse_stream({
         "name": "adv", "tasks": [
