@@ -1,7 +1,8 @@
 """Speed of the core networks: training steps/s and action latency, as JSON lines.
 
-    python -m benchmarks.core --json          # the figures (about 3 minutes on 2 CPU cores)
+    python -m benchmarks.core --json          # the figures (about 5 minutes on 2 CPU cores)
     python -m benchmarks.core --json --quick  # a few repetitions, for tests
+    python -m benchmarks.core --json --device cuda   # the same on a GPU (the default there)
 
 Training (batch 1024 and 256, hidden 256): the base (every weight trains), one LoRA skill
 (rank 8) on a frozen base, and a composer over k=3 skills (parameter level, only α(s)
@@ -88,22 +89,23 @@ def training_data(n: int = 20_000) -> OfflineData:
         episode=np.arange(n) // 1000)
 
 
-def learners(hidden: int = 256) -> dict[str, Callable[[], Learner]]:
-    """Fresh learners as fits build them: the base (every weight trains), a rank-8 LoRA
-    skill on a frozen base, a k=3 parameter-level composer (only α(s) trains)."""
+def learners(hidden: int = 256, device: str = "cpu") -> dict[str, Callable[[], Learner]]:
+    """Fresh learners as fits build them, on `device`: the base (every weight trains), a
+    rank-8 LoRA skill on a frozen base, a k=3 parameter-level composer (only α(s) trains)."""
 
     def base() -> Learner:
         torch.manual_seed(0)
         obs = torch.randn(4096, OBS_DIM, generator=torch.Generator().manual_seed(0))
         return BaseLearner(DiffusionPolicy(PolicyConfig(OBS_DIM, ACT_DIM, hidden=hidden),
-                                           StateNormalizer.from_data(obs)))
+                                           StateNormalizer.from_data(obs))).to(device)
 
     def skill() -> Learner:
         policy = make_policy(hidden)
-        return SkillLearner(policy, "new", rank=8, generator=torch.Generator().manual_seed(3))
+        return SkillLearner(policy, "new", rank=8,
+                            generator=torch.Generator().manual_seed(3)).to(device)
 
     def composer() -> Learner:
-        return ComposerLearner(Composer(make_policy(hidden), SKILLS, "parameter"))
+        return ComposerLearner(Composer(make_policy(hidden), SKILLS, "parameter")).to(device)
 
     return {"full": base, "lora_r8": skill, f"composer_k{K}": composer}
 
@@ -127,7 +129,14 @@ def step_flops(what: str, policy: DiffusionPolicy, batch_size: int, extra_params
     return (4.0 * linear + 6.0 * extra_params) * batch_size
 
 
-def gemm_rate(policy: DiffusionPolicy, batch_size: int, seconds: float = 1.5) -> float:
+def synchronize(device: str) -> None:
+    """Wait for the work queued on `device` (a GPU runs it asynchronously)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_rate(policy: DiffusionPolicy, batch_size: int, seconds: float = 1.5,
+              device: str = "cpu") -> float:
     """The machine's fp32 GEMM rate (FLOP/s) at the shapes of one train step of `policy`:
     each Linear layer's forward [B, in]·[in, out], input gradient [B, out]·[out, in] and
     weight gradient [out, B]·[B, in], timed together, best of repeated rounds."""
@@ -135,9 +144,9 @@ def gemm_rate(policy: DiffusionPolicy, batch_size: int, seconds: float = 1.5) ->
     g = torch.Generator().manual_seed(4)
     work = []
     for fan_in, fan_out in shapes:
-        x = torch.randn(batch_size, fan_in, generator=g)
-        w = torch.randn(fan_in, fan_out, generator=g)
-        dy = torch.randn(batch_size, fan_out, generator=g)
+        x = torch.randn(batch_size, fan_in, generator=g).to(device)
+        w = torch.randn(fan_in, fan_out, generator=g).to(device)
+        dy = torch.randn(batch_size, fan_out, generator=g).to(device)
         work.append((x, w, dy))
     flops = sum(6.0 * batch_size * x.shape[1] * w.shape[1] for x, w, _ in work)
 
@@ -146,6 +155,7 @@ def gemm_rate(policy: DiffusionPolicy, batch_size: int, seconds: float = 1.5) ->
             torch.mm(x, w)
             torch.mm(dy, w.t())
             torch.mm(dy.t(), x)
+        synchronize(device)
 
     one_round()
     best, deadline = math.inf, time.perf_counter() + seconds
@@ -156,13 +166,13 @@ def gemm_rate(policy: DiffusionPolicy, batch_size: int, seconds: float = 1.5) ->
     return flops / best
 
 
-def stacked(k: int, hidden: int = 256) -> Callable[[], Learner]:
+def stacked(k: int, hidden: int = 256, device: str = "cpu") -> Callable[[], Learner]:
     """A fresh learner of k rank-8 skills fitted at once on the benchmark's base."""
 
     def make() -> Learner:
         return StackedSkillLearner(make_policy(hidden), [f"new{j}" for j in range(k)], rank=8,
                                    generators=[torch.Generator().manual_seed(3 + j)
-                                               for j in range(k)])
+                                               for j in range(k)]).to(device)
 
     return make
 
@@ -179,7 +189,8 @@ def train_rate(make: Callable[[], Learner], data: OfflineData, batch_size: int, 
     the extra steps took at least half the shorter run's time (i.e. the fixed costs are
     below the steps' own time, as they are by far at these sizes); otherwise the pair is
     timed again, up to `attempts` times, and NaN says the machine was too disturbed.
-    `fits` > 1: a stacked learner of that many fits, each given `data` and its own seed."""
+    `fits` > 1: a stacked learner of that many fits, each given `data` and its own seed.
+    (On a GPU the run's last loss read waits for the queued steps, so the times are whole.)"""
     data, seed = ([data] * fits, list(range(fits))) if fits > 1 else (data, 0)
     train(make(), data, min(steps, 20), batch_size, lr=3e-4, seed=seed)
     for _ in range(attempts):
@@ -200,13 +211,14 @@ def _rounded(value: float, digits: int) -> float | None:
     return None if math.isnan(value) else round(value, digits)
 
 
-def stacked_figures(steps: int, single: float | None, ks: tuple[int, ...]) -> list[dict]:
+def stacked_figures(steps: int, single: float | None, ks: tuple[int, ...],
+                    device: str = "cpu") -> list[dict]:
     """Each fit's steps/s when k LoRA fits train stacked at batch 1024 per fit, against
     `single`, one LoRA fit's steps/s measured in the same run."""
-    data = training_data()
+    data = training_data().to(device)
     rows = []
     for k in ks:
-        rate = train_rate(stacked(k), data, 1024, max(steps // k, 3), fits=k)
+        rate = train_rate(stacked(k, device=device), data, 1024, max(steps // k, 3), fits=k)
         fraction = rate / (single or math.nan)
         rows.append({"name": "stacked_fit_steps_per_s", "what": f"lora_r8 x {k} stacked",
                      "batch": 1024, "fits": k, "value": _rounded(rate, 2), "unit": "steps/s",
@@ -216,18 +228,20 @@ def stacked_figures(steps: int, single: float | None, ks: tuple[int, ...]) -> li
     return rows
 
 
-def train_figures(steps: int, batches: tuple[int, ...] = (1024, 256)) -> list[dict]:
+def train_figures(steps: int, batches: tuple[int, ...] = (1024, 256),
+                  device: str = "cpu") -> list[dict]:
     """Train steps/s of each learner through the real loop, and the fraction of the GEMM
-    ceiling (the machine's rate at the step's shapes ÷ the step's FLOPs) it reaches."""
-    data = training_data()
+    ceiling (the machine's rate at the step's shapes ÷ the step's FLOPs) it reaches. The
+    data stay on `device`, as a fit there keeps them."""
+    data = training_data().to(device)
     rows = []
     for batch_size in batches:
-        for what, make in learners().items():
+        for what, make in learners(device=device).items():
             learner = make()
             policy = learner.composer.policy if isinstance(learner, ComposerLearner) else learner.policy
             extra = 0 if what == "full" else sum(p.numel() for p in learner.parameters())
             flops = step_flops(what, policy, batch_size, extra)
-            rate = gemm_rate(policy, batch_size)
+            rate = gemm_rate(policy, batch_size, device=device)
             measured = train_rate(make, data, batch_size, steps * (4 if batch_size < 1024 else 1))
             ceiling = rate / flops
             rows.append({"name": "train_steps_per_s", "what": what, "batch": batch_size,
@@ -270,23 +284,26 @@ def interleaved_times(
     return times
 
 
-def latency_figures(reps: int) -> list[dict]:
-    policy = make_policy()
-    composer = Composer(policy, SKILLS, "parameter", AlphaConfig(output="softmax"))
+def latency_figures(reps: int, device: str = "cpu") -> list[dict]:
+    policy = make_policy().to(device)
+    composer = Composer(policy, SKILLS, "parameter", AlphaConfig(output="softmax")).to(device)
     rows = []
     ratio = None
     for size in (1, 50):
-        obs, _ = batch(size)
+        obs = batch(size)[0].to(device)
 
         def base(obs=obs) -> None:
             policy.sample(obs)
+            synchronize(device)
 
         def single(obs=obs) -> None:
             with use_skills(policy, SKILLS[:1]):
                 policy.sample(obs)
+            synchronize(device)
 
         def composed(obs=obs) -> None:
             composer.sample(obs)
+            synchronize(device)
 
         size_reps = reps if size == 1 else max(reps // 5, 3)
         with torch.inference_mode():
@@ -315,16 +332,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
     parser.add_argument("--quick", action="store_true", help="few repetitions (for tests)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the networks and data live (default: cuda when present)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = latency_figures(reps=10 if args.quick else 300)
+    rows = latency_figures(reps=10 if args.quick else 300, device=args.device)
     steps = 3 if args.quick else 100
-    rows += train_figures(steps=steps, batches=(1024,) if args.quick else (1024, 256))
+    rows += train_figures(steps=steps, batches=(1024,) if args.quick else (1024, 256),
+                          device=args.device)
     single = next(row["value"] for row in rows
                   if row["name"] == "train_steps_per_s" and row["what"] == "lora_r8")
-    rows += stacked_figures(steps, single, ks=(2,) if args.quick else (2, 8))
+    rows += stacked_figures(steps, single, ks=(2,) if args.quick else (2, 8), device=args.device)
     for row in rows:
-        row["threads"] = args.threads
+        row["threads"], row["device"] = args.threads, args.device
         if args.json:
             print(json.dumps(row), flush=True)
         else:

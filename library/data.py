@@ -99,6 +99,11 @@ class OfflineData:
     def act_dim(self) -> int:
         return self.actions.shape[1]
 
+    def to(self, device: torch.device | str) -> OfflineData:
+        """The same transitions with every field on `device` (kept there, a fit's batches
+        need no copy per step; the row index is still drawn on the CPU generator)."""
+        return OfflineData(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """`batch_size` transitions drawn uniformly with replacement, by field name."""
         if not is_count(batch_size):

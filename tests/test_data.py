@@ -42,6 +42,19 @@ def test_sample_is_uniform_with_replacement_and_reproducible():
         data.sample(0)
 
 
+def test_data_moved_to_a_device_sample_the_same_rows():
+    """What a fit on a GPU keeps resident: every field moved, the same draw per seed
+    ("meta" stands in for a device here: shapes and dtypes without storage)."""
+    data = OfflineData.from_arrays(**arrays())
+    same = data.to("cpu")
+    a, b = (d.sample(64, torch.Generator().manual_seed(3)) for d in (data, same))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    moved = data.to("meta")
+    assert all(getattr(moved, k).device.type == "meta" and getattr(moved, k).dtype == v.dtype
+               for k, v in a.items())
+    assert len(moved) == 10 and moved.obs_dim == 4
+
+
 def test_bad_arrays_are_refused_with_one_line():
     bad = arrays()
     bad["obs"][3, 1] = np.nan
