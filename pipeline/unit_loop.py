@@ -170,7 +170,8 @@ class _UnitRun:
         log = RunLog(self.store.uri, run_name(stage.name, stage.method, self.job.stream_seed),
                      enabled=self.session.rank == 0)
         stage_started = time.perf_counter()
-        data = self.unit_ctx.data_for(stage)
+        # Kept on the fit's device: on a GPU no batch is copied from the host per step.
+        data = self.unit_ctx.data_for(stage).to(self.session.device)
         terms: dict[str, float] = {}
         curve = self._curve(stage, start)
         if stage.steps > 0:  # 0: an untrained composer, registered as initialised
