@@ -333,13 +333,14 @@ class StackedSkillLearner(Learner):
 
     Training step s of fit j draws its batch from its own dataset and its noise from
     (seed_j, s), exactly as a `SkillLearner` fitted alone with that seed would; the k
-    batches then go through the network as one, each sample with its own fit's skill
-    alone switched on (per-sample one-hot skill weights: the frozen layers' products are
-    one GEMM over every fit's rows), and the loss minimised is the sum of the fits' own
-    losses. The skills share no parameter, and Adam and the EMA act element by element,
-    so each skill trains as it would alone, to float rounding: the stacked products sum
-    in another order. What a GPU gains from it is many small fits in one large one; the
-    BC objective only (a weighted one would need each fit's critics).
+    batches then go through the network as one, each block of rows with its own fit's
+    skill alone switched on (`use_skills(..., blocks=True)`: the frozen layers' products
+    are one GEMM over every fit's rows, the adapters' one batched product per factor),
+    and the loss minimised is the sum of the fits' own losses. The skills share no
+    parameter, and Adam and the EMA act element by element, so each skill trains as it
+    would alone, to float rounding: the stacked products sum in another order. What a GPU
+    gains from it is many small fits in one large one; the BC objective only (a weighted
+    one would need each fit's critics).
     """
 
     def __init__(
@@ -403,12 +404,9 @@ class StackedSkillLearner(Learner):
 
     def _terms(self, obs: Tensor, actions: Tensor, draw: NoiseDraw) -> dict[str, Tensor]:
         k = len(self.names)
-        rows = obs.shape[0] // k
-        owner = torch.arange(k, device=obs.device).repeat_interleave(rows)
-        one_hot = torch.nn.functional.one_hot(owner, k).to(obs.dtype)  # [B, k]
-        with use_skills(self.policy, self.names, one_hot):
+        with use_skills(self.policy, self.names, blocks=True):  # block j: skill j alone
             errors = self.policy.errors_of(obs, actions, draw)
-        own = errors.view(k, rows).mean(dim=1)  # each fit's own loss
+        own = errors.view(k, -1).mean(dim=1)  # each fit's own loss
         detached = own.detach()
         return {"loss": own.sum(), "mse": errors.detach().mean(),
                 **{f"{name}/loss": detached[j] for j, name in enumerate(self.names)}}

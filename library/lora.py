@@ -33,7 +33,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -343,15 +343,36 @@ def _build_active(plan: _SkillPlan, names: tuple[str, ...], w: Tensor) -> Active
     return ActiveSet(columns.lora_names, lora_cols, columns.full_names, full_weights)
 
 
+def _prepare_blocks(plan: _SkillPlan, names: tuple[str, ...]) -> ActiveSet:
+    """The active set of `use_skills(..., blocks=True)`: every skill at weight 1, each on
+    its own block of rows; the skills must be adapters of one shape."""
+    spec_of = next(iter(plan.layers.values())).adapters
+    specs = {spec_of[n] for n in names if n != BASE}
+    if BASE in names or len(specs) != 1:
+        raise StoreError(f"skills by block must be adapters of one kind and rank, without "
+                         f"'{BASE}': got {list(names)}")
+    ref = next(iter(plan.layers.values())).base_layer.weight
+    key = (names, ref.dtype, ref.device, "blocks")
+    if key not in plan.all_ones:
+        with cache_mode():
+            ones = torch.ones(len(names), dtype=ref.dtype, device=ref.device)
+            plan.all_ones[key] = replace(_build_active(plan, names, ones), blocks=len(names))
+    return plan.all_ones[key]
+
+
 @contextmanager
 def use_skills(
-    model: nn.Module, names: Sequence[str], weights: Tensor | Sequence[float] | None = None
+    model: nn.Module, names: Sequence[str], weights: Tensor | Sequence[float] | None = None,
+    blocks: bool = False,
 ) -> Iterator[None]:
     """Switch on skills `names` in every layer of `model` for the duration of the block.
 
     weights: None (all 1), [k] (one weight per skill for the whole batch) or [B, k] (per
     sample; B must be the leading dim of every input inside the block). "base" may appear in
     `names` and is the zero adapter. Blocks nest; the previous state is restored on exit.
+    blocks=True (no weights): every input is k equal blocks of rows and block j runs with
+    skill j alone at weight 1 — the per-sample one-hot weights, computed block by block
+    (k fits trained as one: `library.learners.StackedSkillLearner`).
     """
     names = list(names)
     if len(set(names)) != len(names):
@@ -368,7 +389,9 @@ def use_skills(
     merged = [n for n in names if n in first.merged_adapters]
     if merged:
         raise StoreError(f"skills {merged} are merged into the base; unmerge before use_skills")
-    active = _prepare_active(plan, names, weights)
+    if blocks and weights is not None:
+        raise StoreError("use_skills takes weights or blocks=True, not both")
+    active = _prepare_blocks(plan, tuple(names)) if blocks else _prepare_active(plan, names, weights)
     previous = [layer._activate(active) for layer in layers]
     try:
         yield

@@ -76,6 +76,9 @@ class ActiveSet:
     """Full-rank skills in stacking order."""
     full_weights: Tensor | None
     """Weight per full-rank skill: [k_f] or per sample [B, k_f]."""
+    blocks: int = 0
+    """k > 0: the batch is k equal blocks of rows, block j with the j-th skill alone at
+    weight 1 (`use_skills(..., blocks=True)`; the weights above are then all 1)."""
 
 
 class _LayerState(NamedTuple):
@@ -176,6 +179,24 @@ def _down_project(x: Tensor, a_stack: Tensor) -> Tensor:
     if pad == 0:
         return F.linear(x, a_stack)
     return F.linear(F.pad(x, (0, pad)), F.pad(a_stack, (0, pad)))
+
+
+def _by_block(x: Tensor, lora: _Stack | None, full: _Stack | None, active: ActiveSet) -> Tensor:
+    """The adapters' output when row block j of x [k·b, in] has skill j alone: one batched
+    product per factor ([k, b, in] × [k, in, r], then × [k, r, out]), each block with its
+    own skill's matrices only, where the per-sample path would multiply every row by every
+    skill's columns and zero k − 1 of them."""
+    k = active.blocks
+    blocks = x.reshape(k, -1, x.shape[-1])  # [k, b, in]
+    if lora is not None:
+        a_stack, b_stack_t = lora.matrices()  # [k·r, in], [k·r, out]
+        h = torch.bmm(blocks, a_stack.view(k, -1, a_stack.shape[-1]).transpose(1, 2))
+        h = h * active.lora_cols.view(k, 1, -1)  # each skill's scaling: [k, b, r]
+        out = torch.bmm(h, b_stack_t.view(k, -1, b_stack_t.shape[-1]))
+    else:
+        d_stack, _ = full.matrices()  # [k·out, in]
+        out = torch.bmm(blocks, d_stack.view(k, -1, d_stack.shape[-1]).transpose(1, 2))
+    return out.reshape(x.shape[0], -1)  # [k·b, out]
 
 
 class LoraLinear(nn.Module):
@@ -319,6 +340,8 @@ class LoraLinear(nn.Module):
         if state is None:
             return y
         active, lora, full = state.skills, state.lora, state.full
+        if active.blocks:
+            return y + _by_block(x, lora, full, active)
         if lora is not None:
             a_stack, b_stack_t = lora.matrices()
             h = _down_project(x, a_stack) * active.lora_cols  # [B, R]

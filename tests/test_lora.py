@@ -372,3 +372,39 @@ def test_adapter_gradients_equal_those_of_the_written_out_formula(names, where):
         torch.testing.assert_close(got[name][0], layer.lora_A[name].weight.grad)
         torch.testing.assert_close(got[name][1], layer.lora_B[name].weight.grad)
         assert got[name][0].abs().sum() > 0 and got[name][1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_skills_by_block_equal_one_hot_per_sample_weights(kind):
+    """blocks=True: row block j runs with skill j alone, as per-sample one-hot weights do
+    (outputs and every adapter's gradient), computed block by block."""
+    policy = tiny_policy()
+    names = ["p", "q", "r"]
+    for seed, name in enumerate(names):
+        add_trained_looking_skill(policy, name, seed=10 + seed, kind=kind, rank=3)
+    a_t, s, t = net_inputs(batch=3 * 4)
+    one_hot = torch.eye(3).repeat_interleave(4, dim=0)  # rows 0-3: p, 4-7: q, 8-11: r
+    results = []
+    for options in ({"weights": one_hot}, {"blocks": True}):
+        policy.zero_grad(set_to_none=True)
+        with use_skills(policy, names, **options):
+            out = policy.net(a_t, s, t)
+        out.pow(2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters()
+                 if p.requires_grad and any(f".{k}." in n for k in names)}
+        results.append((out.detach(), grads))
+    (one_hot_out, one_hot_grads), (block_out, block_grads) = results
+    torch.testing.assert_close(block_out, one_hot_out, rtol=1e-5, atol=1e-6)
+    assert set(block_grads) == set(one_hot_grads) and block_grads
+    for name, grad in block_grads.items():
+        torch.testing.assert_close(grad, one_hot_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_skills_by_block_must_share_one_shape():
+    policy = tiny_policy()
+    add_trained_looking_skill(policy, "p", seed=1, rank=3)
+    add_trained_looking_skill(policy, "q", seed=2, rank=4)
+    for names, options in ((["p", "q"], {}), (["base", "p"], {}),
+                           (["p"], {"weights": torch.ones(1)})):
+        with pytest.raises(StoreError), use_skills(policy, names, blocks=True, **options):
+            pass
