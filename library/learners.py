@@ -328,7 +328,7 @@ class SkillLearner(_PolicyLearner):
             return self._weighted(self.policy.loss, batch, dropout=True)
 
 
-class StackedSkillLearner(Learner):
+class StackedSkillLearner(_PolicyLearner):
     """Fits k new skills on one frozen base at once, as one batched computation.
 
     Training step s of fit j draws its batch from its own dataset and its noise from
@@ -364,17 +364,8 @@ class StackedSkillLearner(Learner):
         for p in policy.parameters():  # each trainable_only froze the skills before it
             p.requires_grad_(id(p) in mine)
         trainable = [(n, p) for n, p in policy.named_parameters() if id(p) in mine]
-        super().__init__(policy, trainable, ema_rate)
-        self.policy = policy
+        super().__init__(policy, trainable, policy, "bc", None, None, None, ema_rate)
         self.names = list(names)
-
-    @property
-    def obs_dim(self) -> int:
-        return self.policy.config.obs_dim
-
-    @property
-    def act_dim(self) -> int:
-        return self.policy.config.act_dim
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """`batch`: k equal blocks of rows, block j for skill j; one noise draw for all."""
