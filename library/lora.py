@@ -351,13 +351,8 @@ def _prepare_blocks(plan: _SkillPlan, names: tuple[str, ...]) -> ActiveSet:
     if BASE in names or len(specs) != 1:
         raise StoreError(f"skills by block must be adapters of one kind and rank, without "
                          f"'{BASE}': got {list(names)}")
-    ref = next(iter(plan.layers.values())).base_layer.weight
-    key = (names, ref.dtype, ref.device, "blocks")
-    if key not in plan.all_ones:
-        with cache_mode():
-            ones = torch.ones(len(names), dtype=ref.dtype, device=ref.device)
-            plan.all_ones[key] = replace(_build_active(plan, names, ones), blocks=len(names))
-    return plan.all_ones[key]
+    # Every skill at weight 1 (prepared once per model, device and dtype), marked by block.
+    return replace(_prepare_active(plan, names, None), blocks=len(names))
 
 
 @contextmanager
