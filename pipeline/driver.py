@@ -43,7 +43,7 @@ from pipeline.checks import Checked, check_plan
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
 from pipeline.fit import launch_fit, psec_cause, size_job
 from pipeline.fit_job import FitOptions, FitReport
-from pipeline.plan import StreamPlan, TaskPlan, plan_stream
+from pipeline.plan import Stage, StreamPlan, TaskPlan, plan_stream
 from pipeline.progress import ProgressView
 from pipeline.replay import Rollouts
 from pipeline.results import ResultRow, existing_env_keys, now, row_figures
@@ -236,9 +236,22 @@ class Driver:
                                     position=row_plan.position, seeds=seeds))
         return jobs
 
+    def _stage(self, item: str) -> Stage:
+        """The plan's stage that makes `item`, or, for a control item the plan only reads
+        (a served task's composed skill), a stage that describes the stored item."""
+        try:
+            return self.plan.stage(item)
+        except KeyError:
+            entry = self.store.entry(item)
+            spec = entry.task_spec or {}
+            return Stage(kind=entry.kind, name=item, task=spec.get("name", item),
+                         parent=entry.parent, skills=[] if entry.kind == "base" else [item],
+                         steps=int(entry.metrics.get("train_steps") or 0), batch_size=0,
+                         lr=0.0, seed=0, method=entry.kind)
+
     def _row(self, job: EvalJob, seed: int, stats: dict[str, float],
              replay_of: str | None = None) -> ResultRow:
-        stage = self.plan.stage(job.item)
+        stage = self._stage(job.item)
         entry_metrics = self.entries.get(job.item, {})
         skills = stage.skills
         if stage.composer is not None and stage.composer.bank == "random":
@@ -263,7 +276,7 @@ class Driver:
         score = sum(row.score for row in rows) / len(rows)
         returns = sum(row.return_mean for row in rows) / len(rows)
         episodes = sum(row.episodes for row in rows)
-        stage = self.plan.stage(job.item)
+        stage = self._stage(job.item)
         in_own_env = job.task.env == self.task_env[job.task.name]
         if job.task.name == stage.task and job.row_task == stage.task and in_own_env:
             # On its own task, right after its fit: the item's headline metrics.
@@ -337,12 +350,14 @@ class Driver:
         self.eval_started: dict[tuple[str, str, str, str], float] = {}
         self.evaluated_items: set[str] = set()
         self.evaluated_tasks: set[str] = set()  # every item of the task's is evaluating
+        self.controls_started: set[str] = set()  # tasks whose controls are evaluating
         self.continual_done: set[int] = set()
         self.waiting: list[EvalJob] = []  # re-evaluations waiting for a rollout in flight
 
     def _schedule_evaluations(self, view: ProgressView, pending: dict) -> None:
         plan = self.plan
         for task_plan in plan.tasks:
+            self._schedule_controls(task_plan, pending)
             if task_plan.task.name in self.evaluated_tasks:
                 continue
             for item in task_plan.items:
@@ -363,6 +378,18 @@ class Driver:
             for earlier in _own_policies(plan.tasks[:index]):
                 for job in self._eval_jobs(earlier.task.name, earlier, row_plan):
                     self._reevaluate(view, job, pending)
+
+    def _schedule_controls(self, task_plan: TaskPlan, pending: dict) -> None:
+        """The task's `single` controls (`TaskSpec.control_items`), rolled out on it once
+        every one of them is registered (each was fitted by an earlier task)."""
+        items = task_plan.task.control_items()
+        if not items or task_plan.task.name in self.controls_started \
+                or not all(item in self.registered for item in items):
+            return
+        self.controls_started.add(task_plan.task.name)
+        for item in items:
+            for job in self._eval_jobs(item, task_plan, task_plan):
+                self._start_eval(job, pending)
 
     def _reevaluate(self, view: ProgressView, job: EvalJob, pending: dict) -> None:
         """A continual re-evaluation: replayed when the frozen item's rollout is known,
@@ -508,7 +535,7 @@ def planned_results(plan: StreamPlan) -> set[tuple[str, str, str, str, str, int]
     keys = set()
     for index, row_plan in enumerate(plan.tasks):
         row, task = row_plan.task.name, row_plan.task
-        for item in row_plan.items:
+        for item in [*row_plan.items, *task.control_items()]:
             keys.update((plan.stream, row, item, row, env, seed)
                         for env in task.eval_envs for seed in task.eval.seeds)
         if plan.continual:

@@ -30,10 +30,15 @@ from library.errors import ArgumentParser, exit_status
 from library.store import SkillStore
 from pipeline.report import check_output
 from tasks.spec import StreamSpec, load_stream
+from tasks.spec_sections import ComposerSpec
 
 SETTINGS = ("few-shot", "zero-shot")
 METHOD_LABELS = {"psec": "PSEC", "nsec": "NSEC", "asec": "ASEC", "fixed": "fixed",
-                 "mlp": "PSEC (MLP)"}
+                 "mlp": "PSEC (MLP)", "random": "random-LoRA bank", "uniform": "uniform α"}
+"""Column labels by method, in column order; `random` and `uniform` are controls."""
+UNIFORM = "uniform"
+"""The method key of an untrained uniform-α composer (mode fixed, 0 steps, init uniform):
+a control that no data enters, so one evaluation of it serves both settings' tables."""
 
 # The paper's figures for its unseen-task setting (PSEC appendix F.2, success rate on
 # Meta-World v2), exactly as ../shared/PAPER.md transcribes them ("Meta-World",
@@ -105,11 +110,12 @@ class Column:
     setting: str
     """few-shot | zero-shot."""
     method: str
-    """Method of the composers in it (results table name: psec, nsec, asec, ...)."""
+    """Method of the composers in it (results table name: psec, nsec, asec, random, ...;
+    `uniform` for the untrained uniform-α composer)."""
 
     @property
     def label(self) -> str:
-        return f"{self.setting} {METHOD_LABELS.get(self.method, self.method)}"
+        return METHOD_LABELS.get(self.method, self.method)
 
 
 def paper_task(env: str) -> str:
@@ -122,11 +128,15 @@ def paper_figure(env: str, column: Column) -> float | None:
     return PAPER_UNSEEN.get(column.setting, {}).get(paper_task(env), {}).get(column.method)
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def mean_std(values: list[float]) -> str:
     """`mean ± std (n=N)` of per-seed scores, or — when there are none."""
     if not values:
         return "—"
-    mean = sum(values) / len(values)
+    mean = _mean(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
     return f"{mean:.2f} ± {std:.2f} (n={len(values)})"
 
@@ -134,6 +144,14 @@ def mean_std(values: list[float]) -> str:
 def _paper_note(figure: float | None) -> str:
     """What follows our cell: `; paper 0.89`, or nothing where the paper has no figure."""
     return "" if figure is None else f"; paper {figure:.2f}"
+
+
+def composer_method(composer: ComposerSpec, row_method: str) -> str:
+    """The table's method of a composer: `uniform` for the untrained uniform-α control,
+    else the results table's method."""
+    if composer.mode == "fixed" and composer.steps == 0 and composer.alpha.init == "uniform":
+        return UNIFORM
+    return row_method
 
 
 @dataclass
@@ -155,91 +173,151 @@ class UnseenTable:
     skills: dict[str, list[float]] = field(default_factory=dict)
     """Per skill task (stream order, env name): its own skill's score per evaluation seed
     in its env (the pretraining tasks, beside the paper's Table 5)."""
+    scratch: dict[str, list[float]] = field(default_factory=dict)
+    """Per pretraining env: the scratch reference `<task>-scratch`'s score per seed."""
+    controls: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """Per unseen env, per item rolled out alone there (`eval.controls: [single]`: the
+    base and each stored skill): its score per evaluation seed."""
 
     def cell(self, env: str, column: Column) -> str:
         return mean_std(self.scores.get((env, column), []))
 
-    def markdown(self) -> str:
-        """Our cells, each with the paper's figure beside it where the paper has one."""
-        header = "| unseen task | " + " | ".join(c.label for c in self.columns) + " |"
-        lines = [header, "|" + " --- |" * (len(self.columns) + 1)]
+    def best_single(self, env: str) -> tuple[str, list[float]] | None:
+        """The control item with the highest mean score in `env`, and its scores."""
+        scored = [(item, values) for item, values in self.controls.get(env, {}).items()
+                  if values]
+        return max(scored, key=lambda pair: _mean(pair[1])) if scored else None
+
+    def best_single_cell(self, env: str) -> str:
+        """`mean ± std (n=N) item`, with how many others tie with it, or —."""
+        best = self.best_single(env)
+        if best is None:
+            return "—"
+        top = _mean(best[1])
+        tied = sum(1 for values in self.controls[env].values()
+                   if values and _mean(values) == top) - 1
+        return f"{mean_std(best[1])} {best[0]}" + (f" (+{tied} tied)" if tied else "")
+
+    def setting_columns(self, setting: str) -> list[Column]:
+        """A setting's table: its methods, then the uniform-α control wherever it ran."""
+        own = [c for c in self.columns if c.setting == setting and c.method != UNIFORM]
+        return own + [c for c in self.columns if c.method == UNIFORM]
+
+    def markdown(self, setting: str) -> str:
+        """One setting's table (Table 6 few-shot, Table 7 zero-shot): our cells, each with
+        the paper's figure beside it where the paper has one, then the best single item."""
+        columns = self.setting_columns(setting)
+        singles = bool(self.controls)
+        header = ["unseen task", *(c.label for c in columns)]
+        if singles:
+            header.append("best single item alone")
+        lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         for env in self.envs:
-            cells = [self.cell(env, c) + _paper_note(paper_figure(env, c))
-                     for c in self.columns]
+            cells = [self.cell(env, c) + _paper_note(paper_figure(env, c) if c.setting
+                                                     == setting else None)
+                     for c in columns]
+            if singles:
+                cells.append(self.best_single_cell(env))
             lines.append(f"| {env} | " + " | ".join(cells) + " |")
         means = []
-        for column in self.columns:
-            per_env = {env: sum(v) / len(v) for (env, c), v in self.scores.items()
+        for column in columns:
+            per_env = {env: _mean(v) for (env, c), v in self.scores.items()
                        if c == column and v and env in self.envs}
             if not per_env:
                 means.append("—")
                 continue
             paper = [paper_figure(env, column) for env in per_env]
-            paper_mean = sum(paper) / len(paper) if None not in paper else None
-            means.append(f"{sum(per_env.values()) / len(per_env):.2f} over {len(per_env)}"
+            paper_mean = (_mean(paper) if None not in paper and column.setting == setting
+                          else None)
+            means.append(f"{_mean(list(per_env.values())):.2f} over {len(per_env)}"
                          + _paper_note(paper_mean))
+        if singles:
+            best = [b for b in (self.best_single(env) for env in self.envs) if b]
+            means.append(f"{_mean([_mean(v) for _, v in best]):.2f} over {len(best)}"
+                         if best else "—")
         lines.append("| mean over envs | " + " | ".join(means) + " |")
         return "\n".join(lines)
 
     def pretraining_markdown(self) -> str:
-        """Each pretraining task's own skill beside the paper's Table 5 (Meta-World v2)."""
+        """Each pretraining task's own skill (and its scratch reference, where stored)
+        beside the paper's Table 5 (Meta-World v2)."""
         labels = PAPER_PRETRAINING_COLUMNS
-        lines = ["| pretraining task | our skill | "
+        lines = ["| pretraining task | our skill | our Scratch | "
                  + " | ".join(f"paper {label}" for label in labels) + " |",
-                 "|" + " --- |" * (len(labels) + 2)]
+                 "|" + " --- |" * (len(labels) + 3)]
         for env, values in self.skills.items():
             paper = PAPER_PRETRAINING.get(paper_task(env))
             figures = [f"{x:.2f}" for x in paper] if paper else ["—"] * len(labels)
-            lines.append(f"| {env} | {mean_std(values)} | " + " | ".join(figures) + " |")
-        ours = [sum(v) / len(v) for v in self.skills.values() if v]
-        mean = f"{sum(ours) / len(ours):.2f} over {len(ours)}" if ours else "—"
-        lines.append(f"| mean | {mean} | "
+            lines.append(f"| {env} | {mean_std(values)} | "
+                         f"{mean_std(self.scratch.get(env, []))} | " + " | ".join(figures) + " |")
+        means = []
+        for per_env in (self.skills, self.scratch):
+            ours = [_mean(v) for v in per_env.values() if v]
+            means.append(f"{_mean(ours):.2f} over {len(ours)}" if ours else "—")
+        lines.append(f"| mean | {means[0]} | {means[1]} | "
                      + " | ".join(f"{x:.2f}" for x in PAPER_PRETRAINING_MEAN) + " |")
         return "\n".join(lines)
 
 
 def collect(stream: StreamSpec, rows: list[dict]) -> UnseenTable:
-    """The unseen-task table of `stream` (scale applied) from result rows."""
-    # composer name -> (setting, the envs its task rolls it out in, its task)
-    composers: dict[str, tuple[str, list[str], str]] = {}
+    """The unseen-task table of `stream` (scale applied) from result rows: its own rows,
+    and the scratch references (`<task>-scratch`) of its skill tasks from any stream."""
+    # composer name -> (setting, the envs its task rolls it out in, its task, its spec)
+    composers: dict[str, tuple[str, list[str], str, ComposerSpec]] = {}
     envs: list[str] = []
     skill_envs = {task.name: task.env for task in stream.tasks if task.role == "skill"}
+    scratch_envs = {f"{name}-scratch": env for name, env in skill_envs.items()}
+    controls_of = {task.name: set(task.control_items()) for task in stream.tasks}
     for task in stream.tasks:
         if task.role != "composer":
             continue
         setting = "zero-shot" if task.eval.envs else "few-shot"
         for composer in task.composers:
-            composers[composer.name] = (setting, task.eval_envs, task.name)
+            composers[composer.name] = (setting, task.eval_envs, task.name, composer)
         envs.extend(env for env in task.eval_envs if env not in envs)
     columns: list[Column] = []
     scores: dict[tuple[str, Column], list[float]] = defaultdict(list)
     skills: dict[str, list[float]] = {env: [] for env in skill_envs.values()}
+    scratch: dict[str, list[float]] = defaultdict(list)
+    controls: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     episodes: set[int] = set()
     for row in rows:
+        name = row.get("name")
+        if name in scratch_envs and row.get("eval_task") == name:
+            scratch[scratch_envs[name]].append(float(row["score"]))
+            continue
         if row.get("stream") != stream.name:
             continue
-        name = row.get("name")
+        task_name = row.get("eval_task")
+        if name in controls_of.get(task_name, ()) and row.get("task") == task_name:
+            # An item alone on a composer task (`eval.controls: [single]`).
+            controls[row.get("env") or stream.task(task_name).env][name].append(
+                float(row["score"]))
+            episodes.add(int(row["episodes"]))
+            continue
         if row.get("kind") == "skill" and name in skill_envs:
             # A skill in its own task's env: the pretraining table.
-            if row.get("eval_task") == name and row.get("env") in (None, skill_envs[name]):
+            if task_name == name and row.get("env") in (None, skill_envs[name]):
                 skills[skill_envs[name]].append(float(row["score"]))
                 episodes.add(int(row["episodes"]))
             continue
         if name not in composers:
             continue
-        setting, task_envs, task_name = composers[name]
+        setting, task_envs, composer_task, spec = composers[name]
         env = row.get("env") or task_envs[0]  # rows without env: the task's own env
-        if row.get("eval_task") != task_name or env not in task_envs:
+        if task_name != composer_task or env not in task_envs:
             continue
-        column = Column(setting, str(row["method"]))
+        column = Column(setting, composer_method(spec, str(row["method"])))
         if column not in columns:
             columns.append(column)
         scores[(env, column)].append(float(row["score"]))
         episodes.add(int(row["episodes"]))
-    columns.sort(key=lambda c: (SETTINGS.index(c.setting), list(METHOD_LABELS).index(c.method)
-                                if c.method in METHOD_LABELS else len(METHOD_LABELS)))
+    order = list(METHOD_LABELS)
+    columns.sort(key=lambda c: (SETTINGS.index(c.setting),
+                                order.index(c.method) if c.method in order else len(order)))
     return UnseenTable(stream.name, stream.applied_scale or "as-written", envs, columns,
-                       dict(scores), sorted(episodes), skills)
+                       dict(scores), sorted(episodes), skills, dict(scratch),
+                       {env: dict(items) for env, items in controls.items()})
 
 
 def section(stream_path: str, scale: str, store_uri: str, command: str) -> str:
@@ -247,12 +325,26 @@ def section(stream_path: str, scale: str, store_uri: str, command: str) -> str:
     stream = load_stream(stream_path, scale)
     store = SkillStore(store_uri)
     table = collect(stream, store.results().to_pylist())
-    body = (table.markdown() if table.columns else
-            f"No composer results of stream `{stream.name}` in the store yet.")
+    body: list[str] = []
+    for setting, paper_table in zip(SETTINGS, ("Table 6", "Table 7")):
+        if any(c.setting == setting and c.method != UNIFORM for c in table.columns):
+            body += [f"{setting.capitalize()} (the paper's {paper_table}):", "",
+                     table.markdown(setting), ""]
+    if not body:
+        body = [f"No composer results of stream `{stream.name}` in the store yet.", ""]
+    controls = ([
+        "Controls: the random-LoRA bank is PSEC over random LoRAs of the stored skills' "
+        "per-layer norms, trained like PSEC in that setting; uniform α is one untrained "
+        "composer (α = 1/k on every skill) rolled out in every env by the zero-shot task, "
+        "so the same cells stand in both tables; the best single item is the base or one "
+        "stored skill rolled out alone on the few-shot task (`eval.controls: [single]`), "
+        "the best of them picked on this evaluation itself (an upper bound on choosing one "
+        "skill), named after its cell.", ""] if table.controls or any(
+            c.method in (UNIFORM, "random") for c in table.columns) else [])
     pretraining = ([
-        "",
-        "Pretraining tasks: each task's own skill in its env, beside the paper's Table 5 "
-        "(its mean row is over its 18 tasks):",
+        "Pretraining tasks: each task's own skill in its env and its scratch reference "
+        "(`<task>-scratch`, configs/metaworld_unseen_scratch.yaml) where stored, beside the "
+        "paper's Table 5 (its mean row is over its 18 tasks):",
         "",
         table.pretraining_markdown(),
     ] if table.skills else [])
@@ -264,7 +356,8 @@ def section(stream_path: str, scale: str, store_uri: str, command: str) -> str:
         "the paper's figure (appendix F.2, Meta-World v2: Table 6 few-shot, Table 7 "
         "zero-shot; in the mean row, the mean of its figures over the same envs).",
         "",
-        body,
+        *body,
+        *controls,
         *pretraining,
         f"<!-- /unseen:{stream.name} -->",
     ])

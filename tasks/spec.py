@@ -152,6 +152,9 @@ class TaskSpec(SpecModel):
                                      "(a skill or composer builds on its `base`)")
         if self.role == "composer":
             self._check_composer_role()
+        if self.eval.controls and not self.composers:
+            raise FieldError(("eval", "controls"), "controls are the skills a composer "
+                                                   "composes, and this task has no composer")
         names = [self.name]
         for index, composer in enumerate(self.composers):
             if composer.name in names:
@@ -212,6 +215,20 @@ class TaskSpec(SpecModel):
     def eval_envs(self) -> list[str]:
         """Envs the task's items are rolled out in: `eval.envs`, else the task's env."""
         return list(self.eval.envs or [self.env])
+
+    def control_items(self) -> list[str]:
+        """Store names rolled out alone on this task as its `single` controls (none without
+        them): every item its composers compose except its own skill, the base as its name,
+        in first-listed order."""
+        if "single" not in self.eval.controls:
+            return []
+        items: list[str] = []
+        for composer in self.composers:
+            for skill in composer.skills:
+                item = self.base if skill == BASE else skill
+                if item is not None and item not in items:
+                    items.append(item)
+        return items
 
     def stored_names(self) -> list[str]:
         """Every store name this task produces: its policy/skill (none for a composer task),

@@ -404,3 +404,11 @@ class EvalSpec(SpecModel):
         "env (list that too to keep it), e.g. a zero-shot composer evaluated on unseen "
         "tasks; each result row names its env. Checked by the suite.",
     )
+    controls: list[Literal["single"]] = Field(
+        default_factory=list,
+        description="Controls rolled out on this task beside its own items. single: every "
+        "item its composers compose other than the task's own skill (the base and each "
+        "stored skill), alone, with these eval settings; its rows have this task as row and "
+        "eval task and the item's own kind and method, so the best single stored skill sits "
+        "beside the composers (a composition claim is made against it).",
+    )

@@ -81,6 +81,30 @@ def test_a_composer_task_is_not_a_skill_to_compose():
                               "it stores no skill")
 
 
+def test_single_controls_are_the_composed_items_but_the_tasks_own_skill():
+    data = unseen_stream()
+    data["tasks"][3]["eval"] = {"controls": ["single"]}
+    data["tasks"][2]["composers"] = [{"name": "walk-psec", "skills": ["stand"]}]
+    data["tasks"][2]["eval"] = {"controls": ["single"], "seeds": [0, 1]}
+    stream = parse_stream(data)
+    # The base by its name, each stored skill once, in first-listed order.
+    assert stream.task("run").control_items() == ["base0", "stand", "walk"]
+    # A skill task's own skill is its item already, not a control.
+    assert stream.task("walk").control_items() == ["stand"]
+    assert stream.task("zero").control_items() == []  # no `controls`
+    keys = planned_results(plan_stream(stream))
+    assert {("unseen", "run", item, "run", "walker-run", 0)
+            for item in ("base0", "stand", "walk")} <= keys
+    assert {("unseen", "walk", "stand", "walk", "walker-walk", seed) for seed in (0, 1)} <= keys
+    assert not any(key[1] == "zero" and key[2] in ("stand", "walk") for key in keys)
+
+
+def test_controls_need_a_composer():
+    data = unseen_stream()
+    data["tasks"][1]["eval"] = {"controls": ["single"]}
+    assert "tasks[1].eval.controls" in error_of(data) and "no composer" in error_of(data)
+
+
 def test_a_scale_keeps_a_few_tasks_and_the_first_eval_envs():
     smoke = {"tasks": ["base0", "stand", "walk", "zero"], "eval_envs": 1}
     # The paper scale names a task the smoke scale drops: checked on the whole stream only.

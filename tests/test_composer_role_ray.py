@@ -1,6 +1,7 @@
 """A composer task through the real pipeline on a 2-CPU Ray instance: its composers are
-fitted over a stored skill, evaluated in every env of `eval.envs`, and a rerun finds
-every evaluation recorded."""
+fitted over a stored skill, evaluated in every env of `eval.envs` beside its `single`
+controls (the base and the stored skill alone), and a rerun finds every evaluation
+recorded."""
 
 import time
 
@@ -16,7 +17,7 @@ torch.set_num_threads(1)
 
 
 @pytest.mark.slow
-def test_a_composer_task_fits_its_composers_and_is_evaluated_in_its_eval_envs(
+def test_a_composer_task_fits_its_composers_and_is_evaluated_in_its_eval_envs_with_controls(
         ray_cluster, tmp_path):
     uri = str(tmp_path / "store")
     zero = tiny_task("zero", role="composer", base="stand", composers=[
@@ -24,7 +25,7 @@ def test_a_composer_task_fits_its_composers_and_is_evaluated_in_its_eval_envs(
          "data": {"fraction": 0.5}},
         {"name": "zero-nsec", "skills": ["walk"], "mode": "noise", "steps": 5}],
         eval={"episodes": 1, "seeds": [0], "max_steps": 5,
-              "envs": ["walker-walk", "walker-run"]})
+              "envs": ["walker-walk", "walker-run"], "controls": ["single"]})
     store = stand_base_with_walk_skill(uri, [tiny_task("stand"), zero])
     plan = plan_task(parse_task(zero), ["stand"], stream="unseen")
     started = time.perf_counter()
@@ -37,9 +38,14 @@ def test_a_composer_task_fits_its_composers_and_is_evaluated_in_its_eval_envs(
     assert store.entry("zero-psec").metrics["train_transitions"] == 100
     rows = store.results().to_pylist()
     assert sorted((r["name"], r["env"]) for r in rows) == [
+        ("stand", "walker-run"), ("stand", "walker-walk"),
+        ("walk", "walker-run"), ("walk", "walker-walk"),
         ("zero-nsec", "walker-run"), ("zero-nsec", "walker-walk"),
         ("zero-psec", "walker-run"), ("zero-psec", "walker-walk")]
-    assert {r["eval_task"] for r in rows} == {"zero"}
-    assert {r["method"] for r in rows} == {"psec", "nsec"}
+    assert {(r["task"], r["eval_task"]) for r in rows} == {("zero", "zero")}
+    controls = {r["name"]: (r["kind"], r["composer"]) for r in rows
+                if r["name"] in ("stand", "walk")}
+    assert controls == {"stand": ("base", None), "walk": ("skill", None)}
+    assert {r["method"] for r in rows if r["kind"] == "composer"} == {"psec", "nsec"}
     again = run_plan(plan, uri, DriverOptions(progress=False))
     assert again.fitted == [] and again.evaluations == 0

@@ -91,12 +91,25 @@ def test_the_stream_s_settings_and_budgets():
     assert [t.env for t in skills] == base.data.envs
     assert [t.env for t in few_shot] == zero_shot.eval.envs
     assert zero_shot.data.dataset == base.name  # the union of the 18 tasks' data
+    # PSEC, NSEC, ASEC and the random-LoRA bank in both settings; uniform α once.
+    for task in few_shot:
+        assert [(c.mode, c.bank) for c in task.composers] == [
+            ("parameter", "stored"), ("noise", "stored"), ("action", "stored"),
+            ("parameter", "random")]
+        # The best single stored item is a control of every few-shot task.
+        assert task.control_items() == [base.name, *base.data.envs]
+    assert [(c.mode, c.bank) for c in zero_shot.composers] == [
+        ("parameter", "stored"), ("noise", "stored"), ("action", "stored"),
+        ("parameter", "random"), ("fixed", "stored")]
+    uniform = zero_shot.composers[-1]
+    assert (uniform.steps, uniform.alpha.init) == (0, "uniform")
     for task in [zero_shot, *few_shot]:
-        assert [c.mode for c in task.composers] == ["parameter", "noise", "action"]
         assert all(c.skills == ["base", *base.data.envs] for c in task.composers)
+        # No new skill to start from: α starts uniform, unregularised.
+        assert {(c.alpha.init, c.alpha.reg) for c in task.composers} == {("uniform", 0.0)}
     assert {c.steps for t in few_shot for c in t.composers} == {1000}
     assert {c.data.fraction for t in few_shot for c in t.composers} == {0.1}
-    assert {c.steps for c in zero_shot.composers} == {2000}
+    assert {c.steps for c in zero_shot.composers} == {2000, 0}
     # Zero-shot: 4 seeds x 10 episodes (appendix F.2); the other tasks 3 seeds x 10.
     assert (zero_shot.eval.seeds, zero_shot.eval.episodes) == ([0, 1, 2, 3], 10)
     assert {len(t.eval.seeds) for t in [base, *skills, *few_shot]} == {3}
@@ -117,17 +130,56 @@ def test_the_table_has_an_unseen_env_per_row_and_a_setting_and_method_per_column
             row("handle-press-v3", "handle-press-v3", "skill", 1.0, kind="skill")]
     table = collect(stream, rows)
     assert table.envs == ["plate-slide-v3", "handle-press-side-v3"]
-    assert [c.label for c in table.columns] == ["few-shot PSEC", "few-shot ASEC",
-                                                "zero-shot PSEC"]
+    assert table.columns == [Column("few-shot", "psec"), Column("few-shot", "asec"),
+                             Column("zero-shot", "psec")]
     assert table.cell("plate-slide-v3", Column("few-shot", "psec")) == "0.50 ± 0.50 (n=2)"
     assert table.cell("handle-press-side-v3", Column("few-shot", "psec")) == "—"
-    text = table.markdown()
+    few = table.markdown("few-shot")
+    assert few.startswith("| unseen task | PSEC | ASEC |\n")
     # Beside each cell the paper's figure (Table 6 few-shot, Table 7 zero-shot); in the
     # mean row, the mean of the paper's figures over the same envs.
-    assert ("| handle-press-side-v3 | —; paper 0.92 | —; paper 0.73 | "
-            "0.25 ± 0.00 (n=1); paper 0.62 |") in text
-    assert text.endswith("| mean over envs | 0.50 over 1; paper 0.89 | 0.50 over 1; paper 0.14 "
-                         "| 0.50 over 2; paper 0.39 |")
+    assert "| handle-press-side-v3 | —; paper 0.92 | —; paper 0.73 |" in few
+    assert few.endswith("| mean over envs | 0.50 over 1; paper 0.89 | 0.50 over 1; paper 0.14 |")
+    zero = table.markdown("zero-shot")
+    assert "| handle-press-side-v3 | 0.25 ± 0.00 (n=1); paper 0.62 |" in zero
+    assert zero.endswith("| mean over envs | 0.50 over 2; paper 0.39 |")
+
+
+def test_the_controls_stand_beside_the_composers_in_both_tables():
+    stream = load_stream(CONFIG, "smoke")
+    rows = [row("plate-slide-psec", "plate-slide-v3", "psec", 0.5),
+            row("plate-slide-random", "plate-slide-v3", "random", 0.1),
+            row("zero-shot-psec", "zero-shot", "psec", 0.2, env="plate-slide-v3"),
+            row("zero-shot-uniform", "zero-shot", "fixed", 0.3, env="plate-slide-v3"),
+            # Items alone on a few-shot task (`controls: [single]`), two seeds each.
+            row("mw18-base", "plate-slide-v3", "base", 0.0, kind="base"),
+            row("plate-slide-side-v3", "plate-slide-v3", "skill", 0.6, kind="skill"),
+            row("plate-slide-side-v3", "plate-slide-v3", "skill", 1.0, seed=1, kind="skill"),
+            row("handle-press-v3", "plate-slide-v3", "skill", 0.7, kind="skill"),
+            row("handle-press-v3", "plate-slide-v3", "skill", 0.7, seed=1, kind="skill")]
+    table = collect(stream, rows)
+    # The untrained uniform-α composer is the `uniform` control, not a fixed-α method.
+    assert Column("zero-shot", "uniform") in table.columns
+    assert table.controls["plate-slide-v3"] == {"mw18-base": [0.0],
+                                                "plate-slide-side-v3": [0.6, 1.0],
+                                                "handle-press-v3": [0.7, 0.7]}
+    assert table.best_single("plate-slide-v3") == ("plate-slide-side-v3", [0.6, 1.0])
+    assert table.best_single("handle-press-side-v3") is None
+    few = table.markdown("few-shot")
+    assert few.startswith("| unseen task | PSEC | random-LoRA bank | uniform α | "
+                          "best single item alone |\n")
+    # uniform α has no figure of the paper's; the best single item is named.
+    assert ("| plate-slide-v3 | 0.50 ± 0.00 (n=1); paper 0.89 | 0.10 ± 0.00 (n=1) | "
+            "0.30 ± 0.00 (n=1) | 0.80 ± 0.20 (n=2) plate-slide-side-v3 |") in few
+    assert few.endswith("| 0.80 over 1 |")
+    # Items level with the best are counted, not hidden behind its name.
+    table.controls["plate-slide-v3"]["handle-press-v3"] = [0.8]
+    assert table.best_single_cell("plate-slide-v3") == \
+        "0.80 ± 0.20 (n=2) plate-slide-side-v3 (+1 tied)"
+    zero = table.markdown("zero-shot")
+    assert zero.startswith("| unseen task | PSEC | uniform α | best single item alone |")
+    # The skill's own pretraining-task score is not mixed into the controls.
+    assert table.skills["handle-press-v3"] == []
 
 
 def test_the_pretraining_table_puts_each_task_s_skill_beside_table_5():
@@ -141,9 +193,20 @@ def test_the_pretraining_table_puts_each_task_s_skill_beside_table_5():
     assert list(table.skills) == ["handle-press-v3", "plate-slide-side-v3",
                                   "plate-slide-back-v3"]
     text = table.pretraining_markdown()
-    assert "| handle-press-v3 | 0.75 ± 0.25 (n=2) | 0.67 | 0.96 | 0.97 | 0.97 |" in text
-    assert "| plate-slide-side-v3 | — | 0.27 | 0.23 | 0.53 | 0.74 |" in text
-    assert text.endswith("| mean | 0.75 over 1 | 0.62 | 0.78 | 0.81 | 0.90 |")
+    assert "| handle-press-v3 | 0.75 ± 0.25 (n=2) | — | 0.67 | 0.96 | 0.97 | 0.97 |" in text
+    assert "| plate-slide-side-v3 | — | — | 0.27 | 0.23 | 0.53 | 0.74 |" in text
+    assert text.endswith("| mean | 0.75 over 1 | — | 0.62 | 0.78 | 0.81 | 0.90 |")
+
+
+def test_the_pretraining_table_takes_each_scratch_reference_from_any_stream():
+    stream = load_stream(CONFIG, "smoke")
+    scratch = {**row("handle-press-v3-scratch", "handle-press-v3-scratch", "base", 0.4,
+                     kind="base"), "stream": "metaworld_unseen-scratch"}
+    table = collect(stream, [scratch, {**scratch, "seed": 1, "score": 0.6}])
+    assert table.scratch == {"handle-press-v3": [0.4, 0.6]}
+    text = table.pretraining_markdown()
+    assert "| handle-press-v3 | — | 0.50 ± 0.10 (n=2) | 0.67 | 0.96 | 0.97 | 0.97 |" in text
+    assert text.endswith("| mean | — | 0.50 over 1 | 0.62 | 0.78 | 0.81 | 0.90 |")
 
 
 def test_the_command_rewrites_only_its_section(tmp_path, capsys):
@@ -157,7 +220,7 @@ def test_the_command_rewrites_only_its_section(tmp_path, capsys):
     text = results.read_text()
     assert "old" not in text and text.startswith("# R\n") and text.endswith("## after\n")
     assert "| plate-slide-v3 | 1.00 ± 0.00 (n=1); paper 0.00 |" in text
-    assert "| handle-press-v3 | — | 0.67 | 0.96 | 0.97 | 0.97 |" in text  # Table 5
+    assert "| handle-press-v3 | — | — | 0.67 | 0.96 | 0.97 | 0.97 |" in text  # Table 5
     assert f"--store {store.uri} --results {results}" in text
     assert main([str(CONFIG), "--scale", "huge", "--store", store.uri]) == 2
     assert capsys.readouterr().err.startswith("psec: error: scale: unknown scale 'huge'")
