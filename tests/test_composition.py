@@ -140,6 +140,59 @@ def test_noise_mode_is_the_weighted_sum_of_skill_noises():
     torch.testing.assert_close(composed, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_large_training_batch_runs_skill_by_skill_with_the_same_loss(monkeypatch):
+    from library import composition
+
+    policy = policy_with_skills()
+    composer = Composer(policy, [*SKILLS, "base"], "noise", AlphaConfig(output="softmax"))
+    with torch.no_grad():
+        composer.context.net[-1].weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    obs = observations(composition.SKILL_BY_SKILL_ROWS)
+    actions = torch.rand(len(obs), ACT_DIM, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+    def loss():
+        composer.zero_grad()
+        value = composer.loss(obs, actions, generator=torch.Generator().manual_seed(2))["loss"]
+        value.backward()
+        return value.detach(), [p.grad.clone() for p in composer.context.parameters()]
+
+    by_skill = loss()
+    monkeypatch.setattr(composition, "SKILL_BY_SKILL_ROWS", len(obs) + 1)
+    stacked = loss()
+    torch.testing.assert_close(by_skill, stacked, rtol=1e-5, atol=1e-6)
+
+
+def test_action_mode_trains_on_each_skill_s_own_samples_in_skill_order():
+    from library import composition
+
+    policy = policy_with_skills()
+    composer = Composer(policy, [*SKILLS, "base"], "action")
+    obs = observations(composition.SKILL_BY_SKILL_ROWS)
+    drawn = composer._skill_actions(obs, composer.skills, torch.Generator().manual_seed(3),
+                                    training=True)
+    generator = torch.Generator().manual_seed(3)  # one skill after another, one generator
+    for i, skill in enumerate(composer.skills):
+        with use_skills(policy, [] if skill == "base" else [skill]):
+            torch.testing.assert_close(drawn[i], policy.sample(obs, generator), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["noise", "action"])
+def test_sampling_stacks_the_skills_whatever_the_batch(mode):
+    # An episode's action must not depend on how many episodes are rolled out beside it.
+    from library import composition
+
+    policy = policy_with_skills()
+    composer = Composer(policy, [*SKILLS, "base"], mode, AlphaConfig(output="softmax"))
+    obs = observations(composition.SKILL_BY_SKILL_ROWS + 2)
+
+    def noise(n):  # one generator per state, as evaluation gives each episode its own
+        return [torch.Generator().manual_seed(seed) for seed in range(n)]
+
+    many = composer.sample(obs, noise(len(obs)))
+    few = composer.sample(obs[:2], noise(2))
+    torch.testing.assert_close(many[:2], few, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("mode", ["parameter", "noise", "action", "fixed"])
 def test_only_theta_trains(mode):
     policy = policy_with_skills()
