@@ -9,7 +9,9 @@ Each round times, in this one process and one after another, a training step of 
 default network's composer over base + `--skills` rank-8 skills at `--batch`, with the
 k skills stacked into one pass (`SKILL_BY_SKILL_ROWS` above the batch) and skill by skill
 (library.composition's choice at this batch); the figure is the median over rounds of
-each way's fastest step after a warm-up one.
+each way's fastest step after a warm-up one. Then ASEC with an action pool
+(`action_draws`): the one-time sampling of `--pool-draws` actions per skill for
+`--pool-states` training states, and a training step that picks from it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch
 from benchmarks.core import make_policy
 from library import composition
 from library.composition import AlphaConfig, Composer
+from library.data import OfflineData
+from library.learners import ComposerLearner
 from library.lora import add_skill
 
 WAYS = {"skill by skill": 1, "stacked": 10**9}
@@ -44,7 +48,35 @@ def step_seconds(composer: Composer, obs: torch.Tensor, actions: torch.Tensor,
     return min(times[1:])
 
 
-def measure(skills: int, batch: int, rounds: int, steps: int) -> list[dict]:
+def pooled(policy, names: list[str], states: int, draws: int, batch: int, steps: int) -> dict:
+    """ASEC with an action pool: seconds to sample it, then the fastest training step."""
+    generator = torch.Generator().manual_seed(1)
+    obs = torch.randn(states, policy.config.obs_dim, generator=generator)
+    actions = torch.rand(states, policy.config.act_dim, generator=generator) * 2 - 1
+    zeros = torch.zeros(states)
+    data = OfflineData(obs=obs, actions=actions, rewards=zeros, next_obs=obs, terminals=zeros,
+                       timeouts=zeros, episode=torch.zeros(states, dtype=torch.long),
+                       costs=zeros)
+    learner = ComposerLearner(Composer(policy, ["base", *names], "action",
+                                       AlphaConfig(init="uniform", reg=0)), action_draws=draws)
+    optimiser = torch.optim.Adam(learner.parameters(), 3e-4)
+    started = time.perf_counter()
+    learner.step_loss(data, batch, 0, 0, torch.device("cpu"))  # samples the pool
+    pool_seconds = time.perf_counter() - started
+    times = []
+    for step in range(1, steps + 2):
+        started = time.perf_counter()
+        learner.step_loss(data, batch, 0, step, torch.device("cpu"))["loss"].backward()
+        optimiser.step()
+        optimiser.zero_grad()
+        times.append(time.perf_counter() - started)
+    return {"metric": "action_pool_seconds", "k": len(names) + 1, "states": states,
+            "draws": draws, "batch": batch, "threads": torch.get_num_threads(),
+            "pool_seconds": round(pool_seconds, 2), "step_seconds": round(min(times[1:]), 4)}
+
+
+def measure(skills: int, batch: int, rounds: int, steps: int,
+            pool_states: int, pool_draws: int) -> list[dict]:
     policy = make_policy()
     generator = torch.Generator().manual_seed(0)
     names = [f"stored{i}" for i in range(skills)]
@@ -71,6 +103,7 @@ def measure(skills: int, batch: int, rounds: int, steps: int) -> list[dict]:
                          "default": "skill by skill" if batch >= default else "stacked"})
     finally:
         composition.SKILL_BY_SKILL_ROWS = default
+    rows.append(pooled(policy, names, pool_states, pool_draws, batch, steps))
     return rows
 
 
@@ -80,15 +113,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per way and round")
+    parser.add_argument("--pool-states", type=int, default=2000,
+                        help="training states of the pooled ASEC (few-shot: 10 episodes × 200)")
+    parser.add_argument("--pool-draws", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    for row in measure(args.skills, args.batch, args.rounds, args.steps):
-        print(json.dumps(row) if args.json else
-              f"{row['mode']:<7} k={row['k']} batch {row['batch']}: stacked "
-              f"{row['stacked']:.3f} s, skill by skill {row['skill_by_skill']:.3f} s "
-              f"(x{row['speedup']}; default {row['default']})")
+    for row in measure(args.skills, args.batch, args.rounds, args.steps, args.pool_states,
+                       args.pool_draws):
+        if args.json:
+            print(json.dumps(row))
+        elif row["metric"] == "action_pool_seconds":
+            print(f"action  k={row['k']} pooled: {row['draws']} draws × {row['states']} states "
+                  f"in {row['pool_seconds']} s, then {row['step_seconds']:.4f} s a step")
+        else:
+            print(f"{row['mode']:<7} k={row['k']} batch {row['batch']}: stacked "
+                  f"{row['stacked']:.3f} s, skill by skill {row['skill_by_skill']:.3f} s "
+                  f"(x{row['speedup']}; default {row['default']})")
 
 
 if __name__ == "__main__":

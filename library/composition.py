@@ -128,6 +128,23 @@ class AlphaConfig(StoredConfig):
         return self.scale * u
 
 
+@dataclass(frozen=True)
+class ActionPool:
+    """Skill actions sampled once per training state (`Composer.action_pool`), for an
+    action-mode composer's loss to draw from instead of sampling k denoising chains per
+    visit of a state."""
+
+    actions: Tensor
+    """[k, draws, N, A]: draw d of skill i for state n."""
+
+    def pick(self, index: Tensor) -> Tensor:
+        """For the states `index` [B] (rows of the pooled data), one of each state's draws,
+        uniformly from the global torch RNG (seeded per training step): [k, B, A]."""
+        draws = self.actions.shape[1]
+        which = torch.randint(draws, (len(index),), device=index.device)
+        return self.actions[:, which, index]
+
+
 def _init_linear(layer: nn.Linear, generator: torch.Generator | None) -> None:
     """nn.Linear's default initialisation, drawn from `generator` for reproducibility."""
     nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
@@ -301,6 +318,21 @@ class Composer(nn.Module):
             actions = self.policy.sample(obs.repeat_interleave(k, dim=0), generator)
         return actions.view(obs.shape[0], k, -1).transpose(0, 1)
 
+    def action_pool(self, obs: Tensor, draws: int, seed: int, chunk: int = 1024) -> ActionPool:
+        """Action mode: `draws` actions of every skill for each of the raw states obs [N, S],
+        sampled once (skill by skill, `chunk` states at a time) from a generator seeded
+        with `seed`, for a training loss to pick from (`loss(..., skill_actions=...)`)."""
+        if self.mode != "action":
+            raise SpecError("action_draws", f"only an action-mode composer pools skill "
+                                            f"actions; this one is {self.mode!r}")
+        generator = torch.Generator(device=obs.device).manual_seed(seed)
+        with torch.no_grad():
+            per_draw = [torch.cat([self._skill_actions(part, self.skills, generator,
+                                                       training=True)
+                                   for part in obs.split(chunk)], dim=1)
+                        for _ in range(draws)]  # each [k, N, A]
+        return ActionPool(torch.stack(per_draw, dim=1))  # [k, draws, N, A]
+
     # ------------------------------------------------------------------ loss and sampling
     def loss(
         self,
@@ -308,12 +340,17 @@ class Composer(nn.Module):
         actions: Tensor,
         weights: Tensor | None = None,
         generator: torch.Generator | None = None,
+        skill_actions: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Weighted loss of the composed policy on raw obs [B, S], actions [B, A], weights [B],
         plus the α regulariser (term "alpha_reg", 0 when `AlphaConfig.reg` is 0) and the
-        batch mean of each skill's weight (terms "alpha/<skill>", for the logs)."""
+        batch mean of each skill's weight (terms "alpha/<skill>", for the logs). Action
+        mode: `skill_actions` [k, B, A] (e.g. `ActionPool.pick`) instead of fresh draws."""
+        if skill_actions is not None and self.mode != "action":
+            raise SpecError("skill_actions", f"only an action-mode composer composes skill "
+                                             f"actions; this one is {self.mode!r}")
         alpha = self._layer_weights(obs)  # computed once: the loss, the regulariser, the logs
-        terms = self._composed_loss(obs, actions, weights, generator, alpha)
+        terms = self._composed_loss(obs, actions, weights, generator, alpha, skill_actions)
         reg = self.regulariser(alpha)
         if self.alpha_config.reg > 0:
             terms["loss"] = terms["loss"] + reg
@@ -341,7 +378,8 @@ class Composer(nn.Module):
         return self.alpha_config.reg * units * bracket
 
     def _composed_loss(
-        self, obs: Tensor, actions: Tensor, weights: Tensor | None, generator, alpha: Tensor
+        self, obs: Tensor, actions: Tensor, weights: Tensor | None, generator, alpha: Tensor,
+        skill_actions: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The mode's loss with the weights `alpha` of `_layer_weights(obs)`."""
         if self.mode in ("parameter", "fixed"):
@@ -352,9 +390,10 @@ class Composer(nn.Module):
             return self._noise_composed(obs, alpha, names, lambda eps_fn: self.policy.loss(
                 obs, actions, weights, generator, eps_fn=eps_fn), training=True)
         self.policy.check_inputs(obs, actions)
-        with torch.no_grad():
-            skill_actions = self._skill_actions(obs, self.skills, generator,
-                                                training=True)  # [k, B, A]
+        if skill_actions is None:
+            with torch.no_grad():
+                skill_actions = self._skill_actions(obs, self.skills, generator,
+                                                    training=True)  # [k, B, A]
         composed = torch.einsum("bk,kba->ba", alpha, skill_actions)
         mse = (composed - actions).pow(2).mean(dim=-1)  # [B]
         loss = mse.mean() if weights is None else (weights.detach() * mse).mean()

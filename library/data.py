@@ -105,8 +105,10 @@ class OfflineData:
         return OfflineData(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """`batch_size` transitions drawn uniformly with replacement, by field name."""
+        """`batch_size` transitions drawn uniformly with replacement, by field name, and
+        their row numbers under "index" (what a per-state table such as
+        `library.composition.ActionPool` is looked up by)."""
         if not is_count(batch_size):
             raise SpecError("batch_size", f"must be a positive integer, got {batch_size!r}")
         index = torch.randint(len(self), (batch_size,), generator=generator)
-        return {f.name: getattr(self, f.name)[index] for f in fields(self)}
+        return {**{f.name: getattr(self, f.name)[index] for f in fields(self)}, "index": index}

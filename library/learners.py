@@ -51,7 +51,7 @@ official code's `optax.incremental_update` does. The composer's α(s) has none (
 EMA_PREFIX = "ema/"
 
 if TYPE_CHECKING:
-    from library.composition import Composer
+    from library.composition import ActionPool, Composer
 
 
 class Learner(abc.ABC):
@@ -413,14 +413,32 @@ class ComposerLearner(_PolicyLearner):
         iql: IQLCritics | None = None,
         feasibility: FeasibilityCritic | None = None,
         weighting_config: WeightingConfig | None = None,
+        action_draws: int | None = None,
     ):
         trainable = [(n, p) for n, p in composer.named_parameters() if p.requires_grad]
         super().__init__(
             composer, trainable, composer.policy, weighting, iql, feasibility, weighting_config,
         )
+        if action_draws is not None and composer.mode != "action":
+            raise SpecError("action_draws", f"only an action-mode composer pools skill "
+                                            f"actions; this one is {composer.mode!r}")
         self.composer = composer
+        self.action_draws = action_draws
+        """Action mode: pool this many draws per skill and training state (None: fresh)."""
+        self.pool: ActionPool | None = None
+        """The pooled draws, sampled at the first training step from the run's seed (so a
+        resumed run samples the same pool)."""
+
+    def step_loss(self, data: OfflineData, batch_size: int, seed: int, step: int,
+                  device: torch.device) -> dict[str, Tensor]:
+        if self.action_draws is not None and self.pool is None:
+            self.pool = self.composer.action_pool(data.obs.to(device), self.action_draws, seed)
+        return super().step_loss(data, batch_size, seed, step, device)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         # The composer's terms include "alpha/<skill>": how the composition spreads over
         # the skills, logged to see what α learned.
-        return self._weighted(self.composer.loss, batch)
+        if self.pool is None:
+            return self._weighted(self.composer.loss, batch)
+        return self._weighted(self.composer.loss, batch,
+                              skill_actions=self.pool.pick(batch["index"]))

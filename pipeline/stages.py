@@ -215,7 +215,7 @@ class UnitContext:
                             AlphaConfig(**stage.composer.alpha.model_dump()),
                             generator=generator)
         return ComposerLearner(composer, stage.composer.objective or self.task.objective,
-                               **critics)
+                               action_draws=stage.composer.action_draws, **critics)
 
     def _composed_skill(self, policy: DiffusionPolicy, stage: Stage, index: int,
                         skill: str) -> str:

@@ -183,7 +183,8 @@ class UnseenTable:
         return mean_std(self.scores.get((env, column), []))
 
     def best_single(self, env: str) -> tuple[str, list[float]] | None:
-        """The control item with the highest mean score in `env`, and its scores."""
+        """The control item with the highest mean score in `env` (of tied ones the first in
+        stream order), and its scores."""
         scored = [(item, values) for item, values in self.controls.get(env, {}).items()
                   if values]
         return max(scored, key=lambda pair: _mean(pair[1])) if scored else None
@@ -312,12 +313,15 @@ def collect(stream: StreamSpec, rows: list[dict]) -> UnseenTable:
             columns.append(column)
         scores[(env, column)].append(float(row["score"]))
         episodes.add(int(row["episodes"]))
-    order = list(METHOD_LABELS)
+    methods = list(METHOD_LABELS)
     columns.sort(key=lambda c: (SETTINGS.index(c.setting),
-                                order.index(c.method) if c.method in order else len(order)))
+                                methods.index(c.method) if c.method in methods else len(methods)))
+    # Controls in stream order (the base first), so that of tied items the first is named.
+    order = [item for task in stream.tasks for item in task.control_items()]
+    ordered = {env: {item: items[item] for item in sorted(items, key=order.index)}
+               for env, items in controls.items()}
     return UnseenTable(stream.name, stream.applied_scale or "as-written", envs, columns,
-                       dict(scores), sorted(episodes), skills, dict(scratch),
-                       {env: dict(items) for env, items in controls.items()})
+                       dict(scores), sorted(episodes), skills, dict(scratch), ordered)
 
 
 def section(stream_path: str, scale: str, store_uri: str, command: str) -> str:

@@ -304,6 +304,22 @@ class ComposerSpec(SpecModel):
         "skill by a LoRA with random directions and the same per-layer norms (the "
         "random-LoRA bank control; 'base' and the task's own skill stay).",
     )
+    action_draws: int | None = Field(
+        None,
+        ge=1,
+        description="Action mode (ASEC) only. None: every training step samples each skill's "
+        "action afresh for its batch (the method as defined). N: before training, sample N "
+        "actions per skill for every training state once, and let each step pick one of "
+        "its state's N (library.composition.ActionPool): k denoising chains per state N "
+        "times instead of per visit, a large saving where states are visited many times.",
+    )
+
+    @model_validator(mode="after")
+    def _draws_need_action_mode(self) -> ComposerSpec:
+        if self.action_draws is not None and self.mode != "action":
+            raise FieldError(("action_draws",), "only an action-mode composer samples skill "
+                                                f"actions to pool; this one is {self.mode!r}")
+        return self
 
     @field_validator("skills")
     @classmethod

@@ -218,3 +218,12 @@ def test_checks_accept_a_dataset_made_earlier_in_the_plan_and_refuse_foreign_eva
         check_plan(plan_stream(parse_stream(stream)), store)
     assert "eval env 'cheetah-run' has obs/act dims 17/6" in str(info.value)
     assert isinstance(info.value, PsecError) and store.list() == []
+
+
+def test_only_an_action_composer_takes_action_draws():
+    data = unseen_stream()
+    data["tasks"][3]["composers"][0]["action_draws"] = 8  # run-psec: parameter mode
+    message = error_of(data)
+    assert "tasks[3].composers[0]" in message and "action_draws" in message
+    data["tasks"][3]["composers"][0]["mode"] = "action"
+    assert parse_stream(data).task("run").composers[0].action_draws == 8

@@ -32,10 +32,12 @@ def test_sample_is_uniform_with_replacement_and_reproducible():
     data = OfflineData.from_arrays(**arrays())
     a = data.sample(1000, torch.Generator().manual_seed(0))
     b = data.sample(1000, torch.Generator().manual_seed(0))
-    assert set(a) == {"obs", "actions", "rewards", "costs", "next_obs", "terminals", "timeouts", "episode"}
+    assert set(a) == {"obs", "actions", "rewards", "costs", "next_obs", "terminals", "timeouts",
+                      "episode", "index"}
     assert all(torch.equal(a[k], b[k]) for k in a) and a["obs"].shape == (1000, 4)
-    # Each of the 10 rows is drawn about 100 times.
+    # Each of the 10 rows is drawn about 100 times; "index" names the row drawn.
     rows = (a["obs"][:, None, :] == data.obs[None]).all(-1).float().argmax(1)
+    assert torch.equal(rows, a["index"])
     counts = torch.bincount(rows, minlength=10)
     assert counts.min() > 60 and counts.max() < 140
     with pytest.raises(SpecError, match="batch_size"):
@@ -51,7 +53,7 @@ def test_data_moved_to_a_device_sample_the_same_rows():
     assert all(torch.equal(a[k], b[k]) for k in a)
     moved = data.to("meta")
     assert all(getattr(moved, k).device.type == "meta" and getattr(moved, k).dtype == v.dtype
-               for k, v in a.items())
+               for k, v in a.items() if k != "index")
     assert len(moved) == 10 and moved.obs_dim == 4
 
 

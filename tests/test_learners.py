@@ -72,6 +72,9 @@ LEARNERS = {
                  generator=torch.Generator().manual_seed(4))
     ),
     "composer-fixed": lambda: ComposerLearner(Composer(with_old_skill(small_policy()), ["old"], "fixed")),
+    "composer-action-pool": lambda: ComposerLearner(
+        Composer(with_old_skill(small_policy()), ["base", "old"], "action", AlphaConfig(hidden=8),
+                 generator=torch.Generator().manual_seed(4)), action_draws=2),
 }
 
 
@@ -330,3 +333,37 @@ def test_stacked_skills_need_one_dataset_and_seed_per_skill():
         train(stacked, [random_data()], steps=1, batch_size=8, lr=1e-3, seed=[0])
     with pytest.raises(SpecError, match="distinct names"):
         StackedSkillLearner(small_policy(), ["a", "a"])
+
+
+def test_an_action_pool_is_drawn_once_from_the_seed_and_the_loss_composes_its_draws():
+    data = random_data()
+    learner = LEARNERS["composer-action-pool"]()
+    train(learner, data, steps=3, batch_size=16, lr=1e-3, seed=5)
+    pool = learner.pool.actions
+    k = len(learner.composer.skills)
+    assert pool.shape == (k, 2, len(data), data.act_dim)
+    # The same pool from the seed alone, whoever asks: a resumed run draws it again.
+    again = learner.composer.action_pool(data.obs, 2, seed=5)
+    assert torch.equal(again.actions, pool)
+    assert not torch.equal(pool[:, 0], pool[:, 1])  # two draws, not one twice
+    # The loss is the action mode's, on one of each state's pooled draws.
+    batch = data.sample(16, torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    picked = learner.pool.pick(batch["index"])
+    torch.manual_seed(1)
+    terms = learner.loss(batch)
+    alpha = learner.composer.alpha(batch["obs"]).detach()
+    composed = torch.einsum("bk,kba->ba", alpha, picked)
+    mse = (composed - batch["actions"]).pow(2).mean()
+    torch.testing.assert_close(terms["mse"], mse)
+    assert all(any(torch.equal(picked[:, j], pool[:, d, i]) for d in range(2))
+               for j, i in enumerate(batch["index"].tolist()))
+
+
+def test_only_an_action_composer_pools_skill_actions():
+    composer = Composer(with_old_skill(small_policy()), ["base", "old"], "noise")
+    with pytest.raises(SpecError, match="action_draws.*'noise'"):
+        ComposerLearner(composer, action_draws=4)
+    with pytest.raises(SpecError, match="skill_actions"):
+        composer.loss(torch.zeros(2, S), torch.zeros(2, A),
+                      skill_actions=torch.zeros(2, 2, A))
