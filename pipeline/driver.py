@@ -91,7 +91,8 @@ class DriverOptions(BaseModel):
 @dataclass
 class ItemScore:
     """The own-task evaluation of one item right after its fit (in each of the task's
-    eval envs), for the summary."""
+    eval envs), or a control item rolled out alone on a task (`eval.controls`), for the
+    summary."""
 
     name: str
     """Store name of the item."""
@@ -284,7 +285,8 @@ class Driver:
                 "score": score, "return_mean": returns, "eval_episodes": episodes,
                 "success": sum(row.success for row in rows) / len(rows),
                 "cost": sum(row.cost for row in rows) / len(rows)})
-        if job.row_task == stage.task:
+        if job.row_task == stage.task or job.item in self.controls_of[job.row_task]:
+            # Its own task's evaluation, or a control rolled out alone on another task.
             self.summary.scores.append(ItemScore(job.item, job.task.name, stage.method, score,
                                                  returns, episodes,
                                                  "" if in_own_env else job.task.env))
@@ -302,6 +304,8 @@ class Driver:
         self.entries = {e.name: e.metrics for e in entries}
         self.registered = set(self.entries)
         self.task_env = {task_plan.task.name: task_plan.task.env for task_plan in plan.tasks}
+        self.controls_of = {task_plan.task.name: set(task_plan.task.control_items())
+                            for task_plan in plan.tasks}
         results = store.results()
         self.result_keys = recorded_results(plan, results)
         self.rollouts = Rollouts.from_store(plan.stream, results.to_pylist(), entries) \

@@ -47,5 +47,9 @@ def test_a_composer_task_fits_its_composers_and_is_evaluated_in_its_eval_envs_wi
                 if r["name"] in ("stand", "walk")}
     assert controls == {"stand": ("base", None), "walk": ("skill", None)}
     assert {r["method"] for r in rows if r["kind"] == "composer"} == {"psec", "nsec"}
+    # The summary lists the controls beside the composers, each where it was rolled out
+    # ('' for the task's own env, walker-walk).
+    assert sorted((s.name, s.env) for s in summary.scores if s.name in ("stand", "walk")) == [
+        ("stand", ""), ("stand", "walker-run"), ("walk", ""), ("walk", "walker-run")]
     again = run_plan(plan, uri, DriverOptions(progress=False))
     assert again.fitted == [] and again.evaluations == 0
