@@ -96,6 +96,15 @@ def _run(uri: str, stream_rows: list[dict], rows: list[dict], curves: dict[str, 
     return Run(**vars(found), store=uri, seed=seed)
 
 
+def _shown(uri: str) -> str:
+    """A store as the table names it: a local folder below the working directory relative
+    to it (as a committed store is named in the repository), anything else as it is."""
+    if "://" in uri:
+        return uri
+    relative = os.path.relpath(uri)
+    return uri if relative.startswith("..") else relative
+
+
 def _cell(values: list[float]) -> str:
     mean, half, n = mean_ci(values)
     if n == 0:
@@ -123,7 +132,7 @@ def markdown(stream: str, runs: list[Run], heat_map: str | None) -> str:
              "| --- | ---: | ---: | ---: | ---: |"]
     for run in complete:
         m = run.metrics
-        lines.append(f"| {run.store} | {'—' if run.seed is None else run.seed} | "
+        lines.append(f"| {_shown(run.store)} | {'—' if run.seed is None else run.seed} | "
                      f"{_cell([m.average_success])} | {_cell([m.forgetting])} | "
                      f"{_cell([m.forward_transfer])} |")
     lines.append(

@@ -87,6 +87,15 @@ def test_a_run_with_a_cell_missing_is_named_and_left_out_of_the_means(tmp_path):
     assert f"**{mean:.2f} ± {half:.2f} (n=2)**" in text
 
 
+def test_a_store_below_the_working_directory_is_named_relative_to_it(tmp_path, monkeypatch):
+    stores = [run_store(tmp_path / "stores" / f"seed-{seed}", seed, (1.0, 0.5))
+              for seed in range(2)]
+    monkeypatch.chdir(tmp_path)  # as a committed store is named from the repository's root
+    text = open(write_runs_report(stores, str(tmp_path / "out"), "psec report")).read()
+    assert "| stores/seed-0 | 0 |" in text and "| stores/seed-1 | 1 |" in text
+    assert str(tmp_path) not in text.split("Heat map")[0].split("| run (store)")[1]
+
+
 def test_one_seed_twice_and_one_store_twice_are_refused(tmp_path, capsys):
     first = run_store(tmp_path / "s0", 0, (1.0, 0.2))
     again = run_store(tmp_path / "s0-again", 0, (0.5, 0.5))
