@@ -318,13 +318,17 @@ class Composer(nn.Module):
             actions = self.policy.sample(obs.repeat_interleave(k, dim=0), generator)
         return actions.view(obs.shape[0], k, -1).transpose(0, 1)
 
+    def require_action_mode(self, field: str) -> None:
+        """SpecError naming `field` unless this composer composes skill actions (ASEC)."""
+        if self.mode != "action":
+            raise SpecError(field, f"only an action-mode composer composes skill actions; "
+                                   f"this one is {self.mode!r}")
+
     def action_pool(self, obs: Tensor, draws: int, seed: int, chunk: int = 1024) -> ActionPool:
         """Action mode: `draws` actions of every skill for each of the raw states obs [N, S],
         sampled once (skill by skill, `chunk` states at a time) from a generator seeded
         with `seed`, for a training loss to pick from (`loss(..., skill_actions=...)`)."""
-        if self.mode != "action":
-            raise SpecError("action_draws", f"only an action-mode composer pools skill "
-                                            f"actions; this one is {self.mode!r}")
+        self.require_action_mode("action_draws")
         generator = torch.Generator(device=obs.device).manual_seed(seed)
         with torch.no_grad():
             per_draw = [torch.cat([self._skill_actions(part, self.skills, generator,
@@ -346,9 +350,8 @@ class Composer(nn.Module):
         plus the α regulariser (term "alpha_reg", 0 when `AlphaConfig.reg` is 0) and the
         batch mean of each skill's weight (terms "alpha/<skill>", for the logs). Action
         mode: `skill_actions` [k, B, A] (e.g. `ActionPool.pick`) instead of fresh draws."""
-        if skill_actions is not None and self.mode != "action":
-            raise SpecError("skill_actions", f"only an action-mode composer composes skill "
-                                             f"actions; this one is {self.mode!r}")
+        if skill_actions is not None:
+            self.require_action_mode("skill_actions")
         alpha = self._layer_weights(obs)  # computed once: the loss, the regulariser, the logs
         terms = self._composed_loss(obs, actions, weights, generator, alpha, skill_actions)
         reg = self.regulariser(alpha)

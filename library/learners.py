@@ -419,9 +419,8 @@ class ComposerLearner(_PolicyLearner):
         super().__init__(
             composer, trainable, composer.policy, weighting, iql, feasibility, weighting_config,
         )
-        if action_draws is not None and composer.mode != "action":
-            raise SpecError("action_draws", f"only an action-mode composer pools skill "
-                                            f"actions; this one is {composer.mode!r}")
+        if action_draws is not None:
+            composer.require_action_mode("action_draws")  # now, not at the first step
         self.composer = composer
         self.action_draws = action_draws
         """Action mode: pool this many draws per skill and training state (None: fresh)."""

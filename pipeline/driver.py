@@ -31,6 +31,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -218,6 +219,12 @@ class Driver:
 
     # ---- bookkeeping
 
+    @cached_property
+    def controls_of(self) -> dict[str, list[str]]:
+        """Per task of the plan, the items rolled out alone on it (`eval.controls`)."""
+        return {task_plan.task.name: task_plan.task.control_items()
+                for task_plan in self.plan.tasks}
+
     def _task_fitted(self, task_plan: TaskPlan) -> bool:
         return all(name in self.registered for name in task_plan.items)
 
@@ -304,8 +311,6 @@ class Driver:
         self.entries = {e.name: e.metrics for e in entries}
         self.registered = set(self.entries)
         self.task_env = {task_plan.task.name: task_plan.task.env for task_plan in plan.tasks}
-        self.controls_of = {task_plan.task.name: set(task_plan.task.control_items())
-                            for task_plan in plan.tasks}
         results = store.results()
         self.result_keys = recorded_results(plan, results)
         self.rollouts = Rollouts.from_store(plan.stream, results.to_pylist(), entries) \
@@ -386,7 +391,7 @@ class Driver:
     def _schedule_controls(self, task_plan: TaskPlan, pending: dict) -> None:
         """The task's `single` controls (`TaskSpec.control_items`), rolled out on it once
         every one of them is registered (each was fitted by an earlier task)."""
-        items = task_plan.task.control_items()
+        items = self.controls_of[task_plan.task.name]
         if not items or task_plan.task.name in self.controls_started \
                 or not all(item in self.registered for item in items):
             return
