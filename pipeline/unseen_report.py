@@ -146,7 +146,7 @@ def _paper_note(figure: float | None) -> str:
     return "" if figure is None else f"; paper {figure:.2f}"
 
 
-def composer_method(composer: ComposerSpec, row_method: str) -> str:
+def column_method(composer: ComposerSpec, row_method: str) -> str:
     """The table's method of a composer: `uniform` for the untrained uniform-α control,
     else the results table's method."""
     if composer.mode == "fixed" and composer.steps == 0 and composer.alpha.init == "uniform":
@@ -308,7 +308,7 @@ def collect(stream: StreamSpec, rows: list[dict]) -> UnseenTable:
         env = row.get("env") or task_envs[0]  # rows without env: the task's own env
         if task_name != composer_task or env not in task_envs:
             continue
-        column = Column(setting, composer_method(spec, str(row["method"])))
+        column = Column(setting, column_method(spec, str(row["method"])))
         if column not in columns:
             columns.append(column)
         scores[(env, column)].append(float(row["score"]))
