@@ -224,7 +224,16 @@ def metric_lines(metrics: ContinualMetrics, success: bool = True) -> list[str]:
     "average success" when p holds success rates, else "average score"."""
     return [f"average {'success' if success else 'score'} {_fmt(metrics.average_success)}",
             f"forgetting {_fmt(metrics.forgetting)}",
-            f"forward transfer {_fmt(metrics.forward_transfer)}"]
+            f"forward transfer {_fmt(metrics.forward_transfer)}{transfer_coverage(metrics)}"]
+
+
+def transfer_coverage(metrics: ContinualMetrics) -> str:
+    """What follows a forward-transfer figure that covers only part of the stream: the
+    tasks with a scratch reference, e.g. " (2 of 10 tasks with a scratch reference)";
+    "" when every task (or none) has one."""
+    if not metrics.transfer_is_partial:
+        return ""
+    return f" ({metrics.referenced} of {len(metrics.tasks)} tasks with a scratch reference)"
 
 
 PAPER_CW10 = {"hammer-v3": 0.91, "push-wall-v3": 0.86, "faucet-close-v3": 0.92,

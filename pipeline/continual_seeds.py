@@ -105,6 +105,12 @@ def _shown(uri: str) -> str:
     return uri if relative.startswith("..") else relative
 
 
+def _whole_transfer(run: Run) -> float:
+    """A run's forward transfer where every task has its scratch reference, else NaN (a
+    mean over part of the stream is not Continual World's FT of it)."""
+    return math.nan if run.metrics.transfer_is_partial else run.metrics.forward_transfer
+
+
 def _cell(values: list[float]) -> str:
     mean, half, n = mean_ci(values)
     if n == 0:
@@ -134,12 +140,13 @@ def markdown(stream: str, runs: list[Run], heat_map: str | None) -> str:
         m = run.metrics
         lines.append(f"| {_shown(run.store)} | {'—' if run.seed is None else run.seed} | "
                      f"{_cell([m.average_success])} | {_cell([m.forgetting])} | "
-                     f"{_cell([m.forward_transfer])} |")
+                     f"{_cell([m.forward_transfer])}"
+                     f"{continual_report.transfer_coverage(m)} |")
     lines.append(
         f"| **mean ± {CONFIDENCE:.0%} CI** | | "
         f"**{_cell([run.metrics.average_success for run in complete])}** | "
         f"**{_cell([run.metrics.forgetting for run in complete])}** | "
-        f"**{_cell([run.metrics.forward_transfer for run in complete])}** |")
+        f"**{_cell([_whole_transfer(run) for run in complete])}** |")
     for run in unfinished:
         lines += ["", f"Left out, unfinished: {run.store} ({len(run.metrics.tasks)} of "
                       f"{longest} tasks)."]
@@ -148,6 +155,11 @@ def markdown(stream: str, runs: list[Run], heat_map: str | None) -> str:
             lines += ["", f"Partial: {run.store} lacks {missing} cell(s) of p_i(t), so its "
                           "average success and forgetting read — and the means leave it out "
                           "(n = the runs counted)."]
+        if run.metrics.transfer_is_partial:
+            lines += ["", f"Partial: {run.store} has a scratch reference for "
+                          f"{run.metrics.referenced} of {longest} tasks, so its forward "
+                          "transfer is a mean over those alone and the mean over runs leaves "
+                          "it out (n = the runs counted); its per-task figures count."]
     note, header, rule, cells = continual_report.paper_parts(
         continual_report.paper_column(first.envs), longest)
     lines += [*note, "", "| task | p_i(i) | p_i(T) | forgetting | forward transfer |" + header,

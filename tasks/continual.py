@@ -53,6 +53,16 @@ class ContinualMetrics:
     transfer_from: list[str]
     """Per task, what FT_i compares: "auc" (the areas under the training curves, Continual
     World's), "final" (final successes, the simplified version) or "" (undefined)."""
+    referenced: int = 0
+    """How many tasks have a scratch reference (final success or curve). Fewer than
+    len(tasks) means `forward_transfer` is a mean over part of the stream, not Continual
+    World's FT over all of it."""
+
+    @property
+    def transfer_is_partial(self) -> bool:
+        """Whether some tasks lack the scratch reference their forward transfer needs
+        (while others have one)."""
+        return 0 < self.referenced < len(self.tasks)
 
 
 def _square(p: np.ndarray) -> np.ndarray:
@@ -142,9 +152,11 @@ def continual_metrics(tasks: Sequence[str], p: np.ndarray,
     ref = nan if reference is None else np.asarray(reference, float)
     transfer = task_forward_transfer(np.diagonal(p), ref)
     kinds = ["final" if math.isfinite(value) else "" for value in transfer]
+    referenced = np.isfinite(ref)
     if curves is not None:
         own_auc, ref_auc = (np.asarray(values, float) for values in curves)
         from_curves = task_forward_transfer(own_auc, ref_auc)
+        referenced |= np.isfinite(ref_auc)
         for i, value in enumerate(from_curves):
             if np.isfinite(own_auc[i]) and np.isfinite(ref_auc[i]):
                 transfer[i], kinds[i] = value, "auc" if math.isfinite(value) else ""
@@ -153,4 +165,5 @@ def continual_metrics(tasks: Sequence[str], p: np.ndarray,
         task_forgetting=task_forgetting(p).tolist(),
         forward_transfer=float(np.nanmean(transfer)) if np.isfinite(transfer).any()
         else math.nan,
-        task_forward_transfer=transfer.tolist(), transfer_from=kinds)
+        task_forward_transfer=transfer.tolist(), transfer_from=kinds,
+        referenced=int(referenced.sum()))

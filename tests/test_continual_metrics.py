@@ -78,8 +78,16 @@ def test_continual_metrics_bundle():
     assert metrics.task_forward_transfer[0] == pytest.approx(1.0)
     assert metrics.task_forward_transfer[2] == pytest.approx(0.0)
     assert metrics.forward_transfer == pytest.approx(0.5)  # mean of the defined ones
+    assert (metrics.referenced, metrics.transfer_is_partial) == (2, True)
     without = continual_metrics(["a", "b", "c"], FORGETFUL)
     assert math.isnan(without.forward_transfer)
+    assert (without.referenced, without.transfer_is_partial) == (0, False)
+    # A curve is a reference too; a perfect reference leaves FT_i undefined, not missing.
+    curves = ([0.5, 0.5, 0.5], [0.2, 1.0, NAN])
+    every = continual_metrics(["a", "b", "c"], FORGETFUL, reference=[0.5, 1.0, 0.9],
+                              curves=curves)
+    assert math.isnan(every.task_forward_transfer[1])
+    assert (every.referenced, every.transfer_is_partial) == (3, False)
 
 
 def test_malformed_inputs_name_the_shapes():

@@ -8,6 +8,7 @@ import pytest
 from pipeline.continual_report import (
     continual_tasks,
     curve_lines,
+    metric_lines,
     stream_metrics,
     success_matrix,
 )
@@ -66,6 +67,9 @@ def test_metrics_take_the_scratch_base_of_any_stream_as_the_reference():
     _, metrics = stream_metrics(rows, rows + scratch)
     assert metrics.task_forward_transfer[0] == pytest.approx(1.0)
     assert metrics.forward_transfer == pytest.approx(1.0)
+    # Only a has its reference: the headline says the figure covers 1 of the 3 tasks.
+    assert metric_lines(metrics)[2] == ("forward transfer 1.00 (1 of 3 tasks with a scratch "
+                                        "reference)")
 
 
 def test_report_writes_the_three_lines_and_the_heat_map(tmp_path):

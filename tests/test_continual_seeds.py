@@ -87,6 +87,26 @@ def test_a_run_with_a_cell_missing_is_named_and_left_out_of_the_means(tmp_path):
     assert f"**{mean:.2f} ± {half:.2f} (n=2)**" in text
 
 
+def test_a_run_with_scratch_references_for_part_of_the_stream_says_so(tmp_path):
+    # Seed 2's scratch references still fitting: b's is missing, so its forward transfer
+    # (a's alone) is marked and left out of the mean; the per-task figures keep it.
+    stores = [run_store(tmp_path / f"s{seed}", seed, (0.8, 0.6)) for seed in range(3)]
+    for seed, store in enumerate(stores):
+        store.append_results([
+            row(f"{task}-scratch", 0, f"{task}-scratch", f"{task}-scratch", 0.5,
+                kind="base", method="base", stream="cw-scratch")
+            for task in ("a", "b")[: 1 if seed == 2 else 2]])
+    text = open(write_runs_report(stores, str(tmp_path / "out"), "psec report")).read()
+    # FT: a (0.8 - 0.5) / 0.5 = 0.6, b (0.6 - 0.5) / 0.5 = 0.2; mean 0.4.
+    assert f"| {stores[0].uri} | 0 | 0.70 | 0.00 | 0.40 |" in text
+    assert (f"| {stores[2].uri} | 2 | 0.70 | 0.00 | 0.60 (1 of 2 tasks with a scratch "
+            "reference) |") in text
+    assert text.count("| **0.40 ± 0.00 (n=2)** |") == 1
+    assert f"Partial: {stores[2].uri} has a scratch reference for 1 of 2 tasks" in text
+    assert "| a | 0.80 ± 0.00 | 0.80 ± 0.00 | 0.00 ± 0.00 | 0.60 ± 0.00 |" in text
+    assert "| b | 0.60 ± 0.00 | 0.60 ± 0.00 | 0.00 ± 0.00 | 0.20 ± 0.00 (n=2) |" in text
+
+
 def test_a_store_below_the_working_directory_is_named_relative_to_it(tmp_path, monkeypatch):
     stores = [run_store(tmp_path / "stores" / f"seed-{seed}", seed, (1.0, 0.5))
               for seed in range(2)]
