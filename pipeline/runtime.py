@@ -19,6 +19,9 @@ through `connect`, so the choices below are made once:
   small machine often started a new process and imported torch, Ray Train and the
   simulator again. A local instance sets it to its CPUs + `SPARE_WORKERS`
   (`keep_idle_workers`); a cluster's nodes set the same in cluster.yaml.
+* Ray gives a new local node a fixed 30 s to register its raylet; on 2 busy cores that
+  ran out now and then. A private local instance is started again (`LOCAL_START_RETRIES`);
+  attaching to a cluster is not retried.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ import socket
 from dataclasses import dataclass
 
 from library.errors import PsecError
+
+LOCAL_START_RETRIES = 2
+"""How often `connect` starts a private local instance again after Ray's fixed 30 s wait
+for its raylet ran out (seen on 2 cores with fits and tests beside it): the start is
+slow, not broken."""
+STARTUP_TIMEOUT = "timed out during startup"
+"""What Ray's exception says when a node's raylet did not register within that wait."""
 
 NAMESPACE = "psec"
 """Ray namespace of every named actor of the pipeline (store actor, inbox, progress)."""
@@ -80,19 +90,31 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         check_reachable(address)
     if address == "local":
         keep_idle_workers(num_cpus)
-    try:
-        ray.init(
-            address=address,
-            namespace=NAMESPACE,
-            num_cpus=num_cpus if address == "local" else None,
-            # Train's controller and worker logs would bury the progress bars; errors
-            # still reach the driver as exceptions.
-            log_to_driver=os.environ.get("PSEC_RAY_LOGS", "0") == "1",
-            configure_logging=True,
-            logging_level=logging.WARNING,
-        )
-    except ConnectionError as error:
-        raise PsecError(f"cannot reach a Ray cluster at {address!r}: {error}") from None
+    for attempt in range(1 + (LOCAL_START_RETRIES if address == "local" else 0)):
+        try:
+            ray.init(
+                address=address,
+                namespace=NAMESPACE,
+                num_cpus=num_cpus if address == "local" else None,
+                # Train's controller and worker logs would bury the progress bars; errors
+                # still reach the driver as exceptions.
+                log_to_driver=os.environ.get("PSEC_RAY_LOGS", "0") == "1",
+                configure_logging=True,
+                logging_level=logging.WARNING,
+            )
+            return
+        except ConnectionError as error:
+            raise PsecError(f"cannot reach a Ray cluster at {address!r}: {error}") from None
+        except Exception as error:  # Ray raises a bare Exception for a slow start
+            if address != "local" or STARTUP_TIMEOUT not in str(error):
+                raise
+            ray.shutdown()  # stops what this attempt started
+            if attempt == LOCAL_START_RETRIES:
+                raise PsecError(f"a local Ray instance did not start in {attempt + 1} "
+                                "attempts of Ray's 30 s (the machine is too busy?): "
+                                f"{error}") from None
+            logging.getLogger(__name__).warning(
+                "a local Ray instance timed out during startup; starting it again")
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -294,6 +294,54 @@ def test_a_local_ray_keeps_spare_idle_workers_unless_the_user_set_the_limit(monk
     assert os.environ[WORKER_LIMIT_VAR] == "3"
 
 
+def test_a_local_ray_that_starts_too_slowly_is_started_again(monkeypatch):
+    """Ray waits a fixed 30 s for a new node's raylet; on a busy machine `connect` starts
+    its private instance again (twice at most) instead of failing the run. A slow start
+    of a cluster it attaches to, or any other error, is not retried."""
+    import ray
+
+    from pipeline import runtime
+
+    for var, value in ((runtime.WORKER_LIMIT_VAR, "4"), (runtime.AUTH_MODE_VAR, "disabled")):
+        monkeypatch.setenv(var, value)  # connect sets them otherwise, for the whole session
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    calls: list[str] = []
+    outcomes: list[Exception | None] = []
+
+    def init(address=None, **kwargs):
+        calls.append(address)
+        if outcome := outcomes.pop(0):
+            raise outcome
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    slow = Exception("The current node timed out during startup. This could happen ...")
+
+    outcomes[:] = [slow, slow, None]
+    runtime.connect()
+    assert calls == ["local", "shutdown", "local", "shutdown", "local"]
+
+    calls.clear()
+    outcomes[:] = [slow, slow, slow]
+    with pytest.raises(PsecError, match="did not start in 3 attempts"):
+        runtime.connect()
+    assert calls.count("local") == 3
+
+    calls.clear()
+    outcomes[:] = [slow]
+    monkeypatch.setattr(runtime, "check_reachable", lambda address: None)
+    with pytest.raises(Exception, match="timed out during startup"):
+        runtime.connect("10.0.0.1:6379")
+    assert calls == ["10.0.0.1:6379"]
+
+    calls.clear()
+    outcomes[:] = [RuntimeError("something else")]
+    with pytest.raises(RuntimeError, match="something else"):
+        runtime.connect()
+    assert calls == ["local"]
+
+
 def test_cluster_yaml_starts_every_node_with_the_worker_limit():
     """The limit the start commands compute is pipeline.runtime.worker_limit() (the
     node's venv python replaced by the one running the tests)."""
