@@ -74,8 +74,14 @@ class FitJob(BaseModel):
         return f"{self.stream}__{self.unit.name}"
 
     def fingerprint(self) -> str:
-        """Identifies the plan of the unit; checkpoints of another plan are not resumed."""
-        data = self.unit.model_dump(mode="json")
+        """Identifies the plan of the unit; checkpoints of another plan are not resumed.
+
+        Fields at their defaults are left out, as `pipeline.checks.same_fit` reads a
+        stored spec: a psec that adds a field (at a default that keeps what fits did)
+        still resumes the checkpoints an earlier one wrote. Session 21's new
+        `eval.controls` changed every fingerprint and three interrupted fits started over.
+        """
+        data = self.unit.model_dump(mode="json", exclude_defaults=True)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

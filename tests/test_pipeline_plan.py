@@ -294,6 +294,27 @@ def test_a_local_ray_keeps_spare_idle_workers_unless_the_user_set_the_limit(monk
     assert os.environ[WORKER_LIMIT_VAR] == "3"
 
 
+def test_a_checkpoint_fingerprint_ignores_fields_at_their_defaults():
+    """A unit's checkpoints are resumed by a later psec whose models gained fields (at
+    their defaults); any value that differs still makes another plan."""
+    from pipeline.fit_job import FitJob, FitOptions
+    from pipeline.plan import FitUnit
+
+    class LaterUnit(FitUnit):  # the same unit as a later version's model would hold it
+        added: int = 0
+
+    unit = plan_stream(walker_stream()).units["walk"]
+    job = {"stream": "walker", "stream_seed": 0, "workers": 1, "cpus_per_worker": 1,
+           "gpus_per_worker": 0.0, "options": FitOptions()}
+    now = FitJob(unit=unit, **job).fingerprint()
+    later = LaterUnit(**dict(unit))
+    assert FitJob(unit=later, **job).fingerprint() == now
+    assert FitJob(unit=LaterUnit(**dict(unit), added=1), **job).fingerprint() != now
+    steps = unit.model_copy(update={"task": unit.task.model_copy(
+        update={"train": unit.task.train.model_copy(update={"steps": 7})})})
+    assert FitJob(unit=steps, **job).fingerprint() != now
+
+
 def test_a_local_ray_that_starts_too_slowly_is_started_again(monkeypatch):
     """Ray waits a fixed 30 s for a new node's raylet; on a busy machine `connect` starts
     its private instance again (twice at most) instead of failing the run. A slow start
