@@ -259,6 +259,10 @@ class Scale(SpecModel):
         None, min_length=1, description="eval.seeds of every task."
     )
     max_steps: int | None = Field(None, ge=1, description="eval.max_steps of every task.")
+    eval_candidates: int | None = Field(
+        None, ge=1, description="eval.n_candidates of every task: candidate actions per state, "
+        "the one its task's critic ranks best kept (a task without critics samples one).",
+    )
     curve_points: int | None = Field(
         None, ge=0, le=100, description="eval.curve_points of every task that asks for a "
         "learning curve (0: none).",
@@ -494,6 +498,7 @@ class StreamSpec(SpecModel):
             _set(task["eval"], "episodes", scale.eval_episodes)
             _set(task["eval"], "seeds", scale.eval_seeds)
             _set(task["eval"], "max_steps", scale.max_steps)
+            _set(task["eval"], "n_candidates", scale.eval_candidates)
             if task["eval"].get("curve_points"):
                 _set(task["eval"], "curve_points", scale.curve_points)
             if task["eval"]["envs"] is not None and scale.eval_envs is not None:

@@ -53,7 +53,7 @@ def _stream() -> dict:
         ],
         "scales": {
             "smoke": {"train_steps": 3, "composer_steps": 2, "data_episodes": {"src": 2}},
-            "paper": {"base_steps": 1000, "eval_seeds": [0, 1]},
+            "paper": {"base_steps": 1000, "eval_seeds": [0, 1], "eval_candidates": 64},
         },
     }
 
@@ -209,6 +209,8 @@ def test_at_scale_applies_overrides_and_keeps_the_original():
     paper = stream.at_scale("paper")
     assert paper.tasks[0].train.steps == 1000
     assert all(task.eval.seeds == [0, 1] for task in paper.tasks)
+    assert [task.eval.n_candidates for task in paper.tasks] == [64, 64, 64]
+    assert [task.eval.n_candidates for task in smoke.tasks] == [1, 1, 1]
     with pytest.raises(SpecError, match=r"^scale: unknown scale 'huge'; defined: smoke, paper$"):
         stream.at_scale("huge")
 
