@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 from dataclasses import dataclass
 
@@ -91,6 +92,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if address == "local":
         keep_idle_workers(num_cpus)
     for attempt in range(1 + (LOCAL_START_RETRIES if address == "local" else 0)):
+        before = _children()
         try:
             ray.init(
                 address=address,
@@ -108,13 +110,39 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         except Exception as error:  # Ray raises a bare Exception for a slow start
             if address != "local" or STARTUP_TIMEOUT not in str(error):
                 raise
-            ray.shutdown()  # stops what this attempt started
+            ray.shutdown()
+            _kill(_children() - before)  # the GCS and raylet of the attempt: nothing owns them
             if attempt == LOCAL_START_RETRIES:
                 raise PsecError(f"a local Ray instance did not start in {attempt + 1} "
                                 "attempts of Ray's 30 s (the machine is too busy?): "
                                 f"{error}") from None
             logging.getLogger(__name__).warning(
                 "a local Ray instance timed out during startup; starting it again")
+
+
+def _children() -> set[int]:
+    """Process ids whose parent is this process (Linux /proc; empty elsewhere)."""
+    own, found = os.getpid(), set()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after ")".
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == own:
+                    found.add(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return found
+
+
+def _kill(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -2,6 +2,7 @@
 cluster resources, evaluation chunking, result keys and the report. No Ray is started."""
 
 import math
+import subprocess
 
 import pyarrow as pa
 import pytest
@@ -329,9 +330,12 @@ def test_a_local_ray_that_starts_too_slowly_is_started_again(monkeypatch):
     calls: list[str] = []
     outcomes: list[Exception | None] = []
 
+    started: list[subprocess.Popen] = []
+
     def init(address=None, **kwargs):
         calls.append(address)
         if outcome := outcomes.pop(0):
+            started.append(subprocess.Popen(["sleep", "60"]))  # as a GCS left behind
             raise outcome
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -342,6 +346,8 @@ def test_a_local_ray_that_starts_too_slowly_is_started_again(monkeypatch):
     outcomes[:] = [slow, slow, None]
     runtime.connect()
     assert calls == ["local", "shutdown", "local", "shutdown", "local"]
+    # What a failed attempt started is stopped (and reaped) before the next one.
+    assert len(started) == 2 and all(process.poll() is not None for process in started)
 
     calls.clear()
     outcomes[:] = [slow, slow, slow]
@@ -361,6 +367,9 @@ def test_a_local_ray_that_starts_too_slowly_is_started_again(monkeypatch):
     with pytest.raises(RuntimeError, match="something else"):
         runtime.connect()
     assert calls == ["local"]
+    for process in started:  # the attempts not retried left theirs
+        process.kill()
+        process.wait()
 
 
 def test_cluster_yaml_starts_every_node_with_the_worker_limit():
