@@ -31,10 +31,16 @@ SCALE=${PSEC_SCALE:-smoke}
 CPUS=${PSEC_CPUS:-2}
 export RAY_AUTH_MODE=disabled
 
-# Free ports for every server of the head node, so it never collides with another Ray
-# instance on this machine; its own temp dir keeps `ray_current_cluster` out of /tmp/ray,
-# so other processes' `ray.init()` do not attach to it.
-read -r GCS DASH CLIENT AGENT_HTTP AGENT_GRPC METRICS RUNTIME_ENV < <(python - <<'PY'
+# Idle workers the head keeps (pipeline/runtime.py: worker_limit), as psec's local Ray does.
+: "${RAY_num_workers_soft_limit:=$(python -c "from pipeline.runtime import worker_limit; print(worker_limit($CPUS))")}"
+export RAY_num_workers_soft_limit
+
+# Start a head node: free ports for every server of it, so it never collides with another
+# Ray instance on this machine, and a temp dir of its own, which keeps
+# `ray_current_cluster` out of /tmp/ray so other processes' `ray.init()` do not attach to
+# it; every process of the node names that dir on its command line.
+start_head() {
+    read -r GCS DASH CLIENT AGENT_HTTP AGENT_GRPC METRICS RUNTIME_ENV < <(python - <<'PY'
 import socket
 socks = [socket.socket() for _ in range(7)]
 for s in socks:
@@ -43,35 +49,49 @@ print(*(s.getsockname()[1] for s in socks))
 for s in socks:
     s.close()
 PY
-)
-TEMP=$(mktemp -d /tmp/psecray.XXXX)
-# Idle workers the head keeps (pipeline/runtime.py: worker_limit), as psec's local Ray does.
-: "${RAY_num_workers_soft_limit:=$(python -c "from pipeline.runtime import worker_limit; print(worker_limit($CPUS))")}"
-export RAY_num_workers_soft_limit
+    )
+    TEMP=$(mktemp -d /tmp/psecray.XXXX)
+    ray start --head --block --num-cpus "$CPUS" --port "$GCS" --dashboard-port "$DASH" \
+        --ray-client-server-port "$CLIENT" --dashboard-agent-listen-port "$AGENT_HTTP" \
+        --dashboard-agent-grpc-port "$AGENT_GRPC" --metrics-export-port "$METRICS" \
+        --runtime-env-agent-port "$RUNTIME_ENV" --temp-dir "$TEMP" --disable-usage-stats \
+        > "$TEMP/head.log" 2>&1 &
+    HEAD=$!
+    ADDRESS="http://127.0.0.1:$DASH"
+}
 
-ray start --head --block --num-cpus "$CPUS" --port "$GCS" --dashboard-port "$DASH" \
-    --ray-client-server-port "$CLIENT" --dashboard-agent-listen-port "$AGENT_HTTP" \
-    --dashboard-agent-grpc-port "$AGENT_GRPC" --metrics-export-port "$METRICS" \
-    --runtime-env-agent-port "$RUNTIME_ENV" --temp-dir "$TEMP" --disable-usage-stats \
-    > "$TEMP/head.log" 2>&1 &
-HEAD=$!
-# --block makes this one process own the head node: stopping it stops the node.
-trap 'kill "$HEAD" 2>/dev/null || true; wait "$HEAD" 2>/dev/null || true; rm -rf "$TEMP"' EXIT
-
-ADDRESS="http://127.0.0.1:$DASH"
 # Ready when the job API itself answers (it lists the jobs): the dashboard answers
 # /api/version before its job module is up, and a submission sent then can be dropped.
-for _ in $(seq 120); do
-    if python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
-        "$ADDRESS/api/jobs/" 2>/dev/null; then
-        break
-    fi
-    if ! kill -0 "$HEAD" 2>/dev/null; then
-        cat "$TEMP/head.log" >&2
-        echo "job_submit_smoke: the head node did not start" >&2
+# Fails when the head process ends first.
+head_ready() {
+    for _ in $(seq 120); do
+        if python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+            "$ADDRESS/api/jobs/" 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$HEAD" 2>/dev/null || return 1
+        sleep 1
+    done
+}
+
+# --block makes one process own the head node: stopping it stops the node.
+trap 'kill "$HEAD" 2>/dev/null || true; wait "$HEAD" 2>/dev/null || true; rm -rf "$TEMP"' EXIT
+
+# Ray gives a new node a fixed 30 s to register its raylet; on a busy machine that runs
+# out now and then, so a head that did not start is started again (3 attempts in all).
+for attempt in 1 2 3; do
+    start_head
+    head_ready && break
+    cat "$TEMP/head.log" >&2
+    kill "$HEAD" 2>/dev/null || true
+    pkill -9 -f -- "$TEMP" || true  # what the failed start left running (its GCS, raylet)
+    wait "$HEAD" 2>/dev/null || true
+    rm -rf "$TEMP"
+    if [ "$attempt" = 3 ]; then
+        echo "job_submit_smoke: the head node did not start (3 attempts)" >&2
         exit 1
     fi
-    sleep 1
+    echo "job_submit_smoke: the head node did not start; starting it again" >&2
 done
 
 ray job submit --address "$ADDRESS" --working-dir . \
