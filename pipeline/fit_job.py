@@ -78,8 +78,7 @@ class FitJob(BaseModel):
 
         Fields at their defaults are left out, as `pipeline.checks.same_fit` reads a
         stored spec: a psec that adds a field (at a default that keeps what fits did)
-        still resumes the checkpoints an earlier one wrote. Session 21's new
-        `eval.controls` changed every fingerprint and three interrupted fits started over.
+        still resumes the checkpoints an earlier one wrote.
         """
         data = self.unit.model_dump(mode="json", exclude_defaults=True)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -89,15 +89,16 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         address = "local"
     if address not in (None, "auto", "local"):
         check_reachable(address)
-    if address == "local":
+    local = address == "local"
+    if local:
         keep_idle_workers(num_cpus)
-    for attempt in range(1 + (LOCAL_START_RETRIES if address == "local" else 0)):
-        before = _children()
+    for attempt in range(1 + (LOCAL_START_RETRIES if local else 0)):
+        before = _children() if local else set()  # only a local start is cleaned up
         try:
             ray.init(
                 address=address,
                 namespace=NAMESPACE,
-                num_cpus=num_cpus if address == "local" else None,
+                num_cpus=num_cpus if local else None,
                 # Train's controller and worker logs would bury the progress bars; errors
                 # still reach the driver as exceptions.
                 log_to_driver=os.environ.get("PSEC_RAY_LOGS", "0") == "1",
@@ -108,7 +109,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         except ConnectionError as error:
             raise PsecError(f"cannot reach a Ray cluster at {address!r}: {error}") from None
         except Exception as error:  # Ray raises a bare Exception for a slow start
-            if address != "local" or STARTUP_TIMEOUT not in str(error):
+            if not local or STARTUP_TIMEOUT not in str(error):
                 raise
             ray.shutdown()
             _kill(_children() - before)  # the GCS and raylet of the attempt: nothing owns them

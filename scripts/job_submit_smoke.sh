@@ -72,6 +72,7 @@ head_ready() {
         kill -0 "$HEAD" 2>/dev/null || return 1
         sleep 1
     done
+    return 0  # still starting after 120 s: the submission below says what is wrong
 }
 
 # --block makes one process own the head node: stopping it stops the node.
