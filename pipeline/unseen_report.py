@@ -146,6 +146,26 @@ def _paper_note(figure: float | None) -> str:
     return "" if figure is None else f"; paper {figure:.2f}"
 
 
+def versus(ours: list[float], theirs: list[float], level: float = 0.95) -> int:
+    """+1 when `ours` is clearly above `theirs`, -1 clearly below, 0 within noise: Welch's
+    `level` interval of the difference of their means over evaluation seeds excludes 0
+    (with no spread on either side, any difference of the means counts)."""
+    from scipy.stats import t
+
+    n, m = len(ours), len(theirs)
+    diff = _mean(ours) - _mean(theirs)
+    var = [sum((v - _mean(x)) ** 2 for v in x) / (len(x) - 1) if len(x) > 1 else 0.0
+           for x in (ours, theirs)]
+    se2 = var[0] / n + var[1] / m
+    if se2 == 0:
+        return int(diff > 0) - int(diff < 0)
+    if n < 2 or m < 2:
+        return 0  # one seed has no spread to weigh the other's against
+    dof = se2 ** 2 / sum((v / k) ** 2 / (k - 1) for v, k in zip(var, (n, m)) if v)
+    half = float(t.ppf(0.5 + level / 2, dof)) * math.sqrt(se2)
+    return int(diff > half) - int(diff < -half)
+
+
 def column_method(composer: ComposerSpec, row_method: str) -> str:
     """The table's method of a composer: `uniform` for the untrained uniform-α control,
     else the results table's method."""
@@ -238,6 +258,31 @@ class UnseenTable:
                          if best else "—")
         lines.append("| mean over envs | " + " | ".join(means) + " |")
         return "\n".join(lines)
+
+    def psec_versus(self, setting: str) -> str:
+        """One line: the setting's PSEC column against each other column and the best
+        single item, counted over the envs where both have scores (`versus`)."""
+        psec = Column(setting, "psec")
+        if psec not in self.columns:
+            return ""
+        others = [(c.label, lambda env, c=c: self.scores.get((env, c), []))
+                  for c in self.setting_columns(setting) if c != psec]
+        others.append(("the best single item", lambda env: (self.best_single(env) or
+                                                            ("", []))[1]))
+        parts = []
+        for label, scores_of in others:
+            pairs = [(self.scores.get((env, psec), []), scores_of(env)) for env in self.envs]
+            pairs = [(a, b) for a, b in pairs if a and b]
+            if not pairs:
+                continue
+            verdicts = [versus(a, b) for a, b in pairs]
+            parts.append(f"{label}: above on {verdicts.count(1)}, level on "
+                         f"{verdicts.count(0)}, below on {verdicts.count(-1)} of {len(pairs)}")
+        if not parts:
+            return ""
+        return ("PSEC against the others, per env where both have scores (above or below: "
+                "Welch's 95% interval of the difference over evaluation seeds excludes 0; "
+                "else level): " + "; ".join(parts) + ".")
 
     def pretraining_markdown(self) -> str:
         """Each pretraining task's own skill (and its scratch reference, where stored)
@@ -334,6 +379,8 @@ def section(stream_path: str, scale: str, store_uri: str, command: str) -> str:
         if any(c.setting == setting and c.method != UNIFORM for c in table.columns):
             body += [f"{setting.capitalize()} (the paper's {paper_table}):", "",
                      table.markdown(setting), ""]
+            if line := table.psec_versus(setting):
+                body += [line, ""]
     if not body:
         body = [f"No composer results of stream `{stream.name}` in the store yet.", ""]
     controls = ([

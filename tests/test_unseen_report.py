@@ -18,6 +18,7 @@ from pipeline.unseen_report import (
     collect,
     main,
     paper_task,
+    versus,
 )
 from tasks.spec import load_stream
 
@@ -187,6 +188,39 @@ def test_the_controls_stand_beside_the_composers_in_both_tables():
     assert zero.startswith("| unseen task | PSEC | uniform α | best single item alone |")
     # The skill's own pretraining-task score is not mixed into the controls.
     assert table.skills["handle-press-v3"] == []
+
+
+def test_versus_counts_a_gap_only_where_the_seeds_resolve_it():
+    # 0.9 ± 0.05 against 0.5 ± 0.05 over 4 seeds: far outside the noise, either way round.
+    high, low = [0.85, 0.9, 0.95, 0.9], [0.45, 0.5, 0.55, 0.5]
+    assert versus(high, low) == 1 and versus(low, high) == -1
+    # A 0.1 gap between seeds spread by ±0.3 is level.
+    assert versus([0.2, 0.8, 0.5, 0.9], [0.1, 0.7, 0.4, 0.8]) == 0
+    # No spread on either side: any difference counts; equal scores are level.
+    assert versus([1.0, 1.0, 1.0], [0.97, 0.97, 0.97]) == 1
+    assert versus([1.0, 1.0], [1.0, 1.0, 1.0]) == 0
+    # One seed against a spread: nothing to weigh the spread against.
+    assert versus([0.9], [0.1, 0.3]) == 0
+
+
+def test_the_psec_line_counts_each_column_and_the_best_single_item():
+    stream = load_stream(CONFIG, "smoke")
+    rows = []
+    for seed, (psec, nsec, bank) in enumerate([(0.9, 0.2, 0.9), (0.8, 0.1, 1.0),
+                                               (1.0, 0.3, 0.8)]):
+        rows += [row("plate-slide-psec", "plate-slide-v3", "psec", psec, seed=seed),
+                 row("plate-slide-nsec", "plate-slide-v3", "nsec", nsec, seed=seed),
+                 row("plate-slide-random", "plate-slide-v3", "random", bank, seed=seed),
+                 row("mw18-base", "plate-slide-v3", "base", 1.0, seed=seed, kind="base")]
+    table = collect(stream, rows)
+    line = table.psec_versus("few-shot")
+    assert "NSEC: above on 1, level on 0, below on 0 of 1" in line
+    assert "random-LoRA bank: above on 0, level on 1, below on 0 of 1" in line
+    # The base alone scores 1.0 on every seed: PSEC's 0.9 ± 0.1 is not clearly under it.
+    assert "the best single item: above on 0, level on 1, below on 0 of 1" in line
+    # ASEC has no scores here, so it has no count; a setting without PSEC has no line.
+    assert "ASEC" not in line
+    assert table.psec_versus("zero-shot") == ""
 
 
 def test_the_pretraining_table_puts_each_task_s_skill_beside_table_5():
