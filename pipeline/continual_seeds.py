@@ -148,15 +148,15 @@ def markdown(stream: str, runs: list[Run], heat_map: str | None) -> str:
         f"**{_cell([run.metrics.forgetting for run in complete])}** | "
         f"**{_cell([_whole_transfer(run) for run in complete])}** |")
     for run in unfinished:
-        lines += ["", f"Left out, unfinished: {run.store} ({len(run.metrics.tasks)} of "
-                      f"{longest} tasks)."]
+        lines += ["", f"Left out, unfinished: {_shown(run.store)} "
+                      f"({len(run.metrics.tasks)} of {longest} tasks)."]
     for run in complete:
         if missing := len(missing_cells(run.p)):
-            lines += ["", f"Partial: {run.store} lacks {missing} cell(s) of p_i(t), so its "
-                          "average success and forgetting read — and the means leave it out "
-                          "(n = the runs counted)."]
+            lines += ["", f"Partial: {_shown(run.store)} lacks {missing} cell(s) of p_i(t), "
+                          "so its average success and forgetting read — and the means leave "
+                          "it out (n = the runs counted)."]
         if run.metrics.transfer_is_partial:
-            lines += ["", f"Partial: {run.store} has a scratch reference for "
+            lines += ["", f"Partial: {_shown(run.store)} has a scratch reference for "
                           f"{run.metrics.referenced} of {longest} tasks, so its forward "
                           "transfer is a mean over those alone and the mean over runs leaves "
                           "it out (n = the runs counted); its per-task figures count."]

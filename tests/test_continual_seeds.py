@@ -110,9 +110,13 @@ def test_a_run_with_scratch_references_for_part_of_the_stream_says_so(tmp_path):
 def test_a_store_below_the_working_directory_is_named_relative_to_it(tmp_path, monkeypatch):
     stores = [run_store(tmp_path / "stores" / f"seed-{seed}", seed, (1.0, 0.5))
               for seed in range(2)]
+    # Seed 1 has one of its two scratch references: its "Partial:" line names it too.
+    stores[1].append_results([row("a-scratch", 0, "a-scratch", "a-scratch", 0.5, kind="base",
+                                  method="base", stream="cw-scratch")])
     monkeypatch.chdir(tmp_path)  # as a committed store is named from the repository's root
     text = open(write_runs_report(stores, str(tmp_path / "out"), "psec report")).read()
     assert "| stores/seed-0 | 0 |" in text and "| stores/seed-1 | 1 |" in text
+    assert "Partial: stores/seed-1 has a scratch reference for 1 of 2 tasks" in text
     assert str(tmp_path) not in text.split("Heat map")[0].split("| run (store)")[1]
 
 
