@@ -73,3 +73,34 @@ class RunLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _local_runs(store_uri: str) -> str:
+    store = SkillStore(store_uri)
+    if store.local_path is None:
+        raise StoreError(f"{store_uri}: TensorBoard runs are read from a local store only")
+    return store.uri_of(RUNS_FOLDER)
+
+
+def item_runs(store_uri: str, item: str) -> list[str]:
+    """The runs of a local store logged for `item` (`run_name(item, *, *)`), sorted."""
+    import os
+
+    folder = _local_runs(store_uri)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(name for name in names
+                  if name.startswith(f"{item}__") and name.count("__") == 2)
+
+
+def last_scalars(store_uri: str, run: str, prefix: str = "") -> dict[str, float]:
+    """The last logged value of each scalar of a local store's run whose tag starts with
+    `prefix` (the prefix cut off); {} when the run logged none."""
+    import os
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(_local_runs(store_uri), run),
+                              size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag[len(prefix):]: events.Scalars(tag)[-1].value
+            for tag in events.Tags()["scalars"] if tag.startswith(prefix)}
