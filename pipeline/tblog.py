@@ -8,6 +8,7 @@ cannot open a pyarrow URI), so a remote run shows up when its stage or evaluatio
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -84,8 +85,6 @@ def _local_runs(store_uri: str) -> str:
 
 def item_runs(store_uri: str, item: str) -> list[str]:
     """The runs of a local store logged for `item` (`run_name(item, *, *)`), sorted."""
-    import os
-
     folder = _local_runs(store_uri)
     names = os.listdir(folder) if os.path.isdir(folder) else []
     return sorted(name for name in names
@@ -95,8 +94,6 @@ def item_runs(store_uri: str, item: str) -> list[str]:
 def last_scalars(store_uri: str, run: str, prefix: str = "") -> dict[str, float]:
     """The last logged value of each scalar of a local store's run whose tag starts with
     `prefix` (the prefix cut off); {} when the run logged none."""
-    import os
-
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(os.path.join(_local_runs(store_uri), run),

@@ -149,18 +149,18 @@ def _paper_note(figure: float | None) -> str:
 def versus(ours: list[float], theirs: list[float], level: float = 0.95) -> int:
     """+1 when `ours` is clearly above `theirs`, -1 clearly below, 0 within noise: Welch's
     `level` interval of the difference of their means over evaluation seeds excludes 0
-    (with no spread on either side, any difference of the means counts)."""
+    (with no spread on either side, any difference of the means counts; one seed on
+    either side is never enough)."""
     from scipy.stats import t
 
     n, m = len(ours), len(theirs)
+    if n < 2 or m < 2:
+        return 0  # one seed has no spread to weigh the other's against
     diff = _mean(ours) - _mean(theirs)
-    var = [sum((v - _mean(x)) ** 2 for v in x) / (len(x) - 1) if len(x) > 1 else 0.0
-           for x in (ours, theirs)]
+    var = [sum((v - _mean(x)) ** 2 for v in x) / (len(x) - 1) for x in (ours, theirs)]
     se2 = var[0] / n + var[1] / m
     if se2 == 0:
         return int(diff > 0) - int(diff < 0)
-    if n < 2 or m < 2:
-        return 0  # one seed has no spread to weigh the other's against
     dof = se2 ** 2 / sum((v / k) ** 2 / (k - 1) for v, k in zip(var, (n, m)) if v)
     half = float(t.ppf(0.5 + level / 2, dof)) * math.sqrt(se2)
     return int(diff > half) - int(diff < -half)
@@ -265,13 +265,13 @@ class UnseenTable:
         psec = Column(setting, "psec")
         if psec not in self.columns:
             return ""
-        others = [(c.label, lambda env, c=c: self.scores.get((env, c), []))
+        others = [(c.label, {env: self.scores.get((env, c), []) for env in self.envs})
                   for c in self.setting_columns(setting) if c != psec]
-        others.append(("the best single item", lambda env: (self.best_single(env) or
-                                                            ("", []))[1]))
+        others.append(("the best single item",
+                       {env: (self.best_single(env) or ("", []))[1] for env in self.envs}))
         parts = []
-        for label, scores_of in others:
-            pairs = [(self.scores.get((env, psec), []), scores_of(env)) for env in self.envs]
+        for label, theirs in others:
+            pairs = [(self.scores.get((env, psec), []), theirs[env]) for env in self.envs]
             pairs = [(a, b) for a, b in pairs if a and b]
             if not pairs:
                 continue

@@ -201,6 +201,7 @@ def test_versus_counts_a_gap_only_where_the_seeds_resolve_it():
     assert versus([1.0, 1.0], [1.0, 1.0, 1.0]) == 0
     # One seed against a spread: nothing to weigh the spread against.
     assert versus([0.9], [0.1, 0.3]) == 0
+    assert versus([0.9], [0.1]) == 0
 
 
 def test_the_psec_line_counts_each_column_and_the_best_single_item():
