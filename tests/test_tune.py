@@ -532,3 +532,30 @@ def test_the_seed_table_shows_each_trial_against_its_own_skill_seed_by_seed():
     assert row["Scratch"] == "| Scratch | 300.0 | 301.0 | 302.0 | — |"
     fixed = [label for label in row if label.startswith("Fixed [")]
     assert len(fixed) == len(search.fixed_alpha) == 2
+
+
+def test_a_scale_can_leave_out_methods_and_the_targets_left_with_none(tmp_path):
+    """E.g. no Joint at a scale that cannot afford the base's budget: the method goes
+    from the search, from each target's own list, and a target with no method left goes."""
+    search = changed(
+        methods=["psec", "nsec", "scratch"],
+        targets=[{"label": "S→W", "composer": "s2w"},
+                 {"label": "S+W→R", "composer": "sw2r", "methods": ["scratch"]}],
+        alpha_trace=[{"target": "S→W", "method": "nsec"}, {"target": "S→W"}],
+        scales={"smoke": {"stream_scale": "smoke", "methods": ["psec", "nsec"]},
+                "paper": {"stream_scale": "paper", "targets": ["S+W→R"]}})
+    smoke = load_search(write(tmp_path, search), scale="smoke")
+    assert smoke.methods == ["psec", "nsec"]
+    assert [t.label for t in smoke.targets] == ["S→W"]
+    assert {p.method for p in enumerate_points(smoke)} == {"psec", "nsec"}
+    assert [t.method for t in smoke.alpha_trace] == ["nsec", "psec"]
+    psec_only = copy.deepcopy(search)
+    psec_only["scales"]["smoke"]["methods"] = ["psec"]
+    assert [t.method for t in load_search(write(tmp_path, psec_only),
+                                          scale="smoke").alpha_trace] == ["psec"]
+    assert load_search(write(tmp_path, search), scale="paper").methods == [
+        "psec", "nsec", "scratch"]
+    bad = copy.deepcopy(search)
+    bad["scales"]["smoke"]["methods"] = ["psec", "joint"]
+    with pytest.raises(SpecError, match=r"scales\.smoke\.methods\[1\].*joint"):
+        load_search(write(tmp_path, bad), scale="paper")

@@ -26,7 +26,7 @@ from collections import defaultdict
 from library.names import BASE
 from tasks.spec import StreamSpec, TaskSpec
 from tune.spec import COMPOSING, FROM_SCRATCH, SearchSpec, find_composer
-from tune.table import ROW_LABELS, SearchResults, _fmt, measured_line
+from tune.table import ROW_LABELS, SearchResults, _fmt, measured_line, paper_table
 
 SHIFT_FIELDS = {"friction": "friction", "gravity": "gravity", "thigh_size": "thigh size"}
 """Dynamics fields -> how a row names them."""
@@ -137,6 +137,7 @@ def shift_section(results: SearchResults, record: dict | None, command: str) -> 
               f"D4RL-normalised `{search.metric}` (mean over evaluation episodes and seeds), "
               f"then mean ± std over training seeds {search.seeds} (n = seeds measured).", ""]
     lines += _table("method", columns, rows) + [""]
+    lines += paper_table(search, columns) + [""]
     if controls:
         lines += ["Controls (the parts of PSEC alone on the target):", ""]
         lines += _table("control", columns, controls) + [""]

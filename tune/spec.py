@@ -140,6 +140,9 @@ class SearchScale(_Spec):
     """Scale of the stream to run at (a scale the stream defines, e.g. smoke)."""
     targets: list[str] | None = Field(None, min_length=1)
     """Labels of the targets to keep (e.g. only those whose experts exist at smoke)."""
+    methods: list[Method] | None = Field(None, min_length=1)
+    """The search's methods to keep (e.g. not Joint, whose budget is the base's, at a
+    scale that cannot afford it); a target left with none of its own is dropped."""
     seeds: list[int] | None = Field(None, min_length=1)
     """Training seeds."""
     ranks: list[int] | None = Field(None, min_length=1)
@@ -315,6 +318,10 @@ class SearchSpec(_Spec):
                 if label not in labels:
                     raise FieldError(("scales", scale_name, "targets", index),
                                       f"no target labelled {label!r}")
+            for index, method in enumerate(scale.methods or []):
+                if method not in self.methods:
+                    raise FieldError(("scales", scale_name, "methods", index),
+                                      f"{method!r} is not one of the search's methods")
             for field in ("ranks", "data_episodes"):
                 values = getattr(scale, field)
                 if values is not None and field == "ranks":
@@ -351,13 +358,22 @@ class SearchSpec(_Spec):
                 data[field] = [choice.model_dump(mode="json") for choice in getattr(scale, field)]
         if scale.targets is not None:
             data["targets"] = [t for t in data["targets"] if t["label"] in scale.targets]
-            data["alpha_trace"] = [trace for trace in data["alpha_trace"]
-                                   if trace["target"] in scale.targets]
-            for other in data["scales"].values():
-                # Other scales may keep targets this one drops; they no longer apply.
-                if other["targets"] is not None:
-                    other["targets"] = [t for t in other["targets"]
-                                        if t in scale.targets] or None
+        if scale.methods is not None:
+            data["methods"] = [m for m in data["methods"] if m in scale.methods]
+            for target in data["targets"]:
+                if target["methods"] is not None:
+                    target["methods"] = [m for m in target["methods"] if m in scale.methods]
+            data["targets"] = [t for t in data["targets"] if t["methods"] != []]
+        kept = {target["label"] for target in data["targets"]}
+        data["alpha_trace"] = [trace for trace in data["alpha_trace"]
+                               if trace["target"] in kept
+                               and (scale.methods is None or trace["method"] in scale.methods)]
+        for other in data["scales"].values():
+            # Other scales may keep targets or methods this one drops; they no longer apply.
+            if other["targets"] is not None:
+                other["targets"] = [t for t in other["targets"] if t in kept] or None
+            if other["methods"] is not None:
+                other["methods"] = [m for m in other["methods"] if m in data["methods"]] or None
         if scale.num_samples is not None:
             data["searcher"]["num_samples"] = scale.num_samples
         if scale.max_concurrent_trials is not None:

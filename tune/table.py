@@ -212,8 +212,9 @@ def method_table(results: SearchResults) -> list[str]:
     return lines
 
 
-def paper_table(search: SearchSpec) -> list[str]:
-    labels = [t.label for t in search.targets]
+def paper_table(search: SearchSpec, labels: list[str] | None = None) -> list[str]:
+    """The search file's `paper:` figures, a column per label (default: per target)."""
+    labels = [t.label for t in search.targets] if labels is None else labels
     if not search.paper:
         return ["The paper's figures are not in this search file (`paper:` is empty), so "
                 "none are shown beside ours."]
