@@ -18,7 +18,7 @@ from tune.trials import enumerate_points, joint_datasets, skill_item, trial_task
 STREAM = "configs/d4rl_shift.yaml"
 SEARCH = "configs/search_d4rl_shift.yaml"
 SHIFTS = {"friction": {"friction": 0.5}, "gravity": {"gravity": 0.5},
-          "thigh": {"thigh_size": 1.5}}
+          "thigh": {"thigh_size": 2.0}}
 KINDS = ("medium", "medium-replay", "medium-expert")
 
 
@@ -228,11 +228,11 @@ def test_table_8_layout_from_results_rows():
     columns, table, controls = shift_rows(results)
     assert columns == [f"{r}-{k}" for r in ("halfcheetah", "walker2d") for k in KINDS]
     assert list(table) == [
-        "PSEC (friction ×0.5)", "PSEC (gravity ×0.5)", "PSEC (thigh size ×1.5)",
-        "Joint (friction ×0.5)", "Joint (gravity ×0.5)", "Joint (thigh size ×1.5)",
+        "PSEC (friction ×0.5)", "PSEC (gravity ×0.5)", "PSEC (thigh size ×2)",
+        "Joint (friction ×0.5)", "Joint (gravity ×0.5)", "Joint (thigh size ×2)",
         "BC", "Scratch (IQL + diffusion actor)"]
     assert all(len(values) == 3 for cells in table.values() for values in cells.values())
-    assert controls["source base alone (thigh size ×1.5)"] == {
+    assert controls["source base alone (thigh size ×2)"] == {
         "walker2d-medium-expert": [7.0]}
     assert all(len(v) == 3 for v in controls["new LoRA skill alone (gravity ×0.5)"].values())
     text = shift_section(results, None, "psec tune configs/search_d4rl_shift.yaml")

@@ -157,6 +157,24 @@ def test_walker_thigh_stays_attached_to_the_knee():
         assert thigh.size[1] == pytest.approx(0.225 * scale)
 
 
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_a_walker_on_resized_thighs_starts_standing_on_them(scale):
+    """The torso is lifted by the legs' growth (the thigh capsule reaches 0.45 below the
+    hip), so the walker neither starts with its feet in the floor nor, with the paper's
+    doubled thighs, leaves Walker2d-v5's healthy height: it ended after 15 steps of zero
+    action before the lift."""
+    import mujoco
+
+    from tasks.suites.mujoco import thigh_xml
+
+    model = mujoco.MjModel.from_xml_string(thigh_xml("Walker2d-v5", scale))
+    assert model.body("torso").pos[2] == pytest.approx(1.25 + 0.45 * (scale - 1.0))
+    env = get_suite("mujoco").make_env("Walker2d-v5", Dynamics(thigh_size=scale))
+    env.reset(seed=0)
+    ended = [env.step(np.zeros(6, dtype=np.float32))[2] for _ in range(40)]
+    assert not any(ended)
+
+
 def test_mujoco_d4rl_scores():
     suite = get_suite("mujoco")
     assert suite.score("HalfCheetah-v5", -280.178953) == pytest.approx(0.0)

@@ -9,9 +9,14 @@ model on reset, so they hold for every episode):
 * `thigh_size`: multiplies the radius and half-length of the thigh capsules — Walker2d
   `thigh_geom` and `thigh_left_geom`, Hopper `thigh_geom`, HalfCheetah `bthigh` and `fthigh`
   — and their offset from the hip, then moves the body hanging below each thigh (the
-  knee) by the displacement of the capsule's far end so the leg stays attached. The
-  edit is made with `mujoco.MjSpec` and the model recompiled, so the thighs' masses and
-  inertias follow from their new volumes (the models use `inertiafromgeom`).
+  knee) by the displacement of the capsule's far end so the leg stays attached, and lifts
+  the torso by the legs' growth so the robot starts standing on them, not with its feet
+  in the floor. The root's height joint (`rootz`) is measured from the torso's place in
+  the model, so Walker2d's and Hopper's healthy-height range moves with the standing
+  height: a Walker2d with doubled thighs left the range within ~15 steps without the
+  lift (docs/DEVIATIONS.md). The edit is made with `mujoco.MjSpec` and the model
+  recompiled, so the thighs' masses and inertias follow from their new volumes (the models
+  use `inertiafromgeom`).
 
 Scores are D4RL-normalised: 100 · (R − R_random) / (R_expert − R_random) with D4RL's
 reference returns (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE of the -v2 tasks, whose
@@ -63,6 +68,7 @@ def thigh_xml(env: str, scale: float) -> str:
     spec = mujoco.MjSpec.from_file(path)
     # Compiled once to read each capsule's frame in its body's coordinates.
     model = spec.compile()
+    growth = 0.0  # how much further down the longest leg now reaches
     for body_name in thighs:
         body = spec.body(body_name)
         displacement = np.zeros(3)
@@ -76,6 +82,10 @@ def thigh_xml(env: str, scale: float) -> str:
             geom.pos = pos * scale
         for child in body.bodies:
             child.pos = np.asarray(child.pos) + displacement
+        growth = max(growth, -float(displacement[2])) if scale >= 1.0 else \
+            min(growth, -float(displacement[2]))
+    torso = spec.body("torso")
+    torso.pos = np.asarray(torso.pos) + np.array([0.0, 0.0, growth])
     # to_xml() writes the spec as of its last compile, so compile the edits first.
     spec.compile()
     return spec.to_xml()
