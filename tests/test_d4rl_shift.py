@@ -294,6 +294,10 @@ def test_the_smoke_search_runs_every_baseline_and_writes_the_table(tmp_path, ray
     results = tmp_path / "RESULTS.md"
     write_section(SEARCH, "smoke", store, str(results), "psec tune")
     text = results.read_text()
+    # How far the source base was trained, read from the store (a shipped one holds fewer
+    # steps than the plan).
+    assert "Source bases, as trained for these trials: halfcheetah-friction-src 300 of 300 " \
+           "steps at batch 64." in text
     for row in ("PSEC (friction ×0.5)", "Joint (friction ×0.5)", "BC",
                 "Scratch (IQL + diffusion actor)", "source base alone (friction ×0.5)",
                 "new LoRA skill alone (friction ×0.5)"):

@@ -124,7 +124,27 @@ def _table(first: str, columns: list[str], rows: dict[str, dict[str, list[float]
     return lines
 
 
-def shift_section(results: SearchResults, record: dict | None, command: str) -> str:
+def base_budgets(results: SearchResults, store) -> str | None:
+    """One line naming how far each target's source base was trained, as stored (a shipped
+    base holds the steps it had, not the stream's plan); None when none is stored."""
+    parts = []
+    for base in dict.fromkeys(_target_task(results.search, results.stream, t.label).base
+                              for t in results.search.targets):
+        if base is None or store is None or not store.exists(base):
+            continue
+        entry = store.entry(base)
+        train = (entry.task_spec or {}).get("train", {})
+        planned = results.stream.task(base).train.steps
+        shipped = entry.metrics.get("shipped_from")
+        parts.append(f"{base} {int(train.get('steps', 0)):,} of {planned:,} steps at batch "
+                     f"{train.get('batch_size')}" + (f" (shipped: {shipped})" if shipped else ""))
+    if not parts:
+        return None
+    return "Source bases, as trained for these trials: " + "; ".join(parts) + "."
+
+
+def shift_section(results: SearchResults, record: dict | None, command: str,
+                  store=None) -> str:
     """The search's section of RESULTS.md (between its `<!-- tune:<search> -->` markers)."""
     search = results.search
     done = sum(m.value is not None for m in results.measured)
@@ -137,6 +157,8 @@ def shift_section(results: SearchResults, record: dict | None, command: str) -> 
               f"D4RL-normalised `{search.metric}` (mean over evaluation episodes and seeds), "
               f"then mean ± std over training seeds {search.seeds} (n = seeds measured).", ""]
     lines += _table("method", columns, rows) + [""]
+    budgets = base_budgets(results, store)
+    lines += [budgets, ""] if budgets else []
     lines += paper_table(search, columns) + [""]
     if controls:
         lines += ["Controls (the parts of PSEC alone on the target):", ""]
