@@ -24,6 +24,7 @@ import os
 from collections import defaultdict
 
 from library.names import BASE
+from library.store import SkillStore
 from tasks.spec import StreamSpec, TaskSpec
 from tune.spec import COMPOSING, FROM_SCRATCH, SearchSpec, find_composer
 from tune.table import ROW_LABELS, SearchResults, _fmt, measured_line, paper_table
@@ -124,7 +125,7 @@ def _table(first: str, columns: list[str], rows: dict[str, dict[str, list[float]
     return lines
 
 
-def base_budgets(results: SearchResults, store) -> str | None:
+def base_budgets(results: SearchResults, store: SkillStore | None) -> str | None:
     """One line naming how far each target's source base was trained, as stored (a shipped
     base holds the steps it had, not the stream's plan); None when none is stored."""
     parts = []
@@ -144,7 +145,7 @@ def base_budgets(results: SearchResults, store) -> str | None:
 
 
 def shift_section(results: SearchResults, record: dict | None, command: str,
-                  store=None) -> str:
+                  store: SkillStore | None = None) -> str:
     """The search's section of RESULTS.md (between its `<!-- tune:<search> -->` markers)."""
     search = results.search
     done = sum(m.value is not None for m in results.measured)

@@ -68,7 +68,7 @@ def thigh_xml(env: str, scale: float) -> str:
     spec = mujoco.MjSpec.from_file(path)
     # Compiled once to read each capsule's frame in its body's coordinates.
     model = spec.compile()
-    growth = 0.0  # how much further down the longest leg now reaches
+    reaches = []  # how much further down each leg now reaches (negative: shorter)
     for body_name in thighs:
         body = spec.body(body_name)
         displacement = np.zeros(3)
@@ -82,10 +82,9 @@ def thigh_xml(env: str, scale: float) -> str:
             geom.pos = pos * scale
         for child in body.bodies:
             child.pos = np.asarray(child.pos) + displacement
-        growth = max(growth, -float(displacement[2])) if scale >= 1.0 else \
-            min(growth, -float(displacement[2]))
+        reaches.append(-float(displacement[2]))
     torso = spec.body("torso")
-    torso.pos = np.asarray(torso.pos) + np.array([0.0, 0.0, growth])
+    torso.pos = np.asarray(torso.pos) + np.array([0.0, 0.0, max(reaches, key=abs)])
     # to_xml() writes the spec as of its last compile, so compile the edits first.
     spec.compile()
     return spec.to_xml()
