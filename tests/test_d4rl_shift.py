@@ -243,6 +243,12 @@ def test_table_8_layout_from_results_rows():
     assert "144 of 144 trial points have results" in text and "(n=3)" in text
     # The paper's Table 8 beside ours, in the same columns.
     assert "| PSEC (friction) | 40.1 ± 1.2 | 31.1 ± 1.3 | 42.1 ± 1.0 | 61.7 ± 7.5 |" in text
+    # The α(s) traces' plots and note close the section, before its end marker.
+    traced = shift_section(results, None, "psec tune", None,
+                           [("α(s) over one episode (walker2d-medium/gravity)", "a.png")],
+                           "α(s) over one episode: composer x.")
+    assert traced.endswith("![α(s) over one episode (walker2d-medium/gravity)](a.png)\n\n"
+                           "α(s) over one episode: composer x.\n\n<!-- /tune:d4rl_shift -->\n")
 
 
 def test_the_results_command_rewrites_the_dynamics_shift_section_from_a_store(tmp_path):

@@ -27,7 +27,14 @@ from library.names import BASE
 from library.store import SkillStore
 from tasks.spec import StreamSpec, TaskSpec
 from tune.spec import COMPOSING, FROM_SCRATCH, SearchSpec, find_composer
-from tune.table import ROW_LABELS, SearchResults, _fmt, measured_line, paper_table
+from tune.table import (
+    ROW_LABELS,
+    SearchResults,
+    _fmt,
+    measured_line,
+    paper_table,
+    section_tail,
+)
 
 SHIFT_FIELDS = {"friction": "friction", "gravity": "gravity", "thigh_size": "thigh size"}
 """Dynamics fields -> how a row names them."""
@@ -145,7 +152,8 @@ def base_budgets(results: SearchResults, store: SkillStore | None) -> str | None
 
 
 def shift_section(results: SearchResults, record: dict | None, command: str,
-                  store: SkillStore | None = None) -> str:
+                  store: SkillStore | None = None, plots: list[tuple[str, str]] = (),
+                  trace_note: str | None = None) -> str:
     """The search's section of RESULTS.md (between its `<!-- tune:<search> -->` markers)."""
     search = results.search
     done = sum(m.value is not None for m in results.measured)
@@ -168,5 +176,4 @@ def shift_section(results: SearchResults, record: dict | None, command: str,
               for s in find_composer(results.stream, t.composer, "targets")[1].skills}
     if skills - {BASE}:
         lines += ["(Targets also compose stored skills; only the base is shown alone.)", ""]
-    lines.append(f"<!-- /tune:{search.name} -->")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + section_tail(search.name, list(plots), trace_note)) + "\n"

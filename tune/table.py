@@ -522,7 +522,7 @@ def write_section(search_path: str, scale: str, store_uri: str, results_path: st
     if search.layout == "dynamics_shift":
         from tune.shift_table import shift_section
 
-        section = shift_section(results, record, command, store)
+        section = shift_section(results, record, command, store, plots, trace_note)
     elif search.layout == "safe":
         from tune.safe_table import safe_section, safe_table
 
