@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 
 from library.names import BASE
 from library.store import SkillStore
@@ -152,7 +153,8 @@ def base_budgets(results: SearchResults, store: SkillStore | None) -> str | None
 
 
 def shift_section(results: SearchResults, record: dict | None, command: str,
-                  store: SkillStore | None = None, plots: list[tuple[str, str]] = (),
+                  store: SkillStore | None = None,
+                  plots: Sequence[tuple[str, str]] = (),
                   trace_note: str | None = None) -> str:
     """The search's section of RESULTS.md (between its `<!-- tune:<search> -->` markers)."""
     search = results.search
@@ -176,4 +178,4 @@ def shift_section(results: SearchResults, record: dict | None, command: str,
               for s in find_composer(results.stream, t.composer, "targets")[1].skills}
     if skills - {BASE}:
         lines += ["(Targets also compose stored skills; only the base is shown alone.)", ""]
-    return "\n".join(lines + section_tail(search.name, list(plots), trace_note)) + "\n"
+    return "\n".join(lines + section_tail(search.name, plots, trace_note)) + "\n"

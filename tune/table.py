@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from library.errors import PsecError
@@ -462,7 +462,8 @@ def measured_line(record: dict | None, prepared: str, done: int) -> str:
             f"preparing {prepared}), finished {record['finished']}.")
 
 
-def section_tail(name: str, plots: list[tuple[str, str]], trace_note: str | None) -> list[str]:
+def section_tail(name: str, plots: Sequence[tuple[str, str]],
+                 trace_note: str | None) -> list[str]:
     """The plots, the α(s) trace note and the end marker of search `name`'s section."""
     lines: list[str] = []
     for title, file in plots:
