@@ -17,8 +17,11 @@ from tune.trials import enumerate_points, joint_datasets, skill_item, trial_task
 
 STREAM = "configs/d4rl_shift.yaml"
 SEARCH = "configs/search_d4rl_shift.yaml"
-SHIFTS = {"friction": {"friction": 0.5}, "gravity": {"gravity": 0.5},
-          "thigh": {"thigh_size": 2.0}}
+# The official code's source datasets: hc_0.25f, hc_2g, hc_2t, wk_0.5f, wk_2g, wk_2t.
+SHIFTS = {"halfcheetah": {"friction": {"friction": 0.25}, "gravity": {"gravity": 2.0},
+                          "thigh": {"thigh_size": 2.0}},
+          "walker2d": {"friction": {"friction": 0.5}, "gravity": {"gravity": 2.0},
+                       "thigh": {"thigh_size": 2.0}}}
 KINDS = ("medium", "medium-replay", "medium-expert")
 
 
@@ -28,8 +31,8 @@ def test_every_robot_shift_and_target_kind_is_in_the_stream(scale):
     bases = {t.name: t for t in stream.tasks if t.role == "base"}
     skills = [t for t in stream.tasks if t.role == "skill"]
     assert len(bases) == 6 and len(skills) == 18
-    for robot in ("halfcheetah", "walker2d"):
-        for shift, dynamics in SHIFTS.items():
+    for robot, shifts in SHIFTS.items():
+        for shift, dynamics in shifts.items():
             base = bases[f"{robot}-{shift}-src"]
             assert base.dynamics.model_dump(exclude_defaults=True) == dynamics
             assert base.objective == "bc" and base.data.policy == "medium-expert"
@@ -228,19 +231,22 @@ def test_table_8_layout_from_results_rows():
     columns, table, controls = shift_rows(results)
     assert columns == [f"{r}-{k}" for r in ("halfcheetah", "walker2d") for k in KINDS]
     assert list(table) == [
-        "PSEC (friction ×0.5)", "PSEC (gravity ×0.5)", "PSEC (thigh size ×2)",
-        "Joint (friction ×0.5)", "Joint (gravity ×0.5)", "Joint (thigh size ×2)",
+        "PSEC (friction)", "PSEC (gravity)", "PSEC (thigh size)",
+        "Joint (friction)", "Joint (gravity)", "Joint (thigh size)",
         "BC", "Scratch (IQL + diffusion actor)"]
     assert all(len(values) == 3 for cells in table.values() for values in cells.values())
-    assert controls["source base alone (thigh size ×2)"] == {
+    assert controls["source base alone (thigh size)"] == {
         "walker2d-medium-expert": [7.0]}
-    assert all(len(v) == 3 for v in controls["new LoRA skill alone (gravity ×0.5)"].values())
+    assert all(len(v) == 3 for v in controls["new LoRA skill alone (gravity)"].values())
     text = shift_section(results, None, "psec tune configs/search_d4rl_shift.yaml")
     assert text.startswith("<!-- tune:d4rl_shift -->")
     # Results without a search record: a store whose Tune folder was not kept, not "not run".
     assert "Not run in this store yet" not in text and "but no search record" in text
     assert "| method | halfcheetah-medium | halfcheetah-medium-replay |" in text
     assert "144 of 144 trial points have results" in text and "(n=3)" in text
+    # A row is a kind of shift; its factor per robot is named under the table.
+    assert "Shifts of the source bases: friction ×0.25 (halfcheetah), friction ×0.5 " \
+           "(walker2d); gravity ×2; thigh size ×2." in text
     # The paper's Table 8 beside ours, in the same columns.
     assert "| PSEC (friction) | 40.1 ± 1.2 | 31.1 ± 1.3 | 42.1 ± 1.0 | 61.7 ± 7.5 |" in text
     # The α(s) traces' plots and note close the section, before its end marker.
@@ -279,8 +285,8 @@ def test_the_results_command_rewrites_the_dynamics_shift_section_from_a_store(tm
     text = results.read_text()
     assert text.startswith("# Results\n\n## Dynamics shift\n\nKept.") and "\nold\n" not in text
     assert text.rstrip().endswith("## After") and text.count("<!-- tune:d4rl_shift -->") == 1
-    assert "| PSEC (friction ×0.5) | 4 ± 0 (n=1) |" in text
-    assert "| Joint (friction ×0.5) | 3 ± 0 (n=1) |" in text
+    assert "| PSEC (friction) | 4 ± 0 (n=1) |" in text
+    assert "| Joint (friction) | 3 ± 0 (n=1) |" in text
     assert "| BC | 2 ± 0 (n=1) |" in text
     assert "| Scratch (IQL + diffusion actor) | 1 ± 0 (n=1) |" in text
 
@@ -304,9 +310,9 @@ def test_the_smoke_search_runs_every_baseline_and_writes_the_table(tmp_path, ray
     # steps than the plan).
     assert "Source bases, as trained for these trials: halfcheetah-friction-src 300 of 300 " \
            "steps at batch 64." in text
-    for row in ("PSEC (friction ×0.5)", "Joint (friction ×0.5)", "BC",
-                "Scratch (IQL + diffusion actor)", "source base alone (friction ×0.5)",
-                "new LoRA skill alone (friction ×0.5)"):
+    for row in ("PSEC (friction)", "Joint (friction)", "BC",
+                "Scratch (IQL + diffusion actor)", "source base alone (friction)",
+                "new LoRA skill alone (friction)"):
         assert f"| {row} | " in text and "| — |" not in text.split(row)[1].split("\n")[0]
     assert "4 of 4 trials completed" in text
 

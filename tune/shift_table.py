@@ -7,7 +7,8 @@ base (or their extra data) comes from the shifted source domain. Here:
 * a column is a target *dataset*: the robot of the target's env and the data it
   generates (`medium`, `medium-replay`, …), or the stored/imported dataset's name;
 * a row of a method that builds on the target's base (PSEC and the other composers,
-  Joint) is `<method> (<shift>)`, the shift read from the base task's dynamics;
+  Joint) is `<method> (<shift>)`, the kind of shift read from the base task's dynamics
+  (its factor may differ per robot: a line under the table names them);
 * rows of methods that see the target data only (BC, Scratch) have no shift. Their fit
   does not depend on the base, so a column takes them from the first target (in search
   order) that ran them; the search file names them on one target per dataset
@@ -45,11 +46,35 @@ SCRATCH_LABEL = "Scratch (IQL + diffusion actor)"
 objective that is IQL with a diffusion actor, the issue's 'IQL from scratch' row."""
 
 
+def _shifted(task: TaskSpec) -> list[tuple[str, float]]:
+    return [(label, getattr(task.dynamics, field)) for field, label in SHIFT_FIELDS.items()
+            if getattr(task.dynamics, field) != 1.0]
+
+
 def shift_text(task: TaskSpec) -> str:
-    """`gravity ×0.5` (fields joined by ', '), or `no shift`."""
-    parts = [f"{label} ×{getattr(task.dynamics, field):g}"
-             for field, label in SHIFT_FIELDS.items() if getattr(task.dynamics, field) != 1.0]
-    return ", ".join(parts) or "no shift"
+    """`gravity ×2` (fields joined by ', '), or `no shift`."""
+    return ", ".join(f"{label} ×{factor:g}" for label, factor in _shifted(task)) or "no shift"
+
+
+def shift_kind(task: TaskSpec) -> str:
+    """`gravity` (fields joined by ', '), or `no shift`: what a row is named by, as the
+    paper's rows are, since one kind of shift may take another factor on each robot
+    (friction ×0.25 on HalfCheetah, ×0.5 on Walker2d)."""
+    return ", ".join(label for label, _ in _shifted(task)) or "no shift"
+
+
+def shifts_line(search: SearchSpec, stream: StreamSpec) -> str:
+    """`Shifts of the source bases: friction ×0.25 (halfcheetah), friction ×0.5
+    (walker2d); gravity ×2; …`: each row's factors, per robot where they differ."""
+    robots: dict[str, dict[str, list[str]]] = defaultdict(dict)  # kind -> text -> robots
+    for target in search.targets:
+        task = _target_task(search, stream, target.label)
+        base, robot = stream.task(task.base), task.env.split("-")[0].lower()
+        named = robots[shift_kind(base)].setdefault(shift_text(base), [])
+        named += [robot] if robot not in named else []
+    parts = [", ".join(text if len(texts) == 1 else f"{text} ({'/'.join(names)})"
+                       for text, names in texts.items()) for texts in robots.values()]
+    return "Shifts of the source bases: " + "; ".join(parts) + "."
 
 
 def dataset_column(task: TaskSpec) -> str:
@@ -83,7 +108,7 @@ def shift_rows(results: SearchResults) -> tuple[list[str], dict[str, dict[str, l
     for target in search.targets:
         task = _target_task(search, stream, target.label)
         base = stream.task(task.base)
-        column, shift = dataset_column(task), shift_text(base)
+        column, shift = dataset_column(task), shift_kind(base)
         by_target[target.label] = (column, shift, task)
         columns += [column] if column not in columns else []
         shifts += [shift] if shift not in shifts else []
@@ -167,7 +192,7 @@ def shift_section(results: SearchResults, record: dict | None, command: str,
     lines += ["", f"{done} of {len(results.measured)} trial points have results. Cells: "
               f"D4RL-normalised `{search.metric}` (mean over evaluation episodes and seeds), "
               f"then mean ± std over training seeds {search.seeds} (n = seeds measured).", ""]
-    lines += _table("method", columns, rows) + [""]
+    lines += _table("method", columns, rows) + ["", shifts_line(search, results.stream), ""]
     budgets = base_budgets(results, store)
     lines += [budgets, ""] if budgets else []
     lines += paper_table(search, columns) + [""]
