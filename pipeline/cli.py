@@ -183,6 +183,9 @@ def _add_eval(commands) -> None:
     evaluate.add_argument("--env", default=None,
                           help="roll out in this env of the task's suite instead of the task's "
                                "own (e.g. one of a zero-shot composer's eval.envs)")
+    evaluate.add_argument("--candidates", type=_positive, default=None,
+                          help="candidate actions per state, the one its task's critic ranks "
+                               "best kept (default: the task's eval.n_candidates)")
     _add_store(evaluate)
     _add_address(evaluate, "default: a private local instance")
     evaluate.set_defaults(handler=_eval)
@@ -333,7 +336,7 @@ def _eval(args: argparse.Namespace) -> int:
     stored_task(store.entry(args.name), args.env)
     connect(args.address)
     summary = evaluate_stored(store.uri, args.name, episodes=args.episodes, seeds=args.seeds,
-                              env=args.env)
+                              env=args.env, n_candidates=args.candidates)
     print(summary.describe())
     return 0
 

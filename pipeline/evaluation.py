@@ -175,19 +175,23 @@ class EvalSummary:
     def describe(self) -> str:
         scores = [stats["score_mean"] for stats in self.per_seed.values()]
         returns = [stats["return_mean"] for stats in self.per_seed.values()]
+        lengths = [stats["length_mean"] for stats in self.per_seed.values()]
         episodes = sum(int(stats["episodes"]) for stats in self.per_seed.values())
         mean = sum(scores) / len(scores)
         spread = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
         return (f"{self.item} on {self.task}: normalised score {mean:.3f} ± {spread:.3f} "
                 f"over {len(scores)} seed(s), return {sum(returns) / len(returns):.1f}, "
-                f"{episodes} episodes in {self.seconds:.0f} s")
+                f"{episodes} episodes of {sum(lengths) / len(lengths):.0f} steps on average "
+                f"in {self.seconds:.0f} s")
 
 
-def stored_task(entry: ManifestEntry, env: str | None) -> TaskSpec:
+def stored_task(entry: ManifestEntry, env: str | None,
+                n_candidates: int | None = None) -> TaskSpec:
     """The task a stored item is rolled out on: the one it was fitted for, moved to `env`
-    of its suite when given. StoreError for an item stored without a task spec, SpecError
-    naming --env for an env the suite does not have; both need no Ray, so `psec eval`
-    checks them before it starts any."""
+    of its suite when given, sampling `n_candidates` actions per state when given (the
+    task's critic keeps the best: `library.diffusion.select_action`). StoreError for an
+    item stored without a task spec, SpecError naming --env for an env the suite does not
+    have; both need no Ray, so `psec eval` checks them before it starts any."""
     from library.errors import PsecError, SpecError, StoreError
     from tasks.suites import get_suite
 
@@ -195,6 +199,9 @@ def stored_task(entry: ManifestEntry, env: str | None) -> TaskSpec:
         raise StoreError(f"{entry.name!r} was stored without a task spec: nothing says where "
                          "to roll it out")
     task = parse_task(entry.task_spec)
+    if n_candidates is not None:
+        task = task.model_copy(update={"eval": task.eval.model_copy(
+            update={"n_candidates": n_candidates})})
     if env is None or env == task.env:
         return task
     try:
@@ -205,13 +212,15 @@ def stored_task(entry: ManifestEntry, env: str | None) -> TaskSpec:
 
 
 def evaluate_stored(store_uri: str, item: str, episodes: int | None = None,
-                    seeds: list[int] | None = None, env: str | None = None) -> EvalSummary:
+                    seeds: list[int] | None = None, env: str | None = None,
+                    n_candidates: int | None = None) -> EvalSummary:
     """Roll a stored item out on the task it was fitted for, or in `env` of that task's
-    suite (e.g. one of a zero-shot composer's eval.envs). Ray must be connected."""
+    suite (e.g. one of a zero-shot composer's eval.envs), with the task's candidate
+    actions per state or `n_candidates`. Ray must be connected."""
     from pipeline.store_actor import StoreHandle
 
     store = StoreHandle(store_uri)
-    task = stored_task(store.entry(item), env)
+    task = stored_task(store.entry(item), env, n_candidates)
     job = EvalJob(item=item, task=task, row_task=task.name, position=0,
                   seeds=seeds or list(task.eval.seeds), episodes=episodes)
     started = time.perf_counter()

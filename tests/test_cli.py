@@ -215,6 +215,22 @@ def test_eval_in_an_env_the_suite_lacks_is_refused_before_ray(tmp_path, store, c
     assert_one_line_error(code, err, "--env", "walker-fly")
 
 
+def test_eval_candidates_replace_the_tasks_own_and_nothing_else(store):
+    from library.diffusion import DiffusionPolicy, PolicyConfig
+    from library.serialization import dump_base
+    from pipeline.evaluation import stored_task
+    from tasks.spec import parse_task
+
+    config, tensors = dump_base(DiffusionPolicy(PolicyConfig(obs_dim=24, act_dim=6, hidden=8)))
+    spec = parse_task(task("stand", "d24", role="base")).model_dump(mode="json")
+    store.register("stand", "base", config, tensors, task_spec=spec)
+    entry = store.entry("stand")
+    own, more = stored_task(entry, None), stored_task(entry, None, 64)
+    assert own.eval.n_candidates == 1 and more.eval.n_candidates == 64
+    assert more.model_copy(update={"eval": own.eval}) == own
+    assert stored_task(entry, "walker-run", 8).eval.n_candidates == 8
+
+
 def test_python_dash_m_pipeline_is_the_psec_command(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipeline", "skills", "show", "nothing",
                              "--store", str(tmp_path / "s")], capture_output=True, text=True,

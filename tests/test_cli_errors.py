@@ -52,6 +52,7 @@ def store(tmp_path):
     (["serve", "--poll", "nan"], ["--poll: must be > 0 seconds"]),
     (["eval", "stand", "--seeds", "0", "-1"], ["--seeds: must be >= 0, got -1"]),
     (["eval", "stand", "--episodes", "zero"], ["--episodes: must be an integer"]),
+    (["eval", "stand", "--candidates", "0"], ["eval: argument --candidates", ">= 1"]),
     (["data", "import", "xyz", "f.h5", "--name", "g"], ["data import: argument format"]),
     (["data", "import", "parquet", "f.parquet"], ["required: --name",
                                                   "see psec data import --help"]),

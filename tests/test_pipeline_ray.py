@@ -205,6 +205,8 @@ def test_psec_eval_rolls_a_stored_item_out_in_its_env_or_another(ray_cluster, tm
     assert own.task == "stand" and sorted(own.per_seed) == [0, 1]
     assert other.task == "stand [walker-run]" and list(other.per_seed) == [0]
     assert "stand [walker-run]: normalised score" in other.describe()
+    assert f"1 episodes of {other.per_seed[0]['length_mean']:.0f} steps on average" \
+        in other.describe()
 
 
 def test_fits_are_admitted_up_to_concurrent_fits_and_evaluations_go_between(ray_cluster,
