@@ -1,0 +1,65 @@
+"""scripts/candidate_spread.py: a stored skill's candidates and its critic's Q of them."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from library.critics import CriticConfig, IQLCritics
+from library.diffusion import DiffusionPolicy, PolicyConfig
+from library.lora import add_skill
+from library.serialization import dump_base, dump_critics, dump_skill
+from library.store import SkillStore
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "candidate_spread.py")
+_spec = importlib.util.spec_from_file_location("candidate_spread", _PATH)
+candidate_spread = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(candidate_spread)
+
+S, A = 3, 2
+
+
+def _store(tmp_path, with_critics: bool = True) -> str:
+    torch.manual_seed(0)
+    store = SkillStore(str(tmp_path / "store"))
+    policy = DiffusionPolicy(PolicyConfig(obs_dim=S, act_dim=A, hidden=8))
+    store.register("stand", "base", *dump_base(policy))
+    add_skill(policy, "skill", rank=2)
+    config, tensors = dump_skill(policy, "skill", "stand")
+    if with_critics:
+        iql = IQLCritics(CriticConfig(obs_dim=S, act_dim=A, hidden=8), policy.normalizer)
+        config = {**config, "critics": {"iql": iql.config.to_dict()}}
+        tensors = {**tensors, **dump_critics(iql, None)}
+    store.register("skill", "skill", config, tensors, parent="stand")
+    rng = np.random.default_rng(0)
+    store.put_dataset("data", pa.table({
+        "obs": list(rng.normal(size=(40, S)).astype(np.float32)),
+        "actions": list(rng.uniform(-1, 1, size=(40, A)).astype(np.float32))}))
+    return store.uri
+
+
+def test_the_kept_candidate_is_the_one_q_ranks_highest(tmp_path, capsys):
+    uri = _store(tmp_path)
+    result = candidate_spread.spread(uri, "skill", "data", states=16, candidates=8, seed=0)
+    assert result["states"] == 16 and result["candidates"] == 8
+    # The kept action is the best of its state's candidates: above a random one's Q, by
+    # about the spread Q has within a state.
+    assert result["q_kept"] > result["q_one_candidate"]
+    assert result["q_range_in_state"] > 0
+    assert result["q_range_in_state"] >= 0 and result["l2_kept_to_candidate_mean"] >= 0
+    assert candidate_spread.main(["--store", uri, "--item", "skill", "--dataset", "data",
+                                  "--states", "16", "--candidates", "8"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["q_kept"] == pytest.approx(result["q_kept"], abs=1e-4)
+
+
+def test_a_skill_without_critics_or_a_base_is_refused_in_one_line(tmp_path):
+    uri = _store(tmp_path, with_critics=False)
+    with pytest.raises(SystemExit, match="stored no critics"):
+        candidate_spread.spread(uri, "skill", "data", states=4, candidates=2, seed=0)
+    with pytest.raises(SystemExit, match="is a base, not a skill"):
+        candidate_spread.spread(uri, "stand", "data", states=4, candidates=2, seed=0)
