@@ -19,12 +19,14 @@ from library.names import BASE
 from library.serialization import critics_from_item, load_base, load_skill, split_item
 from library.serialization import load_composer as composer_from_item
 
-MIN_ROWS = 8
+MIN_ROWS = 16
 """Every acting call runs at least this many rows, padding with copies of the first
-state. A CPU GEMM computes a row identically at any batch size from 4 rows up, but
-differently (in the last bits) at 1–3 rows (measured with torch 2.13's CPU kernels and
-asserted in tests/test_batched_evaluation.py): padding makes an episode's actions the same
-whether it is rolled out alone or side by side with others."""
+state (their noise from a generator of their own, so no episode's noise changes). A CPU
+GEMM computes a row the same at every batch size above some size and differently (in the
+last bits) below it, and the size depends on the CPU's kernels (measured with torch
+2.13: from 4 rows on the AMD EPYC dev boxes, from 11 on an Intel Xeon with AVX-512, where
+8 rows and 11+ differ; asserted in tests/test_batched_evaluation.py): padding makes an
+episode's actions the same whether it is rolled out alone or side by side with others."""
 
 
 class Acting:
