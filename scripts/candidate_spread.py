@@ -19,20 +19,15 @@ import argparse
 import json
 import sys
 
-import numpy as np
 import torch
 
 from library.lora import use_skills
 from library.serialization import critics_from_item, load_base, load_skill, split_item
 from library.store import SkillStore
+from tasks.dataset import to_arrays
 
 SATURATED = 0.95
 """|a| above this counts as a saturated action entry (actions lie in [-1, 1])."""
-
-
-def column(table, name: str) -> torch.Tensor:
-    return torch.tensor(np.stack(table.column(name).to_numpy(zero_copy_only=False)),
-                        dtype=torch.float32)
 
 
 def spread(store_uri: str, item: str, dataset: str, states: int, candidates: int,
@@ -50,10 +45,11 @@ def spread(store_uri: str, item: str, dataset: str, states: int, candidates: int
     iql, _ = critics_from_item(config, critic_tensors, policy.normalizer)
     if iql is None:
         raise SystemExit(f"candidate_spread: {item!r} stored no critics to rank candidates")
-    table = store.get_dataset(dataset)
+    arrays = to_arrays(store.get_dataset(dataset))
     generator = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(table.num_rows, generator=generator)[:states]
-    obs, data_actions = column(table, "obs")[rows], column(table, "actions")[rows]
+    rows = torch.randperm(len(arrays["obs"]), generator=generator)[:states]
+    obs = torch.from_numpy(arrays["obs"])[rows]
+    data_actions = torch.from_numpy(arrays["actions"])[rows]
     n = len(rows)
     with torch.no_grad(), use_skills(policy, [item]):
         repeated = obs.repeat_interleave(candidates, dim=0)

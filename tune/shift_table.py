@@ -63,13 +63,18 @@ def shift_kind(task: TaskSpec) -> str:
     return ", ".join(label for label, _ in _shifted(task)) or "no shift"
 
 
+def _robot(task: TaskSpec) -> str:
+    """`halfcheetah` for HalfCheetah-v5: what a column and the shifts line name a robot."""
+    return task.env.split("-")[0].lower()
+
+
 def shifts_line(search: SearchSpec, stream: StreamSpec) -> str:
     """`Shifts of the source bases: friction ×0.25 (halfcheetah), friction ×0.5
     (walker2d); gravity ×2; …`: each row's factors, per robot where they differ."""
     robots: dict[str, dict[str, list[str]]] = defaultdict(dict)  # kind -> text -> robots
     for target in search.targets:
         task = _target_task(search, stream, target.label)
-        base, robot = stream.task(task.base), task.env.split("-")[0].lower()
+        base, robot = stream.task(task.base), _robot(task)
         named = robots[shift_kind(base)].setdefault(shift_text(base), [])
         named += [robot] if robot not in named else []
     parts = [", ".join(text if len(texts) == 1 else f"{text} ({'/'.join(names)})"
@@ -81,7 +86,7 @@ def dataset_column(task: TaskSpec) -> str:
     """`halfcheetah-medium` for generated data; the dataset's or file's name otherwise."""
     data = task.data
     if data.source == "generate":
-        return f"{task.env.split('-')[0].lower()}-{data.policy}"
+        return f"{_robot(task)}-{data.policy}"
     if data.source == "store":
         return data.dataset or task.name
     return os.path.splitext(os.path.basename(data.path or task.name))[0]
