@@ -13,7 +13,7 @@ from pipeline.plan import plan_stream, plan_task
 from tasks.dataset import dataset_meta, to_arrays, to_table, union
 from tasks.spec import load_stream, parse_stream
 from tune.spec import load_search
-from tune.trials import enumerate_points, joint_datasets, skill_item, trial_task
+from tune.trials import alpha_label, enumerate_points, joint_datasets, skill_item, trial_task
 
 STREAM = "configs/d4rl_shift.yaml"
 SEARCH = "configs/search_d4rl_shift.yaml"
@@ -60,8 +60,9 @@ def test_every_baseline_is_planned_on_the_target_data():
     stream = search.load_stream()
     points = enumerate_points(search)
     methods = [p.method for p in points]
-    # PSEC and Joint on every target (18) and seed (3); BC and Scratch once per dataset.
-    assert methods.count("psec") == methods.count("joint") == 54
+    # PSEC (two α choices) and Joint on every target (18) and seed (3); BC and Scratch
+    # once per dataset.
+    assert methods.count("psec") == 2 * methods.count("joint") == 108
     assert methods.count("bc") == methods.count("scratch") == 18
     assert {p.target.rsplit("/", 1)[1] for p in points if p.method == "bc"} == {"friction"}
     seen = {}
@@ -230,11 +231,22 @@ def test_table_8_layout_from_results_rows():
     results = collect(search, rows)
     columns, table, controls = shift_rows(results)
     assert columns == [f"{r}-{k}" for r in ("halfcheetah", "walker2d") for k in KINDS]
+    # Two α choices at the paper scale: a PSEC row per shift and choice, named by it.
+    ours, official = "α raw/newest+reg 1", "α raw/zero"
     assert list(table) == [
-        "PSEC (friction)", "PSEC (gravity)", "PSEC (thigh size)",
+        f"PSEC (friction) {ours}", f"PSEC (friction) {official}",
+        f"PSEC (gravity) {ours}", f"PSEC (gravity) {official}",
+        f"PSEC (thigh size) {ours}", f"PSEC (thigh size) {official}",
         "Joint (friction)", "Joint (gravity)", "Joint (thigh size)",
         "BC", "Scratch (IQL + diffusion actor)"]
     assert all(len(values) == 3 for cells in table.values() for values in cells.values())
+    # Each choice's row holds its own trials' values (every value here is a point's index).
+    by_choice = {"raw/newest+reg 1": [], "raw/zero": []}
+    for index, point in enumerate(enumerate_points(search)):
+        if point.method == "psec" and point.target == "walker2d-medium/gravity":
+            by_choice[alpha_label(point.alpha)].append(float(index))
+    assert table[f"PSEC (gravity) {ours}"]["walker2d-medium"] == by_choice["raw/newest+reg 1"]
+    assert table[f"PSEC (gravity) {official}"]["walker2d-medium"] == by_choice["raw/zero"]
     assert controls["source base alone (thigh size)"] == {
         "walker2d-medium-expert": [7.0]}
     assert all(len(v) == 3 for v in controls["new LoRA skill alone (gravity)"].values())
@@ -243,7 +255,9 @@ def test_table_8_layout_from_results_rows():
     # Results without a search record: a store whose Tune folder was not kept, not "not run".
     assert "Not run in this store yet" not in text and "but no search record" in text
     assert "| method | halfcheetah-medium | halfcheetah-medium-replay |" in text
-    assert "144 of 144 trial points have results" in text and "(n=3)" in text
+    assert "198 of 198 trial points have results" in text and "(n=3)" in text
+    assert "α choices of the composer rows: `raw/newest+reg 1` starts at the new skill " \
+           "alone, regulariser ×1; `raw/zero` starts at the base alone, no regulariser." in text
     # A row is a kind of shift; its factor per robot is named under the table.
     assert "Shifts of the source bases: friction ×0.25 (halfcheetah), friction ×0.5 " \
            "(walker2d); gravity ×2; thigh size ×2." in text

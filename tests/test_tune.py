@@ -11,9 +11,12 @@ import yaml
 
 from library.errors import PsecError, SpecError
 from pipeline.plan import plan_task
+from tasks.spec_sections import AlphaSpec
 from tune.spec import load_search
 from tune.trials import (
     UNIFORM_ALPHA,
+    alpha_file_tag,
+    alpha_label,
     enumerate_points,
     library_tasks,
     stream_name,
@@ -92,6 +95,8 @@ def changed(**edits):
     ({"alpha_trace": {"target": "nowhere"}}, "alpha_trace.target"),
     ({"alpha_trace": {"target": "S→W", "method": "scratch"}}, "alpha_trace.method"),
     ({"alpha_trace": [{"target": "S→W"}, {"target": "nowhere"}]}, "alpha_trace[1].target"),
+    ({"alpha_trace": {"target": "S→W", "alpha": {"init": "zero", "reg": 0}}},
+     "alpha_trace.alpha"),
     ({"scales": {"smoke": {"stream_scale": "smoke"}}}, "scales"),
     ({"scales": {"smoke": {"stream_scale": "smoke", "ranks": [0]},
                  "paper": {"stream_scale": "paper"}}}, "scales.smoke.ranks[0]"),
@@ -136,6 +141,25 @@ def test_a_scale_narrows_the_axes(tmp_path):
     assert [(t.target, t.seed) for t in smoke.alpha_trace] == [("S→W", 1)]
     paper = load_search(write(tmp_path, search), scale="paper")
     assert paper.ranks == [2, 4, 8] and paper.seeds == [0, 1, 2] and len(paper.targets) == 2
+
+
+def test_a_trace_follows_one_alpha_choice_and_goes_with_it(tmp_path):
+    """A trace may name which of the search's α choices it follows; a scale that keeps
+    only the others drops it, and its plot file is named by the choice."""
+    zero = {"output": "raw", "init": "zero", "reg": 0}
+    search = changed(
+        alpha=[{"output": "raw", "init": "newest"}, zero],
+        alpha_trace=[{"target": "S→W"}, {"target": "S→W", "alpha": zero}],
+        scales={"smoke": {"stream_scale": "smoke", "alpha": [{"init": "newest"}]},
+                "paper": {"stream_scale": "paper"}})
+    paper = load_search(write(tmp_path, search), scale="paper")
+    assert [t.alpha for t in paper.alpha_trace] == [None, AlphaSpec(**zero)]
+    assert {alpha_label(p.alpha) for p in enumerate_points(paper)} == {
+        "raw/newest+reg 1", "raw/zero"}
+    smoke = load_search(write(tmp_path, search), scale="smoke")
+    assert [t.alpha for t in smoke.alpha_trace] == [None]
+    assert alpha_file_tag(AlphaSpec(**zero)) == "-raw-zero"
+    assert alpha_file_tag(AlphaSpec()) == "-raw-newest-reg1" and alpha_file_tag(None) == ""
 
 
 

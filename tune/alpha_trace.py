@@ -20,7 +20,7 @@ from pipeline.evaluation import rollout_threads
 from tasks.spec import StreamSpec
 from tasks.suites import get_suite
 from tune.spec import AlphaTraceSpec, SearchSpec, find_composer
-from tune.trials import TrialPoint, enumerate_points
+from tune.trials import TrialPoint, alpha_label, enumerate_points
 
 
 def trace(store, name: str, task, seed: int = 0
@@ -56,9 +56,12 @@ def plot_trace(search: SearchSpec, spec: AlphaTraceSpec, stream: StreamSpec, sto
     """Plot the α(s) trace of one of the search's `alpha_trace` composers; a one-line
     note."""
     points = [p for p in enumerate_points(search)
-              if p.target == spec.target and p.method == spec.method and p.seed == spec.seed]
+              if p.target == spec.target and p.method == spec.method and p.seed == spec.seed
+              and spec.alpha in (None, p.alpha)]  # None: the first choice, listed first
     if not points:
-        raise StoreError(f"no trial point {spec.method} on {spec.target} with seed {spec.seed}")
+        chosen = "" if spec.alpha is None else f" and alpha {alpha_label(spec.alpha)}"
+        raise StoreError(f"no trial point {spec.method} on {spec.target} with seed "
+                         f"{spec.seed}{chosen}")
     point: TrialPoint = points[0]
     target = next(t for t in search.targets if t.label == spec.target)
     task, composer_spec = find_composer(stream, target.composer, "alpha_trace")

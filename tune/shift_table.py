@@ -8,7 +8,9 @@ base (or their extra data) comes from the shifted source domain. Here:
   generates (`medium`, `medium-replay`, …), or the stored/imported dataset's name;
 * a row of a method that builds on the target's base (PSEC and the other composers,
   Joint) is `<method> (<shift>)`, the kind of shift read from the base task's dynamics
-  (its factor may differ per robot: a line under the table names them);
+  (its factor may differ per robot: a line under the table names them), and when the
+  search tries several α(s) choices a composer has a row per choice, named by it (a line
+  under the table says where each starts);
 * rows of methods that see the target data only (BC, Scratch) have no shift. Their fit
   does not depend on the base, so a column takes them from the first target (in search
   order) that ran them; the search file names them on one target per dataset
@@ -37,6 +39,7 @@ from tune.table import (
     paper_table,
     section_tail,
 )
+from tune.trials import TrialPoint, alpha_label
 
 SHIFT_FIELDS = {"friction": "friction", "gravity": "gravity", "thigh_size": "thigh size"}
 """Dynamics fields -> how a row names them."""
@@ -103,6 +106,32 @@ def _row_order(search: SearchSpec) -> list[str]:
     return first + [m for m in ("joint", "bc", "scratch") if m in search.methods]
 
 
+def _by_alpha(search: SearchSpec, method: str) -> bool:
+    """Whether `method` has a row per α choice: a composer trained with the search's
+    `alpha` (not Fixed's or the uniform control's own), when it lists several."""
+    return method in COMPOSING and method not in ("fixed", "uniform") and len(search.alpha) > 1
+
+
+def _method_row(search: SearchSpec, point: TrialPoint) -> str:
+    """What a trial's value is filed under: its method, and its α choice where that
+    makes a row of its own."""
+    if _by_alpha(search, point.method):
+        return f"{point.method} {alpha_label(point.alpha)}"
+    return point.method
+
+
+def alpha_line(search: SearchSpec) -> str | None:
+    """`α choices of the composer rows: raw/newest+reg 1 starts at the new skill alone,
+    regulariser ×1; raw/zero …`; None with one choice (its rows carry no α)."""
+    if len(search.alpha) < 2:
+        return None
+    starts = {"newest": "the new skill alone", "uniform": "equal weights",
+              "zero": "the base alone"}
+    parts = [f"`{alpha_label(a)}` starts at {starts[a.init]}, "
+             + (f"regulariser ×{a.reg:g}" if a.reg else "no regulariser") for a in search.alpha]
+    return "α choices of the composer rows: " + "; ".join(parts) + "."
+
+
 def shift_rows(results: SearchResults) -> tuple[list[str], dict[str, dict[str, list[float]]],
                                                   dict[str, dict[str, list[float]]]]:
     """(columns, method rows, control rows): row label -> column -> per-seed values."""
@@ -118,13 +147,13 @@ def shift_rows(results: SearchResults) -> tuple[list[str], dict[str, dict[str, l
         columns += [column] if column not in columns else []
         shifts += [shift] if shift not in shifts else []
     values: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(
-        lambda: defaultdict(list))  # (method, shift, column) -> target -> values
+        lambda: defaultdict(list))  # (method[ α], shift, column) -> target -> values
     skills: dict[tuple[str, str], list[float]] = defaultdict(list)
     seen_skills: set[tuple[str, str]] = set()
     for m in results.measured:
         column, shift, _ = by_target[m.point.target]
         if m.value is not None:
-            values[(m.point.method, shift, column)][m.point.target].append(m.value)
+            values[(_method_row(search, m.point), shift, column)][m.point.target].append(m.value)
         if m.skill_value is not None and m.point.method in COMPOSING and \
                 (m.point.target, m.point.skill_tag()) not in seen_skills:
             # Trials of several composing methods share one new skill: count it once.
@@ -134,6 +163,13 @@ def shift_rows(results: SearchResults) -> tuple[list[str], dict[str, dict[str, l
     for method in _row_order(search):
         label = SCRATCH_LABEL if method == "scratch" else ROW_LABELS[method]
         for shift in ([None] if method in FROM_SCRATCH and method != "joint" else shifts):
+            if shift is not None and _by_alpha(search, method):
+                for alpha in search.alpha:  # a row per α choice, named by it
+                    key = f"{method} {alpha_label(alpha)}"
+                    rows[f"{label} ({shift}) α {alpha_label(alpha)}"] = {
+                        column: [v for vs in values.get((key, shift, column), {}).values()
+                                 for v in vs] for column in columns}
+                continue
             cells: dict[str, list[float]] = {}
             for column in columns:
                 if shift is None:  # shift-free: the first target of the column that ran it
@@ -198,6 +234,8 @@ def shift_section(results: SearchResults, record: dict | None, command: str,
               f"D4RL-normalised `{search.metric}` (mean over evaluation episodes and seeds), "
               f"then mean ± std over training seeds {search.seeds} (n = seeds measured).", ""]
     lines += _table("method", columns, rows) + ["", shifts_line(search, results.stream), ""]
+    alphas = alpha_line(search)
+    lines += [alphas, ""] if alphas else []
     budgets = base_budgets(results, store)
     lines += [budgets, ""] if budgets else []
     lines += paper_table(search, columns) + [""]

@@ -174,6 +174,9 @@ class AlphaTraceSpec(_Spec):
     """A composing method."""
     seed: int = 0
     """Training seed of the trial."""
+    alpha: AlphaSpec | None = None
+    """Which of the search's α(s) choices (`alpha`) the composer was trained with; None:
+    the first. A scale whose choices leave it out drops the trace."""
 
 
 class SearchSpec(_Spec):
@@ -339,6 +342,8 @@ class SearchSpec(_Spec):
                 raise FieldError((*where, "target"), f"no target labelled {trace.target!r}")
             if trace.method not in COMPOSING:
                 raise FieldError((*where, "method"), f"{trace.method!r} composes nothing")
+            if trace.alpha is not None and trace.alpha not in self.alpha:
+                raise FieldError((*where, "alpha"), "is none of the search's alpha choices")
         return self
 
     # ---------------------------------------------------------------- scales
@@ -367,7 +372,8 @@ class SearchSpec(_Spec):
         kept = {target["label"] for target in data["targets"]}
         data["alpha_trace"] = [trace for trace in data["alpha_trace"]
                                if trace["target"] in kept
-                               and (scale.methods is None or trace["method"] in scale.methods)]
+                               and (scale.methods is None or trace["method"] in scale.methods)
+                               and (trace["alpha"] is None or trace["alpha"] in data["alpha"])]
         for other in data["scales"].values():
             # Other scales may keep targets or methods this one drops; they no longer apply.
             if other["targets"] is not None:

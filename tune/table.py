@@ -43,6 +43,7 @@ from tune.search import read_record
 from tune.spec import FROM_SCRATCH, SearchSpec, find_composer, load_search
 from tune.trials import (
     TrialPoint,
+    alpha_file_tag,
     alpha_label,
     enumerate_points,
     skill_item,
@@ -505,7 +506,7 @@ def write_section(search_path: str, scale: str, store_uri: str, results_path: st
         # others are named by their target's composer (a store-safe name, unlike labels).
         composer = next(t.composer for t in search.targets if t.label == trace.target)
         file = f"{search.name}-alpha.png" if index == 0 else \
-            f"{search.name}-alpha-{composer}.png"
+            f"{search.name}-alpha-{composer}{alpha_file_tag(trace.alpha)}.png"
         try:
             notes.append(plot_trace(search, trace, results.stream, store,
                                     os.path.join(folder, file)))

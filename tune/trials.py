@@ -140,6 +140,14 @@ def alpha_label(alpha: AlphaSpec) -> str:
     return label if not alpha.reg else f"{label}+reg {alpha.reg:g}"
 
 
+def alpha_file_tag(alpha: AlphaSpec | None) -> str:
+    """`-raw-zero` for a file name (`-raw-newest-reg1` with a regulariser); '' for None."""
+    if alpha is None:
+        return ""
+    return "-" + "".join(c if c.isalnum() or c == "." else "-" for c in
+                         alpha_label(alpha).replace(" ", "").replace("+", "-"))
+
+
 def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
     """Every trial point of the search (scale applied), without repeats."""
     stream = search.load_stream()
