@@ -232,7 +232,7 @@ def test_table_8_layout_from_results_rows():
     columns, table, controls = shift_rows(results)
     assert columns == [f"{r}-{k}" for r in ("halfcheetah", "walker2d") for k in KINDS]
     # Two α choices at the paper scale: a PSEC row per shift and choice, named by it.
-    ours, official = "α raw/newest+reg 1", "α raw/zero"
+    ours, official = "α raw/newest+reg 1", "α raw/zero×0.0625"
     assert list(table) == [
         f"PSEC (friction) {ours}", f"PSEC (friction) {official}",
         f"PSEC (gravity) {ours}", f"PSEC (gravity) {official}",
@@ -241,12 +241,13 @@ def test_table_8_layout_from_results_rows():
         "BC", "Scratch (IQL + diffusion actor)"]
     assert all(len(values) == 3 for cells in table.values() for values in cells.values())
     # Each choice's row holds its own trials' values (every value here is a point's index).
-    by_choice = {"raw/newest+reg 1": [], "raw/zero": []}
+    by_choice = {"raw/newest+reg 1": [], "raw/zero×0.0625": []}
     for index, point in enumerate(enumerate_points(search)):
         if point.method == "psec" and point.target == "walker2d-medium/gravity":
             by_choice[alpha_label(point.alpha)].append(float(index))
     assert table[f"PSEC (gravity) {ours}"]["walker2d-medium"] == by_choice["raw/newest+reg 1"]
-    assert table[f"PSEC (gravity) {official}"]["walker2d-medium"] == by_choice["raw/zero"]
+    assert table[f"PSEC (gravity) {official}"]["walker2d-medium"] == by_choice[
+        "raw/zero×0.0625"]
     assert controls["source base alone (thigh size)"] == {
         "walker2d-medium-expert": [7.0]}
     assert all(len(v) == 3 for v in controls["new LoRA skill alone (gravity)"].values())
@@ -257,7 +258,8 @@ def test_table_8_layout_from_results_rows():
     assert "| method | halfcheetah-medium | halfcheetah-medium-replay |" in text
     assert "198 of 198 trial points have results" in text and "(n=3)" in text
     assert "α choices of the composer rows: `raw/newest+reg 1` starts at the new skill " \
-           "alone, regulariser ×1; `raw/zero` starts at the base alone, no regulariser." in text
+           "alone, regulariser ×1; `raw/zero×0.0625` starts at the base alone, no regulariser, " \
+           "α = 0.0625 × the network's output." in text
     # A row is a kind of shift; its factor per robot is named under the table.
     assert "Shifts of the source bases: friction ×0.25 (halfcheetah), friction ×0.5 " \
            "(walker2d); gravity ×2; thigh size ×2." in text

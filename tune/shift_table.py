@@ -128,7 +128,9 @@ def alpha_line(search: SearchSpec) -> str | None:
     starts = {"newest": "the new skill alone", "uniform": "equal weights",
               "zero": "the base alone"}
     parts = [f"`{alpha_label(a)}` starts at {starts[a.init]}, "
-             + (f"regulariser ×{a.reg:g}" if a.reg else "no regulariser") for a in search.alpha]
+             + (f"regulariser ×{a.reg:g}" if a.reg else "no regulariser")
+             + ("" if a.scale == 1 else f", α = {a.scale:g} × the network's output")
+             for a in search.alpha]
     return "α choices of the composer rows: " + "; ".join(parts) + "."
 
 
