@@ -268,3 +268,27 @@ def test_composer_errors():
         AlphaConfig(scale=0.0)
     with pytest.raises(SpecError, match="^alpha.depth: unknown"):
         AlphaConfig.from_dict({"depth": 3})
+
+
+def test_official_alpha_units_move_alpha_a_sixteenth_as_far_per_adam_step():
+    """`scale: 1/16` is the official parameterisation (the network outputs 16 for a skill
+    at full strength): from the same start and the same gradients' signs, one Adam step
+    moves α 1/16 as far as in our units (docs/DEVIATIONS.md, "α units")."""
+    policy = policy_with_skills()
+    obs = observations(16)
+    actions = torch.rand(16, ACT_DIM, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    moved = {}
+    for scale in (1.0, 1 / 16):
+        composer = Composer(policy, ["base", "b"], "parameter",
+                            AlphaConfig(init="zero", reg=0.0, scale=scale),
+                            torch.Generator().manual_seed(0))
+        assert torch.equal(composer.alpha(obs), torch.zeros(16, 1))  # the base alone
+        opt = torch.optim.Adam([p for p in composer.parameters() if p.requires_grad], lr=1e-3)
+        terms = composer.loss(obs, actions, torch.rand(16, generator=torch.Generator().manual_seed(3)),
+                              torch.Generator().manual_seed(4))
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        moved[scale] = composer.alpha(obs).detach()
+    assert moved[1.0].abs().min() > 0
+    torch.testing.assert_close(moved[1 / 16], moved[1.0] / 16)

@@ -510,7 +510,8 @@ def write_section(search_path: str, scale: str, store_uri: str, results_path: st
         try:
             notes.append(plot_trace(search, trace, results.stream, store,
                                     os.path.join(folder, file)))
-            plots.append((f"α(s) over one episode ({trace.target})", file))
+            chosen = "" if trace.alpha is None else f", α {alpha_label(trace.alpha)}"
+            plots.append((f"α(s) over one episode ({trace.target}{chosen})", file))
         except PsecError as error:
             notes.append(f"α(s) over one episode on {trace.target}: not plotted ({error}).")
     trace_note = "\n\n".join(notes) or None
