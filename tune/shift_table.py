@@ -106,18 +106,19 @@ def _row_order(search: SearchSpec) -> list[str]:
     return first + [m for m in ("joint", "bc", "scratch") if m in search.methods]
 
 
-def _by_alpha(search: SearchSpec, method: str) -> bool:
-    """Whether `method` has a row per α choice: a composer trained with the search's
-    `alpha` (not Fixed's or the uniform control's own), when it lists several."""
-    return method in COMPOSING and method not in ("fixed", "uniform") and len(search.alpha) > 1
+def _alpha_rows(search: SearchSpec, method: str) -> list[str | None]:
+    """The α choices that give `method` a row each (their labels), or [None] for one row:
+    a composer trained with the search's `alpha` (not Fixed's or the uniform control's
+    own) has a row per choice when the search lists several."""
+    if method in COMPOSING and method not in ("fixed", "uniform") and len(search.alpha) > 1:
+        return [alpha_label(alpha) for alpha in search.alpha]
+    return [None]
 
 
-def _method_row(search: SearchSpec, point: TrialPoint) -> str:
-    """What a trial's value is filed under: its method, and its α choice where that
-    makes a row of its own."""
-    if _by_alpha(search, point.method):
-        return f"{point.method} {alpha_label(point.alpha)}"
-    return point.method
+def _row_key(search: SearchSpec, point: TrialPoint) -> tuple[str, str | None]:
+    """(method, α label or None): the row a trial's value is filed under."""
+    alpha = None if point.alpha is None else alpha_label(point.alpha)
+    return point.method, (alpha if alpha in _alpha_rows(search, point.method) else None)
 
 
 def alpha_line(search: SearchSpec) -> str | None:
@@ -149,13 +150,13 @@ def shift_rows(results: SearchResults) -> tuple[list[str], dict[str, dict[str, l
         columns += [column] if column not in columns else []
         shifts += [shift] if shift not in shifts else []
     values: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(
-        lambda: defaultdict(list))  # (method[ α], shift, column) -> target -> values
+        lambda: defaultdict(list))  # ((method, α), shift, column) -> target -> values
     skills: dict[tuple[str, str], list[float]] = defaultdict(list)
     seen_skills: set[tuple[str, str]] = set()
     for m in results.measured:
         column, shift, _ = by_target[m.point.target]
         if m.value is not None:
-            values[(_method_row(search, m.point), shift, column)][m.point.target].append(m.value)
+            values[(_row_key(search, m.point), shift, column)][m.point.target].append(m.value)
         if m.skill_value is not None and m.point.method in COMPOSING and \
                 (m.point.target, m.point.skill_tag()) not in seen_skills:
             # Trials of several composing methods share one new skill: count it once.
@@ -165,23 +166,19 @@ def shift_rows(results: SearchResults) -> tuple[list[str], dict[str, dict[str, l
     for method in _row_order(search):
         label = SCRATCH_LABEL if method == "scratch" else ROW_LABELS[method]
         for shift in ([None] if method in FROM_SCRATCH and method != "joint" else shifts):
-            if shift is not None and _by_alpha(search, method):
-                for alpha in search.alpha:  # a row per α choice, named by it
-                    key = f"{method} {alpha_label(alpha)}"
-                    rows[f"{label} ({shift}) α {alpha_label(alpha)}"] = {
-                        column: [v for vs in values.get((key, shift, column), {}).values()
-                                 for v in vs] for column in columns}
-                continue
-            cells: dict[str, list[float]] = {}
-            for column in columns:
-                if shift is None:  # shift-free: the first target of the column that ran it
-                    found = [per_target for s in shifts
-                             for per_target in values.get((method, s, column), {}).values()]
-                    cells[column] = next((v for v in found if v), [])
-                else:
-                    per_target = values.get((method, shift, column), {})
-                    cells[column] = [v for vs in per_target.values() for v in vs]
-            rows[label if shift is None else f"{label} ({shift})"] = cells
+            for alpha in _alpha_rows(search, method):
+                key = (method, alpha)
+                cells: dict[str, list[float]] = {}
+                for column in columns:
+                    if shift is None:  # shift-free: the first target of the column that ran it
+                        found = [per_target for s in shifts
+                                 for per_target in values.get((key, s, column), {}).values()]
+                        cells[column] = next((v for v in found if v), [])
+                    else:
+                        per_target = values.get((key, shift, column), {})
+                        cells[column] = [v for vs in per_target.values() for v in vs]
+                row = label if shift is None else f"{label} ({shift})"
+                rows[row if alpha is None else f"{row} α {alpha}"] = cells
     controls: dict[str, dict[str, list[float]]] = defaultdict(dict)
     for (shift, column), skill_values in skills.items():
         controls[f"new LoRA skill alone ({shift})"][column] = skill_values
