@@ -27,6 +27,15 @@ def synthetic_table(obs_dim=WALKER_DIMS[0], act_dim=WALKER_DIMS[1], n=200, seed=
     return to_table(arrays, {"suite": "dmc", "env": "walker-walk", "source": "synthetic"})
 
 
+class PlainStore(SkillStore):
+    """The store actor's one extra call, for stages run without Ray."""
+
+    def register_once(self, name, kind, config, tensors, **kwargs):
+        if self.exists(name):
+            return self.entry(name), False
+        return self.register(name, kind, config, tensors, **kwargs), True
+
+
 def tiny_task(name, role="skill", steps=40, composers=(), env="walker-walk", train=None,
               **extra):
     """A task on the synthetic dataset `<name>-data`, evaluated for 1 short episode."""

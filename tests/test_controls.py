@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 from library_builders import ACT_DIM, add_trained_looking_skill, observations, tiny_policy
-from pipeline_builders import stand_base_with_walk_skill, tiny_task
+from pipeline_builders import PlainStore, stand_base_with_walk_skill, tiny_task
 
 from library.composition import AlphaConfig, Composer
 from library.errors import SpecError, StoreError
@@ -108,15 +108,6 @@ def test_an_untrained_composer_stays_untrained_at_every_scale():
 
 
 # ------------------------------------------------------------------ pipeline, no Ray
-
-
-class PlainStore(SkillStore):
-    """The store actor's one extra call, for stages run without Ray."""
-
-    def register_once(self, name, kind, config, tensors, **kwargs):
-        if self.exists(name):
-            return self.entry(name), False
-        return self.register(name, kind, config, tensors, **kwargs), True
 
 
 @pytest.fixture
