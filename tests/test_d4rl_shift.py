@@ -263,6 +263,12 @@ def test_table_8_layout_from_results_rows():
     # A row is a kind of shift; its factor per robot is named under the table.
     assert "Shifts of the source bases: friction ×0.25 (halfcheetah), friction ×0.5 " \
            "(walker2d); gravity ×2; thigh size ×2." in text
+    # Which rows rank 64 candidates by the target critic (the official evaluation) and
+    # which sample once: the controls are not all measured alike.
+    assert "Actions per state: PSEC, the new skill alone, Joint and Scratch (IQL + diffusion " \
+           "actor) keep the best of 64 samples by the target critic's Q (the official " \
+           "evaluation); the source base alone and BC, whose tasks train no critics, sample " \
+           "one" in text
     # The paper's Table 8 beside ours, in the same columns.
     assert "| PSEC (friction) | 40.1 ± 1.2 | 31.1 ± 1.3 | 42.1 ± 1.0 | 61.7 ± 7.5 |" in text
     # The α(s) traces' plots and note close the section, before its end marker.
@@ -305,6 +311,7 @@ def test_the_results_command_rewrites_the_dynamics_shift_section_from_a_store(tm
     assert "| Joint (friction) | 3 ± 0 (n=1) |" in text
     assert "| BC | 2 ± 0 (n=1) |" in text
     assert "| Scratch (IQL + diffusion actor) | 1 ± 0 (n=1) |" in text
+    assert "Actions per state" not in text  # the smoke scale samples one everywhere
 
 
 @pytest.mark.slow

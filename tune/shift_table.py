@@ -39,7 +39,7 @@ from tune.table import (
     paper_table,
     section_tail,
 )
-from tune.trials import TrialPoint, alpha_label
+from tune.trials import TrialPoint, alpha_label, enumerate_points, trial_task
 
 SHIFT_FIELDS = {"friction": "friction", "gravity": "gravity", "thigh_size": "thigh size"}
 """Dynamics fields -> how a row names them."""
@@ -133,6 +133,29 @@ def alpha_line(search: SearchSpec) -> str | None:
              + ("" if a.scale == 1 else f", α = {a.scale:g} × the network's output")
              for a in search.alpha]
     return "α choices of the composer rows: " + "; ".join(parts) + "."
+
+
+def sampling_line(search: SearchSpec, stream: StreamSpec) -> str | None:
+    """`Actions per state: …`: which rows keep the best of N candidates by their task's
+    critic and which sample one (a row whose task trains no critics has nothing to rank
+    by: BC, and the source base alone); None when every target samples one."""
+    counts = sorted({_target_task(search, stream, t.label).eval.n_candidates
+                     for t in search.targets})
+    if counts == [1]:
+        return None
+    ranked, single = [], ["the source base alone"]
+    points = enumerate_points(search)
+    for method in _row_order(search):
+        task = trial_task(search, stream, next(p for p in points if p.method == method))
+        label = SCRATCH_LABEL if method == "scratch" else ROW_LABELS[method]
+        (ranked if task.needs_critic else single).append(label)
+    if any(m in COMPOSING for m in search.methods):
+        ranked.insert(1, "the new skill alone")
+    listed = ", ".join(ranked[:-1]) + (" and " if len(ranked) > 1 else "") + ranked[-1]
+    return (f"Actions per state: {listed} keep the best of "
+            f"{' or '.join(map(str, counts))} samples by the target critic's Q (the official "
+            f"evaluation); {' and '.join(single)}, whose tasks train no critics, sample one "
+            "(docs/DEVIATIONS.md, \"d4rl_shift evaluation\").")
 
 
 def shift_rows(results: SearchResults) -> tuple[list[str], dict[str, dict[str, list[float]]],
@@ -241,6 +264,8 @@ def shift_section(results: SearchResults, record: dict | None, command: str,
     if controls:
         lines += ["Controls (the parts of PSEC alone on the target):", ""]
         lines += _table("control", columns, controls) + [""]
+    sampling = sampling_line(search, results.stream)
+    lines += [sampling, ""] if sampling else []
     skills = {s for t in search.targets
               for s in find_composer(results.stream, t.composer, "targets")[1].skills}
     if skills - {BASE}:
