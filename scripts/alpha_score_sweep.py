@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--composer", required=True, nargs="+",
                         help="parameter-level composers (e.g. one per training seed)")
     parser.add_argument("--dataset", help="the stored dataset the composers trained on "
-                                          "(default: the task's data.dataset)")
+                                          "(default: the task's, as a fit names it)")
     parser.add_argument("--grid", type=float, nargs="+", default=list(GRID),
                         help="weights of the new skill (0: the base alone, 1: the skill alone)")
     parser.add_argument("--batches", type=int, default=16)
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from library.store import SkillStore
     from pipeline.evaluation import stored_task
+    from pipeline.plan import dataset_name
 
     store = SkillStore(args.store)
     tasks = {name: stored_task(store.entry(name), None) for name in args.composer}
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             score = lambda job: score_at(args.store, *job, args.candidates)  # noqa: E731
         for name in args.composer:
-            dataset = args.dataset or tasks[name].data.dataset
+            dataset = args.dataset or dataset_name(tasks[name])
             losses = losses_at(args.store, name, dataset, args.grid, args.batches,
                                args.batch_size, args.seed)
             for c in args.grid:
