@@ -267,7 +267,7 @@ def test_table_8_layout_from_results_rows():
     # which sample once: the controls are not all measured alike.
     assert "Actions per state: PSEC, the new skill alone, Joint and Scratch (IQL + diffusion " \
            "actor) keep the best of 64 samples by the target critic's Q (the official " \
-           "evaluation); the source base alone and BC, whose tasks train no critics, sample " \
+           "evaluation); BC and the source base alone, whose tasks train no critics, sample " \
            "one" in text
     # The paper's Table 8 beside ours, in the same columns.
     assert "| PSEC (friction) | 40.1 ± 1.2 | 31.1 ± 1.3 | 42.1 ± 1.0 | 61.7 ± 7.5 |" in text

@@ -135,26 +135,33 @@ def alpha_line(search: SearchSpec) -> str | None:
     return "α choices of the composer rows: " + "; ".join(parts) + "."
 
 
+def _listed(items: list[str]) -> str:
+    """The items as prose: a; a and b; a, b and c."""
+    return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + items[-1]
+
+
 def sampling_line(search: SearchSpec, stream: StreamSpec) -> str | None:
     """`Actions per state: …`: which rows keep the best of N candidates by their task's
     critic and which sample one (a row whose task trains no critics has nothing to rank
-    by: BC, and the source base alone); None when every target samples one."""
+    by: BC, and the source base alone); None when no row ranks candidates."""
     counts = sorted({_target_task(search, stream, t.label).eval.n_candidates
                      for t in search.targets})
-    if counts == [1]:
-        return None
-    ranked, single = [], ["the source base alone"]
+    rows: list[tuple[str, bool]] = []  # (row, ranked by a critic)
     points = enumerate_points(search)
     for method in _row_order(search):
         task = trial_task(search, stream, next(p for p in points if p.method == method))
-        label = SCRATCH_LABEL if method == "scratch" else ROW_LABELS[method]
-        (ranked if task.needs_critic else single).append(label)
-    if any(m in COMPOSING for m in search.methods):
-        ranked.insert(1, "the new skill alone")
-    listed = ", ".join(ranked[:-1]) + (" and " if len(ranked) > 1 else "") + ranked[-1]
-    return (f"Actions per state: {listed} keep the best of "
+        rows.append((SCRATCH_LABEL if method == "scratch" else ROW_LABELS[method],
+                     task.needs_critic))
+        if method in COMPOSING and ("the new skill alone", task.needs_critic) not in rows:
+            rows.append(("the new skill alone", task.needs_critic))  # its critics are its task's
+    rows.append(("the source base alone", False))
+    ranked = [row for row, critic in rows if critic]
+    single = [row for row, critic in rows if not critic]
+    if counts == [1] or not ranked:
+        return None
+    return (f"Actions per state: {_listed(ranked)} keep the best of "
             f"{' or '.join(map(str, counts))} samples by the target critic's Q (the official "
-            f"evaluation); {' and '.join(single)}, whose tasks train no critics, sample one "
+            f"evaluation); {_listed(single)}, whose tasks train no critics, sample one "
             "(docs/DEVIATIONS.md, \"d4rl_shift evaluation\").")
 
 
