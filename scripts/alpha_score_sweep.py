@@ -42,7 +42,7 @@ GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def _loaded(store_uri: str, composer_name: str, candidates: int | None = None):
     """(the composer with its skills loaded, its task spec — with `candidates` actions per
-    state when given — and the task's IQL critics)."""
+    state when given — and the task's critics: (IQL, feasibility), either None)."""
     from library.serialization import critics_from_item, split_item
     from library.store import SkillStore
     from pipeline.acting import load_composer
@@ -58,8 +58,8 @@ def _loaded(store_uri: str, composer_name: str, candidates: int | None = None):
         raise SystemExit(f"alpha_score_sweep: the task's skill {task.name!r} (its critics) is "
                          "not in the store")
     config, tensors = store.load(task.name)
-    iql, _ = critics_from_item(config, split_item(tensors)[1], composer.policy.normalizer)
-    return composer, task, iql
+    critics = critics_from_item(config, split_item(tensors)[1], composer.policy.normalizer)
+    return composer, task, critics
 
 
 def _weights(skills: list[str], c: float) -> torch.Tensor:
@@ -82,15 +82,19 @@ def score_at(store_uri: str, composer_name: str, c: float, seed: int,
     from tasks.suites import get_suite
 
     torch.set_num_threads(1)
-    composer, task, iql = _loaded(store_uri, composer_name, candidates)
+    composer, task, (iql, feasibility) = _loaded(store_uri, composer_name, candidates)
     policy, skills = composer.policy, composer.skills
     weights = _weights(skills, c)
-    q_fn = iql.q if iql is not None else None
+    # As every stored item acts (pipeline.acting): the lowest safety Q where the task has a
+    # feasibility critic, else the highest reward Q.
+    q_fn, minimize = (feasibility.q, True) if feasibility is not None else (
+        iql.q if iql is not None else None, False)
     n = task.eval.n_candidates
 
     def sample(obs: torch.Tensor, noise) -> torch.Tensor:
         with use_skills(policy, skills, weights):
-            return select_action(lambda o: policy.sample(o, noise), obs, n, q_fn=q_fn)
+            return select_action(lambda o: policy.sample(o, noise), obs, n, q_fn=q_fn,
+                                 minimize=minimize)
 
     act = Acting(sample, seed, n if q_fn is not None else 1)
     episodes = roll_with(act, task, seed, 0, task.eval.episodes)
@@ -107,14 +111,17 @@ def losses_at(store_uri: str, composer_name: str, dataset: str, grid: list[float
     from tasks.dataset import limit_transitions, to_arrays
 
     torch.set_num_threads(1)
-    composer, task, iql = _loaded(store_uri, composer_name)
+    composer, task, (iql, feasibility) = _loaded(store_uri, composer_name)
     store = SkillStore(store_uri)
     table = store.get_dataset(dataset)
     if task.data.source == "store" and task.data.max_transitions is not None:
         table = limit_transitions(table, task.data.max_transitions)
     arrays = to_arrays(table)
     obs, actions = torch.as_tensor(arrays["obs"]), torch.as_tensor(arrays["actions"])
-    weigh = make_weighting(task.objective, iql, None, WeightingConfig(beta=task.critic.beta))
+    # The composer's own objective where its spec names one, else its task's (as a fit).
+    objective = next((spec.objective for spec in task.composers
+                      if spec.name == composer_name and spec.objective), task.objective)
+    weigh = make_weighting(objective, iql, feasibility, WeightingConfig(beta=task.critic.beta))
     policy, skills = composer.policy, composer.skills
     out = {}
     for c in grid:
