@@ -96,6 +96,20 @@ def _reward_scale(task: TaskSpec, table) -> float:
 # ------------------------------------------------------------------ a unit's stages
 
 
+def alpha_stats(composer: Composer, obs: Tensor) -> dict[str, float]:
+    """`<skill>/mean` and `<skill>/std` of each skill's weight α_i(s) over the first
+    ALPHA_SAMPLE states of `obs` [N, S] (raw): what a composer fit logs, and what
+    scripts/alpha_weights.py reads back from a stored composer."""
+    obs = obs[:ALPHA_SAMPLE]
+    with torch.no_grad():
+        alpha = composer.alpha(obs)  # [B, k]
+    stats = {}
+    for index, skill in enumerate(composer.skills):
+        stats[f"{skill}/mean"] = float(alpha[:, index].mean())
+        stats[f"{skill}/std"] = float(alpha[:, index].std()) if len(obs) > 1 else 0.0
+    return stats
+
+
 class UnitContext:
     """A worker's view of one fit unit: its data, its critics, the items it builds on."""
 
@@ -275,14 +289,7 @@ class UnitContext:
         if stage.kind != "composer":
             return {}
         assert isinstance(learner, ComposerLearner)
-        obs = self.data.obs[:ALPHA_SAMPLE].to(self.device)
-        with torch.no_grad():
-            alpha = learner.composer.alpha(obs)  # [B, k]
-        stats = {}
-        for index, skill in enumerate(learner.composer.skills):
-            stats[f"{skill}/mean"] = float(alpha[:, index].mean())
-            stats[f"{skill}/std"] = float(alpha[:, index].std()) if len(obs) > 1 else 0.0
-        return stats
+        return alpha_stats(learner.composer, self.data.obs[:ALPHA_SAMPLE].to(self.device))
 
     def register(self, stage: Stage, learner: Learner, metrics: dict[str, Any]) -> bool:
         """Rank 0: store the stage's item through the store actor; False if it was there."""

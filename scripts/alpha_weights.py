@@ -1,10 +1,14 @@
-"""Where trained composers put their weight: α_i(s) at the end of each composer's training.
+"""Where stored composers put their weight: α_i(s) of each composer as the store holds it.
 
-Every composer fit logs, per stored skill i, the mean and std over 512 training states of
-α_i(s) (`pipeline.stages.alpha_stats`, TensorBoard tags `alpha/<skill>/mean|std` under the
-store's `runs/`). For each composer named this prints the last logged values: Σ_i α_i
-(uniform α starts at 1), Σ_i |α_i|, the mean over skills of the spread over states (0: α
-does not depend on the state), and the skills with the largest |α_i|.
+For each composer named this loads it from the store (its base and skills) and computes,
+per skill i, the mean and std of α_i(s) over the first 512 states of its task's data —
+the statistics its fit logged at every step (`pipeline.stages.alpha_stats`, TensorBoard
+tags `alpha/<skill>/mean|std` under the store's `runs/`), here from the stored weights,
+so the table can be rerun from a clean clone, where committed stores hold no runs. A
+store that does not hold the task's dataset (generated data are not kept in every
+committed store) falls back to the last values its fit logged, where the runs are there.
+It prints Σ_i α_i (uniform α starts at 1), Σ_i |α_i|, the mean over skills of the spread
+over states (0: α does not depend on the state), and the skills with the largest |α_i|.
 
     python scripts/alpha_weights.py --store stores/metaworld-unseen push-wall-psec push-wall-random
 """
@@ -14,21 +18,53 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.tblog import item_runs, last_scalars
-
 TOP = 4
 """Skills named per composer."""
 
 
-def weights_row(store_uri: str, item: str) -> str:
-    """One Markdown row of `item`'s final α statistics (from its first run: a composer is
-    fitted once per store)."""
+def stored_alpha(store_uri: str, item: str) -> dict[str, float]:
+    """`<skill>/mean` and `<skill>/std` of the stored composer `item` on its task's data
+    (as its fit read it: the task's dataset, cut to its max_transitions); {} when the store
+    holds no composer of that name."""
+    from library.store import SkillStore
+    from pipeline.acting import load_composer
+    from pipeline.evaluation import stored_task
+    from pipeline.plan import dataset_name
+    from pipeline.stages import alpha_stats
+    from tasks.dataset import limit_transitions, to_offline_data
+
+    store = SkillStore(store_uri)
+    if not store.exists(item) or store.entry(item).kind != "composer":
+        return {}
+    task = stored_task(store.entry(item), None)
+    table = store.get_dataset(dataset_name(task))
+    if task.data.source == "store" and task.data.max_transitions is not None:
+        table = limit_transitions(table, task.data.max_transitions)
+    return alpha_stats(load_composer(store, item), to_offline_data(table).obs)
+
+
+def logged_alpha(store_uri: str, item: str) -> dict[str, float]:
+    """The last α statistics the fit of `item` logged under the store's runs ({} if none)."""
+    from pipeline.tblog import item_runs, last_scalars
+
     runs = item_runs(store_uri, item)
-    values = last_scalars(store_uri, runs[0], prefix="alpha/") if runs else {}
+    return last_scalars(store_uri, runs[0], prefix="alpha/") if runs else {}
+
+
+def weights_row(store_uri: str, item: str) -> str:
+    """One Markdown row of `item`'s α statistics."""
+    from library.errors import StoreError
+
+    try:
+        values = stored_alpha(store_uri, item)
+    except StoreError:  # the task's dataset is not in this store
+        values = logged_alpha(store_uri, item)
+        if not values:
+            return f"| {item} | — | — | — | neither its task's data nor its run in the store |"
     means = {tag[: -len("/mean")]: v for tag, v in values.items() if tag.endswith("/mean")}
     spreads = [v for tag, v in values.items() if tag.endswith("/std")]
     if not means:
-        return f"| {item} | — | — | — | no α logged |"
+        return f"| {item} | — | — | — | not a stored composer |"
     top = sorted(means.items(), key=lambda pair: -abs(pair[1]))[:TOP]
     return (f"| {item} | {sum(means.values()):.2f} | {sum(map(abs, means.values())):.2f} | "
             f"{sum(spreads) / len(spreads):.2f} | "
@@ -37,7 +73,7 @@ def weights_row(store_uri: str, item: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", required=True, help="local store holding the composers")
+    parser.add_argument("--store", required=True, help="store holding the composers")
     parser.add_argument("items", nargs="+", help="composer names")
     args = parser.parse_args(argv)
     print(f"| composer | Σ α | Σ abs(α) | std over states | largest abs(α_i) (top {TOP}) |")
