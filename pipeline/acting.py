@@ -98,18 +98,22 @@ def acting_from_item(store, kind: str, name: str, config: dict, tensors: dict[st
                 critics_config, task_tensors = store.load(task_name)
                 critic_tensors = split_item(task_tensors)[1]
     policy.eval()
-    iql, feasibility = critics_from_item(critics_config, critic_tensors, policy.normalizer)
-    q_fn, minimize = None, False
-    if feasibility is not None:
-        q_fn, minimize = feasibility.q, True
-    elif iql is not None:
-        q_fn = iql.q
+    q_fn, minimize = candidate_ranking(
+        *critics_from_item(critics_config, critic_tensors, policy.normalizer))
 
     def sample(batch: Tensor, noise: Noise) -> Tensor:
         return select_action(lambda o: sample_policy(o, noise), batch, n_candidates,
                              q_fn=q_fn, minimize=minimize)
 
     return Acting(sample, seed, n_candidates if q_fn is not None else 1)
+
+
+def candidate_ranking(iql, feasibility) -> tuple[Callable[[Tensor, Tensor], Tensor] | None, bool]:
+    """(q_fn, minimize) that `select_action` ranks candidates by: the lowest safety Q where
+    the task has a feasibility critic, else the highest reward Q, else none (one sample)."""
+    if feasibility is not None:
+        return feasibility.q, True
+    return (iql.q if iql is not None else None), False
 
 
 def _composer_on(store, policy: DiffusionPolicy, config: dict, tensors: dict[str, Tensor]

@@ -110,20 +110,29 @@ def alpha_stats(composer: Composer, obs: Tensor) -> dict[str, float]:
     return stats
 
 
+def fit_table(store, task: TaskSpec, dataset: str):
+    """The table of stored dataset `dataset` as a fit of `task` reads it: cut to the task's
+    `max_transitions` when the task takes a stored dataset."""
+    from tasks.dataset import limit_transitions
+
+    table = store.get_dataset(dataset)
+    if task.data.source == "store" and task.data.max_transitions is not None:
+        table = limit_transitions(table, task.data.max_transitions)
+    return table
+
+
 class UnitContext:
     """A worker's view of one fit unit: its data, its critics, the items it builds on."""
 
     def __init__(self, store, unit: FitUnit, device: torch.device, rank: int = 0):
-        from tasks.dataset import fingerprint, limit_transitions, to_offline_data
+        from tasks.dataset import fingerprint, to_offline_data
 
         self.store = store
         self.unit = unit
         self.task = unit.task
         self.device = device
         self.rank = rank
-        table = store.get_dataset(unit.dataset)
-        if self.task.data.source == "store" and self.task.data.max_transitions is not None:
-            table = limit_transitions(table, self.task.data.max_transitions)
+        table = fit_table(store, self.task, unit.dataset)
         self.table = table
         self.data = to_offline_data(table)
         self._subsets: dict[str, OfflineData] = {}  # composer name -> its ComposerSpec.data

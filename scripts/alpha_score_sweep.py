@@ -76,7 +76,7 @@ def score_at(store_uri: str, composer_name: str, c: float, seed: int,
     as tasks.evaluation.summarise's statistics."""
     from library.diffusion import select_action
     from library.lora import use_skills
-    from pipeline.acting import Acting
+    from pipeline.acting import Acting, candidate_ranking
     from pipeline.evaluation import roll_with
     from tasks.evaluation import summarise
     from tasks.suites import get_suite
@@ -85,10 +85,7 @@ def score_at(store_uri: str, composer_name: str, c: float, seed: int,
     composer, task, (iql, feasibility) = _loaded(store_uri, composer_name, candidates)
     policy, skills = composer.policy, composer.skills
     weights = _weights(skills, c)
-    # As every stored item acts (pipeline.acting): the lowest safety Q where the task has a
-    # feasibility critic, else the highest reward Q.
-    q_fn, minimize = (feasibility.q, True) if feasibility is not None else (
-        iql.q if iql is not None else None, False)
+    q_fn, minimize = candidate_ranking(iql, feasibility)
     n = task.eval.n_candidates
 
     def sample(obs: torch.Tensor, noise) -> torch.Tensor:
@@ -108,15 +105,12 @@ def losses_at(store_uri: str, composer_name: str, dataset: str, grid: list[float
     from library.lora import use_skills
     from library.store import SkillStore
     from library.weighting import WeightingConfig, make_weighting
-    from tasks.dataset import limit_transitions, to_arrays
+    from pipeline.stages import fit_table
+    from tasks.dataset import to_arrays
 
     torch.set_num_threads(1)
     composer, task, (iql, feasibility) = _loaded(store_uri, composer_name)
-    store = SkillStore(store_uri)
-    table = store.get_dataset(dataset)
-    if task.data.source == "store" and task.data.max_transitions is not None:
-        table = limit_transitions(table, task.data.max_transitions)
-    arrays = to_arrays(table)
+    arrays = to_arrays(fit_table(SkillStore(store_uri), task, dataset))
     obs, actions = torch.as_tensor(arrays["obs"]), torch.as_tensor(arrays["actions"])
     # The composer's own objective where its spec names one, else its task's (as a fit).
     objective = next((spec.objective for spec in task.composers

@@ -30,16 +30,14 @@ def stored_alpha(store_uri: str, item: str) -> dict[str, float]:
     from pipeline.acting import load_composer
     from pipeline.evaluation import stored_task
     from pipeline.plan import dataset_name
-    from pipeline.stages import alpha_stats
-    from tasks.dataset import limit_transitions, to_offline_data
+    from pipeline.stages import alpha_stats, fit_table
+    from tasks.dataset import to_offline_data
 
     store = SkillStore(store_uri)
     if not store.exists(item) or store.entry(item).kind != "composer":
         return {}
     task = stored_task(store.entry(item), None)
-    table = store.get_dataset(dataset_name(task))
-    if task.data.source == "store" and task.data.max_transitions is not None:
-        table = limit_transitions(table, task.data.max_transitions)
+    table = fit_table(store, task, dataset_name(task))
     return alpha_stats(load_composer(store, item), to_offline_data(table).obs)
 
 

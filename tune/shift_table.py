@@ -106,6 +106,11 @@ def _row_order(search: SearchSpec) -> list[str]:
     return first + [m for m in ("joint", "bc", "scratch") if m in search.methods]
 
 
+def _row_label(method: str) -> str:
+    """A method's row name in this table (Scratch is IQL with a diffusion actor here)."""
+    return SCRATCH_LABEL if method == "scratch" else ROW_LABELS[method]
+
+
 def _alpha_rows(search: SearchSpec, method: str) -> list[str | None]:
     """The α choices that give `method` a row each (their labels), or [None] for one row:
     a composer trained with the search's `alpha` (not Fixed's or the uniform control's
@@ -150,8 +155,7 @@ def sampling_line(search: SearchSpec, stream: StreamSpec) -> str | None:
     points = enumerate_points(search)
     for method in _row_order(search):
         task = trial_task(search, stream, next(p for p in points if p.method == method))
-        rows.append((SCRATCH_LABEL if method == "scratch" else ROW_LABELS[method],
-                     task.needs_critic))
+        rows.append((_row_label(method), task.needs_critic))
         if method in COMPOSING and ("the new skill alone", task.needs_critic) not in rows:
             rows.append(("the new skill alone", task.needs_critic))  # its critics are its task's
     rows.append(("the source base alone", False))
@@ -194,7 +198,7 @@ def shift_rows(results: SearchResults) -> tuple[list[str], dict[str, dict[str, l
             skills[(shift, column)].append(m.skill_value)
     rows: dict[str, dict[str, list[float]]] = {}
     for method in _row_order(search):
-        label = SCRATCH_LABEL if method == "scratch" else ROW_LABELS[method]
+        label = _row_label(method)
         for shift in ([None] if method in FROM_SCRATCH and method != "joint" else shifts):
             for alpha in _alpha_rows(search, method):
                 key = (method, alpha)
