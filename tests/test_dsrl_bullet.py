@@ -220,6 +220,16 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     assert "**0.61** / 0.50 |" in ballrun  # the best safe reward is bold
     assert "0.90 / 4.00 †" in ballrun and "0.41 / 1.50 †" in ballrun
     assert "| **average** | 0.90 / 4.00 † |" in text  # one target: its own values
+    # The paper's figures beside ours: a row per target of ours, then the paper's average.
+    paper_head = lines.index("| task | BC | CDT | CPQ | COptiDICE | FISOR | ASEC | NSEC | PSEC |")
+    assert lines.index(ballrun) < paper_head
+    assert lines[paper_head + 2] == ("| BallRun | 0.67 / 11.38 | 0.32 / 0.45 | 0.85 / 13.67 | "
+                                     "0.55 / 11.32 | 0.18 / 0.00 | 0.35 / 4.35 | 0.58 / 7.46 | "
+                                     "0.15 / 0.95 |")
+    assert lines[paper_head + 3].startswith("| **average** (the paper's") and \
+        lines[paper_head + 3].endswith("| 0.41 / 0.33 |")
+    bare = safe_table(search.model_copy(update={"paper": {}}), _rows(search, reward, cost))
+    assert "`paper:` is empty" in safe_section(bare, None, "cmd", [], None)
     # Unmeasured targets of another scale show dashes and no average.
     paper = safe_table(load_search(SEARCH, "paper"), [])
     assert all(not cell.measured for cells in paper.cells.values() for cell in cells.values())

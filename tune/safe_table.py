@@ -239,6 +239,24 @@ def spread_lines(table: SafeTable) -> list[str]:
     return lines
 
 
+def paper_lines(table: SafeTable) -> list[str]:
+    """The search file's `paper:` figures in our table's layout: a row per target of ours
+    (then the paper's own average over its tasks), a column per method of the paper."""
+    paper = table.search.paper
+    if not paper:
+        return ["The paper's figures are not in this search file (`paper:` is empty), so "
+                "none are shown beside ours."]
+    methods = list(paper)
+    lines = ["The paper's figures for the same tasks (`paper:` in the search file; "
+             "reward / cost, its BC is our BC-All):", "",
+             "| task | " + " | ".join(methods) + " |", "| --- |" + " :---: |" * len(methods)]
+    for label in [*table.cells, "average"]:
+        name = "**average** (the paper's, over all its tasks)" if label == "average" else label
+        lines.append(f"| {name} | " + " | ".join(paper[m].get(label, "—") for m in methods)
+                     + " |")
+    return lines
+
+
 def safe_section(table: SafeTable, record: dict | None, command: str,
                  plots: list[tuple[str, str]], trace_note: str | None) -> str:
     """The search's section of the results file (between its `tune:` markers)."""
@@ -255,7 +273,7 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
               "the best reward among the safe cells of the row), mean over training seeds "
               f"{search.seeds} of each trial's mean over its evaluation episodes. BC-All and "
               "the reward skill are fitted once (the stream's seed).", ""]
-    lines += table_lines(table) + [""]
+    lines += table_lines(table) + [""] + paper_lines(table) + [""]
     if table.fixed_choice:
         lines += ["Fixed: the start point of the constant α picked per task (then trained): "
                   + "; ".join(f"{label}: {alpha}" for label, alpha in table.fixed_choice.items())
