@@ -237,6 +237,29 @@ def test_the_table_1_section_from_results_rows(tmp_path):
         safe_section(paper, None, "cmd", [], None).splitlines())
 
 
+def test_the_paper_scale_takes_the_shipped_car_run_base_and_the_table_says_how_far(tmp_path):
+    """The Car Run base at the paper scale is the committed one (bases/carrun-base), and
+    the section names the steps it had, not the plan's 1M."""
+    from pipeline.shipped_base import install, take_shipped
+    from tune.safe_table import safe_section, safe_table
+
+    search = load_search(SEARCH, "paper-carrun")
+    stream = search.load_stream()
+    base = stream.task("carrun-base")
+    assert base.shipped is not None and base.train.steps == 1_000_000
+    store = SkillStore(str(tmp_path / "store"))
+    assert install(take_shipped(base), store)  # as a stream takes it (pipeline.plan)
+    steps = store.entry("carrun-base").task_spec["train"]["steps"]
+    assert 0 < steps < 1_000_000
+    table = safe_table(search, [], store)
+    line = (f"Bases (BC-All), as trained for these trials: carrun-base {steps:,} of "
+            "1,000,000 steps at batch 2048 (shipped: bases/carrun-base).")
+    assert table.bases == line and line in safe_section(table, None, "cmd", [], None)
+    assert safe_table(search, []).bases is None  # no store read: no line
+    # Smaller scales fit their own base.
+    assert load_search(SEARCH, "small").load_stream().task("carrun-base").train.steps == 2000
+
+
 def test_the_subset_dataset_of_bc_safe_is_made_from_the_target_dataset(tmp_path):
     from tune.trials import subset_datasets
 

@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 
 from library.names import BASE
 from tasks.dataset import dataset_meta
-from tasks.spec import TaskSpec
 from tune.spec import SearchSpec, find_composer
-from tune.table import SearchResults, collect, measured_line, section_tail
+from tune.table import base_budgets, collect, measured_line, section_tail, target_task
 from tune.trials import alpha_label, subset_dataset, variant_name
 
 COLUMNS = {"bc-all": "BC-All", "bc": "BC-Safe", "reward-skill": "Reward skill",
@@ -109,6 +108,8 @@ class SafeTable:
     subsets: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Target label -> (episodes in the composer's subset, episodes in the dataset), for
     the targets whose BC-Safe subset is in the store."""
+    bases: str | None = None
+    """How far each target's base (BC-All) was trained, when the store was read."""
 
     @property
     def columns(self) -> list[str]:
@@ -120,20 +121,16 @@ class SafeTable:
 _METHOD_KEYS = {"bc", "fixed", "nsec", "asec", "psec"}
 
 
-def _target_task(search: SearchSpec, results: SearchResults, label: str) -> TaskSpec:
-    composer = next(t.composer for t in search.targets if t.label == label)
-    return find_composer(results.stream, composer, "targets")[0]
-
-
 def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
     """Match the store's results rows to the search's points; normalise the costs. With
     `store`, the sizes of the stored safe subsets are read too."""
     by_metric = {metric: collect(search.model_copy(update={"metric": metric}), rows)
                  for metric in ("score", "cost")}
     scores, costs = by_metric["score"], by_metric["cost"]
-    table = SafeTable(search, {t.label: {} for t in search.targets})
+    table = SafeTable(search, {t.label: {} for t in search.targets},
+                      bases=base_budgets(search, scores.stream, store, "Bases (BC-All)"))
     for target in search.targets:
-        task = _target_task(search, scores, target.label)
+        task = target_task(search, scores.stream, target.label)
         table.thresholds[target.label] = task.eval.cost_threshold
         composer = find_composer(scores.stream, target.composer, "targets")[1]
         subset = subset_dataset(task, None, composer)
@@ -169,7 +166,7 @@ def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
             table.cells[label]["fixed"] = best
             table.fixed_choice[label] = best_alpha
     for target in search.targets:
-        task = _target_task(search, scores, target.label)
+        task = target_task(search, scores.stream, target.label)
         composer = find_composer(scores.stream, target.composer, "targets")[1]
         stored = [s for s in composer.skills if s != BASE]
         controls = {"bc-all": task.base}
@@ -278,6 +275,8 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
         lines += ["Fixed: the start point of the constant α picked per task (then trained): "
                   + "; ".join(f"{label}: {alpha}" for label, alpha in table.fixed_choice.items())
                   + ".", ""]
+    if table.bases:
+        lines += [table.bases, ""]
     if table.subsets:
         lines += ["The composers and BC-Safe train on the safe subset: "
                   + "; ".join(f"{label}: {kept} of {total} episodes"

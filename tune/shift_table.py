@@ -35,9 +35,11 @@ from tune.table import (
     ROW_LABELS,
     SearchResults,
     _fmt,
+    base_budgets,
     measured_line,
     paper_table,
     section_tail,
+    target_task,
 )
 from tune.trials import TrialPoint, alpha_label, enumerate_points, trial_task
 
@@ -76,7 +78,7 @@ def shifts_line(search: SearchSpec, stream: StreamSpec) -> str:
     (walker2d); gravity ×2; …`: each row's factors, per robot where they differ."""
     robots: dict[str, dict[str, list[str]]] = defaultdict(dict)  # kind -> text -> robots
     for target in search.targets:
-        task = _target_task(search, stream, target.label)
+        task = target_task(search, stream, target.label)
         base, robot = stream.task(task.base), _robot(task)
         named = robots[shift_kind(base)].setdefault(shift_text(base), [])
         named += [robot] if robot not in named else []
@@ -93,11 +95,6 @@ def dataset_column(task: TaskSpec) -> str:
     if data.source == "store":
         return data.dataset or task.name
     return os.path.splitext(os.path.basename(data.path or task.name))[0]
-
-
-def _target_task(search: SearchSpec, stream: StreamSpec, label: str) -> TaskSpec:
-    composer = next(t.composer for t in search.targets if t.label == label)
-    return find_composer(stream, composer, "targets")[0]
 
 
 def _row_order(search: SearchSpec) -> list[str]:
@@ -149,7 +146,7 @@ def sampling_line(search: SearchSpec, stream: StreamSpec) -> str | None:
     """`Actions per state: …`: which rows keep the best of N candidates by their task's
     critic and which sample one (a row whose task trains no critics has nothing to rank
     by: BC, and the source base alone); None when no row ranks candidates."""
-    counts = sorted({_target_task(search, stream, t.label).eval.n_candidates
+    counts = sorted({target_task(search, stream, t.label).eval.n_candidates
                      for t in search.targets})
     rows: list[tuple[str, bool]] = []  # (row, ranked by a critic)
     points = enumerate_points(search)
@@ -177,7 +174,7 @@ def shift_rows(results: SearchResults) -> tuple[list[str], dict[str, dict[str, l
     shifts: list[str] = []
     by_target: dict[str, tuple[str, str, TaskSpec]] = {}
     for target in search.targets:
-        task = _target_task(search, stream, target.label)
+        task = target_task(search, stream, target.label)
         base = stream.task(task.base)
         column, shift = dataset_column(task), shift_kind(base)
         by_target[target.label] = (column, shift, task)
@@ -232,25 +229,6 @@ def _table(first: str, columns: list[str], rows: dict[str, dict[str, list[float]
     return lines
 
 
-def base_budgets(results: SearchResults, store: SkillStore | None) -> str | None:
-    """One line naming how far each target's source base was trained, as stored (a shipped
-    base holds the steps it had, not the stream's plan); None when none is stored."""
-    parts = []
-    for base in dict.fromkeys(_target_task(results.search, results.stream, t.label).base
-                              for t in results.search.targets):
-        if base is None or store is None or not store.exists(base):
-            continue
-        entry = store.entry(base)
-        train = (entry.task_spec or {}).get("train", {})
-        planned = results.stream.task(base).train.steps
-        shipped = entry.metrics.get("shipped_from")
-        parts.append(f"{base} {int(train.get('steps', 0)):,} of {planned:,} steps at batch "
-                     f"{train.get('batch_size')}" + (f" (shipped: {shipped})" if shipped else ""))
-    if not parts:
-        return None
-    return "Source bases, as trained for these trials: " + "; ".join(parts) + "."
-
-
 def shift_section(results: SearchResults, record: dict | None, command: str,
                   store: SkillStore | None = None,
                   plots: Sequence[tuple[str, str]] = (),
@@ -269,7 +247,7 @@ def shift_section(results: SearchResults, record: dict | None, command: str,
     lines += _table("method", columns, rows) + ["", shifts_line(search, results.stream), ""]
     alphas = alpha_line(search)
     lines += [alphas, ""] if alphas else []
-    budgets = base_budgets(results, store)
+    budgets = base_budgets(search, results.stream, store, "Source bases")
     lines += [budgets, ""] if budgets else []
     lines += paper_table(search, columns) + [""]
     if controls:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from library.errors import PsecError
 from library.names import BASE
 from library.store import SkillStore
-from tasks.spec import StreamSpec
+from tasks.spec import StreamSpec, TaskSpec
 from tune.search import read_record
 from tune.spec import FROM_SCRATCH, SearchSpec, find_composer, load_search
 from tune.trials import (
@@ -211,6 +211,32 @@ def method_table(results: SearchResults) -> list[str]:
         lines += ["", "Fixed: best start point of the constant α per target (the constant is "
                   "then trained): " + "; ".join(winners) + "."]
     return lines
+
+
+def target_task(search: SearchSpec, stream: StreamSpec, label: str) -> TaskSpec:
+    """The task whose composer a target of the search names."""
+    composer = next(t.composer for t in search.targets if t.label == label)
+    return find_composer(stream, composer, "targets")[0]
+
+
+def base_budgets(search: SearchSpec, stream: StreamSpec, store: SkillStore | None,
+                 lead: str = "Bases") -> str | None:
+    """One line naming how far each target's base was trained, as stored (a shipped base
+    holds the steps it had, not the stream's plan); None when none is stored."""
+    parts = []
+    for base in dict.fromkeys(target_task(search, stream, t.label).base
+                              for t in search.targets):
+        if base is None or store is None or not store.exists(base):
+            continue
+        entry = store.entry(base)
+        train = (entry.task_spec or {}).get("train", {})
+        planned = stream.task(base).train.steps
+        shipped = entry.metrics.get("shipped_from")
+        parts.append(f"{base} {int(train.get('steps', 0)):,} of {planned:,} steps at batch "
+                     f"{train.get('batch_size')}" + (f" (shipped: {shipped})" if shipped else ""))
+    if not parts:
+        return None
+    return f"{lead}, as trained for these trials: " + "; ".join(parts) + "."
 
 
 def paper_table(search: SearchSpec, labels: list[str] | None = None) -> list[str]:
