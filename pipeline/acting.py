@@ -93,10 +93,8 @@ def acting_from_item(store, kind: str, name: str, config: dict, tensors: dict[st
         else:
             composer = _composer_on(store, policy, config, own)
             sample_policy = composer.sample
-            # The composer's critics are its task's, stored in that task's skill item.
-            if task_name and store.exists(task_name):
-                critics_config, task_tensors = store.load(task_name)
-                critic_tensors = split_item(task_tensors)[1]
+            critics_config, critic_tensors = composer_critics(store, task_name, config,
+                                                              critic_tensors)
     policy.eval()
     q_fn, minimize = candidate_ranking(
         *critics_from_item(critics_config, critic_tensors, policy.normalizer))
@@ -106,6 +104,16 @@ def acting_from_item(store, kind: str, name: str, config: dict, tensors: dict[st
                              q_fn=q_fn, minimize=minimize)
 
     return Acting(sample, seed, n_candidates if q_fn is not None else 1)
+
+
+def composer_critics(store, task_name: str | None, config: dict,
+                     critic_tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
+    """(config, critic tensors) holding a composer's critics: its task's, stored in that
+    task's skill item; the composer's own item (which holds none) if that is not stored."""
+    if task_name and store.exists(task_name):
+        task_config, task_tensors = store.load(task_name)
+        return task_config, split_item(task_tensors)[1]
+    return config, critic_tensors
 
 
 def candidate_ranking(iql, feasibility) -> tuple[Callable[[Tensor, Tensor], Tensor] | None, bool]:

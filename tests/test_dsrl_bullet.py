@@ -280,8 +280,9 @@ def test_the_alpha_trace_records_costs(tmp_path, monkeypatch):
 
     from library.composition import AlphaConfig, Composer
     from library.lora import add_skill
-    from library.serialization import dump_composer, dump_skill, load_base
-    from tune.alpha_trace import trace
+    from library.critics import FeasibilityConfig, FeasibilityCritic
+    from library.serialization import dump_composer, dump_critics, dump_skill, load_base
+    from tune.alpha_trace import hazard_line, trace
 
     store = SkillStore(str(tmp_path / "store"))
     rng = np.random.default_rng(0)
@@ -314,13 +315,32 @@ def test_the_alpha_trace_records_costs(tmp_path, monkeypatch):
     monkeypatch.setattr(tune.alpha_trace, "load_acting", counting)
     torch.set_num_threads(2)
     try:
-        skills, alphas, rewards, costs = trace(store, "c", task)
+        run = trace(store, "c", task)
         assert torch.get_num_threads() == 2 and threads == [1] * 6
     finally:
         torch.set_num_threads(1)
-    assert skills == ["s"] and alphas.shape == (6, 1)  # W0 has no weight of its own
-    assert np.allclose(alphas.sum(axis=1), 1.0)  # softmax weights
-    assert rewards.shape == costs.shape == (6,) and (costs >= 0).all()
+    assert run.skills == ["s"] and run.alphas.shape == (6, 1)  # W0 has no weight of its own
+    assert np.allclose(run.alphas.sum(axis=1), 1.0)  # softmax weights
+    assert run.rewards.shape == run.costs.shape == (6,) and (run.costs >= 0).all()
+    assert run.hazard is None and hazard_line(run) is None  # its task stored no critic
+    # A composer whose task item holds a feasibility critic: V_h(s) at every step, from
+    # that critic (here V_h = 1 everywhere: every state is a hazard).
+    feasibility = FeasibilityCritic(FeasibilityConfig(obs_dim=7, act_dim=2, hidden=8),
+                                    policy.normalizer)
+    with torch.no_grad():
+        feasibility.value_net[-1].weight.zero_()
+        feasibility.value_net[-1].bias.fill_(1.0)
+    add_skill(policy, "t", rank=2)
+    config, tensors = dump_skill(policy, "t", base_name="b")
+    store.register("t", "skill", {**config, "critics": {
+        "feasibility": feasibility.config.to_dict()}},
+        {**tensors, **dump_critics(None, feasibility)}, parent="b")
+    store.register("c2", "composer", *dump_composer(composer), parent="b",
+                   task_spec={"name": "t"})
+    run = trace(store, "c2", task)
+    assert run.hazard is not None and np.allclose(run.hazard, 1.0) and len(run.hazard) == 6
+    assert hazard_line(run) == ("α of `s` (the composer's own skill): 1.00 over the 6 steps "
+                                "with V_h(s) > 0; no step with V_h(s) ≤ 0.")
 
 
 def test_psec_tune_results_writes_the_safe_composition_section(tmp_path):

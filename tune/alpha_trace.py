@@ -3,19 +3,24 @@
 The composer acts as it does in evaluation (`pipeline.acting.load_acting`, on one torch
 thread: `pipeline.evaluation.rollout_threads`), and at every step its context network's
 weights for the visited state are recorded: one line per composed skill, over the steps
-of one episode on the target task. On a safety task the
-per-step cost is recorded too, and steps that cost are shaded, so a reader sees whether
-the weights move toward the safety skill near hazards (Fig. 5).
+of one episode on the target task. On a safety task the per-step cost is recorded too,
+and steps that cost are shaded; where the task has a feasibility critic, its V_h(s) is
+recorded and plotted beneath (> 0: the critic sees a hazard ahead), and the note gives
+the composer's own skill's mean α with and without a hazard, so a reader sees whether the
+weights move toward the safety skill near hazards (Fig. 5).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from library.errors import StoreError
 from library.names import BASE
-from pipeline.acting import load_acting, load_composer
+from library.serialization import critics_from_item, split_item
+from pipeline.acting import composer_critics, load_acting, load_composer
 from pipeline.evaluation import rollout_threads
 from tasks.spec import StreamSpec
 from tasks.suites import get_suite
@@ -23,24 +28,46 @@ from tune.spec import AlphaTraceSpec, SearchSpec, find_composer
 from tune.trials import TrialPoint, alpha_label, enumerate_points
 
 
-def trace(store, name: str, task, seed: int = 0
-          ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(skills, α per step [T, k], reward per step [T], cost per step [T]) of one episode
-    of composer `name` on `task` (its eval settings: horizon, max_steps, IDQL candidates);
-    the cost is 0 on suites without one."""
+@dataclass
+class Trace:
+    """One episode of a composer on its task, step by step."""
+
+    skills: list[str]
+    """The composed skills, in α's column order."""
+    alphas: np.ndarray
+    """α_i(s_t): [T, k]."""
+    rewards: np.ndarray
+    """Reward per step: [T]."""
+    costs: np.ndarray
+    """Cost per step (0 on suites without one): [T]."""
+    hazard: np.ndarray | None
+    """V_h(s_t) of the task's feasibility critic (> 0: the critic sees a violation ahead
+    that no in-data action avoids), [T]; None when the task has no such critic."""
+
+
+def trace(store, name: str, task, seed: int = 0) -> Trace:
+    """One episode of composer `name` on `task` (its eval settings: horizon, max_steps,
+    IDQL candidates)."""
     composer = load_composer(store, name)
     act = load_acting(store, name, n_candidates=task.eval.n_candidates, seed=seed)
+    entry = store.entry(name)
+    config, tensors = store.load(name)
+    feasibility = critics_from_item(
+        *composer_critics(store, (entry.task_spec or {}).get("name"), config,
+                          split_item(tensors)[1]), composer.policy.normalizer)[1]
     suite = get_suite(task.suite)
     env = suite.make_env(task.env, task.dynamics, seed=seed, horizon=task.horizon)
-    alphas, rewards, costs = [], [], []
+    alphas, rewards, costs, hazard = [], [], [], []
     try:
         obs, _ = env.reset(seed=seed)
         limit = task.eval.max_steps or np.inf
         with rollout_threads():
             while len(alphas) < limit:
                 with torch.no_grad():
-                    weights = composer.alpha(torch.as_tensor(obs, dtype=torch.float32)[None])
-                alphas.append(weights[0].numpy())
+                    state = torch.as_tensor(obs, dtype=torch.float32)[None]
+                    alphas.append(composer.alpha(state)[0].numpy())
+                    if feasibility is not None:
+                        hazard.append(float(feasibility.value(state)[0]))
                 obs, reward, terminated, truncated, info = env.step(act(obs))
                 rewards.append(float(reward))
                 costs.append(suite.cost(info))
@@ -48,7 +75,22 @@ def trace(store, name: str, task, seed: int = 0
                     break
     finally:
         env.close()
-    return list(composer.skills), np.stack(alphas), np.asarray(rewards), np.asarray(costs)
+    return Trace(list(composer.skills), np.stack(alphas), np.asarray(rewards),
+                 np.asarray(costs), np.asarray(hazard) if feasibility is not None else None)
+
+
+def hazard_line(run: Trace) -> str | None:
+    """The composer's own (newest) skill's mean α where the task's feasibility critic sees
+    a hazard (V_h(s) > 0) and where it does not: the paper's Fig. 5 claim in two numbers.
+    None without a feasibility critic."""
+    if run.hazard is None:
+        return None
+    own = run.alphas[:, -1]
+    parts = []
+    for label, mask in (("V_h(s) > 0", run.hazard > 0), ("V_h(s) ≤ 0", run.hazard <= 0)):
+        parts.append(f"{own[mask].mean():.2f} over the {int(mask.sum())} steps with {label}"
+                     if mask.any() else f"no step with {label}")
+    return f"α of `{run.skills[-1]}` (the composer's own skill): " + "; ".join(parts) + "."
 
 
 def plot_trace(search: SearchSpec, spec: AlphaTraceSpec, stream: StreamSpec, store,
@@ -68,20 +110,30 @@ def plot_trace(search: SearchSpec, spec: AlphaTraceSpec, stream: StreamSpec, sto
     name = f"{composer_spec.name}_{point.tag()}"
     if not store.exists(name):
         raise StoreError(f"composer {name!r} of trial {point.describe()} is not in the store")
-    skills, alphas, rewards, costs = trace(store, name, task)
+    run = trace(store, name, task)
+    skills, alphas, rewards, costs = run.skills, run.alphas, run.rewards, run.costs
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 4.2), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 1]})
+    rows = 2 if run.hazard is None else 3
+    fig, axes = plt.subplots(rows, 1, figsize=(6.4, 2.6 + 0.8 * rows), sharex=True,
+                             gridspec_kw={"height_ratios": [3] + [1] * (rows - 1)})
+    top, bottom = axes[0], axes[-1]
     for index, skill in enumerate(skills):
         top.plot(alphas[:, index], label=skill if skill != BASE else "base (the zero adapter: W0 alone)")
     for step in np.flatnonzero(costs > 0):  # hazards: the steps that cost
         top.axvspan(step - 0.5, step + 0.5, color="red", alpha=0.12, linewidth=0)
     top.set_ylabel("α_i(s_t)")
+    if run.hazard is not None:  # where the safety critic sees a hazard ahead
+        middle = axes[1]
+        middle.plot(run.hazard, color="darkorange")
+        middle.axhline(0.0, color="black", linewidth=0.6)
+        middle.fill_between(np.arange(len(run.hazard)), 0.0, run.hazard,
+                            where=run.hazard > 0, color="darkorange", alpha=0.3)
+        middle.set_ylabel("V_h(s_t)")
     # Two lines: composer and env names are long enough to run off one.
     top.set_title(f"{search.name}: α(s) of {name}\nover one episode on {task.env}",
                   fontsize="medium")
@@ -96,6 +148,11 @@ def plot_trace(search: SearchSpec, spec: AlphaTraceSpec, stream: StreamSpec, sto
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return (f"α(s) over one episode: composer `{name}` ({point.describe()}), "
+    note = (f"α(s) over one episode: composer `{name}` ({point.describe()}), "
             f"{len(rewards)} steps, return {rewards.sum():.1f}"
             + (f", cost {costs.sum():g} (shaded steps)." if costs.any() else "."))
+    hazards = hazard_line(run)
+    if hazards:
+        note += (" Middle panel: V_h(s) of the task's feasibility critic (> 0: a violation "
+                 f"ahead that no in-data action avoids). {hazards}")
+    return note
