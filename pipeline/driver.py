@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict
 from library.names import BASE
 from library.store import SkillStore
 from pipeline.checks import Checked, check_plan
-from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
+from pipeline.evaluation import EvalJob, launch_evaluation, rollout_digest, summarise_job
 from pipeline.fit import launch_fit, psec_cause, size_job
 from pipeline.fit_job import FitOptions, FitReport
 from pipeline.plan import Stage, StreamPlan, TaskPlan, plan_stream
@@ -273,7 +273,7 @@ class Driver:
             skills=skills, seed=seed, eval_task=job.task.name, env=job.task.env,
             **row_figures(stats), steps=stage.steps,
             wall_s=float(entry_metrics.get("train_seconds") or 0.0), scale=self.plan.scale,
-            time=now(), replay_of=replay_of)
+            time=now(), replay_of=replay_of, rollout=rollout_digest(job.task))
 
     def _record(self, job: EvalJob, per_seed: dict[int, dict[str, float]],
                 replay_of: str | None = None) -> None:
@@ -366,14 +366,14 @@ class Driver:
     def _schedule_evaluations(self, view: ProgressView, pending: dict) -> None:
         plan = self.plan
         for task_plan in plan.tasks:
-            self._schedule_controls(task_plan, pending)
+            self._schedule_controls(view, task_plan, pending)
             if task_plan.task.name in self.evaluated_tasks:
                 continue
             for item in task_plan.items:
                 if item in self.registered and item not in self.evaluated_items:
                     self.evaluated_items.add(item)
                     for job in self._eval_jobs(item, task_plan, task_plan):
-                        self._start_eval(job, pending)
+                        self._evaluate(view, job, pending)
             if self._task_fitted(task_plan):
                 self.evaluated_tasks.add(task_plan.task.name)
         if not plan.continual:
@@ -388,7 +388,7 @@ class Driver:
                 for job in self._eval_jobs(earlier.task.name, earlier, row_plan):
                     self._reevaluate(view, job, pending)
 
-    def _schedule_controls(self, task_plan: TaskPlan, pending: dict) -> None:
+    def _schedule_controls(self, view: ProgressView, task_plan: TaskPlan, pending: dict) -> None:
         """The task's `single` controls (`TaskSpec.control_items`), rolled out on it once
         every one of them is registered (each was fitted by an earlier task)."""
         items = self.controls_of[task_plan.task.name]
@@ -398,7 +398,19 @@ class Driver:
         self.controls_started.add(task_plan.task.name)
         for item in items:
             for job in self._eval_jobs(item, task_plan, task_plan):
-                self._start_eval(job, pending)
+                self._evaluate(view, job, pending)
+
+    def _evaluate(self, view: ProgressView, job: EvalJob, pending: dict) -> None:
+        """Roll `job` out, unless another stream of the store rolled the same item out
+        with the same settings (pipeline.replay): then its figures are recorded."""
+        known = self.rollouts.recall_shared(job) if self.rollouts is not None else None
+        if known is None:
+            self._start_eval(job, pending)
+            return
+        replay_of, per_seed = known
+        self._record(job, per_seed, replay_of)
+        view.event(f"copied {job.item}'s evaluation on {job.task.name} from {replay_of}: "
+                   "the same item, env, seeds, episodes and rollout settings")
 
     def _reevaluate(self, view: ProgressView, job: EvalJob, pending: dict) -> None:
         """A continual re-evaluation: replayed when the frozen item's rollout is known,

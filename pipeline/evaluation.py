@@ -11,6 +11,8 @@ one batched policy call per step (`tasks.evaluation.rollout_batch`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -55,6 +57,18 @@ class EvalJob:
     @property
     def episodes_per_seed(self) -> int:
         return self.episodes or self.task.eval.episodes
+
+
+def rollout_digest(task: TaskSpec) -> str:
+    """8 hex digits naming what decides an evaluation's episodes besides the item, the
+    eval seed and the episode count: the suite, env, dynamics, horizon, step cap and
+    candidate actions per state (`roll_with`, `load_acting`; an item's critics are its
+    own or its task item's, fixed with its name). Rows of one item with the same digest,
+    env, seed and episodes hold the same episodes, whichever stream recorded them."""
+    spec = dump(task)
+    settings = {key: spec[key] for key in ("suite", "env", "dynamics", "horizon")}
+    settings.update(max_steps=task.eval.max_steps, n_candidates=task.eval.n_candidates)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def chunks_per_seed(episodes: int, seeds: int, cpus: int) -> int:

@@ -14,6 +14,15 @@ composers instead of 76.
 A stored row counts only when it belongs to the same stream and was recorded after the
 item and every item it builds on (its `parent` chain) were stored, so a re-fitted item is
 rolled out afresh. `psec run --no-replay` rolls every re-evaluation out.
+
+Streams of one store share items: the trials of a search are one stream each, and every
+composer trial of a training seed evaluates the same stored new skill (a dynamics-shift
+PSEC trial's skill rolled out again for the second α choice, a safe-composition seed's
+safety skill five times). An item's own evaluation is copied from another stream's row
+too when that row names the same rollout settings (`rollout`, the digest of
+`pipeline.evaluation.rollout_digest`: suite, env, dynamics, horizon, step cap and
+candidates per state), env, seed and episodes, under the same rule of time. Rows from
+before the digest existed are never copied across streams.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from library.manifest import ManifestEntry
-from pipeline.evaluation import EvalJob
+from pipeline.evaluation import EvalJob, rollout_digest
 from pipeline.results import summary_of
 
 Stats = dict[str, float]
@@ -31,6 +40,9 @@ row is built from)."""
 
 RolloutKey = tuple[str, str, str, int, int]
 """(item, eval task, env, eval seed, episodes)."""
+
+SharedKey = tuple[str, str, int, int, str]
+"""(item, env, eval seed, episodes, rollout digest): a rollout any stream may have made."""
 
 
 def _time(iso: str) -> datetime:
@@ -43,6 +55,7 @@ class Rollouts:
 
     def __init__(self) -> None:
         self._known: dict[RolloutKey, tuple[str, Stats]] = {}
+        self._shared: dict[SharedKey, tuple[str, Stats]] = {}
 
     @classmethod
     def from_store(cls, stream: str, rows: Iterable[dict],
@@ -67,14 +80,22 @@ class Rollouts:
 
         rollouts = cls()
         for row in rows:
-            if row.get("stream") != stream or row.get("env") is None:
+            if row.get("env") is None:
                 continue
             since = stored_since(row["name"])
             if since is None or _time(row["time"]) < since:
                 continue
+            figures = summary_of(row)
+            if row.get("rollout") is not None:
+                shared = (row["name"], row["env"], int(row["seed"]), int(row["episodes"]),
+                          row["rollout"])
+                origin = row.get("replay_of") or f"{row['stream']}/{row['task']}"
+                rollouts._shared.setdefault(shared, (origin, figures))
+            if row.get("stream") != stream:
+                continue
             key = (row["name"], row["eval_task"], row["env"], int(row["seed"]),
                    int(row["episodes"]))
-            rollouts._known.setdefault(key, (row.get("replay_of") or row["task"], summary_of(row)))
+            rollouts._known.setdefault(key, (row.get("replay_of") or row["task"], figures))
         return rollouts
 
     @staticmethod
@@ -87,6 +108,17 @@ class Rollouts:
         for key in self._keys(job):
             if key[3] in per_seed:
                 self._known.setdefault(key, (job.row_task, per_seed[key[3]]))
+
+    def recall_shared(self, job: EvalJob) -> tuple[str, dict[int, Stats]] | None:
+        """(`<stream>/<row task>` of the rollout it copies, figures per seed) when every
+        seed of the job was rolled out before, by any stream of the store, with the same
+        item, env, episodes and rollout settings; else None."""
+        digest = rollout_digest(job.task)
+        found = [self._shared.get((job.item, job.task.env, seed, job.episodes_per_seed, digest))
+                 for seed in job.seeds]
+        if not found or any(value is None for value in found):
+            return None
+        return found[0][0], {seed: stats for seed, (_, stats) in zip(job.seeds, found)}
 
     def recall(self, job: EvalJob) -> tuple[str, dict[int, Stats]] | None:
         """(the row task whose rollout it repeats, figures per seed) when every seed of the

@@ -73,8 +73,13 @@ class ResultRow(BaseModel):
     trial: str | None = None
     """The search's trial point (its tag) that recorded the row, else None."""
     replay_of: str | None = None
-    """For a re-evaluation of a frozen item copied from its earlier rollout (pipeline.replay):
-    the row task of that rollout; None when this row's episodes were rolled out for it."""
+    """For an evaluation copied from an earlier rollout of the same item (pipeline.replay):
+    the row task of that rollout (`<stream>/<row task>` when another stream of the store
+    recorded it); None when this row's episodes were rolled out for it."""
+    rollout: str | None = None
+    """`pipeline.evaluation.rollout_digest` of the eval task: the settings besides item,
+    env, seed and episodes that decided the episodes (None in rows recorded before it
+    existed, which are never copied into another stream)."""
 
     def key(self) -> tuple[str, str, str, str, int]:
         """What makes an evaluation in the eval task's own env unique: a rerun skips rows

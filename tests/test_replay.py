@@ -1,10 +1,12 @@
-"""Continual re-evaluations of frozen items are replayed from their first rollout
-(pipeline/replay.py), never from a rollout of an item stored since.
+"""Continual re-evaluations of frozen items are replayed from their first rollout, and an
+item another stream of the store rolled out with the same settings is copied from that
+rollout (pipeline/replay.py); never from a rollout of an item stored since.
 
 End to end: tests/test_pipeline_dmc.py rolls every re-evaluation out (`replay=False`) and
 finds the first rollout's figures bit for bit, which is what a replay relies on;
 tests/test_cw10.py replays them and checks the rows."""
 
+import pytest
 from pipeline_builders import stand_base_with_walk_skill, tiny_task
 
 from pipeline.evaluation import EvalJob
@@ -69,3 +71,76 @@ def test_a_row_s_figures_turn_back_into_the_summary_they_came_from():
     assert figures == {"episodes": 10, "return_mean": 812.5, "return_std": 3.25,
                        "score": 0.9, "success": 0.9, "cost": 0.0}
     assert summary_of(figures) == {k: v for k, v in summary.items() if k != "score_std"}
+
+
+def test_another_stream_s_rollout_with_the_same_settings_is_recalled_and_no_other(tmp_path):
+    """Trials of a search are streams of one store: a composer trial copies its stored new
+    skill's evaluation from the trial that made it, when the settings match."""
+    from pipeline.evaluation import rollout_digest
+
+    store = stand_base_with_walk_skill(str(tmp_path / "s"), [tiny_task("stand", role="base")])
+    digest = rollout_digest(WALK)
+    earlier = "2000-01-01T00:00:00+00:00"
+    rows = [result(stream="trial-a", value=7.0, rollout=digest),
+            result(stream="trial-a", seed=1, rollout="0" * 8),       # other settings
+            result(stream="trial-a", seed=2),                        # recorded before digests
+            result(stream="trial-a", seed=3, rollout=digest, time=earlier)]  # before the item
+    rollouts = Rollouts.from_store("trial-b", rows, store.list())
+    origin, per_seed = rollouts.recall_shared(job())
+    assert origin == "trial-a/walk" and per_seed[0]["return_mean"] == 7.0
+    assert rollouts.recall(job()) is None  # the continual replay stays within its stream
+    for seeds in ((1,), (2,), (3,), (0, 1)):
+        assert rollouts.recall_shared(job(seeds=seeds)) is None
+    # Candidates per state, the step cap, the env's dynamics: each is part of the digest.
+    for change in ({"eval": {**WALK.eval.model_dump(), "n_candidates": 64}},
+                   {"eval": {**WALK.eval.model_dump(), "max_steps": 11}},
+                   {"dynamics": {"friction": 0.5}}):
+        other = parse_task({**WALK.model_dump(mode="json"), **change})
+        assert rollout_digest(other) != digest
+        assert rollouts.recall_shared(EvalJob(item="walk", task=other, row_task="run",
+                                              position=2, seeds=[0])) is None
+    # A copy names the rollout it copies, not itself.
+    copied = [result(stream="trial-b", rollout=digest, replay_of="trial-a/walk")]
+    again = Rollouts.from_store("trial-c", copied, store.list())
+    assert again.recall_shared(job())[0] == "trial-a/walk"
+
+
+@pytest.mark.slow
+def test_a_second_stream_on_the_store_copies_the_stored_items_evaluations(ray_cluster, tmp_path):
+    """Through the driver: stream "two" finds "one"'s skill and composer stored and records
+    their evaluations as copies (same figures as rolling them out again, which
+    `replay=False` still does); other rollout settings are rolled out."""
+    import torch
+
+    from pipeline.driver import DriverOptions, run_plan
+    from pipeline.plan import plan_task
+
+    torch.set_num_threads(1)
+    uri = str(tmp_path / "store")
+    run = tiny_task("run", steps=5, composers=[{"name": "mix", "skills": ["base", "walk"],
+                                                "steps": 5}])
+    store = stand_base_with_walk_skill(uri, [tiny_task("stand"), run])
+
+    def rows_of(stream, eval_spec=None):
+        task = parse_task({**run, "base": "stand", **({"eval": eval_spec} if eval_spec else {})})
+        options = DriverOptions(progress=False, replay=stream != "unreplayed")
+        summary = run_plan(plan_task(task, ["stand"], stream=stream), uri, options)
+        rows = {r["name"]: r for r in store.results().to_pylist() if r["stream"] == stream}
+        return summary, rows
+
+    first, one = rows_of("one")
+    assert set(one) == {"run", "mix"} and first.replayed == 0
+    assert all(r["replay_of"] is None and r["rollout"] for r in one.values())
+    second, two = rows_of("two")
+    assert not second.fitted and second.replayed == 2
+    assert {r["replay_of"] for r in two.values()} == {"one/run"}
+    _, fresh = rows_of("unreplayed")
+    figures = ("return_mean", "return_std", "score", "cost", "episodes")
+    for name in ("run", "mix"):
+        assert fresh[name]["replay_of"] is None
+        assert [two[name][f] for f in figures] == [fresh[name][f] for f in figures] \
+            == [one[name][f] for f in figures]
+    # Another step cap: other episodes, rolled out.
+    _, capped = rows_of("capped", {"episodes": 1, "seeds": [0], "max_steps": 7})
+    assert all(r["replay_of"] is None and r["rollout"] != one[r["name"]]["rollout"]
+               for r in capped.values())
