@@ -170,6 +170,7 @@ def _rows(search, reward_of, cost_of):
 
 
 def test_the_table_1_section_from_results_rows(tmp_path):
+    from tasks.suites.bullet_safety import REFERENCE_RETURNS
     from tune.safe_table import COLUMNS, safe_section, safe_table
 
     search = _ballrun_only("small")
@@ -212,7 +213,11 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     assert "## Safe composition" in text
     # Results without a search record: a store whose Tune folder was not kept, not "not run".
     assert "Not run in this store yet" not in text and "but no search record" in text
-    assert "safe subset: BallRun: 3 of 6 episodes." in text
+    # The subset's own level: episodes 0, 2 and 4 (returns 0, 10, 20; no cost).
+    low, high = REFERENCE_RETURNS["SafetyBallRun-v0"]
+    assert table.subset_levels["BallRun"] == pytest.approx(((10 - low) / (high - low), 0.0))
+    assert (f"safe subset: BallRun: 3 of 6 episodes (their own level: "
+            f"{(10 - low) / (high - low):.2f} / 0.00).") in text
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| task |"))
     assert header.split(" | ")[1:] == list(COLUMNS.values())[:-1] + ["PSEC |"]
@@ -279,8 +284,8 @@ def test_the_alpha_trace_records_costs(tmp_path, monkeypatch):
     from pipeline_builders import register_base
 
     from library.composition import AlphaConfig, Composer
-    from library.lora import add_skill
     from library.critics import FeasibilityConfig, FeasibilityCritic
+    from library.lora import add_skill
     from library.serialization import dump_composer, dump_critics, dump_skill, load_base
     from tune.alpha_trace import hazard_line, trace
 

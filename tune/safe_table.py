@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from library.names import BASE
-from tasks.dataset import dataset_meta
+from tasks.dataset import dataset_meta, episode_totals, to_arrays
+from tasks.suites import get_suite
 from tune.spec import SearchSpec, find_composer
 from tune.table import base_budgets, collect, measured_line, section_tail, target_task
 from tune.trials import alpha_label, subset_dataset, variant_name
@@ -109,6 +110,9 @@ class SafeTable:
     subsets: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Target label -> (episodes in the composer's subset, episodes in the dataset), for
     the targets whose BC-Safe subset is in the store."""
+    subset_levels: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Target label -> (normalised reward, normalised cost) of the subset's own episodes,
+    mean over them: what imitating the subset exactly would score."""
     bases: str | None = None
     """How far each target's base (BC-All) was trained, when the store was read."""
 
@@ -136,8 +140,14 @@ def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
         composer = find_composer(scores.stream, target.composer, "targets")[1]
         subset = subset_dataset(task, None, composer)
         if store is not None and store.has_dataset(subset):
-            meta = dataset_meta(store.get_dataset_schema(subset))["composer_subset"]
+            data = store.get_dataset(subset)
+            meta = dataset_meta(data)["composer_subset"]
             table.subsets[target.label] = (meta["episodes"], meta["of_episodes"])
+            _, returns, episode_costs = episode_totals(to_arrays(data))
+            suite, threshold = get_suite(task.suite), task.eval.cost_threshold
+            table.subset_levels[target.label] = (
+                _mean([suite.score(task.env, r) for r in returns]),
+                _mean([suite.normalized_cost(task.env, c, threshold) for c in episode_costs]))
     fixed: dict[str, dict[str, Cell]] = {t.label: {} for t in search.targets}
     seen_skills: set[tuple[str, str]] = set()
     for score, cost in zip(scores.measured, costs.measured):
@@ -255,6 +265,13 @@ def paper_lines(table: SafeTable) -> list[str]:
     return lines
 
 
+def _level(table: SafeTable, label: str) -> str:
+    if label not in table.subset_levels:
+        return ""
+    reward, cost = table.subset_levels[label]
+    return f" (their own level: {reward:.2f} / {cost:.2f})"
+
+
 def safe_section(table: SafeTable, record: dict | None, command: str,
                  plots: list[tuple[str, str]], trace_note: str | None) -> str:
     """The search's section of the results file (between its `tune:` markers)."""
@@ -280,7 +297,7 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
         lines += [table.bases, ""]
     if table.subsets:
         lines += ["The composers and BC-Safe train on the safe subset: "
-                  + "; ".join(f"{label}: {kept} of {total} episodes"
+                  + "; ".join(f"{label}: {kept} of {total} episodes" + _level(table, label)
                               for label, (kept, total) in table.subsets.items()) + ".", ""]
     lines += ["Std over training seeds:", ""] + spread_lines(table) + [""]
     return "\n".join(lines + section_tail(search.name, plots, trace_note)) + "\n"
