@@ -237,7 +237,7 @@ class UnitContext:
         composer = Composer(policy, skills, stage.composer.mode,
                             AlphaConfig(**stage.composer.alpha.model_dump()),
                             generator=generator)
-        return ComposerLearner(composer, stage.composer.objective or self.task.objective,
+        return ComposerLearner(composer, self.task.composer_objective(stage.composer),
                                action_draws=stage.composer.action_draws, **critics)
 
     def _composed_skill(self, policy: DiffusionPolicy, stage: Stage, index: int,

@@ -112,9 +112,9 @@ def losses_at(store_uri: str, composer_name: str, dataset: str, grid: list[float
     composer, task, (iql, feasibility) = _loaded(store_uri, composer_name)
     arrays = to_arrays(fit_table(SkillStore(store_uri), task, dataset))
     obs, actions = torch.as_tensor(arrays["obs"]), torch.as_tensor(arrays["actions"])
-    # The composer's own objective where its spec names one, else its task's (as a fit).
-    objective = next((spec.objective for spec in task.composers
-                      if spec.name == composer_name and spec.objective), task.objective)
+    # The objective the composer trains by (TaskSpec.composer_objective), as its fit.
+    objective = next((task.composer_objective(spec) for spec in task.composers
+                      if spec.name == composer_name), task.objective)
     weigh = make_weighting(objective, iql, feasibility, WeightingConfig(beta=task.critic.beta))
     policy, skills = composer.policy, composer.skills
     out = {}

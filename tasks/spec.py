@@ -204,6 +204,11 @@ class TaskSpec(SpecModel):
         then fitted first and stored in the skill's item)."""
         return bool(self.objectives & set(CRITIC_OBJECTIVES))
 
+    def composer_objective(self, composer: ComposerSpec) -> str:
+        """The weighting `composer` trains by: its own objective where it names one, else
+        the task's."""
+        return composer.objective or self.objective
+
     def composer_skills(self, composer: ComposerSpec) -> list[str]:
         """The full ordered skill list of `composer`: its stored skills, then this task's
         (a composer task has none of its own: just the stored skills)."""

@@ -34,7 +34,7 @@ from library.names import BASE
 from tasks.dataset import dataset_meta, episode_totals, to_arrays
 from tasks.suites import get_suite
 from tune.spec import SearchSpec, find_composer
-from tune.table import base_budgets, collect, measured_line, section_tail, target_task
+from tune.table import base_budgets, collect, measured_line, section_tail
 from tune.trials import alpha_label, subset_dataset, variant_name
 
 COLUMNS = {"bc-all": "BC-All", "bc": "BC-Safe", "reward-skill": "Reward skill",
@@ -135,9 +135,8 @@ def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
     table = SafeTable(search, {t.label: {} for t in search.targets},
                       bases=base_budgets(search, scores.stream, store, "Bases (BC-All)"))
     for target in search.targets:
-        task = target_task(search, scores.stream, target.label)
+        task, composer = find_composer(scores.stream, target.composer, "targets")
         table.thresholds[target.label] = task.eval.cost_threshold
-        composer = find_composer(scores.stream, target.composer, "targets")[1]
         subset = subset_dataset(task, None, composer)
         if store is not None and store.has_dataset(subset):
             data = store.get_dataset(subset)
@@ -177,8 +176,7 @@ def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
             table.cells[label]["fixed"] = best
             table.fixed_choice[label] = best_alpha
     for target in search.targets:
-        task = target_task(search, scores.stream, target.label)
-        composer = find_composer(scores.stream, target.composer, "targets")[1]
+        task, composer = find_composer(scores.stream, target.composer, "targets")
         stored = [s for s in composer.skills if s != BASE]
         controls = {"bc-all": task.base}
         if stored:  # the reward skill: the first stored skill the composer blends

@@ -78,7 +78,7 @@ def shifts_line(search: SearchSpec, stream: StreamSpec) -> str:
     (walker2d); gravity ×2; …`: each row's factors, per robot where they differ."""
     robots: dict[str, dict[str, list[str]]] = defaultdict(dict)  # kind -> text -> robots
     for target in search.targets:
-        task = target_task(search, stream, target.label)
+        task = target_task(stream, target)
         base, robot = stream.task(task.base), _robot(task)
         named = robots[shift_kind(base)].setdefault(shift_text(base), [])
         named += [robot] if robot not in named else []
@@ -146,7 +146,7 @@ def sampling_line(search: SearchSpec, stream: StreamSpec) -> str | None:
     """`Actions per state: …`: which rows keep the best of N candidates by their task's
     critic and which sample one (a row whose task trains no critics has nothing to rank
     by: BC, and the source base alone); None when no row ranks candidates."""
-    counts = sorted({target_task(search, stream, t.label).eval.n_candidates
+    counts = sorted({target_task(stream, t).eval.n_candidates
                      for t in search.targets})
     rows: list[tuple[str, bool]] = []  # (row, ranked by a critic)
     points = enumerate_points(search)
@@ -174,7 +174,7 @@ def shift_rows(results: SearchResults) -> tuple[list[str], dict[str, dict[str, l
     shifts: list[str] = []
     by_target: dict[str, tuple[str, str, TaskSpec]] = {}
     for target in search.targets:
-        task = target_task(search, stream, target.label)
+        task = target_task(stream, target)
         base = stream.task(task.base)
         column, shift = dataset_column(task), shift_kind(base)
         by_target[target.label] = (column, shift, task)

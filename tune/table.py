@@ -40,7 +40,7 @@ from library.names import BASE
 from library.store import SkillStore
 from tasks.spec import StreamSpec, TaskSpec
 from tune.search import read_record
-from tune.spec import FROM_SCRATCH, SearchSpec, find_composer, load_search
+from tune.spec import FROM_SCRATCH, SearchSpec, TargetSpec, find_composer, load_search
 from tune.trials import (
     TrialPoint,
     alpha_file_tag,
@@ -213,10 +213,9 @@ def method_table(results: SearchResults) -> list[str]:
     return lines
 
 
-def target_task(search: SearchSpec, stream: StreamSpec, label: str) -> TaskSpec:
+def target_task(stream: StreamSpec, target: TargetSpec) -> TaskSpec:
     """The task whose composer a target of the search names."""
-    composer = next(t.composer for t in search.targets if t.label == label)
-    return find_composer(stream, composer, "targets")[0]
+    return find_composer(stream, target.composer, "targets")[0]
 
 
 def base_budgets(search: SearchSpec, stream: StreamSpec, store: SkillStore | None,
@@ -224,7 +223,7 @@ def base_budgets(search: SearchSpec, stream: StreamSpec, store: SkillStore | Non
     """One line naming how far each target's base was trained, as stored (a shipped base
     holds the steps it had, not the stream's plan); None when none is stored."""
     parts = []
-    for base in dict.fromkeys(target_task(search, stream, t.label).base
+    for base in dict.fromkeys(target_task(stream, t).base
                               for t in search.targets):
         if base is None or store is None or not store.exists(base):
             continue
