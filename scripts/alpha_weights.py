@@ -6,7 +6,9 @@ the statistics its fit logged at every step (`pipeline.stages.alpha_stats`, Tens
 tags `alpha/<skill>/mean|std` under the store's `runs/`), here from the stored weights,
 so the table can be rerun from a clean clone, where committed stores hold no runs. A
 store that does not hold the task's dataset (generated data are not kept in every
-committed store) falls back to the last values its fit logged, where the runs are there.
+committed store) generates it again from the task's spec and takes it when its
+fingerprint is the one the fit recorded; else it falls back to the last values its fit
+logged, where the runs are there.
 It prints Σ_i α_i (uniform α starts at 1), Σ_i |α_i|, the mean over skills of the spread
 over states (0: α does not depend on the state), and the skills with the largest |α_i|.
 
@@ -36,9 +38,32 @@ def stored_alpha(store_uri: str, item: str) -> dict[str, float]:
     store = SkillStore(store_uri)
     if not store.exists(item) or store.entry(item).kind != "composer":
         return {}
-    task = stored_task(store.entry(item), None)
-    table = fit_table(store, task, dataset_name(task))
+    entry = store.entry(item)
+    task = stored_task(entry, None)
+    name = dataset_name(task)
+    if store.has_dataset(name):
+        table = fit_table(store, task, name)
+    else:
+        table = regenerated_table(task, entry.dataset_fingerprint, name)
     return alpha_stats(load_composer(store, item), to_offline_data(table).obs)
+
+
+def regenerated_table(task, recorded: str | None, name: str):
+    """The dataset `name` of a generated task, generated again from its spec (committed
+    stores leave generated data out), taken only when its fingerprint is the one the
+    composer's fit recorded; StoreError when the task imports its data or it differs."""
+    from library.errors import StoreError
+    from tasks.dataset import fingerprint
+    from tasks.generators.generator import generate
+
+    if task.data.source != "generate":
+        raise StoreError(f"no dataset named {name!r} in the store, and task {task.name!r} "
+                         f"imports its data ({task.data.source!r})")
+    table = generate(task)
+    if recorded is None or fingerprint(table) != recorded:
+        raise StoreError(f"dataset {name!r} generated again differs from the one the fit "
+                         "recorded (its fingerprint)")
+    return table
 
 
 def logged_alpha(store_uri: str, item: str) -> dict[str, float]:

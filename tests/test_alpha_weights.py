@@ -78,3 +78,24 @@ def test_without_its_tasks_data_the_last_logged_alpha_is_read(tmp_path, monkeypa
     assert alpha_weights.weights_row(store.uri, "mix") == \
         "| mix | 0.60 | 1.20 | 0.20 | walk +0.90, run -0.30 |"
 
+
+
+def test_a_generated_dataset_left_out_of_the_store_is_generated_again_when_it_matches():
+    from tasks.dataset import fingerprint
+    from tasks.generators.generator import generate
+
+    spec = {**tiny_task("run"), "horizon": 20,
+            "data": {"source": "generate", "policy": "random", "episodes": 1, "seed": 3}}
+    task = parse_task(spec)
+    recorded = fingerprint(generate(task))
+    again = alpha_weights.regenerated_table(task, recorded, "run-data")
+    assert fingerprint(again) == recorded
+    # Other data than the fit's (another seed, or no fingerprint recorded) are refused.
+    with pytest.raises(StoreError, match="differs from the one the fit recorded"):
+        alpha_weights.regenerated_table(parse_task({**spec, "data": {**spec["data"], "seed": 4}}),
+                                        recorded, "run-data")
+    with pytest.raises(StoreError, match="differs"):
+        alpha_weights.regenerated_table(task, None, "run-data")
+    # A task that imports its data cannot be made again.
+    with pytest.raises(StoreError, match="imports its data"):
+        alpha_weights.regenerated_table(parse_task(tiny_task("run")), recorded, "run-data")
