@@ -22,6 +22,12 @@ run's steps/s), `fraction_of_one_fit` that rate ÷ the single LoRA fit's (issue 
 goal: ≥ 0.7 at k = 8), `aggregate_speedup` k times it: above 1, k fits stacked finish
 sooner than the same k fitted one after another in this process.
 
+Weighted skills (batch 2048, the DSRL skills' batch): a rank-8 skill fitted with IQL
+advantage weights over frozen critics, its weights looked up in the table of its dataset
+(`_PolicyLearner.weight_table`: one critic pass over the data per fit, the default) against
+weighing every batch with the critics' forward passes, the two timed in turn;
+`weighted_table_speedup` = tabled ÷ per batch.
+
 Latency (full T=5 sampling, batch 1 and 50): the base alone; one LoRA skill switched on
 with `use_skills` (unmerged — its adapters run beside the base like the composer's do);
 the same skill merged into the base; a k=3 parameter-level `Composer` (α(s) included).
@@ -259,6 +265,35 @@ def train_figures(steps: int, batches: tuple[int, ...] = (1024, 256),
     return rows
 
 
+def weighted_figures(steps: int, batch_size: int = 2048, device: str = "cpu") -> list[dict]:
+    """Steps/s of an advantage-weighted LoRA skill with its dataset's weights tabled and
+    with every batch weighed by the critics, and the ratio of the two."""
+    from library.critics import CriticConfig, IQLCritics
+
+    data = training_data().to(device)
+
+    def make(tabled: bool) -> Callable[[], Learner]:
+        def skill() -> Learner:
+            policy = make_policy()
+            torch.manual_seed(5)
+            iql = IQLCritics(CriticConfig(obs_dim=OBS_DIM, act_dim=ACT_DIM), policy.normalizer)
+            learner = SkillLearner(policy, "new", rank=8, weighting="advantage", iql=iql,
+                                   generator=torch.Generator().manual_seed(3)).to(device)
+            if not tabled:
+                learner.weight_table = lambda data, device: None
+            return learner
+        return skill
+
+    tabled = train_rate(make(True), data, batch_size, steps)
+    per_batch = train_rate(make(False), data, batch_size, steps)
+    rows = [{"name": "train_steps_per_s", "what": f"lora_r8 advantage, weights {what}",
+             "batch": batch_size, "value": _rounded(rate, 2), "unit": "steps/s"}
+            for what, rate in (("tabled", tabled), ("per batch", per_batch))]
+    rows.append({"name": "weighted_table_speedup", "what": "tabled / per batch steps/s",
+                 "batch": batch_size, "value": _rounded(tabled / per_batch, 3), "unit": "x"})
+    return rows
+
+
 def interleaved_times(
     fns: dict[str, Callable[[], object]], reps: int, warmup: int = 5, budget_s: float = 15.0
 ) -> dict[str, list[float]]:
@@ -343,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     single = next(row["value"] for row in rows
                   if row["name"] == "train_steps_per_s" and row["what"] == "lora_r8")
     rows += stacked_figures(steps, single, ks=(2,) if args.quick else (2, 8), device=args.device)
+    rows += weighted_figures(steps // 2 if steps > 3 else steps, device=args.device)
     for row in rows:
         row["threads"], row["device"] = args.threads, args.device
         if args.json:

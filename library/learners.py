@@ -219,6 +219,10 @@ class CriticLearner(Learner):
         self.module.load_state_dict(state)
 
 
+WEIGHT_CHUNK = 65536
+"""Rows per critic pass when a dataset's weights are tabled (`_PolicyLearner.weight_table`)."""
+
+
 class _PolicyLearner(Learner):
     """Shared by the policy learners: a weighting over frozen critics and the ε-loss."""
 
@@ -237,9 +241,12 @@ class _PolicyLearner(Learner):
         self.policy = policy
         _freeze(iql, feasibility)
         self.weigh = make_weighting(weighting, iql, feasibility, weighting_config)
+        self.weighting = weighting
         # Critics are read, never trained: keep them out of `module` so their tensors
         # stay out of the optimiser, the state dict and DDP's gradient buckets.
         self.critics = (iql, feasibility)
+        self._table: tuple[OfflineData, Tensor] | None = None  # (data, its weights)
+        self._lookup: Tensor | None = None  # the weights of the data being stepped on
 
     def to(self, device: torch.device | str) -> Learner:
         for critic in self.critics:
@@ -255,8 +262,34 @@ class _PolicyLearner(Learner):
     def act_dim(self) -> int:
         return self.policy.config.act_dim
 
+    def step_loss(self, data: OfflineData, batch_size: int, seed: int, step: int,
+                  device: torch.device) -> dict[str, Tensor]:
+        # A batch's weights are looked up by its rows' numbers in the table of `data`.
+        self._lookup = self.weight_table(data, device)
+        try:
+            return super().step_loss(data, batch_size, seed, step, device)
+        finally:
+            self._lookup = None
+
+    def weight_table(self, data: OfflineData, device: torch.device) -> Tensor | None:
+        """w(s, a) of every transition of `data` [N] (None for `bc`), computed once per
+        dataset: the critics are frozen, so a transition's weight never changes, and a
+        batch's weights are its rows of this table — the same numbers as weighing the
+        batch itself (the critics' layers give each row the same result in a chunk of
+        WEIGHT_CHUNK rows as in a batch), without the critics' forward passes per step."""
+        if self.weighting == "bc":
+            return None
+        if self._table is None or self._table[0] is not data:
+            with torch.no_grad():
+                weights = [self.weigh({"obs": data.obs[i:i + WEIGHT_CHUNK].to(device),
+                                       "actions": data.actions[i:i + WEIGHT_CHUNK].to(device)})
+                           for i in range(0, len(data), WEIGHT_CHUNK)]
+            self._table = (data, torch.cat(weights))
+        return self._table[1]
+
     def _weighted(self, loss_fn, batch: dict[str, Tensor], **options) -> dict[str, Tensor]:
-        weights = self.weigh(batch)  # [B], no grad
+        # [B], no grad: looked up while stepping on a dataset, else weighed here.
+        weights = self.weigh(batch) if self._lookup is None else self._lookup[batch["index"]]
         terms = loss_fn(batch["obs"], batch["actions"], weights=weights, **options)
         return {**terms, "weight_mean": weights.mean(), "weight_max": weights.max(),
                 "weight_ess": effective_sample_size(weights)}

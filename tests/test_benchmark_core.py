@@ -22,6 +22,11 @@ def test_quick_run_prints_all_figures(capsys):
     assert train["full"]["step_gflop"] == pytest.approx(2.5, rel=0.05)
     assert 4 / 6 < train["lora_r8"]["step_gflop"] / train["full"]["step_gflop"] < 0.8
     assert {"composer_step_ratio", "composed_latency_ratio"} <= {row["name"] for row in rows}
+    weighted = {row["what"]: row for row in rows if "advantage" in row["what"]}
+    assert set(weighted) == {"lora_r8 advantage, weights tabled",
+                             "lora_r8 advantage, weights per batch"}
+    assert all(row["batch"] == 2048 for row in weighted.values())
+    assert "weighted_table_speedup" in {row["name"] for row in rows}
     [two] = [row for row in rows if row["name"] == "stacked_fit_steps_per_s"]
     assert two["fits"] == 2 and two["batch"] == 1024
     if two["fraction_of_one_fit"] is not None:  # None: the machine too disturbed to measure

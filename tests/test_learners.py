@@ -261,6 +261,40 @@ def test_the_cosine_schedule_sets_the_rate_of_every_step():
     assert any(not torch.equal(ends[0][k], v) for k, v in learner.state_dict().items())
 
 
+@pytest.mark.parametrize("weighting", ["advantage", "feasibility", "reward+feasibility"])
+def test_a_datasets_weights_are_tabled_once_and_give_what_weighing_each_batch_gives(
+        weighting, monkeypatch):
+    def fit(tabled: bool):
+        iql, feas = small_critics()
+        learner = SkillLearner(with_old_skill(small_policy()), "new", rank=2,
+                               generator=torch.Generator().manual_seed(3),
+                               weighting=weighting, iql=iql, feasibility=feas)
+        if not tabled:
+            monkeypatch.setattr(learner, "weight_table", lambda data, device: None)
+        passes = []
+        weigh = learner.weigh
+        learner.weigh = lambda batch: passes.append(len(batch["obs"])) or weigh(batch)
+        result = train(learner, data, steps=6, batch_size=64, lr=1e-3, seed=0, log_every=1)
+        return learner, passes, result
+
+    data = random_data(n=300)
+    tabled, passes, result = fit(tabled=True)
+    assert passes == [300]  # the whole dataset, once; no critic pass per step
+    per_batch, batch_passes, expected = fit(tabled=False)
+    assert batch_passes == [64] * 6
+    for key in ("weight_mean", "weight_max", "loss"):
+        assert result.terms[key] == pytest.approx(expected.terms[key], rel=1e-6)
+    for name, value in tabled.state_dict().items():
+        torch.testing.assert_close(value, per_batch.state_dict()[name], rtol=1e-5, atol=1e-7)
+    # Another dataset gets its own table; a loss outside a step weighs its batch itself.
+    other = random_data(n=200, seed=1)
+    table = tabled.weight_table(other, torch.device("cpu"))
+    assert passes == [300, 200] and table.shape == (200,)
+    batch = {k: v[:5] for k, v in other.sample(5, torch.Generator().manual_seed(0)).items()}
+    tabled.loss(batch)
+    assert passes == [300, 200, 5]
+
+
 def test_the_weights_effective_sample_size_is_logged():
     from library.weighting import effective_sample_size
 
