@@ -3,6 +3,7 @@
     python -m benchmarks.core --json          # the figures (about 5 minutes on 2 CPU cores)
     python -m benchmarks.core --json --quick  # a few repetitions, for tests
     python -m benchmarks.core --json --device cuda   # the same on a GPU (the default there)
+    python -m benchmarks.core --json --only weighted # the weighted skills' figures alone
 
 Training (batch 1024 and 256, hidden 256): the base (every weight trains), one LoRA skill
 (rank 8) on a frozen base, and a composer over k=3 skills (parameter level, only α(s)
@@ -369,15 +370,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the networks and data live (default: cuda when present)")
+    parser.add_argument("--only", choices=("weighted",),
+                        help="one group of figures alone: `weighted` (the weighted skills')")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = latency_figures(reps=10 if args.quick else 300, device=args.device)
     steps = 3 if args.quick else 100
-    rows += train_figures(steps=steps, batches=(1024,) if args.quick else (1024, 256),
-                          device=args.device)
-    single = next(row["value"] for row in rows
-                  if row["name"] == "train_steps_per_s" and row["what"] == "lora_r8")
-    rows += stacked_figures(steps, single, ks=(2,) if args.quick else (2, 8), device=args.device)
+    rows = []
+    if args.only is None:
+        rows += latency_figures(reps=10 if args.quick else 300, device=args.device)
+        rows += train_figures(steps=steps, batches=(1024,) if args.quick else (1024, 256),
+                              device=args.device)
+        single = next(row["value"] for row in rows
+                      if row["name"] == "train_steps_per_s" and row["what"] == "lora_r8")
+        rows += stacked_figures(steps, single, ks=(2,) if args.quick else (2, 8),
+                                device=args.device)
     rows += weighted_figures(steps // 2 if steps > 3 else steps, device=args.device)
     for row in rows:
         row["threads"], row["device"] = args.threads, args.device

@@ -33,6 +33,13 @@ def test_quick_run_prints_all_figures(capsys):
         assert two["aggregate_speedup"] == pytest.approx(2 * two["fraction_of_one_fit"], abs=0.02)
 
 
+def test_only_the_weighted_figures(capsys):
+    core.main(["--json", "--quick", "--threads", "1", "--only", "weighted"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["name"] for row in rows] == ["train_steps_per_s", "train_steps_per_s",
+                                             "weighted_table_speedup"]
+
+
 @pytest.mark.slow
 def test_compare_train_times_both_checkouts_and_refuses_a_folder_that_is_none(capsys, tmp_path):
     from pathlib import Path
