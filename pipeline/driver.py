@@ -188,17 +188,52 @@ class StreamSummary:
 
 @ray.remote(num_cpus=1, max_retries=0)
 def make_dataset(task_json: dict[str, Any], name: str, store: StoreHandle,
-                 imported: pa.Table | None) -> float:
-    """Generate or take the imported dataset of a task and store it; returns seconds."""
+                 imported: pa.Table | None) -> tuple[float, str | None]:
+    """Generate or take the imported dataset of a task and store it; returns seconds and,
+    when generated data differ from those stored items were fitted on, a note saying so
+    (`regenerated_note`)."""
     from tasks.generators import generate
 
     started = time.perf_counter()
     if store.has_dataset(name):
-        return 0.0
+        return 0.0, None
     task = parse_task(task_json)
     table = imported if imported is not None else generate(task)
     store.put_dataset(name, table)
-    return time.perf_counter() - started
+    note = regenerated_note(store.list(), name, table) if imported is None else None
+    return time.perf_counter() - started, note
+
+
+def regenerated_note(entries: list, name: str, table: pa.Table) -> str | None:
+    """A one-line note when stored items fitted on dataset `name` (their own, or taken
+    from the store by name) saw other rows than `table` gives them (their recorded
+    fingerprint differs): a store whose generated data were left out, continued on a
+    machine whose floating point differs (our Car Run data made on an AMD EPYC box differ
+    from an Intel Xeon's with the same seed). None when every such item saw these data
+    (or none records what it saw)."""
+    from pipeline.plan import dataset_name
+    from pipeline.stages import fit_rows
+    from tasks.dataset import fingerprint
+
+    seen: dict[int | None, str] = {}  # by the rows a fit reads: fingerprint of those rows
+    other = []
+    for entry in entries:
+        if entry.task_spec is None or entry.dataset_fingerprint is None:
+            continue
+        task = parse_task(entry.task_spec)
+        if dataset_name(task) != name:
+            continue
+        cut = task.data.max_transitions if task.data.source == "store" else None
+        if cut not in seen:
+            seen[cut] = fingerprint(fit_rows(task, table))
+        if entry.dataset_fingerprint != seen[cut]:
+            other.append(entry.name)
+    if not other:
+        return None
+    shown = ", ".join(sorted(other)[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+    return (f"dataset {name} generated again differs from the data {shown} "
+            f"{'was' if len(other) == 1 else 'were'} fitted on (this machine's floating "
+            "point, or the generator changed): fits from now on use the new data")
 
 
 # --------------------------------------------------------------------------- driver
@@ -476,8 +511,11 @@ class Driver:
                         raise cause from None
                     raise
                 if kind == "data":
-                    self.summary.dataset_seconds[key] = round(value, 3)
-                    view.event(f"dataset {key} stored ({value:.0f} s)")
+                    seconds, note = value
+                    self.summary.dataset_seconds[key] = round(seconds, 3)
+                    view.event(f"dataset {key} stored ({seconds:.0f} s)")
+                    if note is not None:
+                        view.event(f"warning: {note}")
                 elif kind == "fit":
                     self._fit_done(view, value)
                 else:

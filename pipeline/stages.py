@@ -111,11 +111,15 @@ def alpha_stats(composer: Composer, obs: Tensor) -> dict[str, float]:
 
 
 def fit_table(store, task: TaskSpec, dataset: str):
-    """The table of stored dataset `dataset` as a fit of `task` reads it: cut to the task's
+    """The table of stored dataset `dataset` as a fit of `task` reads it (`fit_rows`)."""
+    return fit_rows(task, store.get_dataset(dataset))
+
+
+def fit_rows(task: TaskSpec, table):
+    """What a fit of `task` reads of its dataset's `table`: cut to the task's
     `max_transitions` when the task takes a stored dataset."""
     from tasks.dataset import limit_transitions
 
-    table = store.get_dataset(dataset)
     if task.data.source == "store" and task.data.max_transitions is not None:
         table = limit_transitions(table, task.data.max_transitions)
     return table

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,7 +316,9 @@ def prepare(search: SearchSpec, stream: StreamSpec, points: list[TrialPoint], st
             check_stored(task, name, dataset_meta(store.get_dataset_schema(name)))
     refs = [make_dataset.remote(dump(task), name, handle, None)
             for name, task in datasets.items() if not store.has_dataset(name)]
-    ray.get(refs)
+    for _, note in ray.get(refs):
+        if note is not None:
+            print(f"psec tune: warning: {note}", file=sys.stderr, flush=True)
     tasks = base_tasks(search, stream, points) + library_tasks(search, stream, points)
     shared = parse_stream({"name": f"{search.name}_prepare", "continual": False,
                            "seed": stream.seed, "tasks": [dump(t) for t in tasks],
