@@ -38,6 +38,7 @@ import pyarrow as pa
 import ray
 from pydantic import BaseModel, ConfigDict
 
+from library.manifest import ManifestEntry
 from library.names import BASE
 from library.store import SkillStore
 from pipeline.checks import Checked, check_plan
@@ -204,7 +205,7 @@ def make_dataset(task_json: dict[str, Any], name: str, store: StoreHandle,
     return time.perf_counter() - started, note
 
 
-def regenerated_note(entries: list, name: str, table: pa.Table) -> str | None:
+def regenerated_note(entries: list[ManifestEntry], name: str, table: pa.Table) -> str | None:
     """A one-line note when stored items fitted on dataset `name` (their own, or taken
     from the store by name) saw other rows than `table` gives them (their recorded
     fingerprint differs): a store whose generated data were left out, continued on a
@@ -215,7 +216,7 @@ def regenerated_note(entries: list, name: str, table: pa.Table) -> str | None:
     from pipeline.stages import fit_rows
     from tasks.dataset import fingerprint
 
-    seen: dict[int | None, str] = {}  # by the rows a fit reads: fingerprint of those rows
+    seen: dict[tuple[str, int | None], str] = {}  # fingerprints by what decides the rows read
     other = []
     for entry in entries:
         if entry.task_spec is None or entry.dataset_fingerprint is None:
@@ -223,10 +224,10 @@ def regenerated_note(entries: list, name: str, table: pa.Table) -> str | None:
         task = parse_task(entry.task_spec)
         if dataset_name(task) != name:
             continue
-        cut = task.data.max_transitions if task.data.source == "store" else None
-        if cut not in seen:
-            seen[cut] = fingerprint(fit_rows(task, table))
-        if entry.dataset_fingerprint != seen[cut]:
+        key = (task.data.source, task.data.max_transitions)
+        if key not in seen:
+            seen[key] = fingerprint(fit_rows(task, table))
+        if entry.dataset_fingerprint != seen[key]:
             other.append(entry.name)
     if not other:
         return None

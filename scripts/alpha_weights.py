@@ -51,14 +51,15 @@ def stored_alpha(store_uri: str, item: str) -> dict[str, float]:
 def regenerated_table(task, recorded: str | None, name: str):
     """The dataset `name` of a generated task, generated again from its spec (committed
     stores leave generated data out), taken only when its fingerprint is the one the
-    composer's fit recorded; StoreError when the task imports its data or it differs."""
+    composer's fit recorded; StoreError when the task does not generate its own data or
+    they differ."""
     from library.errors import StoreError
     from tasks.dataset import fingerprint
     from tasks.generators.generator import generate
 
     if task.data.source != "generate":
         raise StoreError(f"no dataset named {name!r} in the store, and task {task.name!r} "
-                         f"imports its data ({task.data.source!r})")
+                         f"does not generate its own (data source {task.data.source!r})")
     table = generate(task)
     if recorded is None or fingerprint(table) != recorded:
         raise StoreError(f"dataset {name!r} generated again differs from the one the fit "

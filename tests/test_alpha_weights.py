@@ -96,6 +96,6 @@ def test_a_generated_dataset_left_out_of_the_store_is_generated_again_when_it_ma
                                         recorded, "run-data")
     with pytest.raises(StoreError, match="differs"):
         alpha_weights.regenerated_table(task, None, "run-data")
-    # A task that imports its data cannot be made again.
-    with pytest.raises(StoreError, match="imports its data"):
+    # A task that takes its data from elsewhere cannot make them again.
+    with pytest.raises(StoreError, match="does not generate its own"):
         alpha_weights.regenerated_table(parse_task(tiny_task("run")), recorded, "run-data")
