@@ -101,7 +101,13 @@ class Learner(abc.ABC):
         are drawn from (seed, step) alone (`library.training.step_rng`)."""
         with step_rng(seed, step, device) as generator:
             batch = {k: v.to(device) for k, v in data.sample(batch_size, generator).items()}
-            return self.loss(batch)
+            return self.loss(self.with_rows_of(data, batch, device))
+
+    def with_rows_of(self, data: OfflineData, batch: dict[str, Tensor],
+                     device: torch.device) -> dict[str, Tensor]:
+        """`batch`, drawn from `data`, with whatever this learner keeps per row of `data`
+        (looked up by `batch["index"]`); the batch itself here."""
+        return batch
 
     def to(self, device: torch.device | str) -> Learner:
         """Move what trains, and whatever the loss reads, to `device` (in place)."""
@@ -246,7 +252,6 @@ class _PolicyLearner(Learner):
         # stay out of the optimiser, the state dict and DDP's gradient buckets.
         self.critics = (iql, feasibility)
         self._table: tuple[OfflineData, Tensor] | None = None  # (data, its weights)
-        self._lookup: Tensor | None = None  # the weights of the data being stepped on
 
     def to(self, device: torch.device | str) -> Learner:
         for critic in self.critics:
@@ -262,14 +267,11 @@ class _PolicyLearner(Learner):
     def act_dim(self) -> int:
         return self.policy.config.act_dim
 
-    def step_loss(self, data: OfflineData, batch_size: int, seed: int, step: int,
-                  device: torch.device) -> dict[str, Tensor]:
-        # A batch's weights are looked up by its rows' numbers in the table of `data`.
-        self._lookup = self.weight_table(data, device)
-        try:
-            return super().step_loss(data, batch_size, seed, step, device)
-        finally:
-            self._lookup = None
+    def with_rows_of(self, data: OfflineData, batch: dict[str, Tensor],
+                     device: torch.device) -> dict[str, Tensor]:
+        # A batch's weights: its rows of the table of `data` (none for `bc`).
+        table = self.weight_table(data, device)
+        return batch if table is None else {**batch, "weights": table[batch["index"]]}
 
     def weight_table(self, data: OfflineData, device: torch.device) -> Tensor | None:
         """w(s, a) of every transition of `data` [N] (None for `bc`), computed once per
@@ -288,8 +290,8 @@ class _PolicyLearner(Learner):
         return self._table[1]
 
     def _weighted(self, loss_fn, batch: dict[str, Tensor], **options) -> dict[str, Tensor]:
-        # [B], no grad: looked up while stepping on a dataset, else weighed here.
-        weights = self.weigh(batch) if self._lookup is None else self._lookup[batch["index"]]
+        # [B], no grad: looked up when the batch was drawn from a dataset, else weighed here.
+        weights = batch["weights"] if "weights" in batch else self.weigh(batch)
         terms = loss_fn(batch["obs"], batch["actions"], weights=weights, **options)
         return {**terms, "weight_mean": weights.mean(), "weight_max": weights.max(),
                 "weight_ess": effective_sample_size(weights)}
