@@ -13,6 +13,9 @@
 3. *Fits.* Each fit unit (pipeline.plan) is a Ray task running one TorchTrainer
    (pipeline.fit); it receives the refs of the units and dataset it waits for as
    arguments, so Ray starts it once they are done: independent units run side by side.
+   A unit another driver on the cluster is fitting into the same store (a Tune trial
+   beside this one, with the same new skill) is waited for, not fitted again
+   (pipeline.fit_claims).
 4. *Evaluations.* Each item is rolled out on its task as soon as it is registered
    (pipeline.evaluation), while the task's later units still fit: a composer over a skill
    of another task does not hold back the new skill's own rollouts. In a continual
@@ -28,6 +31,7 @@ is not repeated, and a unit that was interrupted resumes from its last checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,6 +48,7 @@ from library.store import SkillStore
 from pipeline.checks import Checked, check_plan
 from pipeline.evaluation import EvalJob, launch_evaluation, rollout_digest, summarise_job
 from pipeline.fit import launch_fit, psec_cause, size_job
+from pipeline.fit_claims import LOST, DriverClaims, claim_key
 from pipeline.fit_job import FitOptions, FitReport
 from pipeline.plan import Stage, StreamPlan, TaskPlan, plan_stream
 from pipeline.progress import ProgressView
@@ -353,15 +358,19 @@ class Driver:
             if self.options.replay else None
         view = ProgressView(len(plan.tasks), f"{plan.stream}", enabled=self.options.progress)
         pending: dict[ray.ObjectRef, tuple[str, Any]] = {}
+        self.claims = DriverClaims(self.store.uri)
         try:
             self._launch(view, pending)
             self._loop(view, pending)
         except BaseException:
-            for ref in pending:
-                ray.cancel(ref, force=True, recursive=True)
+            for ref, (kind, _) in pending.items():
+                if kind != "shared":  # another driver's fit: it goes on
+                    ray.cancel(ref, force=True, recursive=True)
             raise
         finally:
             view.close()
+            with contextlib.suppress(Exception):  # never hides what ended the run
+                self.claims.release_all()
         self.summary.wall_seconds = time.perf_counter() - started
         return self.summary
 
@@ -389,6 +398,9 @@ class Driver:
         self.resources, self.data_refs = resources, data_refs
         self.queued = [name for name in plan.units if not unit_done[name]]
         self.fitting: set[str] = set()
+        # Units another driver is fitting (pipeline/fit_claims.py): name -> (claim, holder);
+        # None as holder while its fit is not published yet (offered again each round).
+        self.borrowed: dict[str, tuple[str, str | None]] = {}
         self.evaluating: dict[tuple[str, str, str, str], EvalJob] = {}
         self.chunks_left: dict[tuple[str, str, str, str], int] = defaultdict(int)
         self.chunk_stats: dict[tuple[str, str, str, str], list] = defaultdict(list)
@@ -470,21 +482,76 @@ class Driver:
         wait for). Launching every unit at once would queue all of them in Ray ahead of
         the evaluations of the first ones done, and Ray starts another queued fit on the
         CPU a fit releases while it waits on the store: a CW10 run's evaluations waited
-        ~25 min behind ten fits, three of which ran on two cores."""
+        ~25 min behind ten fits, three of which ran on two cores.
+
+        A unit another driver fits into the same store is waited for instead
+        (pipeline/fit_claims.py); it takes none of this driver's fit slots."""
+        for name, (_, holder) in list(self.borrowed.items()):
+            if holder is None:  # its holder had not published its fit yet
+                del self.borrowed[name]
+                self._take(view, name, pending)
         while self.queued and len(self.fitting) < self.fit_options.concurrent_fits:
             ready = [name for name in self.queued
                      if not any(after in self.queued or after in self.fitting
+                                or after in self.borrowed
                                 for after in self.plan.units[name].after)]
             if not ready:
                 return
-            name = ready[0]
-            unit = self.plan.units[name]
-            upstream = [self.data_refs[unit.dataset]] if unit.dataset in self.data_refs else []
-            job = size_job(unit, self.plan.stream, self.stream_seed, self.fit_options,
-                           self.resources)
-            pending[launch_fit(job, self.store, view.board, *upstream)] = ("fit", name)
-            self.queued.remove(name)
-            self.fitting.add(name)
+            self.queued.remove(ready[0])
+            self._take(view, ready[0], pending)
+
+    def _take(self, view: ProgressView, name: str, pending: dict) -> None:
+        """Fit unit `name`, unless another driver registered its items meanwhile or holds
+        its claim: then wait for that driver's fit."""
+        unit = self.plan.units[name]
+        items = unit.produces()
+        if all(self.store.exists(item) for item in items):
+            view.event(f"{', '.join(items)} registered by another driver meanwhile: not "
+                       "fitted again")
+            self._registered_elsewhere(name)
+            return
+        key = claim_key(items)
+        offer = self.claims.offer(key)
+        if not offer.granted:
+            self.borrowed[name] = (key, None if offer.fit is None else offer.holder)
+            if offer.fit is not None:
+                pending[offer.fit] = ("shared", name)
+                view.event(f"{', '.join(items)}: another driver is fitting "
+                           f"{'it' if len(items) == 1 else 'them'}; waiting for its fit")
+            return
+        upstream = [self.data_refs[unit.dataset]] if unit.dataset in self.data_refs else []
+        job = size_job(unit, self.plan.stream, self.stream_seed, self.fit_options,
+                       self.resources)
+        ref = launch_fit(job, self.store, view.board, *upstream)
+        self.claims.publish(key, ref)
+        pending[ref] = ("fit", name)
+        self.fitting.add(name)
+
+    def _shared_done(self, view: ProgressView, ref: ray.ObjectRef, name: str) -> None:
+        """Another driver's fit of unit `name` ended: its items are registered, or its
+        driver is gone (the unit is queued again: found registered, or fitted here); a
+        failure of the fit itself is raised as this driver's."""
+        key, holder = self.borrowed.pop(name)
+        try:
+            ray.get(ref)
+        except LOST:
+            self.claims.release(key, holder)
+            self.queued.insert(0, name)
+            view.event(f"the driver fitting {name} is gone; taking the unit over")
+            return
+        except ray.exceptions.RayTaskError as error:
+            cause = psec_cause(error)
+            if cause is not None:
+                raise cause from None
+            raise
+        view.event(f"{', '.join(self.plan.units[name].produces())} fitted by another driver")
+        self._registered_elsewhere(name)
+
+    def _registered_elsewhere(self, name: str) -> None:
+        items = self.plan.units[name].produces()
+        self.registered.update(items)
+        self.entries.update({e.name: e.metrics for e in self.store.list()})
+        self.summary.skipped.extend(items)
 
     def _start_eval(self, job: EvalJob, pending: dict) -> None:
         key = job.key()
@@ -499,11 +566,20 @@ class Driver:
         self._schedule_evaluations(view, pending)
         self._admit_fits(view, pending)
         self._count_done_tasks(view)
-        while pending:
+        while pending or self.borrowed:
+            if not pending:  # only units whose holder has not published its fit yet
+                time.sleep(0.5)
+                self._admit_fits(view, pending)
+                continue
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             view.refresh()
             for ref in ready:
                 kind, key = pending.pop(ref)
+                if kind == "shared":
+                    self._shared_done(view, ref, key)
+                    continue
+                if kind == "fit":  # ended, however: a waiting driver reads how
+                    self.claims.release(claim_key(self.plan.units[key].produces()))
                 try:
                     value = ray.get(ref)
                 except ray.exceptions.RayTaskError as error:

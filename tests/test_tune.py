@@ -19,6 +19,7 @@ from tune.trials import (
     alpha_label,
     enumerate_points,
     library_tasks,
+    start_order,
     stream_name,
     target_datasets,
     trial_task,
@@ -194,6 +195,21 @@ def test_table_2_controls_reuse_the_table_s_psec_trials():
     # Every control composes the same new skill as the table's PSEC trial of its seed.
     assert {p.skill_tag() for p in points} == \
         {p.skill_tag() for p in enumerate_points(table) if p.method == "psec"}
+
+
+def test_trials_start_with_the_points_that_fit_a_new_skill():
+    """Car Run at the paper's budgets: PSEC seeds 0-2 (each fits its seed's safety skill)
+    and BC-Safe (a policy of its own) start before the trials that compose a skill one of
+    them fits; within each group the search file's order holds."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    points = enumerate_points(load_search(str(configs / "search_dsrl.yaml"), "paper-carrun"))
+    order = start_order(points)
+    assert sorted(p.tag() for p in order) == sorted(p.tag() for p in points)
+    assert [(p.method, p.seed) for p in order[:6]] == \
+        [("psec", 0), ("psec", 1), ("psec", 2), ("bc", 0), ("bc", 1), ("bc", 2)]
+    fitted = {p.skill_tag() for p in order[:6]}
+    assert all(p.skill_tag() in fitted for p in order[6:])
+    assert order[6:] == [p for p in points if p not in order[:6]]
 
 
 def test_the_composer_objective_is_a_search_axis_that_keeps_old_tags(tmp_path):

@@ -14,7 +14,11 @@ fit the same thing, and the shared items do not depend on which trial ran first.
 `run_point`, which plans the point's single task (`tune.trials.trial_task`) and runs it
 with `run_plan`: the fits are Ray Train runs and the rollouts Ray tasks, as in `psec run`,
 and the trial reports the mean over evaluation seeds of the search's metric. With ASHA a
-trial runs one plan per rung and reports after each.
+trial runs one plan per rung and reports after each. Trials that compose the same new
+skill (methods and α choices on one task, variant, data size and seed) share its fit: a
+trial that needs it while another is fitting it waits for that fit
+(pipeline/fit_claims.py), and Tune starts the points that fit a new skill first
+(`tune.trials.start_order`), so that such waits are rare.
 
 *Resources, and why nothing deadlocks on 2 CPUs.* Tune starts every trial inside a
 placement group and, by default, schedules the trial's own Ray tasks inside it. A trial
@@ -67,6 +71,7 @@ from tune.trials import (
     joint_datasets,
     library_tasks,
     rung_tag,
+    start_order,
     stream_name,
     subset_datasets,
     target_datasets,
@@ -366,7 +371,7 @@ def _tuner(search: SearchSpec, context: SearchContext, points: list[TrialPoint],
     if resume:
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
-    space = [point.model_dump(mode="json") for point in points]
+    space = [point.model_dump(mode="json") for point in start_order(points)]
     searcher = search.searcher
     param_space = {"point": tune.grid_search(space) if searcher.kind == "grid"
                    else tune.choice(space)}

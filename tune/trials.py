@@ -178,6 +178,21 @@ def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
     return points
 
 
+def start_order(points: list[TrialPoint]) -> list[TrialPoint]:
+    """`points` in the order Tune starts them: every point whose new skill (scratch, bc,
+    joint: its policy) no earlier point fits, in their order, then the points that share
+    a skill an earlier one fits. Trials side by side then seldom need a skill that is still
+    being fitted: such a trial waits for the other's fit (pipeline/fit_claims.py) and
+    holds its slot meanwhile."""
+    seen: set[str] = set()
+    first: list[TrialPoint] = []
+    later: list[TrialPoint] = []
+    for point in points:
+        (later if point.skill_tag() in seen else first).append(point)
+        seen.add(point.skill_tag())
+    return first + later
+
+
 def rung_tag(tag: str, rung: int | None) -> str:
     """`tag`, with `r<i>` appended for a rung below the full budget."""
     return tag if rung is None else f"{tag}r{rung}"
