@@ -23,13 +23,14 @@ driver of every job on the cluster sees them:
   finds the items registered or fits the unit itself. A claim never published within
   `PUBLISH_S` (its driver died between offer and publish) is granted to the next offer.
 
-The actor keeps nothing on disk: if it is lost, claims are lost and two drivers may fit a
-unit twice again, which costs time, not correctness (the second registration finds the
-first: `StoreActor.register_once`).
+The actor keeps nothing on disk: if it is lost, it starts again empty (or a driver that
+cannot reach it fits the unit itself), and two drivers may fit a unit twice, which costs
+time, not correctness (the second registration finds the first: `StoreActor.register_once`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import uuid
@@ -87,8 +88,10 @@ class ClaimTable:
         return {key: held[0] for key, held in self._claims.items()}
 
 
-FitClaims = ray.remote(num_cpus=0, max_concurrency=1)(ClaimTable)
-"""The claims of one store as an actor: one call at a time."""
+FitClaims = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=-1,
+                       max_task_retries=-1)(ClaimTable)
+"""The claims of one store as an actor: one call at a time; restarted empty if its process
+is lost."""
 
 
 def claims_actor(store_uri: str) -> ray.actor.ActorHandle:
@@ -120,18 +123,23 @@ class DriverClaims:
         self.owned: set[str] = set()
 
     def offer(self, key: str) -> Offer:
-        granted, holder, box = ray.get(self.actor.offer.remote(key, self.token))
+        try:
+            granted, holder, box = ray.get(self.actor.offer.remote(key, self.token))
+        except ray.exceptions.RayActorError:  # no claims to be had: fit it, as before claims
+            return Offer(True, self.token, None)
         if granted:
             self.owned.add(key)
         return Offer(granted, holder, box[0] if box else None)
 
     def publish(self, key: str, fit: ray.ObjectRef) -> None:
-        ray.get(self.actor.publish.remote(key, self.token, [fit]))
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            ray.get(self.actor.publish.remote(key, self.token, [fit]))
 
     def release(self, key: str, holder: str | None = None) -> None:
         """Release this driver's claim on `key` (or, as a waiter whose holder is gone, the
         claim `holder` holds)."""
-        ray.get(self.actor.release.remote(key, holder or self.token))
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            ray.get(self.actor.release.remote(key, holder or self.token))
         if holder is None:
             self.owned.discard(key)
 

@@ -95,3 +95,12 @@ def test_a_driver_takes_a_unit_over_when_the_fit_it_waits_for_is_cancelled(ray_c
     assert "walk" in fitted and "walk" in units
     with pytest.raises(ray.exceptions.RayError):
         ray.get(fit)
+
+
+def test_a_driver_fits_the_unit_itself_when_the_claims_actor_is_gone(ray_cluster, tmp_path):
+    claims = DriverClaims(str(tmp_path / "store"))
+    ray.kill(claims.actor, no_restart=True)
+    offer = claims.offer(claim_key(["walk"]))
+    assert offer.granted and offer.fit is None
+    claims.publish(claim_key(["walk"]), ray.put(1))  # nothing to publish to: no error
+    claims.release_all()
