@@ -31,7 +31,6 @@ time, not correctness (the second registration finds the first: `StoreActor.regi
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 import ray
 
 from library.store import SkillStore
-from pipeline.runtime import NAMESPACE
+from pipeline.runtime import NAMESPACE, store_actor_name
 
 PUBLISH_S = 60.0
 """A claim whose fit was not published this long after the offer belongs to a driver that
@@ -97,8 +96,8 @@ is lost."""
 def claims_actor(store_uri: str) -> ray.actor.ActorHandle:
     """Get or create the claims actor of the store at `store_uri` (needs a connected Ray)."""
     absolute = SkillStore(store_uri).uri
-    name = "psec-fit-claims-" + hashlib.sha256(absolute.encode()).hexdigest()[:16]
-    return FitClaims.options(name=name, namespace=NAMESPACE, lifetime="detached",
+    return FitClaims.options(name=store_actor_name("fit-claims", absolute),
+                             namespace=NAMESPACE, lifetime="detached",
                              get_if_exists=True).remote()
 
 

@@ -29,7 +29,6 @@ Ray cluster. What was fitted survives anyway, in the store.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import sys
@@ -47,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from library.errors import StoreError
 from library.store import SkillStore
-from pipeline.runtime import NAMESPACE
+from pipeline.runtime import NAMESPACE, store_actor_name
 
 Status = Literal["pending", "running", "done", "failed"]
 
@@ -208,7 +207,7 @@ Inbox = ray.remote(num_cpus=0, max_concurrency=4)(InboxQueue)
 
 def inbox_name(store_uri: str) -> str:
     """One inbox per store (by its absolute URI)."""
-    return "psec-inbox-" + hashlib.sha256(store_uri.encode()).hexdigest()[:16]
+    return store_actor_name("inbox", store_uri)
 
 
 def inbox_actor(store_uri: str, lease_s: float = LEASE_S) -> ray.actor.ActorHandle:

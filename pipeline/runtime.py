@@ -26,6 +26,7 @@ through `connect`, so the choices below are made once:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -42,7 +43,14 @@ STARTUP_TIMEOUT = "timed out during startup"
 """What Ray's exception says when a node's raylet did not register within that wait."""
 
 NAMESPACE = "psec"
-"""Ray namespace of every named actor of the pipeline (store actor, inbox, progress)."""
+"""Ray namespace of every named actor of the pipeline (store actor, inbox, fit claims,
+progress)."""
+
+
+def store_actor_name(role: str, store_uri: str) -> str:
+    """`psec-<role>-<16 hex>`: the name of a store's one actor of `role` (store, inbox,
+    fit-claims), by the store's absolute URI (which may be long)."""
+    return f"psec-{role}-" + hashlib.sha256(store_uri.encode()).hexdigest()[:16]
 
 AUTH_MODE_VAR = "RAY_AUTH_MODE"
 

@@ -16,7 +16,6 @@ turns a `PsecError` raised inside the actor back into the same one-line error.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 
 from library.errors import PsecError
 from library.store import ManifestEntry, SkillStore
-from pipeline.runtime import NAMESPACE
+from pipeline.runtime import NAMESPACE, store_actor_name
 
 
 # It holds no state, so when its node is lost Ray may start it again elsewhere and retry
@@ -105,7 +104,7 @@ class StoreActor:
 
 def actor_name(uri: str) -> str:
     """The actor's name: one per store (by its absolute URI, which may be long)."""
-    return "psec-store-" + hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return store_actor_name("store", uri)
 
 
 def store_actor(uri: str) -> ray.actor.ActorHandle:
