@@ -533,17 +533,12 @@ class Driver:
         failure of the fit itself is raised as this driver's."""
         key, holder = self.borrowed.pop(name)
         try:
-            ray.get(ref)
+            _result(ref)
         except LOST:
             self.claims.release(key, holder)
             self.queued.insert(0, name)
             view.event(f"the driver fitting {name} is gone; taking the unit over")
             return
-        except ray.exceptions.RayTaskError as error:
-            cause = psec_cause(error)
-            if cause is not None:
-                raise cause from None
-            raise
         view.event(f"{', '.join(self.plan.units[name].produces())} fitted by another driver")
         self._registered_elsewhere(name)
 
@@ -580,13 +575,7 @@ class Driver:
                     continue
                 if kind == "fit":  # ended, however: a waiting driver reads how
                     self.claims.release(claim_key(self.plan.units[key].produces()))
-                try:
-                    value = ray.get(ref)
-                except ray.exceptions.RayTaskError as error:
-                    cause = psec_cause(error)
-                    if cause is not None:
-                        raise cause from None
-                    raise
+                value = _result(ref)
                 if kind == "data":
                     seconds, note = value
                     self.summary.dataset_seconds[key] = round(seconds, 3)
@@ -654,6 +643,18 @@ class Driver:
             else f"{job.task.name} [{job.task.env}]"
         view.event(f"evaluated {job.item} on {where} after {job.row_task}: score "
                    f"{sum(scores) / len(scores):.3f} ({seconds:.0f} s)")
+
+
+def _result(ref: ray.ObjectRef) -> Any:
+    """`ray.get(ref)`; a task's failure whose root is a user error (PsecError) is raised as
+    that error (one line)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        cause = psec_cause(error)
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 # ------------------------------------------------------------------- entry points
