@@ -327,6 +327,7 @@ def test_the_alpha_trace_records_costs(tmp_path, monkeypatch):
     assert run.skills == ["s"] and run.alphas.shape == (6, 1)  # W0 has no weight of its own
     assert np.allclose(run.alphas.sum(axis=1), 1.0)  # softmax weights
     assert run.rewards.shape == run.costs.shape == (6,) and (run.costs >= 0).all()
+    assert run.states.shape == (6, 7)  # s_t, the state α(s_t) was read at
     assert run.hazard is None and hazard_line(run) is None  # its task stored no critic
     # A composer whose task item holds a feasibility critic: V_h(s) at every step, from
     # that critic (here V_h = 1 everywhere: every state is a hazard).

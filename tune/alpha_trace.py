@@ -43,6 +43,18 @@ class Trace:
     hazard: np.ndarray | None
     """V_h(s_t) of the task's feasibility critic (> 0: the critic sees a violation ahead
     that no in-data action avoids), [T]; None when the task has no such critic."""
+    states: np.ndarray
+    """s_t, the visited states: [T, obs_dim]."""
+
+
+def feasibility_critic(store, name: str, composer):
+    """The feasibility critic of stored composer `name`'s task (held in that task's skill
+    item, on the composer's normaliser); None when the task has none."""
+    entry = store.entry(name)
+    config, tensors = store.load(name)
+    return critics_from_item(
+        *composer_critics(store, (entry.task_spec or {}).get("name"), config,
+                          split_item(tensors)[1]), composer.policy.normalizer)[1]
 
 
 def trace(store, name: str, task, seed: int = 0) -> Trace:
@@ -50,14 +62,10 @@ def trace(store, name: str, task, seed: int = 0) -> Trace:
     IDQL candidates)."""
     composer = load_composer(store, name)
     act = load_acting(store, name, n_candidates=task.eval.n_candidates, seed=seed)
-    entry = store.entry(name)
-    config, tensors = store.load(name)
-    feasibility = critics_from_item(
-        *composer_critics(store, (entry.task_spec or {}).get("name"), config,
-                          split_item(tensors)[1]), composer.policy.normalizer)[1]
+    feasibility = feasibility_critic(store, name, composer)
     suite = get_suite(task.suite)
     env = suite.make_env(task.env, task.dynamics, seed=seed, horizon=task.horizon)
-    alphas, rewards, costs, hazard = [], [], [], []
+    alphas, rewards, costs, hazard, states = [], [], [], [], []
     try:
         obs, _ = env.reset(seed=seed)
         limit = task.eval.max_steps or np.inf
@@ -65,6 +73,7 @@ def trace(store, name: str, task, seed: int = 0) -> Trace:
             while len(alphas) < limit:
                 with torch.no_grad():
                     state = torch.as_tensor(obs, dtype=torch.float32)[None]
+                    states.append(np.asarray(obs, dtype=np.float32))
                     alphas.append(composer.alpha(state)[0].numpy())
                     if feasibility is not None:
                         hazard.append(float(feasibility.value(state)[0]))
@@ -76,7 +85,8 @@ def trace(store, name: str, task, seed: int = 0) -> Trace:
     finally:
         env.close()
     return Trace(list(composer.skills), np.stack(alphas), np.asarray(rewards),
-                 np.asarray(costs), np.asarray(hazard) if feasibility is not None else None)
+                 np.asarray(costs), np.asarray(hazard) if feasibility is not None else None,
+                 np.stack(states))
 
 
 def hazard_line(run: Trace) -> str | None:

@@ -1,0 +1,110 @@
+"""Where a feasibility critic's V_h(s) comes from along a composer's own episode.
+
+V_h(s) > 0 says "a violation ahead that no in-data action avoids". On a safety task this
+rolls out one episode of a stored composer as its α trace does (`tune.alpha_trace.trace`,
+64 candidates ranked by the safety critic) and, every `--every` steps, compares V_h of the
+visited state with the `--k` nearest states of the data the critic was fitted on (the
+composer's task's dataset; distance in units of the data's per-dimension std): how far
+they are, what share of them had a cost later in their own episode, and the critic's
+V_h on them. Near neighbours with a cost ahead mean the critic reports the behaviour
+data (V_h > 0 is in-distribution); distant neighbours whose V_h differs from the state's
+mean it extrapolates.
+
+    python scripts/hazard_neighbours.py --store stores/dsrl-carrun-paper carrun-psec_a73a72f5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def cost_ahead(costs: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+    """Per transition, whether its episode has a cost at this step or later (bool [N])."""
+    ahead = np.zeros(len(costs), dtype=bool)
+    for episode in np.unique(episodes):
+        index = np.flatnonzero(episodes == episode)
+        ahead[index] = np.maximum.accumulate((costs[index] > 0)[::-1])[::-1]
+    return ahead
+
+
+def neighbour_rows(states: np.ndarray, hazard: np.ndarray, data_obs: np.ndarray,
+                   data_hazard: np.ndarray, ahead: np.ndarray, every: int, k: int
+                   ) -> list[tuple[int, float, float, float, float]]:
+    """(step, V_h(s_t), mean distance of the k nearest data states in data-std units, their
+    share with a cost ahead, their mean V_h) every `every` steps of an episode."""
+    scale = data_obs.std(axis=0) + 1e-6
+    rows = []
+    for step in range(0, len(states), every):
+        distance = np.linalg.norm((data_obs - states[step]) / scale, axis=1)
+        nearest = np.argsort(distance)[:k]
+        rows.append((step, float(hazard[step]), float(distance[nearest].mean()),
+                     float(ahead[nearest].mean()), float(data_hazard[nearest].mean())))
+    return rows
+
+
+def critic_data(store, name: str):
+    """(obs, costs, episodes) of the dataset composer `name`'s feasibility critic was
+    fitted on: its task's, as that task's fit read it."""
+    from library.errors import StoreError
+    from pipeline.evaluation import stored_task
+    from pipeline.plan import dataset_name
+    from pipeline.stages import fit_table
+
+    task_name = (store.entry(name).task_spec or {}).get("name")
+    if not task_name or not store.exists(task_name):
+        raise StoreError(f"composer {name!r} has no stored task item holding its critics")
+    task = stored_task(store.entry(task_name), None)
+    table = fit_table(store, task, dataset_name(task))
+    if "costs" not in table.column_names:
+        raise StoreError(f"the data of task {task.name!r} record no costs")
+    obs = np.stack(table.column("obs").to_numpy(zero_copy_only=False)).astype(np.float32)
+    return (obs, table.column("costs").to_numpy(), table.column("episode").to_numpy())
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from library.errors import StoreError
+    from library.store import SkillStore
+    from pipeline.acting import load_composer
+    from pipeline.evaluation import stored_task
+    from tune.alpha_trace import feasibility_critic, trace
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", required=True, help="store holding the composer")
+    parser.add_argument("composer", help="a stored composer on a task with a safety critic")
+    parser.add_argument("--seed", type=int, default=0, help="episode seed (0)")
+    parser.add_argument("--every", type=int, default=25, help="steps between rows (25)")
+    parser.add_argument("--k", type=int, default=50, help="nearest data states (50)")
+    args = parser.parse_args(argv)
+    store = SkillStore(args.store)
+    try:
+        critic = feasibility_critic(store, args.composer, load_composer(store, args.composer))
+        if critic is None:
+            raise StoreError(f"the task of {args.composer!r} has no feasibility critic")
+        obs, costs, episodes = critic_data(store, args.composer)
+    except StoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    run = trace(store, args.composer, stored_task(store.entry(args.composer), None), args.seed)
+    with torch.no_grad():
+        data_hazard = torch.cat([critic.value(torch.as_tensor(obs[i:i + 8192])).reshape(-1)
+                                 for i in range(0, len(obs), 8192)]).numpy()
+    rows = neighbour_rows(run.states, run.hazard, obs, data_hazard, cost_ahead(costs, episodes),
+                          args.every, args.k)
+    print(f"{args.composer}, episode seed {args.seed}: {len(run.states)} steps, cost "
+          f"{run.costs.sum():.0f}, V_h(s) > 0 on {int((run.hazard > 0).sum())}; "
+          f"{len(obs)} data states")
+    print(f"| step | V_h(s_t) | {args.k} nearest data states: distance (std) | "
+          "share with a cost ahead | their V_h |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for step, hazard, distance, share, neighbours in rows:
+        print(f"| {step} | {hazard:+.2f} | {distance:.2f} | {share:.2f} | {neighbours:+.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
