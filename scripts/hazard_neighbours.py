@@ -8,7 +8,8 @@ composer's task's dataset; distance in units of the data's per-dimension std): h
 they are, what share of them had a cost later in their own episode, and the critic's
 V_h on them. Near neighbours with a cost ahead mean the critic reports the behaviour
 data (V_h > 0 is in-distribution); distant neighbours whose V_h differs from the state's
-mean it extrapolates.
+mean it extrapolates. Then, over the data states with no cost ahead, the share the critic
+calls infeasible by how many steps are left in their episode.
 
     python scripts/hazard_neighbours.py --store stores/dsrl-carrun-paper carrun-psec_a73a72f5
 """
@@ -42,6 +43,29 @@ def neighbour_rows(states: np.ndarray, hazard: np.ndarray, data_obs: np.ndarray,
         nearest = np.argsort(distance)[:k]
         rows.append((step, float(hazard[step]), float(distance[nearest].mean()),
                      float(ahead[nearest].mean()), float(data_hazard[nearest].mean())))
+    return rows
+
+
+def steps_to_end(episodes: np.ndarray) -> np.ndarray:
+    """Per transition, how many transitions of its episode follow it (0: its last)."""
+    left = np.zeros(len(episodes), dtype=np.int64)
+    for episode in np.unique(episodes):
+        index = np.flatnonzero(episodes == episode)
+        left[index] = np.arange(len(index))[::-1]
+    return left
+
+
+def end_rows(data_hazard: np.ndarray, ahead: np.ndarray, left: np.ndarray,
+             bounds: tuple[int, ...] = (0, 10, 50, 100)) -> list[tuple[str, int, float]]:
+    """(steps before the episode's end, states, share with V_h > 0) over the data states
+    with no cost ahead, by how close to their episode's end they are: a critic that
+    bootstraps past the end (timeouts are not absorbing here) shows it there."""
+    rows = []
+    edges = list(bounds) + [int(left.max()) + 1]
+    for low, high in zip(edges[:-1], edges[1:]):
+        mask = ~ahead & (left >= low) & (left < high)
+        if mask.any():
+            rows.append((f"{low}–{high - 1}", int(mask.sum()), float((data_hazard[mask] > 0).mean())))
     return rows
 
 
@@ -103,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| ---: | ---: | ---: | ---: | ---: |")
     for step, hazard, distance, share, neighbours in rows:
         print(f"| {step} | {hazard:+.2f} | {distance:.2f} | {share:.2f} | {neighbours:+.2f} |")
+    print("\nData states with no cost ahead, by steps left in their episode:\n")
+    print("| steps to the episode's end | states | share with V_h > 0 |")
+    print("| --- | ---: | ---: |")
+    for band, count, share in end_rows(data_hazard, cost_ahead(costs, episodes),
+                                       steps_to_end(episodes)):
+        print(f"| {band} | {count} | {share:.2f} |")
     return 0
 
 

@@ -34,3 +34,16 @@ def test_rows_report_the_nearest_data_states_in_std_units():
     assert (h0, share0, v0) == pytest.approx((0.5, 1.0, 2.0))
     assert (h2, share2, v2) == pytest.approx((0.7, 0.0, -1.0))
     assert d0 == pytest.approx(d2, abs=0.01) and d0 < 0.05  # scaled by the data's std (≈ 5)
+
+
+def test_steps_to_end_count_down_within_each_episode():
+    episodes = np.array([0, 0, 0, 1, 1, 2])
+    assert hazard_neighbours.steps_to_end(episodes).tolist() == [2, 1, 0, 1, 0, 0]
+
+
+def test_end_rows_count_only_states_with_no_cost_ahead():
+    left = np.array([0, 1, 2, 3, 0, 1])
+    ahead = np.array([False, False, False, False, True, True])
+    hazard = np.array([1.0, -1.0, -1.0, -1.0, 5.0, 5.0])
+    rows = hazard_neighbours.end_rows(hazard, ahead, left, bounds=(0, 2))
+    assert rows == [("0–1", 2, 0.5), ("2–3", 2, 0.0)]
