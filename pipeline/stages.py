@@ -49,6 +49,7 @@ from library.weighting import WeightingConfig
 from pipeline.curves import Snapshot
 from pipeline.plan import FitUnit, Stage
 from tasks.spec import TaskSpec, dump
+from tasks.spec_sections import FEASIBILITY_OBJECTIVES
 
 ALPHA_SAMPLE = 512
 """States on which a composer's α(s) statistics are logged."""
@@ -75,7 +76,7 @@ def _critic_configs(task: TaskSpec, obs_dim: int, act_dim: int, table) -> dict[s
         configs["iql"] = CriticConfig(obs_dim=obs_dim, act_dim=act_dim,
                                       discount=critic.discount, expectile=critic.expectile,
                                       reward_scale=_reward_scale(task, table))
-    if objectives & {"feasibility", "reward+feasibility"}:
+    if objectives & set(FEASIBILITY_OBJECTIVES):
         configs["feasibility"] = FeasibilityConfig(obs_dim=obs_dim, act_dim=act_dim,
                                                    discount=critic.discount)
     return configs

@@ -32,6 +32,8 @@ Objective = Literal[WEIGHTINGS]
 _ALPHA_DEFAULTS = AlphaConfig()
 _POLICY_DEFAULTS = PolicyConfig(obs_dim=1, act_dim=1)
 CRITIC_OBJECTIVES = ("advantage", "feasibility", "reward+feasibility")
+FEASIBILITY_OBJECTIVES = ("feasibility", "reward+feasibility")
+"""The objectives that weigh by the HJ feasibility critic, fitted on the data's costs."""
 
 
 class FieldError(ValueError):

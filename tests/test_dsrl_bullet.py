@@ -79,7 +79,7 @@ def test_the_search_runs_every_baseline_on_the_same_data():
     search = load_search(SEARCH, "smoke")
     stream = search.load_stream()
     points = enumerate_points(search)
-    assert {p.method for p in points} == {"psec", "nsec", "asec", "fixed", "bc"}
+    assert {p.method for p in points} == {"psec", "nsec", "asec", "fixed", "bc", "fisor"}
     assert search.controls == ["single"]  # BC-All (the base) and the reward skill alone
     assert len([p for p in points if p.method == "fixed"]) == 2
     for point in points:
@@ -89,6 +89,16 @@ def test_the_search_runs_every_baseline_on_the_same_data():
             assert (task.role, task.objective, task.composers) == ("base", "bc", [])
             assert task.data.source == "store" and task.data.dataset.startswith(
                 "ballrun-safety") and task.data.dataset != "ballrun-safety"
+            assert not task.needs_critic
+            continue
+        if point.method == "fisor":
+            # FISOR: a policy from scratch on the whole dataset, its reward (IQL) and
+            # feasibility critics fitted first, at the safety skill's critic budget.
+            assert (task.role, task.objective, task.composers) == (
+                "base", "reward+feasibility", [])
+            assert task.data.dataset == "ballrun-safety" and task.needs_critic
+            assert task.critic == stream.task("ballrun-safety").critic
+            assert task.train.steps == stream.task("ballrun-safety").train.steps
             continue
         (composer,) = task.composers
         assert composer.skills == [BASE, "ballrun-reward_lora8"]
@@ -155,13 +165,14 @@ def _rows(search, reward_of, cost_of):
     for point in enumerate_points(search):
         tag = point.tag()
         task = f"ballrun-safety_{point.skill_tag()}"
-        item = task if point.method == "bc" else f"ballrun-psec_{tag}"
-        names = [item] if point.method == "bc" else [item, task]
+        scratch = point.method in ("bc", "fisor")
+        item = task if scratch else f"ballrun-psec_{tag}"
+        names = [item] if scratch else [item, task]
         for name in names:
             rows.append({"stream": stream_name(search, point), "search": search.name,
                          "trial": tag, "name": name, "eval_task": task, "seed": 0,
-                         "score": reward_of(point, name == task),
-                         "cost": cost_of(point, name == task)})
+                         "score": reward_of(point, name == task and not scratch),
+                         "cost": cost_of(point, name == task and not scratch)})
     controls = f"{search.name}_controls"
     for item, score, cost in (("ballrun-base", 0.9, 40.0), ("ballrun-reward_lora8", 1.1, 80.0)):
         rows.append({"stream": controls, "name": item, "eval_task": "ballrun-safety",
@@ -174,7 +185,7 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     from tune.safe_table import COLUMNS, safe_section, safe_table
 
     search = _ballrun_only("small")
-    rewards = {"psec": 0.6, "nsec": 0.5, "asec": 0.4, "bc": 0.3}
+    rewards = {"psec": 0.6, "nsec": 0.5, "asec": 0.4, "bc": 0.3, "fisor": 0.35}
 
     def reward(point, is_skill):
         if is_skill:
@@ -186,7 +197,7 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     def cost(point, is_skill):
         if point.method == "fixed":
             return 2.0 if point.alpha.init == "newest" else 30.0
-        return {"asec": 15.0}.get(point.method, 5.0)
+        return {"asec": 15.0, "fisor": 1.0}.get(point.method, 5.0)
 
     # The BC-Safe subset as tune's prepare stores it: its size is reported.
     from tasks.importers import import_dsrl
@@ -209,6 +220,8 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     assert cells["fixed"].mean_reward == pytest.approx(0.45)
     assert cells["bc-all"].reward == [0.9] and cells["bc-all"].cost == [4.0]
     assert cells["safety-skill"].reward == [0.2] * 3  # one skill per seed, not per method
+    assert cells["fisor"].reward == pytest.approx([0.35, 0.36, 0.37])
+    assert cells["fisor"].cost == pytest.approx([0.1] * 3)
     text = safe_section(table, None, "psec tune configs/search_dsrl.yaml", [], None)
     assert "## Safe composition" in text
     # Results without a search record: a store whose Tune folder was not kept, not "not run".
@@ -372,3 +385,63 @@ def test_psec_run_at_smoke_scale_passes_every_check_on_a_fresh_store(tmp_path):
     assert set(checked.dims) == {f"{env}-{part}" for env in ENVS[:2]
                                  for part in ("base", "reward", "safety")}
     assert store.list() == [] and not store.has_dataset("ballrun-base")
+
+
+def test_fisor_is_refused_on_a_target_without_a_feasibility_critic():
+    """FISOR weighs by the HJ feasibility critic, which is fitted on costs: a target task
+    that does not weigh by feasibility (here DMC's walker run) is refused when the search
+    loads, naming the method and the task."""
+    from library.errors import SpecError
+    from tune.spec import parse_search
+
+    data = dump(load_search(CONFIGS / "search_dmc_table.yaml"))
+    data["methods"] = [*data["methods"], "fisor"]
+    with pytest.raises(SpecError, match="method fisor weighs by a feasibility critic.*"
+                                        "target task 'walker-"):
+        parse_search(data).load_stream()
+    # Where the target's own methods leave fisor out, the search stands.
+    for target in data["targets"]:
+        target["methods"] = [m for m in data["methods"] if m != "fisor"]
+    parse_search(data).load_stream()
+
+
+def test_a_fisor_trial_fits_both_critics_then_a_policy_ranked_by_the_safety_q(tmp_path):
+    """A FISOR trial's one unit: critics (IQL on rewards and the HJ feasibility critic),
+    then a policy from scratch weighted by `reward+feasibility` on the whole dataset; its
+    item holds both critics, so evaluation samples the task's candidates and keeps the one
+    with the lowest safety Q, as for the safety skill."""
+    from pipeline_builders import PlainStore
+
+    from pipeline.acting import load_acting
+    from pipeline.plan import plan_task
+    from pipeline.stages import UnitContext
+
+    search = load_search(SEARCH, "smoke")
+    point = next(p for p in enumerate_points(search) if p.method == "fisor")
+    task = trial_task(search, search.load_stream(), point)
+    store = PlainStore(str(tmp_path / "store"))
+    rng = np.random.default_rng(0)
+    n = 40
+    arrays = dict(obs=rng.normal(size=(n, 7)).astype(np.float32),
+                  actions=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+                  rewards=rng.uniform(size=n).astype(np.float32),
+                  costs=(np.arange(n) % 3 == 0).astype(np.float32),
+                  next_obs=rng.normal(size=(n, 7)).astype(np.float32),
+                  terminals=np.zeros(n, bool), timeouts=np.arange(n) % 10 == 9)
+    store.put_dataset(task.data.dataset, to_table(arrays, {"suite": "bullet_safety",
+                                                           "env": "SafetyBallRun-v0"}))
+    (unit,) = plan_task(task, []).units.values()
+    critics, base = unit.stages
+    assert (critics.kind, base.kind, base.name) == ("critics", "base", task.name)
+    context = UnitContext(store, unit, torch.device("cpu"))
+    learner = context.build(critics)
+    assert sorted(learner.critics) == ["feasibility", "iql"]
+    context.finished(critics, learner)
+    policy = context.build(base)
+    assert policy.weighting == "reward+feasibility"
+    assert all(critic is not None for critic in policy.critics)
+    context.register(base, policy, {})
+    config, _ = store.load(task.name)
+    assert sorted(config["critics"]) == ["feasibility", "iql"]
+    acting = load_acting(store, task.name, n_candidates=4)
+    assert acting._rows_per_state == 4  # candidates ranked by a critic, not one sample

@@ -198,18 +198,18 @@ def test_table_2_controls_reuse_the_table_s_psec_trials():
 
 
 def test_trials_start_with_the_points_that_fit_a_new_skill():
-    """Car Run at the paper's budgets: PSEC seeds 0-2 (each fits its seed's safety skill)
-    and BC-Safe (a policy of its own) start before the trials that compose a skill one of
-    them fits; within each group the search file's order holds."""
+    """Car Run at the paper's budgets: PSEC seeds 0-2 (each fits its seed's safety skill),
+    BC-Safe and FISOR (policies of their own) start before the trials that compose a skill
+    one of them fits; within each group the search file's order holds."""
     configs = Path(__file__).resolve().parents[1] / "configs"
     points = enumerate_points(load_search(str(configs / "search_dsrl.yaml"), "paper-carrun"))
     order = start_order(points)
     assert sorted(p.tag() for p in order) == sorted(p.tag() for p in points)
-    assert [(p.method, p.seed) for p in order[:6]] == \
-        [("psec", 0), ("psec", 1), ("psec", 2), ("bc", 0), ("bc", 1), ("bc", 2)]
-    fitted = {p.skill_tag() for p in order[:6]}
-    assert all(p.skill_tag() in fitted for p in order[6:])
-    assert order[6:] == [p for p in points if p not in order[:6]]
+    assert [(p.method, p.seed) for p in order[:9]] == [
+        (method, seed) for method in ("psec", "bc", "fisor") for seed in (0, 1, 2)]
+    fitted = {p.skill_tag() for p in order[:9]}
+    assert all(p.skill_tag() in fitted for p in order[9:])
+    assert order[9:] == [p for p in points if p not in order[:9]]
 
 
 def test_the_composer_objective_is_a_search_axis_that_keeps_old_tags(tmp_path):

@@ -10,6 +10,9 @@ and their averages over the tasks. Here a row is a target (one env of
 * BC-All: the target's base (BC on the whole dataset) alone on the target
   (`controls: [single]`; fitted once, with the stream's seed);
 * BC-Safe: method `bc`, BC from scratch on the composer's safe subset;
+* FISOR: method `fisor`, a diffusion policy from scratch on the whole dataset weighted by
+  FISOR's feasibility-guided objective (`reward+feasibility`), the candidate with the
+  lowest safety Q kept at evaluation as for every policy with that critic;
 * reward skill and safety skill alone: the stored reward skill (`controls: [single]`)
   and each trial's new skill, the safety skill (the composers' own skill);
 * Fixed: the best start point of the constant α per target, "best" being the highest
@@ -37,7 +40,7 @@ from tune.spec import SearchSpec, find_composer
 from tune.table import base_budgets, collect, measured_line, section_tail
 from tune.trials import alpha_label, subset_dataset, variant_name
 
-COLUMNS = {"bc-all": "BC-All", "bc": "BC-Safe", "reward-skill": "Reward skill",
+COLUMNS = {"bc-all": "BC-All", "bc": "BC-Safe", "fisor": "FISOR", "reward-skill": "Reward skill",
            "safety-skill": "Safety skill", "fixed": "Fixed", "nsec": "NSEC", "asec": "ASEC",
            "psec": "PSEC"}
 """Column key -> heading, in the table's order (baselines first, PSEC last as in the
@@ -123,7 +126,7 @@ class SafeTable:
         return keys
 
 
-_METHOD_KEYS = {"bc", "fixed", "nsec", "asec", "psec"}
+_METHOD_KEYS = {"bc", "fisor", "fixed", "nsec", "asec", "psec"}
 
 
 def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:

@@ -30,23 +30,25 @@ from tasks.spec import (
     read_yaml,
     spec_error,
 )
-from tasks.spec_sections import Objective
+from tasks.spec_sections import FEASIBILITY_OBJECTIVES, Objective
 
 Method = Literal["psec", "nsec", "asec", "mlp", "scratch", "fixed", "uniform", "random",
-                 "bc", "joint"]
+                 "bc", "joint", "fisor"]
 """psec/nsec/asec: composer at the parameter/noise/action level; mlp: PSEC with full-rank
 adapters for every skill; scratch: a diffusion policy fitted on the target's data alone
 with the target's objective (with `advantage`: IQL with a diffusion actor); bc: the same
 with the plain diffusion loss (w = 1); joint: a diffusion policy fitted, with the target's
 objective, on the union of the target's data and its base's pretraining data (dynamics
-shift: source + target); fixed: one learned constant α for all states (w/o context
+shift: source + target); fisor: a diffusion policy fitted on the target's whole data
+with FISOR's weighting (`reward+feasibility`: IQL reward critics and the HJ feasibility
+critic fitted first; a target whose task weighs by feasibility, i.e. has costs); fixed: one learned constant α for all states (w/o context
 awareness); uniform: the uniform-α control (a fixed composer α = 1/k registered
 untrained: `steps: 0`); random:
 the random-LoRA bank control (psec over random LoRAs of the stored skills' per-layer
 norms, `bank: random`, at each of the search's α choices)."""
 
 COMPOSING = ("psec", "nsec", "asec", "mlp", "fixed", "uniform", "random")
-FROM_SCRATCH = ("scratch", "bc", "joint")
+FROM_SCRATCH = ("scratch", "bc", "joint", "fisor")
 """Methods that fit a new policy (a base) instead of a skill on the stored base."""
 MODE = {"psec": "parameter", "nsec": "noise", "asec": "action", "mlp": "parameter",
         "fixed": "fixed", "uniform": "fixed", "random": "parameter"}
@@ -442,6 +444,12 @@ def _check_target_task(stream: StreamSpec, task: TaskSpec, index: int,
     if any(n is not None for n in search.data_episodes) and task.data.source != "generate":
         raise SpecError("data_episodes", f"target task {task.name!r} does not generate its "
                                          "data, so its trajectory count cannot be changed")
+    methods = search.targets[index].methods or search.methods
+    if "fisor" in methods and task.objective not in FEASIBILITY_OBJECTIVES:
+        raise SpecError(field, f"method fisor weighs by a feasibility critic, which needs "
+                               f"costs: target task {task.name!r} has objective "
+                               f"{task.objective!r}, not one of "
+                               f"{', '.join(FEASIBILITY_OBJECTIVES)}")
     longest = max(len(name) for name in [task.name, *composer.skills, composer.name])
     if longest + 10 > 64:
         raise SpecError(field, "task, skill and composer names of a target must have at most "

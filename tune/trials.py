@@ -12,7 +12,9 @@ It becomes a one-task plan on top of the store (`pipeline.plan.plan_task`):
   every stored skill it composes, composed at the parameter level (PSEC(MLP));
 * scratch: a base policy `<task>_<tag>` fitted on the target's data alone (with the
   target's objective); bc: the same with the plain diffusion loss (both on the
-  composer's subset when it trains on one, `ComposerSpec.data`: e.g. BC-Safe); joint: a base policy
+  composer's subset when it trains on one, `ComposerSpec.data`: e.g. BC-Safe); fisor: a
+  base policy fitted on the target's whole data with FISOR's weighting
+  (`reward+feasibility`, its critics fitted first); joint: a base policy
   fitted, with the target's objective and the base's training budget, on the stored union
   `<target dataset>-joint` of the target's data and the data its base was pretrained on
   (made once, before the trials: `joint_datasets`).
@@ -277,6 +279,8 @@ def trial_task(search: SearchSpec, stream: StreamSpec, point: TrialPoint,
                               "dataset": subset_dataset(task, point.episodes, composer)})
         if point.method == "bc":
             data.update(objective="bc")
+        elif point.method == "fisor":
+            data.update(objective="reward+feasibility")
         elif point.method == "joint":
             # Pretraining on everything: the base's budget, on the union of both datasets.
             base_train = stream.task(task.base).train
