@@ -192,11 +192,15 @@ def test_the_table_1_section_from_results_rows(tmp_path):
             return 0.2
         if point.method == "fixed":  # the safe start point has the lower reward
             return 0.45 if point.alpha.init == "newest" else 0.8
+        if point.alpha is not None and point.alpha.init == "zero":  # the official start
+            return 0.7
         return rewards[point.method] + 0.01 * point.seed
 
     def cost(point, is_skill):
         if point.method == "fixed":
             return 2.0 if point.alpha.init == "newest" else 30.0
+        if point.alpha is not None and point.alpha.init == "zero":
+            return 20.0
         return {"asec": 15.0, "fisor": 1.0}.get(point.method, 5.0)
 
     # The BC-Safe subset as tune's prepare stores it: its size is reported.
@@ -215,6 +219,10 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     cells = table.cells["BallRun"]
     assert cells["psec"].reward == pytest.approx([0.6, 0.61, 0.62])
     assert cells["psec"].cost == pytest.approx([0.5] * 3)  # cost 5 / threshold 10
+    # The second α choice (the official start) has columns of its own, not mixed in.
+    official = "psec@raw/zero×0.0625+reg 1"
+    assert cells[official].reward == pytest.approx([0.7] * 3)
+    assert cells[official].cost == pytest.approx([2.0] * 3)
     # Fixed: the safe start point wins although the other earns more.
     assert table.fixed_choice == {"BallRun": "softmax/newest+reg 1"}
     assert cells["fixed"].mean_reward == pytest.approx(0.45)
@@ -233,7 +241,10 @@ def test_the_table_1_section_from_results_rows(tmp_path):
             f"{(10 - low) / (high - low):.2f} / 0.00).") in text
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| task |"))
-    assert header.split(" | ")[1:] == list(COLUMNS.values())[:-1] + ["PSEC |"]
+    marked = [f"{name} (raw/zero×0.0625+reg 1)" for name in ("NSEC", "ASEC", "PSEC")]
+    assert header.split(" | ")[1:] == list(COLUMNS.values())[:-3] + [
+        "NSEC", marked[0], "ASEC", marked[1], "PSEC", marked[2] + " |"]
+    assert "NSEC, ASEC and PSEC unmarked: α raw/newest+reg 1;" in text
     ballrun = next(line for line in lines if line.startswith("| BallRun |"))
     assert "**0.61** / 0.50 |" in ballrun  # the best safe reward is bold
     assert "0.90 / 4.00 †" in ballrun and "0.41 / 1.50 †" in ballrun

@@ -18,7 +18,8 @@ and their averages over the tasks. Here a row is a target (one env of
 * Fixed: the best start point of the constant α per target, "best" being the highest
   reward among the safe ones and the lowest cost when none is safe (the search tunes the
   fixed weights with the criterion of the table);
-* NSEC, ASEC, PSEC: the composing methods.
+* NSEC, ASEC, PSEC: the composing methods; with several α choices in the search, a
+  column per choice (the first unmarked, the others named by their α label).
 
 A cell is the mean over training seeds (n given when not every seed ran) of each trial's
 mean over evaluation episodes and seeds; the ± table below gives the std over training
@@ -122,11 +123,36 @@ class SafeTable:
     @property
     def columns(self) -> list[str]:
         methods = set(self.search.methods)
-        keys = [k for k in COLUMNS if k in methods or k not in _METHOD_KEYS]
+        keys = []
+        for key in COLUMNS:
+            if key in methods or key not in _METHOD_KEYS:
+                keys.append(key)
+                if key in _ALPHA_METHODS:
+                    keys += [f"{key}@{alpha_label(a)}" for a in self.search.alpha[1:]]
         return keys
 
 
 _METHOD_KEYS = {"bc", "fisor", "fixed", "nsec", "asec", "psec"}
+_ALPHA_METHODS = {"nsec", "asec", "psec"}
+"""Methods whose trials run at each of the search's α choices (Fixed has its own)."""
+
+
+def column_key(search: SearchSpec, point) -> str:
+    """The column of a trial's cell: its method, or `<method>@<α label>` for a composing
+    method at another α choice than the search's first."""
+    if point.method in _ALPHA_METHODS and point.alpha != search.alpha[0]:
+        return f"{point.method}@{alpha_label(point.alpha)}"
+    return point.method
+
+
+def heading(key: str) -> str:
+    """A column's heading: `PSEC`, or `PSEC (<α label>)` for another α choice."""
+    method, _, alpha = key.partition("@")
+    return f"{COLUMNS[method]} ({alpha})" if alpha else COLUMNS[method]
+
+
+def _is_trial_column(key: str) -> bool:
+    return key.partition("@")[0] in _METHOD_KEYS or key == "safety-skill"
 
 
 def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
@@ -159,7 +185,7 @@ def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
             if point.method == "fixed":
                 cell = fixed[point.target].setdefault(alpha_label(point.alpha), Cell())
             else:
-                cell = table.cells[point.target].setdefault(point.method, Cell())
+                cell = table.cells[point.target].setdefault(column_key(search, point), Cell())
             cell.reward.append(score.value)
             cell.cost.append(cost.value / threshold)
         # The new skill (the safety skill) is shared by every method with its seed.
@@ -203,7 +229,7 @@ def table_lines(table: SafeTable) -> list[str]:
     """The Table 1 layout: `reward / cost` per target and method, then the average."""
     columns = table.columns
     seeds = len(table.search.seeds)
-    head = ["| task | " + " | ".join(COLUMNS[c] for c in columns) + " |",
+    head = ["| task | " + " | ".join(heading(c) for c in columns) + " |",
             "| --- |" + " :---: |" * len(columns)]
     lines = list(head)
     for label, cells in table.cells.items():
@@ -235,8 +261,8 @@ def table_lines(table: SafeTable) -> list[str]:
 
 def spread_lines(table: SafeTable) -> list[str]:
     """Std over training seeds of each trial cell (`reward / cost`)."""
-    columns = [c for c in table.columns if c in _METHOD_KEYS or c == "safety-skill"]
-    lines = ["| task | " + " | ".join(COLUMNS[c] for c in columns) + " |",
+    columns = [c for c in table.columns if _is_trial_column(c)]
+    lines = ["| task | " + " | ".join(heading(c) for c in columns) + " |",
              "| --- |" + " :---: |" * len(columns)]
     for label, cells in table.cells.items():
         row = []
@@ -289,7 +315,11 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
               "the best reward among the safe cells of the row), mean over training seeds "
               f"{search.seeds} of each trial's mean over its evaluation episodes. BC-All and "
               "the reward skill are fitted once (the stream's seed).", ""]
-    lines += table_lines(table) + [""] + paper_lines(table) + [""]
+    lines += table_lines(table) + [""]
+    if len(search.alpha) > 1:
+        lines += [f"NSEC, ASEC and PSEC unmarked: α {alpha_label(search.alpha[0])}; the "
+                  "marked columns name their α choice.", ""]
+    lines += paper_lines(table) + [""]
     if table.fixed_choice:
         lines += ["Fixed: the start point of the constant α picked per task (then trained): "
                   + "; ".join(f"{label}: {alpha}" for label, alpha in table.fixed_choice.items())
