@@ -456,3 +456,23 @@ def test_a_fisor_trial_fits_both_critics_then_a_policy_ranked_by_the_safety_q(tm
     assert sorted(config["critics"]) == ["feasibility", "iql"]
     acting = load_acting(store, task.name, n_candidates=4)
     assert acting._rows_per_state == 4  # candidates ranked by a critic, not one sample
+
+
+def test_the_hazard_line_says_whether_alpha_follows_the_hazard_or_the_step():
+    """α and V_h(s) that both drift over an episode correlate with each other and with the
+    step alike: the line gives all three, so a reader can tell the two apart."""
+    from tune.alpha_trace import Trace, hazard_line
+
+    steps = np.arange(10, dtype=float)
+    hazard = np.array([-1.0, -1.0, 0.5, 1.0, -0.5, 2.0, 3.0, 2.5, 4.0, 5.0])
+    run = Trace(skills=["reward", "safety"],
+                alphas=np.stack([np.zeros(10), 1.0 - 0.05 * steps], axis=1),
+                rewards=np.ones(10), costs=np.zeros(10), hazard=hazard,
+                states=np.zeros((10, 7), np.float32))
+    line = hazard_line(run)
+    assert line.startswith("α of `safety` (the composer's own skill): 0.71 over the 7 steps "
+                           "with V_h(s) > 0; 0.92 over the 3 steps with V_h(s) ≤ 0.")
+    r_hazard = np.corrcoef(run.alphas[:, 1], hazard)[0, 1]
+    r_step = np.corrcoef(hazard, steps)[0, 1]
+    assert (f"its correlation with V_h(s) is {r_hazard:+.2f}, with the step -1.00 "
+            f"(V_h(s) with the step: {r_step:+.2f}).") in line

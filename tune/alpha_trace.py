@@ -100,7 +100,15 @@ def hazard_line(run: Trace) -> str | None:
     for label, mask in (("V_h(s) > 0", run.hazard > 0), ("V_h(s) ≤ 0", run.hazard <= 0)):
         parts.append(f"{own[mask].mean():.2f} over the {int(mask.sum())} steps with {label}"
                      if mask.any() else f"no step with {label}")
-    return f"α of `{run.skills[-1]}` (the composer's own skill): " + "; ".join(parts) + "."
+    line = f"α of `{run.skills[-1]}` (the composer's own skill): " + "; ".join(parts) + "."
+    if len(own) > 2 and own.std() > 0 and run.hazard.std() > 0:
+        # α may follow V_h(s) only because both change as the episode goes on.
+        steps = np.arange(len(own))
+        line += (f" Over the episode its correlation with V_h(s) is "
+                 f"{np.corrcoef(own, run.hazard)[0, 1]:+.2f}, with the step "
+                 f"{np.corrcoef(own, steps)[0, 1]:+.2f} (V_h(s) with the step: "
+                 f"{np.corrcoef(run.hazard, steps)[0, 1]:+.2f}).")
+    return line
 
 
 def plot_trace(search: SearchSpec, spec: AlphaTraceSpec, stream: StreamSpec, store,
