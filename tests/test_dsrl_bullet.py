@@ -476,3 +476,20 @@ def test_the_hazard_line_says_whether_alpha_follows_the_hazard_or_the_step():
     r_step = np.corrcoef(hazard, steps)[0, 1]
     assert (f"its correlation with V_h(s) is {r_hazard:+.2f}, with the step -1.00 "
             f"(V_h(s) with the step: {r_step:+.2f}).") in line
+
+
+def test_a_cell_of_one_training_seed_shows_no_spread():
+    """The std row of a method measured at one training seed says so instead of ± 0."""
+    from tune.safe_table import safe_table, spread_lines
+
+    search = _ballrun_only("small")
+    seed_of = {p.tag(): p.seed for p in enumerate_points(search)}
+    rows = [r for r in _rows(search, lambda p, skill: 0.5, lambda p, skill: 1.0)
+            if not (r.get("trial") and r["name"].endswith(r["trial"]) and
+                    r["name"].startswith("ballrun-safety_") and seed_of[r["trial"]] > 0)]
+    lines = spread_lines(safe_table(search, rows))
+    header = lines[0].split(" | ")
+    ballrun = lines[2].split(" | ")
+    assert ballrun[header.index("BC-Safe")] == "one seed"
+    assert ballrun[header.index("FISOR")] == "one seed"
+    assert ballrun[header.index("Safety skill")].startswith("± 0.00")

@@ -268,8 +268,12 @@ def spread_lines(table: SafeTable) -> list[str]:
         row = []
         for column in columns:
             cell = cells.get(column)
-            row.append("—" if cell is None or not cell.measured else
-                       f"± {_std(cell.reward):.2f} / ± {_std(cell.cost):.2f}")
+            if cell is None or not cell.measured:
+                row.append("—")
+            elif len(cell.reward) < 2:  # one training seed has no spread to show
+                row.append("one seed")
+            else:
+                row.append(f"± {_std(cell.reward):.2f} / ± {_std(cell.cost):.2f}")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     return lines
 
