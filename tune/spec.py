@@ -350,6 +350,11 @@ class SearchSpec(_Spec):
 
     # ---------------------------------------------------------------- scales
 
+    def target_methods(self, target: TargetSpec) -> list[str]:
+        """The methods run on `target`: the search's, narrowed to the target's own list
+        when it has one (a scale may have left some of those out), in the search's order."""
+        return [m for m in self.methods if m in (target.methods or self.methods)]
+
     def at_scale(self, name: str) -> SearchSpec:
         """A validated copy with scale `name` applied; SpecError listing the scales."""
         if name not in self.scales:
@@ -444,8 +449,7 @@ def _check_target_task(stream: StreamSpec, task: TaskSpec, index: int,
     if any(n is not None for n in search.data_episodes) and task.data.source != "generate":
         raise SpecError("data_episodes", f"target task {task.name!r} does not generate its "
                                          "data, so its trajectory count cannot be changed")
-    methods = search.targets[index].methods or search.methods
-    if "fisor" in methods and task.objective not in FEASIBILITY_OBJECTIVES:
+    if "fisor" in search.target_methods(search.targets[index]) and task.objective not in FEASIBILITY_OBJECTIVES:
         raise SpecError(field, f"method fisor weighs by a feasibility critic, which needs "
                                f"costs: target task {task.name!r} has objective "
                                f"{task.objective!r}, not one of "

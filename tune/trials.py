@@ -156,7 +156,7 @@ def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
     points: list[TrialPoint] = []
     for target in search.targets:
         task = find_composer(stream, target.composer, "targets")[0].name
-        for method in [m for m in search.methods if m in (target.methods or search.methods)]:
+        for method in search.target_methods(target):
             ranks: list[int | None] = ([None] if method == "mlp" or method in FROM_SCRATCH
                                        else list(search.ranks))
             if method in FROM_SCRATCH:
