@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         data_hazard = torch.cat([critic.value(torch.as_tensor(obs[i:i + 8192])).reshape(-1)
                                  for i in range(0, len(obs), 8192)]).numpy()
-    rows = neighbour_rows(run.states, run.hazard, obs, data_hazard, cost_ahead(costs, episodes),
-                          args.every, args.k)
+    ahead = cost_ahead(costs, episodes)
+    rows = neighbour_rows(run.states, run.hazard, obs, data_hazard, ahead, args.every, args.k)
     print(f"{args.composer}, episode seed {args.seed}: {len(run.states)} steps, cost "
           f"{run.costs.sum():.0f}, V_h(s) > 0 on {int((run.hazard > 0).sum())}; "
           f"{len(obs)} data states")
@@ -130,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nData states with no cost ahead, by steps left in their episode:\n")
     print("| steps to the episode's end | states | share with V_h > 0 |")
     print("| --- | ---: | ---: |")
-    for band, count, share in end_rows(data_hazard, cost_ahead(costs, episodes),
-                                       steps_to_end(episodes)):
+    for band, count, share in end_rows(data_hazard, ahead, steps_to_end(episodes)):
         print(f"| {band} | {count} | {share:.2f} |")
     return 0
 
