@@ -1,0 +1,163 @@
+"""Does a stored composer's α(s) move toward the safety skill near hazards (paper Fig. 5)?
+
+A composer's α trace (`tune.alpha_trace`) follows one of its own episodes, and a composer
+that never meets a hazard cannot show there how α(s) reacts to one. α(s) is a function of
+the state alone, so this evaluates it on every state of the data its task was fitted on,
+whose behaviour episodes do meet hazards, and groups the states by how far ahead the next
+cost of their own episode is: at it (a cost at this step), 1–10 steps before it, 11–100,
+more than 100, or none ahead. Per composer and skill it prints the mean α_i(s) of each
+group and its spread over all states; a composer that leans toward the safety skill near
+hazards has a larger safety α in the first groups than in the last. Where in an episode a
+state lies can move α as well (a trace may follow the step rather than the hazard), so a
+second table compares, for the composer's newest skill (the safety skill of a safe
+composition), the states at a cost with those with none ahead within each quarter of the
+episode.
+
+    python scripts/alpha_near_hazards.py --store stores/dsrl-carrun-paper carrun-psec_a73a72f5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hazard_neighbours import critic_data  # noqa: E402  (this folder's sibling script)
+
+BANDS = (("at a cost", 0, 0), ("1–10 before", 1, 10), ("11–100 before", 11, 100),
+         ("> 100 before", 101, None))
+"""State groups by steps to the next cost of their episode (low, high inclusive; None:
+unbounded); the last group, no cost ahead, is added by `groups`."""
+
+NO_COST_AHEAD = "no cost ahead"
+
+
+def steps_to_cost(costs: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+    """Per transition, steps until the next transition of its episode with a cost (0: a cost
+    at this one), or -1 when none follows in its episode ([N] int)."""
+    steps = np.full(len(costs), -1, dtype=np.int64)
+    for episode in np.unique(episodes):
+        index = np.flatnonzero(episodes == episode)
+        following = -1
+        for position in range(len(index) - 1, -1, -1):
+            if costs[index[position]] > 0:
+                following = position
+            steps[index[position]] = following - position if following >= 0 else -1
+    return steps
+
+
+def groups(to_cost: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks [N] of each band of BANDS and of NO_COST_AHEAD, in that order."""
+    masks = {}
+    for label, low, high in BANDS:
+        masks[label] = (to_cost >= low) & ((to_cost <= high) if high is not None else True)
+    masks[NO_COST_AHEAD] = to_cost < 0
+    return masks
+
+
+def steps_from_start(episodes: np.ndarray) -> np.ndarray:
+    """Per transition, its position in its episode (0: the first) ([N] int)."""
+    position = np.zeros(len(episodes), dtype=np.int64)
+    for episode in np.unique(episodes):
+        index = np.flatnonzero(episodes == episode)
+        position[index] = np.arange(len(index))
+    return position
+
+
+def quarters(position: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(label, mask [N]) of each quarter of the longest episode's steps."""
+    edges = np.linspace(0, position.max() + 1, 5).round().astype(int)
+    return [(f"steps {low}–{high - 1}", (position >= low) & (position < high))
+            for low, high in zip(edges[:-1], edges[1:])]
+
+
+def within_quarters(alpha: np.ndarray, masks: dict[str, np.ndarray],
+                    bands: list[tuple[str, np.ndarray]]) -> list[tuple[float, float]]:
+    """Per quarter, (mean α at a cost, mean α with no cost ahead); NaN for no states."""
+    at_cost, none_ahead = masks[BANDS[0][0]], masks[NO_COST_AHEAD]
+    return [tuple(float(alpha[band & mask].mean()) if (band & mask).any() else float("nan")
+                  for mask in (at_cost, none_ahead)) for _, band in bands]
+
+
+def group_means(alpha: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean of alpha [N] over each group's states (NaN for an empty group)."""
+    return {label: float(alpha[mask].mean()) if mask.any() else float("nan")
+            for label, mask in masks.items()}
+
+
+def composer_alphas(composer, obs: np.ndarray, batch: int = 8192) -> np.ndarray:
+    """α(s) of `composer` on raw states obs [N, S]: [N, k], k its skills."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([composer.alpha(torch.as_tensor(obs[i:i + batch]))
+                          for i in range(0, len(obs), batch)]).numpy()
+
+
+def alpha_start(store, name: str) -> str:
+    """How composer `name`'s α was set up (its spec's alpha: output, init, scale)."""
+    composers = (store.entry(name).task_spec or {}).get("composers") or []
+    spec = next((c for c in composers if c.get("name") == name), {})
+    alpha = spec.get("alpha") or {}
+    scale = alpha.get("scale", 1.0)
+    return (f"{spec.get('mode', '?')} {alpha.get('output', '?')}/{alpha.get('init', '?')}"
+            + (f"×{scale:g}" if scale != 1.0 else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from library.errors import StoreError
+    from library.store import SkillStore
+    from pipeline.acting import load_composer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", required=True, help="store holding the composers")
+    parser.add_argument("composers", nargs="+", help="stored composers on tasks with costs")
+    args = parser.parse_args(argv)
+    store = SkillStore(args.store)
+    header = ""
+    labels = [label for label, _, _ in BANDS] + [NO_COST_AHEAD]
+    newest_rows: list[str] = []
+    newest_header = ""
+    for name in args.composers:
+        try:
+            composer = load_composer(store, name)
+            obs, costs, episodes = critic_data(store, name)
+        except StoreError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        masks = groups(steps_to_cost(costs, episodes))
+        counts = ", ".join(f"{label} {int(mask.sum())}" for label, mask in masks.items())
+        if counts != header:  # another task's data: a table of its own
+            print(f"{chr(10) if header else ''}{len(obs)} data states of {name}'s task, by "
+                  f"steps to the next cost of their episode: {counts}\n")
+            print("| composer | α | skill | " + " | ".join(labels)
+                  + " | spread over states |")
+            print("| --- | --- | --- | " + " | ".join("---:" for _ in labels) + " | ---: |")
+            header = counts
+        alpha = composer_alphas(composer, obs)
+        start = alpha_start(store, name)
+        bands = quarters(steps_from_start(episodes))
+        newest_header = newest_header or (
+            "| composer | α | skill | " + " | ".join(label for label, _ in bands) + " |\n"
+            + "| --- | --- | --- | " + " | ".join("---:" for _ in bands) + " |")
+        pairs = within_quarters(alpha[:, -1], masks, bands)
+        newest_rows.append(f"| {name} | {start} | {composer.skills[-1]} | "
+                           + " | ".join(f"{cost:+.2f} / {none:+.2f}" for cost, none in pairs)
+                           + " |")
+        for index, skill in enumerate(composer.skills):
+            means = group_means(alpha[:, index], masks)
+            print(f"| {name} | {start} | {skill} | "
+                  + " | ".join(f"{means[label]:+.3f}" for label in labels)
+                  + f" | {alpha[:, index].std():.3f} |")
+    print("\nThe newest skill's α(s) within each quarter of the episode: at a cost / no cost "
+          "ahead\n")
+    print(newest_header)
+    print("\n".join(newest_rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""scripts/alpha_near_hazards.py: data states grouped by the next cost of their episode,
+and α(s) compared inside each quarter of the episode."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "alpha_near_hazards.py")
+_spec = importlib.util.spec_from_file_location("alpha_near_hazards", _PATH)
+alpha_near_hazards = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(alpha_near_hazards)
+
+
+def test_steps_to_cost_count_down_to_the_next_cost_of_the_same_episode():
+    costs = np.array([0, 0, 1, 0, 1, 0, 0, 0, 2], dtype=np.float32)
+    episodes = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1])
+    # Episode 0: costs at its steps 2 and 4, none after step 4; episode 1: at its step 2.
+    assert alpha_near_hazards.steps_to_cost(costs, episodes).tolist() == [2, 1, 0, 1, 0, -1,
+                                                                          2, 1, 0]
+
+
+def test_groups_split_every_state_into_one_band():
+    to_cost = np.array([0, 1, 10, 11, 100, 101, 5000, -1])
+    masks = alpha_near_hazards.groups(to_cost)
+    assert list(masks) == ["at a cost", "1–10 before", "11–100 before", "> 100 before",
+                           "no cost ahead"]
+    assert [int(np.flatnonzero(mask).sum()) for mask in masks.values()] == [0, 1 + 2, 3 + 4,
+                                                                          5 + 6, 7]
+    assert sum(mask.astype(int) for mask in masks.values()).tolist() == [1] * len(to_cost)
+
+
+def test_quarters_compare_costly_and_safe_states_at_the_same_time_of_the_episode():
+    # Two episodes of 8 steps; the safety weight falls with the step, and is 0.5 lower at
+    # a cost: over all states the cost groups would mix both effects, per quarter only the
+    # cost's remains.
+    episodes = np.repeat([0, 1], 8)
+    position = alpha_near_hazards.steps_from_start(episodes)
+    assert position.tolist() == list(range(8)) * 2
+    costs = np.zeros(16)
+    costs[[6, 7]] = 1.0  # episode 0 violates at its end; episode 1 never
+    alpha = 1.0 - position / 8 - 0.5 * costs
+    masks = alpha_near_hazards.groups(alpha_near_hazards.steps_to_cost(costs, episodes))
+    bands = alpha_near_hazards.quarters(position)
+    assert [label for label, _ in bands] == ["steps 0–1", "steps 2–3", "steps 4–5",
+                                             "steps 6–7"]
+    pairs = alpha_near_hazards.within_quarters(alpha, masks, bands)
+    assert all(np.isnan(cost) for cost, _ in pairs[:3])  # no cost before step 6
+    at_cost, none_ahead = pairs[3]
+    assert none_ahead == pytest.approx(1.0 - 6.5 / 8)  # episode 1's steps 6 and 7
+    assert at_cost == pytest.approx(none_ahead - 0.5)
+    means = alpha_near_hazards.group_means(alpha, masks)
+    assert means["at a cost"] == pytest.approx(at_cost)
+    assert np.isnan(means["> 100 before"])
+
+
+def test_a_composer_the_store_lacks_is_one_line_and_creates_no_store(tmp_path, capsys):
+    store = tmp_path / "none"
+    assert alpha_near_hazards.main(["--store", str(store), "nothing"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: no item named 'nothing' in the store "
+                                               "(it is empty)")
+    assert not store.exists()
