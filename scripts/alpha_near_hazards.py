@@ -11,7 +11,9 @@ hazards has a larger safety α in the first groups than in the last. Where in an
 state lies can move α as well (a trace may follow the step rather than the hazard), so a
 second table compares, for the composer's newest skill (the safety skill of a safe
 composition), the states at a cost with those with none ahead within each quarter of the
-episode.
+episode. The first table's last column counts the states the composer trained on (its
+subset of the data, `ComposerSpec.data`) and how many of them have a cost ahead: α(s)
+learns nothing about hazards its training states do not reach.
 
     python scripts/alpha_near_hazards.py --store stores/dsrl-carrun-paper carrun-psec_a73a72f5
 """
@@ -25,7 +27,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hazard_neighbours import critic_data  # noqa: E402  (this folder's sibling script)
+from hazard_neighbours import critic_table, table_arrays  # noqa: E402  (sibling script)
 
 BANDS = (("at a cost", 0, 0), ("1–10 before", 1, 10), ("11–100 before", 11, 100),
          ("> 100 before", 101, None))
@@ -97,10 +99,25 @@ def composer_alphas(composer, obs: np.ndarray, batch: int = 8192) -> np.ndarray:
                           for i in range(0, len(obs), batch)]).numpy()
 
 
-def alpha_start(store, name: str) -> str:
-    """How composer `name`'s α was set up (its spec's alpha: output, init, scale)."""
+def composer_spec(store, name: str) -> dict:
+    """Composer `name`'s entry in its task's spec ({} when the spec does not hold it)."""
     composers = (store.entry(name).task_spec or {}).get("composers") or []
-    spec = next((c for c in composers if c.get("name") == name), {})
+    return next((c for c in composers if c.get("name") == name), {})
+
+
+def trained_near_cost(table, spec: dict, name: str) -> str:
+    """"<states> / <of them with a cost ahead>" of the subset of `table` that the composer
+    `name` with spec `spec` trains on."""
+    from tasks.spec_sections import ComposerData
+    from tasks.subsets import composer_subset
+
+    subset = composer_subset(table, ComposerData(**(spec.get("data") or {})), name)
+    _, costs, episodes = table_arrays(subset)
+    return f"{len(costs)} / {int((steps_to_cost(costs, episodes) >= 0).sum())}"
+
+
+def alpha_start(spec: dict) -> str:
+    """How a composer's α was set up, from its spec: mode, output/init, scale."""
     alpha = spec.get("alpha") or {}
     scale = alpha.get("scale", 1.0)
     return (f"{spec.get('mode', '?')} {alpha.get('output', '?')}/{alpha.get('init', '?')}"
@@ -124,21 +141,24 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.composers:
         try:
             composer = load_composer(store, name)
-            obs, costs, episodes = critic_data(store, name)
+            table = critic_table(store, name)
         except StoreError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        obs, costs, episodes = table_arrays(table)
         masks = groups(steps_to_cost(costs, episodes))
         counts = ", ".join(f"{label} {int(mask.sum())}" for label, mask in masks.items())
         if counts != header:  # another task's data: a table of its own
             print(f"{chr(10) if header else ''}{len(obs)} data states of {name}'s task, by "
                   f"steps to the next cost of their episode: {counts}\n")
             print("| composer | α | skill | " + " | ".join(labels)
-                  + " | spread over states |")
-            print("| --- | --- | --- | " + " | ".join("---:" for _ in labels) + " | ---: |")
+                  + " | spread over states | trained on: states / with a cost ahead |")
+            print("| --- | --- | --- | " + " | ".join("---:" for _ in labels)
+                  + " | ---: | ---: |")
             header = counts
         alpha = composer_alphas(composer, obs)
-        start = alpha_start(store, name)
+        spec = composer_spec(store, name)
+        start, trained = alpha_start(spec), trained_near_cost(table, spec, name)
         bands = quarters(steps_from_start(episodes))
         newest_header = newest_header or (
             "| composer | α | skill | " + " | ".join(label for label, _ in bands) + " |\n"
@@ -151,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             means = group_means(alpha[:, index], masks)
             print(f"| {name} | {start} | {skill} | "
                   + " | ".join(f"{means[label]:+.3f}" for label in labels)
-                  + f" | {alpha[:, index].std():.3f} |")
+                  + f" | {alpha[:, index].std():.3f} | {trained} |")
     print("\nThe newest skill's α(s) within each quarter of the episode: at a cost / no cost "
           "ahead\n")
     print(newest_header)

@@ -69,9 +69,9 @@ def end_rows(data_hazard: np.ndarray, ahead: np.ndarray, left: np.ndarray,
     return rows
 
 
-def critic_data(store, name: str):
-    """(obs, costs, episodes) of the dataset composer `name`'s feasibility critic was
-    fitted on: its task's, as that task's fit read it."""
+def critic_table(store, name: str):
+    """The dataset composer `name`'s feasibility critic was fitted on (a pyarrow table with
+    costs): its task's, as that task's fit read it."""
     from library.errors import StoreError
     from pipeline.evaluation import stored_task
     from pipeline.plan import dataset_name
@@ -84,8 +84,18 @@ def critic_data(store, name: str):
     table = fit_table(store, task, dataset_name(task))
     if "costs" not in table.column_names:
         raise StoreError(f"the data of task {task.name!r} record no costs")
+    return table
+
+
+def table_arrays(table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(obs [N, S] float32, costs [N], episodes [N]) of a dataset table with costs."""
     obs = np.stack(table.column("obs").to_numpy(zero_copy_only=False)).astype(np.float32)
     return (obs, table.column("costs").to_numpy(), table.column("episode").to_numpy())
+
+
+def critic_data(store, name: str):
+    """(obs, costs, episodes) of `critic_table(store, name)`."""
+    return table_arrays(critic_table(store, name))
 
 
 def main(argv: list[str] | None = None) -> int:

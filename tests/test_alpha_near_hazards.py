@@ -61,3 +61,25 @@ def test_a_composer_the_store_lacks_is_one_line_and_creates_no_store(tmp_path, c
     assert capsys.readouterr().err.strip() == ("error: no item named 'nothing' in the store "
                                                "(it is empty)")
     assert not store.exists()
+
+
+def test_the_trained_on_column_counts_the_composers_subset_and_its_states_before_a_cost():
+    from tasks.dataset import to_table
+
+    # Three episodes of 4 steps: episode 0 best and costly (2 costly steps), episode 1
+    # second and safe, episode 2 worst and safe. The paper's selection (top 1 among those
+    # with cost <= 1) trains on episode 1 alone: 4 states, none before a cost.
+    n = 12
+    episodes = np.repeat([0, 1, 2], 4)
+    rewards = np.repeat([3.0, 2.0, 1.0], 4).astype(np.float32)
+    costs = np.zeros(n, dtype=np.float32)
+    costs[[2, 3]] = 1.0
+    table = to_table({"obs": np.zeros((n, 3), np.float32), "actions": np.zeros((n, 1), np.float32),
+                      "rewards": rewards, "costs": costs, "next_obs": np.zeros((n, 3), np.float32),
+                      "terminals": np.zeros(n, bool), "timeouts": np.tile([0, 0, 0, 1], 3).astype(bool),
+                      "episode": episodes})
+    spec = {"data": {"top_episodes": 1, "max_episode_cost": 1}}
+    assert alpha_near_hazards.trained_near_cost(table, spec, "c") == "4 / 0"
+    assert alpha_near_hazards.trained_near_cost(table, {}, "c") == "12 / 4"  # all: 0's steps 0–3
+    assert alpha_near_hazards.alpha_start({"mode": "parameter", "alpha": {
+        "output": "raw", "init": "zero", "scale": 0.0625}}) == "parameter raw/zero×0.0625"
