@@ -15,6 +15,9 @@ episode. The first table's last column counts the states the composer trained on
 subset of the data, `ComposerSpec.data`) and how many of them have a cost ahead: α(s)
 learns nothing about hazards its training states do not reach.
 
+`--plot PATH` draws, per composer, the newest skill's mean α(s) at each step of the
+episode over the states at a cost and over those with no cost ahead.
+
     python scripts/alpha_near_hazards.py --store stores/dsrl-carrun-paper carrun-psec_a73a72f5
 """
 
@@ -84,6 +87,38 @@ def within_quarters(alpha: np.ndarray, masks: dict[str, np.ndarray],
                   for mask in (at_cost, none_ahead)) for _, band in bands]
 
 
+def by_step(alpha: np.ndarray, position: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of alpha [N] over the states of `mask` at each episode step 0..max (NaN where
+    none): [max position + 1]."""
+    length = int(position.max()) + 1
+    total = np.bincount(position[mask], weights=alpha[mask], minlength=length)
+    count = np.bincount(position[mask], minlength=length)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def plot(path: str, curves: list[tuple[str, str, np.ndarray, np.ndarray]]) -> None:
+    """One panel per composer (name, skill, mean α at a cost by step, with no cost ahead)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False,
+                             sharey=True)
+    for ax, (title, skill, at_cost, none_ahead) in zip(axes[0], curves):
+        ax.plot(at_cost, color="tab:red", label="states at a cost")
+        ax.plot(none_ahead, color="tab:green", label="no cost ahead")
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step of the episode")
+        ax.set_ylabel(f"α of {skill}", fontsize=8)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def group_means(alpha: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float]:
     """Mean of alpha [N] over each group's states (NaN for an empty group)."""
     return {label: float(alpha[mask].mean()) if mask.any() else float("nan")
@@ -132,12 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True, help="store holding the composers")
     parser.add_argument("composers", nargs="+", help="stored composers on tasks with costs")
+    parser.add_argument("--plot", default=None, help="also draw α by step into this PNG")
     args = parser.parse_args(argv)
     store = SkillStore(args.store)
     header = ""
     labels = [label for label, _, _ in BANDS] + [NO_COST_AHEAD]
     newest_rows: list[str] = []
     newest_header = ""
+    curves = []
     for name in args.composers:
         try:
             composer = load_composer(store, name)
@@ -159,11 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         alpha = composer_alphas(composer, obs)
         spec = composer_spec(store, name)
         start, trained = alpha_start(spec), trained_near_cost(table, spec, name)
-        bands = quarters(steps_from_start(episodes))
+        position = steps_from_start(episodes)
+        bands = quarters(position)
         newest_header = newest_header or (
             "| composer | α | skill | " + " | ".join(label for label, _ in bands) + " |\n"
             + "| --- | --- | --- | " + " | ".join("---:" for _ in bands) + " |")
         pairs = within_quarters(alpha[:, -1], masks, bands)
+        curves.append((f"{name}\n{start}", composer.skills[-1],
+                       by_step(alpha[:, -1], position, masks[BANDS[0][0]]),
+                       by_step(alpha[:, -1], position, masks[NO_COST_AHEAD])))
         newest_rows.append(f"| {name} | {start} | {composer.skills[-1]} | "
                            + " | ".join(f"{cost:+.2f} / {none:+.2f}" for cost, none in pairs)
                            + " |")
@@ -176,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
           "ahead\n")
     print(newest_header)
     print("\n".join(newest_rows))
+    if args.plot:
+        plot(args.plot, curves)
     return 0
 
 

@@ -83,3 +83,14 @@ def test_the_trained_on_column_counts_the_composers_subset_and_its_states_before
     assert alpha_near_hazards.trained_near_cost(table, {}, "c") == "12 / 4"  # all: 0's steps 0–3
     assert alpha_near_hazards.alpha_start({"mode": "parameter", "alpha": {
         "output": "raw", "init": "zero", "scale": 0.0625}}) == "parameter raw/zero×0.0625"
+
+
+def test_by_step_averages_the_masked_states_of_each_step_and_plots(tmp_path):
+    position = np.array([0, 1, 2, 0, 1, 2])
+    alpha = np.array([1.0, 2.0, 3.0, 3.0, 4.0, 5.0])
+    mask = np.array([True, True, False, True, False, False])
+    means = alpha_near_hazards.by_step(alpha, position, mask)
+    assert means[:2].tolist() == [2.0, 2.0] and np.isnan(means[2])
+    path = tmp_path / "alpha.png"
+    alpha_near_hazards.plot(str(path), [("c\nparameter raw/newest", "safety", means, means)])
+    assert path.stat().st_size > 0
