@@ -30,7 +30,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hazard_neighbours import critic_table, table_arrays  # noqa: E402  (sibling script)
+from hazard_neighbours import critic_table, steps_to_cost, table_arrays  # noqa: E402
 
 BANDS = (("at a cost", 0, 0), ("1–10 before", 1, 10), ("11–100 before", 11, 100),
          ("> 100 before", 101, None))
@@ -38,20 +38,6 @@ BANDS = (("at a cost", 0, 0), ("1–10 before", 1, 10), ("11–100 before", 11, 
 unbounded); the last group, no cost ahead, is added by `groups`."""
 
 NO_COST_AHEAD = "no cost ahead"
-
-
-def steps_to_cost(costs: np.ndarray, episodes: np.ndarray) -> np.ndarray:
-    """Per transition, steps until the next transition of its episode with a cost (0: a cost
-    at this one), or -1 when none follows in its episode ([N] int)."""
-    steps = np.full(len(costs), -1, dtype=np.int64)
-    for episode in np.unique(episodes):
-        index = np.flatnonzero(episodes == episode)
-        following = -1
-        for position in range(len(index) - 1, -1, -1):
-            if costs[index[position]] > 0:
-                following = position
-            steps[index[position]] = following - position if following >= 0 else -1
-    return steps
 
 
 def groups(to_cost: np.ndarray) -> dict[str, np.ndarray]:

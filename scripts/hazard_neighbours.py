@@ -22,13 +22,24 @@ import sys
 import numpy as np
 
 
-def cost_ahead(costs: np.ndarray, episodes: np.ndarray) -> np.ndarray:
-    """Per transition, whether its episode has a cost at this step or later (bool [N])."""
-    ahead = np.zeros(len(costs), dtype=bool)
+def steps_to_cost(costs: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+    """Per transition, steps until the next transition of its episode with a cost (0: a cost
+    at this one), or -1 when none follows in its episode ([N] int)."""
+    steps = np.full(len(costs), -1, dtype=np.int64)
     for episode in np.unique(episodes):
         index = np.flatnonzero(episodes == episode)
-        ahead[index] = np.maximum.accumulate((costs[index] > 0)[::-1])[::-1]
-    return ahead
+        costly = np.flatnonzero(costs[index] > 0)
+        if len(costly):
+            # The first costly position at or after each position (searchsorted, left).
+            following = np.searchsorted(costly, np.arange(len(index)))
+            ahead = following < len(costly)
+            steps[index[ahead]] = costly[following[ahead]] - np.flatnonzero(ahead)
+    return steps
+
+
+def cost_ahead(costs: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+    """Per transition, whether its episode has a cost at this step or later (bool [N])."""
+    return steps_to_cost(costs, episodes) >= 0
 
 
 def neighbour_rows(states: np.ndarray, hazard: np.ndarray, data_obs: np.ndarray,
