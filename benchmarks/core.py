@@ -4,6 +4,7 @@
     python -m benchmarks.core --json --quick  # a few repetitions, for tests
     python -m benchmarks.core --json --device cuda   # the same on a GPU (the default there)
     python -m benchmarks.core --json --only weighted # the weighted skills' figures alone
+    python -m benchmarks.core --json --only critics  # the critics' figures alone
 
 Training (batch 1024 and 256, hidden 256): the base (every weight trains), one LoRA skill
 (rank 8) on a frozen base, and a composer over k=3 skills (parameter level, only α(s)
@@ -28,6 +29,13 @@ advantage weights over frozen critics, its weights looked up in the table of its
 (`_PolicyLearner.weight_table`: one critic pass over the data per fit, the default) against
 weighing every batch with the critics' forward passes, the two timed in turn;
 `weighted_table_speedup` = tabled ÷ per batch.
+
+Critics (batch 2048, the DSRL fits' batch; hidden 256, 2 layers): IQL reward critics,
+the feasibility (HJ) critic, and both on the same batches as FISOR's and a
+reward+feasibility task's critics stage fits them (`CriticLearner`), through the same loop
+and against the same kind of ceiling: `critic_step_flops` counts 6·P·B for the trained
+Q twins and V and 2·P·B for the no-grad passes of a TD target (the target Q twins, and V at
+the next states), and the GEMM rate is timed at the critics' layer shapes.
 
 Latency (full T=5 sampling, batch 1 and 50): the base alone; one LoRA skill switched on
 with `use_skills` (unmerged — its adapters run beside the base like the composer's do);
@@ -85,15 +93,17 @@ def batch(size: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(size, OBS_DIM, generator=g), torch.rand(size, ACT_DIM, generator=g) * 2 - 1
 
 
-def training_data(n: int = 20_000) -> OfflineData:
-    """Random transitions of the benchmark's dims (the step's cost does not depend on them)."""
+def training_data(n: int = 20_000, costs: bool = False) -> OfflineData:
+    """Random transitions of the benchmark's dims (the step's cost does not depend on them);
+    with `costs`, a cost on a tenth of them."""
     rng = np.random.default_rng(2)
     obs = rng.normal(size=(n, OBS_DIM)).astype(np.float32)
     return OfflineData.from_arrays(
         obs=obs, actions=rng.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32),
         rewards=rng.normal(size=n).astype(np.float32), next_obs=obs,
         terminals=np.zeros(n, bool), timeouts=np.arange(n) % 1000 == 999,
-        episode=np.arange(n) // 1000)
+        episode=np.arange(n) // 1000,
+        costs=(rng.random(n) < 0.1).astype(np.float32) if costs else None)
 
 
 def learners(hidden: int = 256, device: str = "cpu") -> dict[str, Callable[[], Learner]]:
@@ -142,12 +152,15 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def gemm_rate(policy: DiffusionPolicy, batch_size: int, seconds: float = 1.5,
-              device: str = "cpu") -> float:
-    """The machine's fp32 GEMM rate (FLOP/s) at the shapes of one train step of `policy`:
-    each Linear layer's forward [B, in]·[in, out], input gradient [B, out]·[out, in] and
-    weight gradient [out, B]·[B, in], timed together, best of repeated rounds."""
-    shapes = [(m.in_features, m.out_features) for m in base_linears(policy)]
+def gemm_rate(policy: torch.nn.Module, batch_size: int, seconds: float = 1.5,
+              device: str = "cpu",
+              linears: Callable[[torch.nn.Module], list[torch.nn.Linear]] = base_linears
+              ) -> float:
+    """The machine's fp32 GEMM rate (FLOP/s) at the shapes of one train step of `policy`
+    (its layers as `linears` lists them: the policy's own by default): each Linear layer's
+    forward [B, in]·[in, out], input gradient [B, out]·[out, in] and weight gradient
+    [out, B]·[B, in], timed together, best of repeated rounds."""
+    shapes = [(m.in_features, m.out_features) for m in linears(policy)]
     g = torch.Generator().manual_seed(4)
     work = []
     for fan_in, fan_out in shapes:
@@ -295,6 +308,69 @@ def weighted_figures(steps: int, batch_size: int = 2048, device: str = "cpu") ->
     return rows
 
 
+CRITIC_BATCH = 2048
+"""Batch of the critics' figures (the DSRL critics' batch at the paper scale)."""
+
+
+def critic_learners(device: str = "cpu") -> dict[str, Callable[[], Learner]]:
+    """Fresh critic learners as a critics stage builds them: IQL, feasibility, both."""
+    from library.critics import CriticConfig, FeasibilityConfig, FeasibilityCritic, IQLCritics
+    from library.learners import CriticLearner
+
+    normalizer = StateNormalizer.from_data(
+        torch.randn(4096, OBS_DIM, generator=torch.Generator().manual_seed(0)))
+
+    def iql() -> IQLCritics:
+        return IQLCritics(CriticConfig(obs_dim=OBS_DIM, act_dim=ACT_DIM), normalizer)
+
+    def feasibility() -> FeasibilityCritic:
+        return FeasibilityCritic(FeasibilityConfig(obs_dim=OBS_DIM, act_dim=ACT_DIM), normalizer)
+
+    def make(*parts: str) -> Callable[[], Learner]:
+        def learner() -> Learner:
+            torch.manual_seed(6)
+            return CriticLearner(iql() if "iql" in parts else None,
+                                 feasibility() if "feasibility" in parts else None).to(device)
+        return learner
+
+    return {"iql": make("iql"), "feasibility": make("feasibility"),
+            "iql+feasibility": make("iql", "feasibility")}
+
+
+def critic_step_flops(learner: Learner, batch_size: int) -> float:
+    """Multiply-adds ×2 of one critic step's GEMMs (see the module doc): 6·P·B for the
+    trained Q twins and V, 2·P·B for each no-grad pass (target Q twins, V at next states)."""
+    flops = 0.0
+    for critic in learner.critics.values():
+        q = sum(m.weight.numel() for m in critic.q_nets.modules() if isinstance(m, torch.nn.Linear))
+        v = sum(m.weight.numel() for m in critic.value_net.modules()
+                if isinstance(m, torch.nn.Linear))
+        flops += (6.0 * (q + v) + 2.0 * (q + v)) * batch_size
+    return flops
+
+
+def all_linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
+    """Every Linear layer of `module` (a critic learner's: Q twins, their targets, V)."""
+    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def critic_figures(steps: int, batch_size: int = CRITIC_BATCH, device: str = "cpu") -> list[dict]:
+    """Critic steps/s through the real loop, and the fraction of the GEMM ceiling."""
+    data = training_data(costs=True).to(device)
+    rows = []
+    for what, make in critic_learners(device).items():
+        learner = make()
+        flops = critic_step_flops(learner, batch_size)
+        ceiling = gemm_rate(learner.module, batch_size, device=device, linears=all_linears) / flops
+        measured = train_rate(make, data, batch_size, steps)
+        rows.append({"name": "critic_steps_per_s", "what": what, "batch": batch_size,
+                     "value": _rounded(measured, 2), "unit": "steps/s",
+                     "ceiling": round(ceiling, 1),
+                     "fraction_of_ceiling": _rounded(measured / ceiling, 3),
+                     "step_gflop": round(flops / 1e9, 3), "hidden": 256, "steps": steps})
+    return rows
+
+
 def interleaved_times(
     fns: dict[str, Callable[[], object]], reps: int, warmup: int = 5, budget_s: float = 15.0
 ) -> dict[str, list[float]]:
@@ -370,8 +446,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the networks and data live (default: cuda when present)")
-    parser.add_argument("--only", choices=("weighted",),
-                        help="one group of figures alone: `weighted` (the weighted skills')")
+    parser.add_argument("--only", choices=("weighted", "critics"),
+                        help="one group of figures alone: `weighted` (the weighted skills') "
+                             "or `critics`")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     steps = 3 if args.quick else 100
@@ -384,7 +461,10 @@ def main(argv: list[str] | None = None) -> None:
                       if row["name"] == "train_steps_per_s" and row["what"] == "lora_r8")
         rows += stacked_figures(steps, single, ks=(2,) if args.quick else (2, 8),
                                 device=args.device)
-    rows += weighted_figures(steps // 2 if steps > 3 else steps, device=args.device)
+    if args.only in (None, "weighted"):
+        rows += weighted_figures(steps // 2 if steps > 3 else steps, device=args.device)
+    if args.only in (None, "critics"):
+        rows += critic_figures(steps // 2 if steps > 3 else steps, device=args.device)
     for row in rows:
         row["threads"], row["device"] = args.threads, args.device
         if args.json:

@@ -27,6 +27,13 @@ def test_quick_run_prints_all_figures(capsys):
                              "lora_r8 advantage, weights per batch"}
     assert all(row["batch"] == 2048 for row in weighted.values())
     assert "weighted_table_speedup" in {row["name"] for row in rows}
+    critics = {row["what"]: row for row in rows if row["name"] == "critic_steps_per_s"}
+    assert set(critics) == {"iql", "feasibility", "iql+feasibility"}
+    # Q twins (30·256 + 256·256 + 256 weights each) and V (24·256 + 256·256 + 256): 6·P·B
+    # trained, 2·P·B for the TD target's target twins and V(s'), at batch 2048.
+    assert critics["iql"]["step_gflop"] == pytest.approx(8 * 218_880 * 2048 / 1e9, abs=1e-3)
+    assert critics["iql+feasibility"]["step_gflop"] == pytest.approx(
+        2 * critics["feasibility"]["step_gflop"], abs=1e-3)
     [two] = [row for row in rows if row["name"] == "stacked_fit_steps_per_s"]
     assert two["fits"] == 2 and two["batch"] == 1024
     if two["fraction_of_one_fit"] is not None:  # None: the machine too disturbed to measure
