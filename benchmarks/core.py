@@ -337,21 +337,20 @@ def critic_learners(device: str = "cpu") -> dict[str, Callable[[], Learner]]:
             "iql+feasibility": make("iql", "feasibility")}
 
 
+def all_linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
+    """Every Linear layer of `module` (a critic learner's: Q twins, their targets, V)."""
+    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
 def critic_step_flops(learner: Learner, batch_size: int) -> float:
     """Multiply-adds ×2 of one critic step's GEMMs (see the module doc): 6·P·B for the
     trained Q twins and V, 2·P·B for each no-grad pass (target Q twins, V at next states)."""
     flops = 0.0
     for critic in learner.critics.values():
-        q = sum(m.weight.numel() for m in critic.q_nets.modules() if isinstance(m, torch.nn.Linear))
-        v = sum(m.weight.numel() for m in critic.value_net.modules()
-                if isinstance(m, torch.nn.Linear))
+        q = sum(m.weight.numel() for m in all_linears(critic.q_nets))
+        v = sum(m.weight.numel() for m in all_linears(critic.value_net))
         flops += (6.0 * (q + v) + 2.0 * (q + v)) * batch_size
     return flops
-
-
-def all_linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
-    """Every Linear layer of `module` (a critic learner's: Q twins, their targets, V)."""
-    return [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
 
 
 def critic_figures(steps: int, batch_size: int = CRITIC_BATCH, device: str = "cpu") -> list[dict]:
