@@ -1,19 +1,14 @@
 """scripts/alpha_loss_profile.py: a composer's training loss along α, on common draws."""
 
-import importlib.util
-import os
-
 import pytest
 import torch
 from library_builders import ACT_DIM, add_trained_looking_skill, observations, tiny_policy
+from script_modules import load_script
 
 from library.composition import Composer
 from library.lora import add_skill, use_skills
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "alpha_loss_profile.py")
-_spec = importlib.util.spec_from_file_location("alpha_loss_profile", _PATH)
-alpha_loss_profile = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(alpha_loss_profile)
+alpha_loss_profile = load_script("alpha_loss_profile")
 
 
 def composer_over(old_is_zero: bool) -> Composer:

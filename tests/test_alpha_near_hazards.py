@@ -1,16 +1,11 @@
 """scripts/alpha_near_hazards.py: data states grouped by the next cost of their episode,
 and α(s) compared inside each quarter of the episode."""
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
+from script_modules import load_script
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "alpha_near_hazards.py")
-_spec = importlib.util.spec_from_file_location("alpha_near_hazards", _PATH)
-alpha_near_hazards = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(alpha_near_hazards)
+alpha_near_hazards = load_script("alpha_near_hazards")
 
 
 def test_steps_to_cost_count_down_to_the_next_cost_of_the_same_episode():

@@ -1,14 +1,13 @@
 """scripts/alpha_score_sweep.py: a parameter-level composer's base + skill at constant α,
 rolled out as the task's evaluation does, with the composer's loss there."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 from library_builders import add_trained_looking_skill
 from pipeline_builders import PlainStore, stand_base_with_walk_skill, tiny_task
+from script_modules import load_script
 
 from library.critics import CriticConfig, IQLCritics
 from library.serialization import dump_critics, dump_skill, load_base, split_item
@@ -17,10 +16,7 @@ from pipeline.plan import plan_task
 from pipeline.stages import UnitContext
 from tasks.spec import dump, parse_task
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "alpha_score_sweep.py")
-_spec = importlib.util.spec_from_file_location("alpha_score_sweep", _PATH)
-sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
+sweep = load_script("alpha_score_sweep")
 
 
 @pytest.fixture

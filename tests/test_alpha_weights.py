@@ -1,12 +1,10 @@
 """scripts/alpha_weights.py (a stored composer's α over its task's first states, or the
 last values its fit logged) and pipeline.tblog's readers of those logs."""
 
-import importlib.util
-import os
-
 import pytest
 import torch
 from pipeline_builders import PlainStore, stand_base_with_walk_skill, tiny_task
+from script_modules import load_script
 
 from library.errors import StoreError
 from pipeline.plan import plan_task
@@ -14,10 +12,7 @@ from pipeline.stages import UnitContext
 from pipeline.tblog import RunLog, item_runs, last_scalars, run_name
 from tasks.spec import parse_task
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "alpha_weights.py")
-_spec = importlib.util.spec_from_file_location("alpha_weights", _PATH)
-alpha_weights = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(alpha_weights)
+alpha_weights = load_script("alpha_weights")
 
 
 def test_the_last_logged_alpha_of_each_skill_is_read_back(tmp_path):

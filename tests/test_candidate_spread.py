@@ -1,12 +1,11 @@
 """scripts/candidate_spread.py: a stored skill's candidates and its critic's Q of them."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
+from script_modules import load_script
 
 from library.critics import CriticConfig, IQLCritics
 from library.diffusion import DiffusionPolicy, PolicyConfig
@@ -15,10 +14,7 @@ from library.serialization import dump_base, dump_critics, dump_skill
 from library.store import SkillStore
 from tasks.dataset import to_table
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "candidate_spread.py")
-_spec = importlib.util.spec_from_file_location("candidate_spread", _PATH)
-candidate_spread = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(candidate_spread)
+candidate_spread = load_script("candidate_spread")
 
 S, A = 3, 2
 

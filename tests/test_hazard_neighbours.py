@@ -1,16 +1,11 @@
 """scripts/hazard_neighbours.py: a cost later in an episode, and a visited state's nearest
 data states."""
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
+from script_modules import load_script
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "hazard_neighbours.py")
-_spec = importlib.util.spec_from_file_location("hazard_neighbours", _PATH)
-hazard_neighbours = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(hazard_neighbours)
+hazard_neighbours = load_script("hazard_neighbours")
 
 
 def test_a_cost_is_ahead_until_its_step_and_not_across_episodes():
