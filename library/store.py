@@ -299,14 +299,20 @@ class SkillStore:
         alone: what a check of a stored dataset's provenance needs, without its rows."""
         return self._read_dataset(name, pq.read_schema)
 
+    def dataset_names(self) -> list[str]:
+        """Names of the stored datasets, sorted."""
+        return [os.path.basename(p)[: -len(".parquet")] for p in self._files("datasets", ".parquet")]
+
+    def dataset_rows(self, name: str) -> int:
+        """Transitions in dataset `name`, from its Parquet footer alone."""
+        return self._read_dataset(
+            name, lambda path, filesystem: pq.read_metadata(path, filesystem=filesystem).num_rows)
+
     def _read_dataset(self, name: str, read: Callable[..., Any]) -> Any:
         """`read(path, filesystem=…)` of dataset `name`: StoreError naming what exists if
         there is none, DataError if its file is unreadable."""
         if not self.has_dataset(name):
-            names = [
-                os.path.basename(p)[: -len(".parquet")] for p in self._files("datasets", ".parquet")
-            ]
-            raise StoreError(f"no dataset named {name!r} in the store{_hint(names)}")
+            raise StoreError(f"no dataset named {name!r} in the store{_hint(self.dataset_names())}")
         path = self._path("datasets", f"{name}.parquet")
         try:
             return read(path, filesystem=self._fs)

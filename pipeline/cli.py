@@ -154,6 +154,13 @@ def _add_skills(commands) -> None:
     remove.set_defaults(handler=_skills_remove)
 
 
+def _default_cost_threshold() -> float:
+    """A task's `eval.cost_threshold` when its spec does not give one."""
+    from tasks.spec_sections import EvalSpec
+
+    return EvalSpec.model_fields["cost_threshold"].default
+
+
 def _add_data(commands) -> None:
     data = commands.add_parser("data", help="datasets in the store")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -171,6 +178,18 @@ def _add_data(commands) -> None:
     generate.add_argument("spec", metavar="SPEC.yaml")
     _add_store(generate)
     generate.set_defaults(handler=_data_generate)
+    listing = data_commands.add_parser("list", help="every stored dataset and its size")
+    _add_store(listing)
+    listing.set_defaults(handler=_data_list)
+    show = data_commands.add_parser(
+        "show", help="one dataset's episodes: lengths, returns, scores, costs by band")
+    show.add_argument("name")
+    show.add_argument("--cost-threshold", type=float, default=None,
+                      help="cost per episode that separates safe from unsafe episodes "
+                           f"(default {_default_cost_threshold():g}, a task's eval.cost_threshold)")
+    show.add_argument("--json", action="store_true", help="the summary as JSON")
+    _add_store(show)
+    show.set_defaults(handler=_data_show)
 
 
 def _add_eval(commands) -> None:
@@ -272,10 +291,15 @@ def _skills_list(args: argparse.Namespace) -> int:
         score = entry.metrics.get("score")
         rows.append((entry.name, entry.kind, entry.parent or "-",
                      "-" if score is None else f"{score:.3g}", entry.created[:19]))
+    _print_columns(rows)
+    return 0
+
+
+def _print_columns(rows: list[tuple[str, ...]]) -> None:
+    """Rows as left-aligned columns, the first row their heading."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    return 0
 
 
 def _skills_show(args: argparse.Namespace) -> int:
@@ -304,6 +328,34 @@ def _data_import(args: argparse.Namespace) -> int:
     table = import_dataset(args.format, args.path, suite=args.suite, env=args.env)
     store.put_dataset(args.name, table)
     print(f"imported {table.num_rows} transitions as dataset {args.name!r}")
+    return 0
+
+
+def _data_list(args: argparse.Namespace) -> int:
+    from tasks.dataset import dataset_meta
+
+    store = SkillStore(args.store)
+    names = store.dataset_names()
+    if not names:
+        print(f"the store at {store.uri} holds no dataset")
+        return 0
+    rows = [("NAME", "TRANSITIONS", "SUITE", "ENV", "SOURCE")]
+    for name in names:
+        meta = dataset_meta(store.get_dataset_schema(name))
+        rows.append((name, f"{store.dataset_rows(name):,}", str(meta.get("suite", "-")),
+                     str(meta.get("env", "-")), str(meta.get("source", "-"))))
+    _print_columns(rows)
+    return 0
+
+
+def _data_show(args: argparse.Namespace) -> int:
+    from tasks.dataset_summary import describe, summarise
+
+    threshold = _default_cost_threshold() if args.cost_threshold is None else args.cost_threshold
+    if not threshold > 0:
+        raise PsecError(f"--cost-threshold must be > 0, got {threshold:g}")
+    summary = summarise(SkillStore(args.store).get_dataset(args.name), threshold)
+    print(json.dumps(summary.as_dict(), indent=2) if args.json else describe(args.name, summary))
     return 0
 
 
