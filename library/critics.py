@@ -79,6 +79,11 @@ class CriticConfig(StoredConfig):
     """Rewards are multiplied by this before the backup. IQL and the official code scale
     D4RL rewards by 1000 / (max − min episode return) and DSRL's (after FISOR) by
     horizon / (max − min): `reward_scale` below computes it from the data."""
+    stop_at_timeouts: bool = False
+    """Whether a timeout stops bootstrapping as a terminal does. False (IQL's rule, and the
+    official code's on D4RL): a time limit is not an absorbing state, so the next state's
+    value still counts. True: the official DSRL loader's masks, 1 − (terminal ∨ timeout),
+    which both FISOR and PSEC's safe-RL code train every critic with."""
 
     def __post_init__(self) -> None:
         for name in ("obs_dim", "act_dim", "hidden", "layers"):
@@ -184,6 +189,11 @@ class _TwinCritic(nn.Module, abc.ABC):
     def _q_target(self, batch: dict[str, Tensor]) -> Tensor:
         """Regression target of both online twins: [B], computed without grad."""
 
+    def _stops(self, batch: dict[str, Tensor]) -> Tensor:
+        """Where the backup does not bootstrap from s': bool [B]."""
+        stops = batch["terminals"].bool()
+        return stops | batch["timeouts"].bool() if self.config.stop_at_timeouts else stops
+
     @abc.abstractmethod
     def _value_loss(self, q_target_net: Tensor, v: Tensor) -> Tensor:
         """Expectile loss of V [B] against the pessimistic target-network Q [B]."""
@@ -216,8 +226,8 @@ class _TwinCritic(nn.Module, abc.ABC):
 class IQLCritics(_TwinCritic):
     """IQL reward critics: V = τ-expectile of Q over in-data actions, Q ← r + γ(1−d)V(s').
 
-    Twins are reduced with min (clipped double Q). Only `terminals` stop bootstrapping;
-    `timeouts` are truncations, and the next state's value is still real there.
+    Twins are reduced with min (clipped double Q). `terminals` stop bootstrapping, and
+    `timeouts` too where the config says so (`CriticConfig.stop_at_timeouts`).
     """
 
     @staticmethod
@@ -225,7 +235,7 @@ class IQLCritics(_TwinCritic):
         return qs.min(dim=0).values
 
     def _q_target(self, batch: dict[str, Tensor]) -> Tensor:
-        not_done = 1.0 - batch["terminals"].float()
+        not_done = 1.0 - self._stops(batch).float()
         rewards = batch["rewards"] * self.config.reward_scale
         return rewards + self.config.discount * not_done * self.value(batch["next_obs"])
 
@@ -250,7 +260,8 @@ class FeasibilityCritic(_TwinCritic):
       both are the same.
     * Backup (discounted HJ, the contraction the paper proves):
       Q_h(s, a) = (1 − γ)·h + γ·max(h, V_h(s')), and Q_h = h where the episode
-      terminates (no future to be worse than now). Timeouts still bootstrap.
+      terminates (no future to be worse than now), or times out where the config stops
+      bootstrapping at timeouts (the official DSRL loader's masks).
     * V_h is the *lower* τ-expectile of Q_h over in-data actions (the paper's reversed
       expectile): it approximates min over supported actions of the worst violation
       ahead, i.e. "is there an in-data way to stay safe from here".
@@ -276,7 +287,7 @@ class FeasibilityCritic(_TwinCritic):
         h = self.violation(batch["costs"])
         gamma = self.config.discount
         bootstrapped = (1.0 - gamma) * h + gamma * torch.maximum(h, self.value(batch["next_obs"]))
-        return torch.where(batch["terminals"].bool(), h, bootstrapped)
+        return torch.where(self._stops(batch), h, bootstrapped)
 
     def _value_loss(self, q_target_net: Tensor, v: Tensor) -> Tensor:
         # diff = V − Q: weight τ where Q < V, so V settles on a lower expectile (≈ min).

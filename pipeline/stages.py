@@ -75,10 +75,12 @@ def _critic_configs(task: TaskSpec, obs_dim: int, act_dim: int, table) -> dict[s
     if objectives & {"advantage", "reward+feasibility"}:
         configs["iql"] = CriticConfig(obs_dim=obs_dim, act_dim=act_dim,
                                       discount=critic.discount, expectile=critic.expectile,
-                                      reward_scale=_reward_scale(task, table))
+                                      reward_scale=_reward_scale(task, table),
+                                      stop_at_timeouts=critic.stop_at_timeouts)
     if objectives & set(FEASIBILITY_OBJECTIVES):
         configs["feasibility"] = FeasibilityConfig(obs_dim=obs_dim, act_dim=act_dim,
-                                                   discount=critic.discount)
+                                                   discount=critic.discount,
+                                                   stop_at_timeouts=critic.stop_at_timeouts)
     return configs
 
 

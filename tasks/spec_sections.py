@@ -350,6 +350,13 @@ class CriticSpec(SpecModel):
         "data before the critics see them (IQL's and the official code's D4RL scaling, "
         "1000 / (max − min), and FISOR's for DSRL); none: raw rewards.",
     )
+    stop_at_timeouts: bool = Field(
+        False,
+        description="Whether a timeout stops the critics' bootstrapping as a terminal does. "
+        "false: a time limit is not an absorbing state (IQL's rule, the official code's on "
+        "D4RL); true: the official DSRL loader's masks, 1 − (terminal ∨ timeout), for the "
+        "reward and feasibility critics alike.",
+    )
 
     @model_validator(mode="after")
     def _library_checks(self) -> CriticSpec:

@@ -1,5 +1,6 @@
 """IQL and feasibility critics: the backups they regress on, and what they learn on toys."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -90,6 +91,32 @@ def test_iql_td_target_bootstraps_only_where_not_terminal():
     torch.testing.assert_close(scaled._q_target(batch), torch.tensor([5.8, 4.0, 5.8]))
 
 
+def test_timeouts_stop_bootstrapping_where_the_config_says_so():
+    """The official DSRL loader's masks, 1 − (terminal ∨ timeout), for both critics."""
+    batch = {
+        "rewards": torch.tensor([1.0, 1.0, 1.0]),
+        "costs": torch.tensor([0.0, 0.0, 0.0]),
+        "terminals": torch.tensor([False, True, False]),
+        "timeouts": torch.tensor([False, False, True]),
+        "next_obs": torch.zeros(3, 1),
+    }
+    iql = IQLCritics(CriticConfig(obs_dim=1, act_dim=1, hidden=8, discount=0.9,
+                                  stop_at_timeouts=True), StateNormalizer.identity(1))
+    constant_value(iql, 2.0)
+    torch.testing.assert_close(iql._q_target(batch), torch.tensor([2.8, 1.0, 1.0]))
+    feasibility = FeasibilityConfig(obs_dim=1, act_dim=1, hidden=8, discount=0.9)
+    targets = {}
+    for stop in (False, True):
+        critic = FeasibilityCritic(dataclasses.replace(feasibility, stop_at_timeouts=stop),
+                                   StateNormalizer.identity(1))
+        constant_value(critic, 3.0)  # an unsafe future past the data's last state
+        targets[stop] = critic._q_target(batch)
+    # Bootstrapping past the timeout calls a cost-free last state infeasible (Q_h > 0);
+    # stopping there gives it its own h = −1, as at the terminal.
+    torch.testing.assert_close(targets[False], torch.tensor([2.6, -1.0, 2.6]))
+    torch.testing.assert_close(targets[True], torch.tensor([2.6, -1.0, -1.0]))
+
+
 def test_reward_scale_gives_the_returns_a_range_of_one_horizon():
     assert reward_scale([10.0, 60.0, 35.0], horizon=1000) == 20.0  # IQL: 1000 / (max − min)
     assert reward_scale([-3.0, 2.0], horizon=200) == 40.0
@@ -138,6 +165,9 @@ def test_critic_configs_round_trip_through_dicts():
         CriticConfig.from_dict(cfg.to_dict())
     with pytest.raises(SpecError, match="critics.act_dim: missing"):
         CriticConfig.from_dict({"obs_dim": 3})
+    # Items stored before a field existed load at its default (what they were fitted with).
+    stored = {key: value for key, value in cfg.to_dict().items() if key != "stop_at_timeouts"}
+    assert FeasibilityConfig.from_dict(stored).stop_at_timeouts is False
 
 
 def test_iql_value_is_the_expectile_of_in_data_returns():

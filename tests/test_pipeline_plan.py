@@ -150,6 +150,10 @@ def test_a_composer_weighing_by_advantage_gets_critics_fitted_on_its_task_s_data
     unit = plan_stream(stream).units["walk"]
     assert [s.kind for s in unit.stages] == ["critics", "skill", "composer"]
     assert set(_critic_configs(walk, 3, 2, table=None)) == {"iql"}
+    assert _critic_configs(walk, 3, 2, table=None)["iql"].stop_at_timeouts is False
+    cut = walk.model_copy(update={"critic": walk.critic.model_copy(
+        update={"stop_at_timeouts": True})})
+    assert _critic_configs(cut, 3, 2, table=None)["iql"].stop_at_timeouts is True
     # A composer task has no item to keep critics in: refused, naming the composer's field.
     with pytest.raises(SpecError, match=r"composers\[0\]\.objective.*'advantage' needs critics"):
         parse_stream({"name": "x", "tasks": [
