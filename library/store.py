@@ -35,7 +35,7 @@ import os
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -290,9 +290,12 @@ class SkillStore:
             )
         self._write_parquet(self._path("datasets", f"{name}.parquet"), table)
 
-    def get_dataset(self, name: str) -> pa.Table:
-        """The dataset stored under `name`; StoreError naming what exists if there is none."""
-        return self._read_dataset(name, pq.read_table)
+    def get_dataset(self, name: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """The dataset stored under `name` (only `columns`, if given, with the schema's
+        metadata); StoreError naming what exists if there is none."""
+        return self._read_dataset(
+            name, lambda path, filesystem: pq.read_table(path, filesystem=filesystem,
+                                                         columns=columns))
 
     def get_dataset_schema(self, name: str) -> pa.Schema:
         """The schema (with its metadata) of dataset `name`, read from the Parquet footer

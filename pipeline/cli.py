@@ -349,12 +349,15 @@ def _data_list(args: argparse.Namespace) -> int:
 
 
 def _data_show(args: argparse.Namespace) -> int:
-    from tasks.dataset_summary import describe, summarise
+    from tasks.dataset_summary import COLUMNS, describe, summarise
 
     threshold = _default_cost_threshold() if args.cost_threshold is None else args.cost_threshold
     if not threshold > 0:
         raise PsecError(f"--cost-threshold must be > 0, got {threshold:g}")
-    summary = summarise(SkillStore(args.store).get_dataset(args.name), threshold)
+    store = SkillStore(args.store)
+    stored = store.get_dataset_schema(args.name).names
+    table = store.get_dataset(args.name, columns=[key for key in COLUMNS if key in stored])
+    summary = summarise(table, threshold)
     print(json.dumps(summary.as_dict(), indent=2) if args.json else describe(args.name, summary))
     return 0
 

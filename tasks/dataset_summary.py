@@ -17,7 +17,11 @@ import numpy as np
 import pyarrow as pa
 
 from library.errors import PsecError
-from tasks.dataset import dataset_meta, episode_totals, episodes, to_arrays
+from tasks.dataset import dataset_meta, episode_totals, episodes
+
+COLUMNS = ("rewards", "costs", "terminals", "timeouts", "episode")
+"""The columns a summary reads (costs where the data have them): a caller may load only
+these, not the states and actions."""
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 """The points of each per-episode spread (min, quartiles, max)."""
@@ -91,12 +95,14 @@ class DatasetSummary:
 
 
 def summarise(table: pa.Table, cost_threshold: float) -> DatasetSummary:
-    """Summary of a canonical dataset table; costs are banded into no cost, below
-    `cost_threshold` and at or above it (DSRL's normalised cost ≤ 1 is the safe side)."""
+    """Summary of a canonical dataset table (all its columns, or only `COLUMNS`, with its
+    schema's metadata); costs are banded into no cost, below `cost_threshold` and at or
+    above it (DSRL's normalised cost ≤ 1 is the safe side)."""
     if not cost_threshold > 0:
         raise ValueError(f"cost threshold must be > 0, got {cost_threshold}")
     meta = dataset_meta(table)
-    arrays = to_arrays(table)
+    arrays = {key: table.column(key).combine_chunks().to_numpy(zero_copy_only=False)
+              for key in COLUMNS if key in table.column_names}
     ids, returns, costs = episode_totals(arrays)
     returns_array, costs_array = np.asarray(returns), np.asarray(costs)
     lengths = np.array([len(episode["rewards"]) for episode in episodes(arrays)])
@@ -104,8 +110,8 @@ def summarise(table: pa.Table, cost_threshold: float) -> DatasetSummary:
     has_costs = "costs" in arrays
     bands = _cost_bands(returns_array, costs_array, scores, cost_threshold) if has_costs else ()
     return DatasetSummary(
-        transitions=table.num_rows, episodes=len(returns), obs_dim=arrays["obs"].shape[1],
-        act_dim=arrays["actions"].shape[1], suite=meta.get("suite"), env=meta.get("env"),
+        transitions=table.num_rows, episodes=len(returns), obs_dim=meta["obs_dim"],
+        act_dim=meta["act_dim"], suite=meta.get("suite"), env=meta.get("env"),
         source=meta.get("source"), terminals=int(np.count_nonzero(arrays["terminals"])),
         timeouts=int(np.count_nonzero(arrays["timeouts"])), length=Spread.of(lengths),
         returns=Spread.of(returns_array),

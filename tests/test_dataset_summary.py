@@ -106,6 +106,15 @@ def store(tmp_path):
     return store
 
 
+def test_a_summary_needs_only_the_scalar_columns(store):
+    """What `psec data show` loads: no states or actions, the schema's metadata kept."""
+    from tasks.dataset_summary import COLUMNS
+
+    table = store.get_dataset("carrun", columns=list(COLUMNS))
+    assert table.column_names == list(COLUMNS)
+    assert summarise(table, 10) == summarise(store.get_dataset("carrun"), 10)
+
+
 def test_psec_data_list_names_every_dataset_with_its_size(store, capsys):
     assert main(["data", "list", "--store", store.uri]) == 0
     lines = capsys.readouterr().out.splitlines()
