@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from library.errors import ArgumentParser, PsecError, StoreError, exit_status
 from library.store import DEFAULT_URI, SkillStore
+from pipeline.runtime import add_cpus_option, use_cpus_option
 
 IMPORT_FORMATS = ("d4rl", "dsrl", "minari", "parquet")
 
@@ -93,6 +94,7 @@ def _add_run(commands) -> None:
                           "(default: sizes as written)")
     _add_store(run)
     _add_address(run, "default: a private local instance, or RAY_ADDRESS under ray job submit")
+    add_cpus_option(run)
     run.add_argument("--concurrent-fits", type=_positive, default=2,
                      help="fits sized to run side by side (default 2)")
     run.add_argument("--max-failures", type=_non_negative, default=2,
@@ -115,6 +117,7 @@ def _add_serve(commands) -> None:
     _add_store(serve)
     _add_address(serve, "default: a private local instance, or RAY_ADDRESS under ray job submit; "
                         "psec submit finds it through the store")
+    add_cpus_option(serve)
     serve.add_argument("--max-tasks", type=_positive, default=None,
                        help="stop after this many submissions")
     serve.add_argument("--once", action="store_true",
@@ -207,6 +210,7 @@ def _add_eval(commands) -> None:
                                "best kept (default: the task's eval.n_candidates)")
     _add_store(evaluate)
     _add_address(evaluate, "default: a private local instance")
+    add_cpus_option(evaluate)
     evaluate.set_defaults(handler=_eval)
 
 
@@ -438,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def command() -> int:
         # Parsed inside exit_status: a bad command line is a user error like any other.
         args = build_parser().parse_args(argv)
+        use_cpus_option(args)
         return args.handler(args)
 
     try:

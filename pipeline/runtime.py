@@ -26,6 +26,7 @@ through `connect`, so the choices below are made once:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
@@ -81,6 +82,35 @@ def keep_idle_workers(num_cpus: int | None) -> None:
     os.environ.setdefault(WORKER_LIMIT_VAR, str(worker_limit(num_cpus)))
 
 
+_local_cpus: int | None = None
+"""Logical CPUs of the private local instance `connect` starts when not told (`--cpus`)."""
+
+
+def add_cpus_option(parser: argparse.ArgumentParser) -> None:
+    """`--cpus N` of the commands that may start a private local Ray instance."""
+    parser.add_argument(
+        "--cpus", type=int, default=None, metavar="N",
+        help="logical CPUs of the private local Ray instance (default: this machine's). "
+             "Fewer leaves the rest of a shared machine alone; more than its cores runs "
+             "more one-thread fits at once, which keeps every core busy when a search's "
+             "long trials end at different times")
+
+
+def use_cpus_option(args: argparse.Namespace) -> None:
+    """Apply a parsed `--cpus` before anything connects; PsecError where it cannot apply."""
+    cpus = getattr(args, "cpus", None)
+    if cpus is None:
+        return
+    if cpus < 1:
+        raise PsecError(f"--cpus must be >= 1, got {cpus}")
+    address = getattr(args, "address", None) or os.environ.get("RAY_ADDRESS")
+    if address:
+        raise PsecError(f"--cpus sizes a private local Ray instance; the cluster at "
+                        f"{address!r} has its own CPUs")
+    global _local_cpus
+    _local_cpus = cpus
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Attach to the Ray cluster at `address` ("auto", "host:port", "ray://..."), or start a
     private local instance when neither `address` nor RAY_ADDRESS is given.
@@ -99,6 +129,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         check_reachable(address)
     local = address == "local"
     if local:
+        num_cpus = _local_cpus if num_cpus is None else num_cpus
         keep_idle_workers(num_cpus)
     for attempt in range(1 + (LOCAL_START_RETRIES if local else 0)):
         before = _children() if local else set()  # only a local start is cleaned up

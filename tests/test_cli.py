@@ -303,3 +303,10 @@ def test_a_store_holds_one_seed_s_run(tmp_path, store, capsys):
     code, _, err = run_cli(capsys, "run", path, "--store", store.uri, "--seed", "1")
     assert_one_line_error(code, err, "'stand'", "seed 0", "seed is 1", "own --store")
     assert snapshot(store.local_path) == before
+
+
+def test_cpus_with_a_cluster_address_is_refused_before_anything_runs(capsys, no_ray, tmp_path):
+    code, _, err = run_cli(capsys, "run", str(tmp_path / "missing.yaml"), "--cpus", "2",
+                           "--address", "10.0.0.1:6379", "--store", str(tmp_path / "s"))
+    assert_one_line_error(code, err, "--cpus sizes a private local Ray instance")
+    assert not (tmp_path / "s").exists()

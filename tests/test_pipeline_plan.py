@@ -376,6 +376,39 @@ def test_a_local_ray_that_starts_too_slowly_is_started_again(monkeypatch):
         process.wait()
 
 
+@pytest.mark.parametrize("command", [["run", "s.yaml"], ["tune", "s.yaml"], ["serve"],
+                                     ["eval", "item"]])
+def test_cpus_sizes_the_private_local_instance_only(monkeypatch, command):
+    """`--cpus N`: the local instance `connect` starts offers N logical CPUs; with a cluster
+    address it is refused before anything connects."""
+    import ray
+
+    from pipeline import runtime
+    from pipeline.cli import build_parser
+
+    for var, value in ((runtime.WORKER_LIMIT_VAR, "4"), (runtime.AUTH_MODE_VAR, "disabled")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(runtime, "_local_cpus", None)  # restored after the test
+    inits: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda address=None, **kwargs: inits.append(kwargs))
+
+    runtime.use_cpus_option(build_parser().parse_args([*command, "--cpus", "3"]))
+    runtime.connect()
+    assert inits[-1]["num_cpus"] == 3
+    runtime.connect(num_cpus=2)  # a caller's own size still wins (the tests' instance)
+    assert inits[-1]["num_cpus"] == 2
+    with pytest.raises(PsecError, match="--cpus must be >= 1"):
+        runtime.use_cpus_option(build_parser().parse_args([*command, "--cpus", "0"]))
+    with pytest.raises(PsecError, match="the cluster at '10.0.0.1:6379' has its own CPUs"):
+        runtime.use_cpus_option(build_parser().parse_args(
+            [*command, "--cpus", "3", "--address", "10.0.0.1:6379"]))
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # under `ray job submit`
+    with pytest.raises(PsecError, match="'auto' has its own CPUs"):
+        runtime.use_cpus_option(build_parser().parse_args([*command, "--cpus", "3"]))
+
+
 def test_cluster_yaml_starts_every_node_with_the_worker_limit():
     """The limit the start commands compute is pipeline.runtime.worker_limit() (the
     node's venv python replaced by the one running the tests)."""

@@ -1,7 +1,7 @@
 """The `psec tune` subcommand. `pipeline/cli.py` adds it with `add_parser(commands)`.
 
     psec tune SEARCH.yaml [--scale smoke|paper] [--store URI] [--resume] [--address A]
-                          [--results docs/RESULTS.md] [--table-only]
+                          [--results docs/RESULTS.md] [--table-only] [--cpus N]
 
 Runs (or, with --resume, continues) the search and prints a summary; with --results it
 then rewrites the search's section of that Markdown file and its PNG plots from the
@@ -16,6 +16,7 @@ import shlex
 from pathlib import Path
 
 from library.store import DEFAULT_URI
+from pipeline.runtime import add_cpus_option
 
 SCALES_HELP = "a scale the search defines, e.g. smoke or paper (default smoke)"
 
@@ -40,6 +41,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "(plots go beside it)")
     parser.add_argument("--table-only", action="store_true",
                         help="do not search; only rewrite the --results section")
+    add_cpus_option(parser)
     parser.set_defaults(handler=handle)
     return parser
 
