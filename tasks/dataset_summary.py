@@ -187,23 +187,30 @@ def describe(name: str, summary: DatasetSummary) -> str:
             cells = [_number(value) for value in (*spread.quantiles, spread.mean)]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if summary.cost_bands:
-        lines += ["", f"Episodes by total cost (threshold {summary.cost_threshold:g}: "
-                  "normalised cost = cost / threshold):", "",
-                  "| cost | episodes | return mean | return max | score mean |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        for band in summary.cost_bands:
-            cells = [_number(value) for value in
-                     (band.return_mean, band.return_max, band.score_mean)]
-            lines.append(f"| {band.label} | {band.episodes:,} | " + " | ".join(cells) + " |")
+        lines += _episode_table(
+            f"Episodes by total cost (threshold {summary.cost_threshold:g}: normalised cost "
+            "= cost / threshold):", ("cost", "return mean", "return max", "score mean"),
+            [(band.label, band.episodes, (band.return_mean, band.return_max, band.score_mean))
+             for band in summary.cost_bands])
     if summary.policies:
-        lines += ["", "Episodes by the behaviour policy that collected them:", "",
-                  "| policy | episodes | return mean | cost mean | score mean |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        for group in summary.policies:
-            cells = [_number(value) for value in
-                     (group.return_mean, group.cost_mean, group.score_mean)]
-            lines.append(f"| {group.policy} | {group.episodes:,} | " + " | ".join(cells) + " |")
+        lines += _episode_table(
+            "Episodes by the behaviour policy that collected them:",
+            ("policy", "return mean", "cost mean", "score mean"),
+            [(group.policy, group.episodes,
+              (group.return_mean, group.cost_mean, group.score_mean))
+             for group in summary.policies])
     return "\n".join(lines)
+
+
+def _episode_table(title: str, columns: tuple[str, ...],
+                   rows: list[tuple[str, int, tuple[float | None, ...]]]) -> list[str]:
+    """A titled Markdown table of episode groups: label, episode count, then `columns[1:]`."""
+    lines = ["", title, "", f"| {columns[0]} | episodes | " + " | ".join(columns[1:]) + " |",
+             "| --- |" + " ---: |" * len(columns)]
+    for label, count, values in rows:
+        cells = [_number(value) for value in values]
+        lines.append(f"| {label} | {count:,} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _number(value: float | None) -> str:
