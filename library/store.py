@@ -306,10 +306,11 @@ class SkillStore:
         """Names of the stored datasets, sorted."""
         return [os.path.basename(p)[: -len(".parquet")] for p in self._files("datasets", ".parquet")]
 
-    def dataset_rows(self, name: str) -> int:
-        """Transitions in dataset `name`, from its Parquet footer alone."""
-        return self._read_dataset(
-            name, lambda path, filesystem: pq.read_metadata(path, filesystem=filesystem).num_rows)
+    def dataset_footer(self, name: str) -> tuple[pa.Schema, int]:
+        """The schema (with its metadata) and the transitions of dataset `name`, from one
+        read of its Parquet footer."""
+        footer = self._read_dataset(name, pq.read_metadata)
+        return footer.schema.to_arrow_schema(), footer.num_rows
 
     def _read_dataset(self, name: str, read: Callable[..., Any]) -> Any:
         """`read(path, filesystem=…)` of dataset `name`: StoreError naming what exists if

@@ -345,8 +345,9 @@ def _data_list(args: argparse.Namespace) -> int:
         return 0
     rows = [("NAME", "TRANSITIONS", "SUITE", "ENV", "SOURCE")]
     for name in names:
-        meta = dataset_meta(store.get_dataset_schema(name))
-        rows.append((name, f"{store.dataset_rows(name):,}", str(meta.get("suite", "-")),
+        schema, transitions = store.dataset_footer(name)
+        meta = dataset_meta(schema)
+        rows.append((name, f"{transitions:,}", str(meta.get("suite", "-")),
                      str(meta.get("env", "-")), str(meta.get("source", "-"))))
     _print_columns(rows)
     return 0

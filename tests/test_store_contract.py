@@ -286,6 +286,8 @@ def test_datasets_keep_schema_metadata(store: SkillStore):
     assert got.equals(table) and got.schema.metadata == table.schema.metadata
     schema = store.get_dataset_schema("walk")  # the footer alone: metadata without rows
     assert schema.metadata == table.schema.metadata and schema.names == table.schema.names
+    schema, rows = store.dataset_footer("walk")  # the same footer, with the row count
+    assert schema.metadata == table.schema.metadata and rows == 2
     with pytest.raises(StoreError, match="dataset 'walk' is already in the store"):
         store.put_dataset("walk", table.slice(0, 1))
     store.put_dataset("walk", table.slice(0, 1), overwrite=True)
@@ -294,6 +296,8 @@ def test_datasets_keep_schema_metadata(store: SkillStore):
         store.get_dataset("run")
     with pytest.raises(StoreError, match=r"no dataset named 'run' in the store \(it holds walk\)"):
         store.get_dataset_schema("run")
+    with pytest.raises(StoreError, match=r"no dataset named 'run' in the store \(it holds walk\)"):
+        store.dataset_footer("run")
 
 
 def test_a_write_interrupted_midway_leaves_no_dataset(store: SkillStore, monkeypatch):
