@@ -493,3 +493,106 @@ def test_a_cell_of_one_training_seed_shows_no_spread():
     assert ballrun[header.index("BC-Safe")] == "one seed"
     assert ballrun[header.index("FISOR")] == "one seed"
     assert ballrun[header.index("Safety skill")].startswith("± 0.00")
+
+
+def test_a_composer_trained_on_all_the_data_has_trials_and_columns_of_its_own():
+    """`composer_data: [stream, all]`: the composer of the second choice trains on every
+    episode (the safe subset has no hazard to see), under its own tags and columns; with a
+    weighting that needs critics its safety skill is fitted again, into a column too."""
+    from tune.safe_table import safe_table, table_lines
+
+    base = _ballrun_only("small")
+    search = base.model_copy(update={"methods": ["psec", "fixed", "bc"],
+                                     "composer_data": ["stream", "all"],
+                                     "composer_objectives": [None, "reward+feasibility"],
+                                     "alpha": base.alpha[:1]})
+    stream = search.load_stream()
+    points = enumerate_points(search)
+    psec = [p for p in points if p.method == "psec" and p.seed == 0]
+    assert sorted((p.objective or "", p.composer_data or "") for p in psec) == [
+        ("", ""), ("", "all"), ("reward+feasibility", ""), ("reward+feasibility", "all")]
+    # BC-Safe has no composer: one point per seed, as before.
+    assert len([p for p in points if p.method == "bc"]) == len(search.seeds)
+    stock, everything = (next(p for p in psec if p.objective is None and p.composer_data == d)
+                         for d in (None, "all"))
+    # The stream's own choice keeps the tag it had before the axis existed.
+    assert stock.tag() in {p.tag() for p in enumerate_points(base)}
+    assert everything.skill_tag() == stock.skill_tag()  # the same safety skill
+    (subset,) = trial_task(search, stream, stock).composers
+    (whole,) = trial_task(search, stream, everything).composers
+    assert (subset.data.top_episodes, subset.data.max_episode_cost) == (30, 4.0)
+    assert whole.data.selects_all and whole.objective == subset.objective
+    assert everything.describe().endswith("composer on all data, seed 0")
+
+    def reward(point, is_skill):
+        if is_skill:
+            return 0.3 if point.objective else 0.2
+        return {None: 0.5, "all": 0.7}[point.composer_data] + (0.1 if point.objective else 0)
+
+    table = safe_table(search, _rows(search, reward, lambda point, is_skill: 2.0))
+    cells = table.cells["BallRun"]
+    assert cells["psec"].reward == pytest.approx([0.5] * 3)
+    assert cells["psec#on all data"].reward == pytest.approx([0.7] * 3)
+    assert cells["psec#reward+feasibility on all data"].reward == pytest.approx([0.8] * 3)
+    # Fixed is tuned per composer choice; its unmarked cell is the stream's.
+    assert cells["fixed"].reward == pytest.approx([0.5] * 3)
+    assert cells["fixed#on all data"].reward == pytest.approx([0.7] * 3)
+    # The skill refitted with critics is a column of its own, not a fourth seed.
+    assert cells["safety-skill"].reward == [0.2] * 3
+    assert cells["safety-skill#for composer reward+feasibility"].reward == [0.3] * 3
+    header = table_lines(table)[0]
+    assert ("| Safety skill | Safety skill (for composer reward+feasibility) | Fixed | "
+            "Fixed (composer on all data) |") in header
+    assert header.endswith("| PSEC | PSEC (composer on all data) | "
+                           "PSEC (composer reward+feasibility) | "
+                           "PSEC (composer reward+feasibility on all data) |")
+
+
+def test_a_trace_can_follow_the_composer_trained_on_all_the_data(tmp_path):
+    """An α(s) trace names the composer weighting and data it follows; a scale that
+    leaves that choice out drops the trace."""
+    from tune.spec import parse_search
+
+    data = dump(load_search(SEARCH, "small"))
+    data.update(composer_objectives=[None, "reward+feasibility"], composer_data=["stream", "all"],
+                alpha_trace=[{"target": "CarRun"},
+                             {"target": "CarRun", "objective": "reward+feasibility",
+                              "composer_data": "all"}])
+    data["scales"]["small"]["composer_data"] = ["stream"]
+    search = parse_search(data)
+    assert [t.composer_data for t in search.at_scale("paper").alpha_trace] == [None, "all"]
+    assert [t.composer_data for t in search.at_scale("small").alpha_trace] == [None]
+    from library.errors import SpecError
+    from tune.alpha_trace import trace_point
+
+    paper = search.at_scale("paper")
+    first, chosen = (trace_point(paper, trace) for trace in paper.alpha_trace)
+    assert (first.method, first.objective, first.composer_data) == ("psec", None, None)
+    assert (chosen.objective, chosen.composer_data) == ("reward+feasibility", "all")
+    assert chosen.alpha == first.alpha == paper.alpha[0] and chosen.seed == 0
+    with pytest.raises(SpecError, match="composer_data"):
+        parse_search({**data, "composer_data": ["all", "all"]})
+
+
+def test_the_weighted_search_reuses_the_main_search_s_psec_and_refits_only_for_critics():
+    """configs/search_dsrl_weighted.yaml: its stock point is the main search's PSEC trial
+    (the same tag: found in the store); BC on all the data composes the same safety skill;
+    FISOR's weighting fits the skill again with reward and feasibility critics."""
+    from pipeline.plan import plan_task
+
+    weighted = load_search(CONFIGS / "search_dsrl_weighted.yaml", "paper")
+    main = load_search(SEARCH, "paper-carrun")
+    stream = weighted.load_stream()
+    points = {p.composer_label(): p for p in enumerate_points(weighted)}
+    assert set(points) == {None, "on all data", "reward+feasibility",
+                           "reward+feasibility on all data"}
+    assert points[None].tag() in {p.tag() for p in enumerate_points(main)}
+    assert points["on all data"].skill_tag() == points[None].skill_tag()
+    fisor = points["reward+feasibility on all data"]
+    assert fisor.skill_tag() == points["reward+feasibility"].skill_tag() != points[None].skill_tag()
+    task = trial_task(weighted, stream, fisor)
+    (composer,) = task.composers
+    assert composer.objective == "reward+feasibility" and composer.data.selects_all
+    unit = plan_task(task, bases=["carrun-base"]).units[task.name]
+    assert [s.kind for s in unit.stages] == ["critics", "skill", "composer"]
+    assert task.objectives == {"feasibility", "reward+feasibility"}

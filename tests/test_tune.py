@@ -236,6 +236,17 @@ def test_the_composer_objective_is_a_search_axis_that_keeps_old_tags(tmp_path):
     assert "composer advantage" in weighted.describe()
 
 
+def test_composer_data_all_is_the_stream_s_choice_where_the_composer_trains_on_everything(
+        tmp_path):
+    """S→W's composer trains on all of its task's data already: `composer_data: all`
+    adds no trial there (tests/test_dsrl_bullet.py has the composer whose choice it is)."""
+    both = load_search(write(tmp_path, changed(methods=["psec"],
+                                               composer_data=["stream", "all"])), scale="smoke")
+    one = load_search(write(tmp_path, changed(methods=["psec"])), scale="smoke")
+    assert enumerate_points(both) == enumerate_points(one)
+    assert all(p.composer_data is None for p in enumerate_points(both))
+
+
 # ------------------------------------------------------ methods as stream transformations
 
 

@@ -111,18 +111,31 @@ def hazard_line(run: Trace) -> str | None:
     return line
 
 
+def trace_point(search: SearchSpec, spec: AlphaTraceSpec) -> TrialPoint:
+    """The trial point whose composer the trace follows: its target, method and seed, at
+    the α choice, composer weighting and composer data it names (unnamed: the search's
+    first, whose points are listed first). StoreError if the search has none."""
+    points = [p for p in enumerate_points(search)
+              if p.target == spec.target and p.method == spec.method and p.seed == spec.seed
+              and spec.alpha in (None, p.alpha)
+              and spec.objective in (None, p.objective)
+              and spec.composer_data in (None, p.composer_data or "stream")]
+    if not points:
+        chosen = "" if spec.alpha is None else f" and alpha {alpha_label(spec.alpha)}"
+        if spec.objective is not None:
+            chosen += f" and composer objective {spec.objective}"
+        if spec.composer_data is not None:
+            chosen += f" and composer data {spec.composer_data}"
+        raise StoreError(f"no trial point {spec.method} on {spec.target} with seed "
+                         f"{spec.seed}{chosen}")
+    return points[0]
+
+
 def plot_trace(search: SearchSpec, spec: AlphaTraceSpec, stream: StreamSpec, store,
                path: str) -> str:
     """Plot the α(s) trace of one of the search's `alpha_trace` composers; a one-line
     note."""
-    points = [p for p in enumerate_points(search)
-              if p.target == spec.target and p.method == spec.method and p.seed == spec.seed
-              and spec.alpha in (None, p.alpha)]  # None: the first choice, listed first
-    if not points:
-        chosen = "" if spec.alpha is None else f" and alpha {alpha_label(spec.alpha)}"
-        raise StoreError(f"no trial point {spec.method} on {spec.target} with seed "
-                         f"{spec.seed}{chosen}")
-    point: TrialPoint = points[0]
+    point = trace_point(search, spec)
     target = next(t for t in search.targets if t.label == spec.target)
     task, composer_spec = find_composer(stream, target.composer, "alpha_trace")
     name = f"{composer_spec.name}_{point.tag()}"

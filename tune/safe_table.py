@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 
 from library.names import BASE
 from tasks.dataset import dataset_meta, episode_totals, to_arrays
+from tasks.spec_sections import CRITIC_OBJECTIVES
 from tasks.suites import get_suite
 from tune.spec import SearchSpec, find_composer
 from tune.table import base_budgets, collect, measured_line, section_tail
-from tune.trials import alpha_label, subset_dataset, variant_name
+from tune.trials import alpha_label, composer_label, subset_dataset, variant_name
 
 COLUMNS = {"bc-all": "BC-All", "bc": "BC-Safe", "fisor": "FISOR", "reward-skill": "Reward skill",
            "safety-skill": "Safety skill", "fixed": "Fixed", "nsec": "NSEC", "asec": "ASEC",
@@ -123,36 +124,64 @@ class SafeTable:
     @property
     def columns(self) -> list[str]:
         methods = set(self.search.methods)
+        search = self.search
+        composers = list(dict.fromkeys(
+            composer_label(objective, data) for objective in search.composer_objectives
+            for data in search.composer_data))
+        refits = [f"for composer {o}" for o in search.composer_objectives
+                  if o in CRITIC_OBJECTIVES]
         keys = []
         for key in COLUMNS:
-            if key in methods or key not in _METHOD_KEYS:
+            if key in _COMPOSER_METHODS and key not in methods:
+                continue
+            if key == "safety-skill":
+                keys += [key, *(f"{key}#{refit}" for refit in refits)]
+            elif key in _COMPOSER_METHODS:
+                alphas = search.alpha if key in _ALPHA_METHODS else [None]
+                keys += [_key(key, alpha, composer, search)
+                         for alpha in alphas for composer in composers]
+            elif key in methods or key not in _METHOD_KEYS:
                 keys.append(key)
-                if key in _ALPHA_METHODS:
-                    keys += [f"{key}@{alpha_label(a)}" for a in self.search.alpha[1:]]
         return keys
 
 
 _METHOD_KEYS = {"bc", "fisor", "fixed", "nsec", "asec", "psec"}
 _ALPHA_METHODS = {"nsec", "asec", "psec"}
 """Methods whose trials run at each of the search's α choices (Fixed has its own)."""
+_COMPOSER_METHODS = {"fixed", *_ALPHA_METHODS}
+"""Methods whose trials run at each of the search's composer weightings and data."""
+
+
+def _key(method: str, alpha, composer: str | None, search: SearchSpec) -> str:
+    """`<method>[@<α label>][#<composer label>]`: the α label where it is not the
+    search's first choice, the composer's where the search changes how it trains."""
+    key = method
+    if alpha is not None and alpha != search.alpha[0]:
+        key += f"@{alpha_label(alpha)}"
+    return key if composer is None else f"{key}#{composer}"
 
 
 def column_key(search: SearchSpec, point) -> str:
-    """The column of a trial's cell: its method, or `<method>@<α label>` for a composing
-    method at another α choice than the search's first."""
-    if point.method in _ALPHA_METHODS and point.alpha != search.alpha[0]:
-        return f"{point.method}@{alpha_label(point.alpha)}"
-    return point.method
+    """The column of a trial's cell: its method, marked with its α choice where that is
+    not the search's first (composing methods) and with how its composer trains where the
+    search changes that (`TrialPoint.composer_label`)."""
+    alpha = point.alpha if point.method in _ALPHA_METHODS else None
+    return _key(point.method, alpha, point.composer_label(), search)
 
 
 def heading(key: str) -> str:
-    """A column's heading: `PSEC`, or `PSEC (<α label>)` for another α choice."""
-    method, _, alpha = key.partition("@")
-    return f"{COLUMNS[method]} ({alpha})" if alpha else COLUMNS[method]
+    """A column's heading: `PSEC`, or `PSEC (<α label>, composer <how>)` for another α
+    choice or composer training."""
+    rest, _, composer = key.partition("#")
+    method, _, alpha = rest.partition("@")
+    marks = [m for m in (alpha, composer and ("" if composer.startswith("for ") else
+                                              "composer ") + composer) if m]
+    return f"{COLUMNS[method]} ({', '.join(marks)})" if marks else COLUMNS[method]
 
 
 def _is_trial_column(key: str) -> bool:
-    return key.partition("@")[0] in _METHOD_KEYS or key == "safety-skill"
+    method = key.partition("#")[0].partition("@")[0]
+    return method in _METHOD_KEYS or method == "safety-skill"
 
 
 def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
@@ -183,27 +212,34 @@ def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
         threshold = table.thresholds[point.target]
         if point.method in _METHOD_KEYS and score.value is not None and cost.value is not None:
             if point.method == "fixed":
-                cell = fixed[point.target].setdefault(alpha_label(point.alpha), Cell())
+                cell = fixed[point.target].setdefault(
+                    (column_key(search, point), alpha_label(point.alpha)), Cell())
             else:
                 cell = table.cells[point.target].setdefault(column_key(search, point), Cell())
             cell.reward.append(score.value)
             cell.cost.append(cost.value / threshold)
-        # The new skill (the safety skill) is shared by every method with its seed.
+        # The new skill (the safety skill) is shared by every method with its seed; a
+        # composer weighting that needs critics has it fitted again with them.
         key = (point.target, point.skill_tag())
         if score.skill_value is not None and cost.skill_value is not None and \
                 key not in seen_skills:
             seen_skills.add(key)
-            cell = table.cells[point.target].setdefault("safety-skill", Cell())
+            column = "safety-skill" if point.objective not in CRITIC_OBJECTIVES else \
+                f"safety-skill#for composer {point.objective}"
+            cell = table.cells[point.target].setdefault(column, Cell())
             cell.reward.append(score.skill_value)
             cell.cost.append(cost.skill_value / threshold)
     for label, choices in fixed.items():
-        best_alpha, best = None, Cell()
-        for alpha, cell in choices.items():
-            if better(cell, best):
-                best_alpha, best = alpha, cell
-        if best_alpha is not None:
-            table.cells[label]["fixed"] = best
-            table.fixed_choice[label] = best_alpha
+        best: dict[str, tuple[str, Cell]] = {}  # column -> (α start, its cell)
+        for (column, alpha), cell in choices.items():
+            if column not in best or better(cell, best[column][1]):
+                best[column] = (alpha, cell)
+        for column, (alpha, cell) in best.items():
+            table.cells[label][column] = cell
+            # The Fixed column's pick (the search's own composer training) is the one
+            # the section names.
+            if column == "fixed":
+                table.fixed_choice[label] = alpha
     for target in search.targets:
         task, composer = find_composer(scores.stream, target.composer, "targets")
         stored = [s for s in composer.skills if s != BASE]

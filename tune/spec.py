@@ -47,6 +47,9 @@ untrained: `steps: 0`); random:
 the random-LoRA bank control (psec over random LoRAs of the stored skills' per-layer
 norms, `bank: random`, at each of the search's α choices)."""
 
+ComposerDataChoice = Literal["stream", "all"]
+"""What a target's composers train on (`SearchSpec.composer_data`)."""
+
 COMPOSING = ("psec", "nsec", "asec", "mlp", "fixed", "uniform", "random")
 FROM_SCRATCH = ("scratch", "bc", "joint", "fisor")
 """Methods that fit a new policy (a base) instead of a skill on the stored base."""
@@ -161,6 +164,8 @@ class SearchScale(_Spec):
     table)."""
     composer_objectives: list[Objective | None] | None = Field(None, min_length=1)
     """Sample weightings of the target's composers to try."""
+    composer_data: list[ComposerDataChoice] | None = Field(None, min_length=1)
+    """What the target's composers train on (`SearchSpec.composer_data`)."""
     num_samples: int | None = Field(None, ge=1)
     """searcher.num_samples."""
     max_concurrent_trials: int | None = Field(None, ge=1)
@@ -179,6 +184,12 @@ class AlphaTraceSpec(_Spec):
     alpha: AlphaSpec | None = None
     """Which of the search's α(s) choices (`alpha`) the composer was trained with; None:
     the first. A scale whose choices leave it out drops the trace."""
+    objective: Objective | None = None
+    """Which of the search's composer weightings (`composer_objectives`); None: the
+    first. A scale whose choices leave it out drops the trace."""
+    composer_data: ComposerDataChoice | None = None
+    """Which of the search's `composer_data` choices; None: the first. A scale whose
+    choices leave it out drops the trace."""
 
 
 class SearchSpec(_Spec):
@@ -217,6 +228,12 @@ class SearchSpec(_Spec):
     """Sample weightings of the target's composers to try (null: the stream's), e.g.
     [null, advantage]: the advantage-weighted composer loss, from IQL critics fitted on the
     target's data (its skill is then fitted again, into an item that holds them)."""
+    composer_data: list[ComposerDataChoice] = Field(default_factory=lambda: ["stream"],
+                                                    min_length=1)
+    """What the target's composers train on: `stream`, the composer's own `data` rule
+    (e.g. DSRL's safe near-expert subset); `all`, every episode of the target's data (a
+    weighting that should see hazards needs the episodes that meet them). A target whose
+    composer already trains on everything has one choice: `all` is `stream` there."""
     controls: list[Literal["single"]] = Field(default_factory=list)
     """single: roll every stored skill the target composes, and the base, out on the
     target task alone (stream `<search>_controls`). The new skill alone is evaluated in
@@ -291,13 +308,13 @@ class SearchSpec(_Spec):
                 raise FieldError((index,), f"{value} is listed twice")
         return seeds
 
-    @field_validator("methods")
+    @field_validator("methods", "composer_data")
     @classmethod
-    def _methods(cls, methods: list[str]) -> list[str]:
-        for index, value in enumerate(methods):
-            if value in methods[:index]:
+    def _distinct(cls, choices: list[str]) -> list[str]:
+        for index, value in enumerate(choices):
+            if value in choices[:index]:
                 raise FieldError((index,), f"{value!r} is listed twice")
-        return methods
+        return choices
 
     @field_validator("scales")
     @classmethod
@@ -362,7 +379,7 @@ class SearchSpec(_Spec):
         scale = self.scales[name]
         data = self.model_dump(mode="json")
         for field in ("seeds", "ranks", "data_episodes", "steps_per_episode",
-                      "composer_objectives"):
+                      "composer_objectives", "composer_data"):
             if getattr(scale, field) is not None:
                 data[field] = getattr(scale, field)
         for field in ("fixed_alpha", "alpha"):
@@ -380,7 +397,11 @@ class SearchSpec(_Spec):
         data["alpha_trace"] = [trace for trace in data["alpha_trace"]
                                if trace["target"] in kept
                                and (scale.methods is None or trace["method"] in scale.methods)
-                               and (trace["alpha"] is None or trace["alpha"] in data["alpha"])]
+                               and (trace["alpha"] is None or trace["alpha"] in data["alpha"])
+                               and (trace["objective"] is None
+                                    or trace["objective"] in data["composer_objectives"])
+                               and (trace["composer_data"] is None
+                                    or trace["composer_data"] in data["composer_data"])]
         for other in data["scales"].values():
             # Other scales may keep targets or methods this one drops; they no longer apply.
             if other["targets"] is not None:

@@ -147,7 +147,7 @@ def _varying(search: SearchSpec) -> dict[str, bool]:
 
 
 def _row_label(method: str, rank, episodes, alpha, varying: dict[str, bool],
-               objective: str | None = None) -> str:
+               composer: str | None = None) -> str:
     label = ROW_LABELS[method]
     extra = []
     if varying["rank"] and rank is not None:
@@ -156,16 +156,16 @@ def _row_label(method: str, rank, episodes, alpha, varying: dict[str, bool],
         extra.append(f"{episodes} traj.")
     if varying["alpha"] and alpha is not None and method not in ("fixed", "uniform"):
         extra.append(alpha)
-    if objective is not None:
-        extra.append(f"composer {objective}")
+    if composer is not None:
+        extra.append(f"composer {composer}")
     return f"{label} [{', '.join(extra)}]" if extra else label
 
 
 def _config(point: TrialPoint) -> tuple:
-    """A point without its seed: (target, method, rank, episodes, α label, composer
-    objective)."""
+    """A point without its seed: (target, method, rank, episodes, α label, how its
+    composer trains where the search changes it)."""
     return (point.target, point.method, point.rank, point.episodes,
-            None if point.alpha is None else alpha_label(point.alpha), point.objective)
+            None if point.alpha is None else alpha_label(point.alpha), point.composer_label())
 
 
 def method_table(results: SearchResults) -> list[str]:
@@ -185,23 +185,23 @@ def method_table(results: SearchResults) -> list[str]:
             # the start point with the best mean over seeds.
             best: dict[tuple, tuple[float, str | None, list[float]]] = {}
             for config in mine:
-                target, _, rank, episodes, alpha, objective = config
+                target, _, rank, episodes, alpha, composer = config
                 values = groups.get(config, [])
                 mean = _mean_std(values)[0] if values else math.nan
-                key = (target, rank, episodes, objective)
+                key = (target, rank, episodes, composer)
                 if key not in best or math.isnan(best[key][0]) or (
                         not math.isnan(mean) and (mean > best[key][0] if search.mode == "max"
                                                   else mean < best[key][0])):
                     best[key] = (mean, alpha, values)
-            for (target, rank, episodes, objective), (mean, alpha, values) in best.items():
-                label = _row_label("fixed", rank, episodes, None, varying, objective)
+            for (target, rank, episodes, composer), (mean, alpha, values) in best.items():
+                label = _row_label("fixed", rank, episodes, None, varying, composer)
                 rows.setdefault(label, {})[target] = values
                 if len(search.fixed_alpha) > 1 and not math.isnan(mean):
                     winners.append(f"{target}: {alpha}")
             continue
         for config in mine:
-            target, _, rank, episodes, alpha, objective = config
-            label = _row_label(method, rank, episodes, alpha, varying, objective)
+            target, _, rank, episodes, alpha, composer = config
+            label = _row_label(method, rank, episodes, alpha, varying, composer)
             rows.setdefault(label, {})[target] = groups.get(config, [])
     lines = ["| method | " + " | ".join(labels) + " |",
              "| --- |" + " ---: |" * len(labels)]
@@ -320,7 +320,7 @@ def seed_table(results: SearchResults) -> list[str]:
             point = m.point
             alpha = None if point.alpha is None else alpha_label(point.alpha)
             label = _row_label(point.method, point.rank, point.episodes, alpha, varying,
-                               point.objective)
+                               point.composer_label())
             if point.method == "fixed":
                 label = f"{label} [{alpha}]"
             rows.setdefault(label, {})[point.seed] = (m.value, m.skill_value)
@@ -530,12 +530,18 @@ def write_section(search_path: str, scale: str, store_uri: str, results_path: st
         # The first keeps the file name a single trace always had (links to it stay); the
         # others are named by their target's composer (a store-safe name, unlike labels).
         composer = next(t.composer for t in search.targets if t.label == trace.target)
+        trained = "".join(f"-{part}" for part in (trace.objective, trace.composer_data)
+                          if part is not None).replace("+", "-")
         file = f"{search.name}-alpha.png" if index == 0 else \
-            f"{search.name}-alpha-{composer}{alpha_file_tag(trace.alpha)}.png"
+            f"{search.name}-alpha-{composer}{alpha_file_tag(trace.alpha)}{trained}.png"
         try:
             notes.append(plot_trace(search, trace, results.stream, store,
                                     os.path.join(folder, file)))
             chosen = "" if trace.alpha is None else f", α {alpha_label(trace.alpha)}"
+            if trace.objective is not None:
+                chosen += f", composer {trace.objective}"
+            if trace.composer_data is not None:
+                chosen += f", composer data {trace.composer_data}"
             plots.append((f"α(s) over one episode ({trace.target}{chosen})", file))
         except PsecError as error:
             notes.append(f"α(s) over one episode on {trace.target}: not plotted ({error}).")

@@ -1,6 +1,7 @@
 """Trial points and what each one runs: a method is a transformation of the stream's spec.
 
-A *trial point* is one method on one target with one rank, data size, α choice and seed.
+A *trial point* is one method on one target with one rank, data size, α choice and seed
+(and, where the search varies them, the composer's weighting and data).
 It becomes a one-task plan on top of the store (`pipeline.plan.plan_task`):
 
 * psec / nsec / asec / fixed / uniform / random: the target task renamed
@@ -35,6 +36,7 @@ import hashlib
 import itertools
 import json
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -73,6 +75,9 @@ class TrialPoint(BaseModel):
     objective: str | None = None
     """The composer's sample weighting where the search sets one (`composer_objectives`);
     None: the stream's."""
+    composer_data: Literal["all"] | None = None
+    """`all`: the composer trains on every episode of the target's data
+    (`composer_data`); None: on what the stream's composer `data` selects."""
 
     def tag(self) -> str:
         """8 hex digits naming the point's items and stream (stable across runs).
@@ -87,6 +92,8 @@ class TrialPoint(BaseModel):
             identity["alpha"].pop("reg")  # points from before the regulariser keep their tags
         if identity["objective"] is None:
             identity.pop("objective")  # points from before the objective axis keep theirs
+        if identity["composer_data"] is None:
+            identity.pop("composer_data")  # and those from before the data axis theirs
         return _digest(identity)
 
     def skill_tag(self) -> str:
@@ -120,10 +127,25 @@ class TrialPoint(BaseModel):
             parts.append(f"{self.episodes} trajectories")
         if self.alpha is not None:
             parts.append(alpha_label(self.alpha))
-        if self.objective is not None:
-            parts.append(f"composer {self.objective}")
+        composer = self.composer_label()
+        if composer is not None:
+            parts.append(f"composer {composer}")
         parts.append(f"seed {self.seed}")
         return ", ".join(parts)
+
+    def composer_label(self) -> str | None:
+        """How the composer trains where the search changes it from the stream's
+        (`composer_label`)."""
+        return composer_label(self.objective, self.composer_data)
+
+
+def composer_label(objective: str | None, composer_data: str | None) -> str | None:
+    """How a composer trains where a search changes it from the stream's: its weighting
+    and/or `on all data` (`composer_data` all); None where it trains as the stream says."""
+    parts = [objective] if objective is not None else []
+    if composer_data == "all":
+        parts.append("on all data")
+    return " ".join(parts) or None
 
 
 def _digest(identity: dict) -> str:
@@ -155,7 +177,11 @@ def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
     stream = search.load_stream()
     points: list[TrialPoint] = []
     for target in search.targets:
-        task = find_composer(stream, target.composer, "targets")[0].name
+        task, composer = find_composer(stream, target.composer, "targets")
+        # `all` is the stream's own choice where the composer trains on everything.
+        data_choices = list(dict.fromkeys(
+            "all" if choice == "all" and not composer.data.selects_all else None
+            for choice in search.composer_data))
         for method in search.target_methods(target):
             ranks: list[int | None] = ([None] if method == "mlp" or method in FROM_SCRATCH
                                        else list(search.ranks))
@@ -168,13 +194,15 @@ def enumerate_points(search: SearchSpec) -> list[TrialPoint]:
             else:  # psec, nsec, asec, mlp and the random bank that controls them
                 alphas = list(search.alpha)
             # An untrained composer (uniform) and a policy of its own weigh nothing.
-            objectives = ([None] if method in FROM_SCRATCH or method == "uniform"
-                          else list(search.composer_objectives))
-            for rank, episodes, alpha, objective, seed in itertools.product(
-                    ranks, search.data_episodes, alphas, objectives, search.seeds):
-                point = TrialPoint(target=target.label, task=task, method=method, rank=rank,
-                                   episodes=episodes, alpha=alpha, seed=seed,
-                                   objective=objective)
+            untrained = method in FROM_SCRATCH or method == "uniform"
+            objectives = [None] if untrained else list(search.composer_objectives)
+            composer_data = [None] if untrained else data_choices
+            for rank, episodes, alpha, objective, data, seed in itertools.product(
+                    ranks, search.data_episodes, alphas, objectives, composer_data,
+                    search.seeds):
+                point = TrialPoint(target=target.label, task=task.name, method=method,
+                                   rank=rank, episodes=episodes, alpha=alpha, seed=seed,
+                                   objective=objective, composer_data=data)
                 if point not in points:
                     points.append(point)
     return points
@@ -295,7 +323,8 @@ def trial_task(search: SearchSpec, stream: StreamSpec, point: TrialPoint,
     steps = 0 if point.method == "uniform" else scaled_steps(composer.steps, fraction)
     data.update(lora=_lora(task, variant), composers=[{
         "name": f"{composer.name}_{tag}", "skills": skills, "mode": MODE[point.method],
-        "alpha": point.alpha.model_dump(), "steps": steps, "data": composer.data.model_dump(),
+        "alpha": point.alpha.model_dump(), "steps": steps,
+        "data": (ComposerData() if point.composer_data == "all" else composer.data).model_dump(),
         "objective": point.objective or composer.objective,
         "bank": "random" if point.method == "random" else "stored"}])
     return parse_task(data)
