@@ -231,7 +231,7 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     assert cells["fisor"].reward == pytest.approx([0.35, 0.36, 0.37])
     assert cells["fisor"].cost == pytest.approx([0.1] * 3)
     text = safe_section(table, None, "psec tune configs/search_dsrl.yaml", [], None)
-    assert "## Safe composition" in text
+    assert "### Search `dsrl` (Table 1 layout)" in text
     # Results without a search record: a store whose Tune folder was not kept, not "not run".
     assert "Not run in this store yet" not in text and "but no search record" in text
     # The subset's own level: episodes 0, 2 and 4 (returns 0, 10, 20; no cost).
@@ -381,7 +381,7 @@ def test_psec_tune_results_writes_the_safe_composition_section(tmp_path):
     results.write_text("# Results\n\n## Other\n\nkept\n")
     write_section(str(SEARCH), "small", str(tmp_path / "store"), str(results), "psec tune X")
     text = results.read_text()
-    assert "## Other\n\nkept" in text and "<!-- tune:dsrl -->\n## Safe composition" in text
+    assert "## Other\n\nkept" in text and "<!-- tune:dsrl -->\n### Search `dsrl` (Table 1 layout)" in text
     assert "Not run in this store yet" in text and "| BallRun | " in text
     # No composer in an empty store: each listed trace says so.
     for target in ("CarRun", "BallCircle", "CarCircle"):

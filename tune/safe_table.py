@@ -344,7 +344,7 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
     """The search's section of the results file (between its `tune:` markers)."""
     search = table.search
     thresholds = sorted(set(table.thresholds.values()))
-    lines = [f"<!-- tune:{search.name} -->", "## Safe composition", "",
+    lines = [f"<!-- tune:{search.name} -->", f"### Search `{search.name}` (Table 1 layout)", "",
              f"Search `{search.name}` (paper Table 1, Bullet-Safety-Gym). Regenerate: "
              f"`{command}` on a fresh store (`--table-only` rewrites this section from the "
              "store as it is).", ""]
