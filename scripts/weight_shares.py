@@ -61,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     from library.serialization import critics_from_item, split_item
     from library.store import SkillStore
     from library.weighting import WeightingConfig, make_weighting
-    from pipeline.acting import composer_critics, load_composer
+    from pipeline.acting import load_composer
     from pipeline.evaluation import stored_task
     from tasks.dataset import dataset_meta
+    from tune.alpha_trace import task_critics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True, help="store holding the composer")
@@ -77,15 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     store = SkillStore(args.store)
     try:
         composer = load_composer(store, args.composer)
-        entry = store.entry(args.composer)
-        task_name = (entry.task_spec or {}).get("name")
-        config, tensors = store.load(args.composer)
-        normalizer = composer.policy.normalizer
-        iql, feasibility = critics_from_item(
-            *composer_critics(store, task_name, config, split_item(tensors)[1]), normalizer)
+        task_name = (store.entry(args.composer).task_spec or {}).get("name")
+        iql, feasibility = task_critics(store, args.composer, composer)
         if iql is None and args.reward_critics is not None:
             other, other_tensors = store.load(args.reward_critics)
-            iql = critics_from_item(other, split_item(other_tensors)[1], normalizer)[0]
+            iql = critics_from_item(other, split_item(other_tensors)[1],
+                                    composer.policy.normalizer)[0]
             if iql is None:
                 raise StoreError(f"item {args.reward_critics!r} holds no reward critics")
         beta = stored_task(store.entry(task_name), None).critic.beta

@@ -47,14 +47,20 @@ class Trace:
     """s_t, the visited states: [T, obs_dim]."""
 
 
-def feasibility_critic(store, name: str, composer):
-    """The feasibility critic of stored composer `name`'s task (held in that task's skill
-    item, on the composer's normaliser); None when the task has none."""
+def task_critics(store, name: str, composer):
+    """(IQL critics, feasibility critic) of stored composer `name`'s task (held in that
+    task's skill item, on the composer's normaliser); None for each the task lacks."""
     entry = store.entry(name)
     config, tensors = store.load(name)
     return critics_from_item(
         *composer_critics(store, (entry.task_spec or {}).get("name"), config,
-                          split_item(tensors)[1]), composer.policy.normalizer)[1]
+                          split_item(tensors)[1]), composer.policy.normalizer)
+
+
+def feasibility_critic(store, name: str, composer):
+    """The feasibility critic of stored composer `name`'s task (`task_critics`); None when
+    the task has none."""
+    return task_critics(store, name, composer)[1]
 
 
 def trace(store, name: str, task, seed: int = 0) -> Trace:
