@@ -128,14 +128,12 @@ class SafeTable:
         composers = list(dict.fromkeys(
             composer_label(objective, data) for objective in search.composer_objectives
             for data in search.composer_data))
-        refits = [f"for composer {o}" for o in search.composer_objectives
-                  if o in CRITIC_OBJECTIVES]
         keys = []
         for key in COLUMNS:
             if key in _COMPOSER_METHODS and key not in methods:
                 continue
             if key == "safety-skill":
-                keys += [key, *(f"{key}#{refit}" for refit in refits)]
+                keys += list(dict.fromkeys(_skill_key(o) for o in [None, *search.composer_objectives]))
             elif key in _COMPOSER_METHODS:
                 alphas = search.alpha if key in _ALPHA_METHODS else [None]
                 keys += [_key(key, alpha, composer, search)
@@ -159,6 +157,13 @@ def _key(method: str, alpha, composer: str | None, search: SearchSpec) -> str:
     if alpha is not None and alpha != search.alpha[0]:
         key += f"@{alpha_label(alpha)}"
     return key if composer is None else f"{key}#{composer}"
+
+
+def _skill_key(objective: str | None) -> str:
+    """The column of the new (safety) skill a trial with composer weighting `objective`
+    evaluates: one that needs critics has the skill fitted again with them."""
+    return "safety-skill" if objective not in CRITIC_OBJECTIVES else \
+        f"safety-skill#for composer {objective}"
 
 
 def column_key(search: SearchSpec, point) -> str:
@@ -224,9 +229,7 @@ def safe_table(search: SearchSpec, rows: list[dict], store=None) -> SafeTable:
         if score.skill_value is not None and cost.skill_value is not None and \
                 key not in seen_skills:
             seen_skills.add(key)
-            column = "safety-skill" if point.objective not in CRITIC_OBJECTIVES else \
-                f"safety-skill#for composer {point.objective}"
-            cell = table.cells[point.target].setdefault(column, Cell())
+            cell = table.cells[point.target].setdefault(_skill_key(point.objective), Cell())
             cell.reward.append(score.skill_value)
             cell.cost.append(cost.skill_value / threshold)
     for label, choices in fixed.items():
