@@ -18,7 +18,7 @@ learns nothing about hazards its training states do not reach.
 `--plot PATH` draws, per composer, the newest skill's mean α(s) at each step of the
 episode over the states at a cost and over those with no cost ahead.
 
-    python scripts/alpha_near_hazards.py --store stores/dsrl-carrun-paper carrun-psec_a73a72f5
+    python scripts/alpha_near_hazards.py --store stores/dsrl-paper carrun-psec_a73a72f5
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ data (V_h > 0 is in-distribution); distant neighbours whose V_h differs from the
 mean it extrapolates. Then, over the data states with no cost ahead, the share the critic
 calls infeasible by how many steps are left in their episode.
 
-    python scripts/hazard_neighbours.py --store stores/dsrl-carrun-paper carrun-psec_a73a72f5
+    python scripts/hazard_neighbours.py --store stores/dsrl-paper carrun-psec_a73a72f5
 """
 
 from __future__ import annotations

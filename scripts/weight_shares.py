@@ -13,7 +13,7 @@ states, their feasible share, their share of the total weight and their mean wei
 Nothing is trained; a weighting whose weight never reaches the states before a hazard
 cannot teach α(s) anything there.
 
-    python scripts/weight_shares.py --store stores/dsrl-carrun-paper carrun-psec_a73a72f5 \\
+    python scripts/weight_shares.py --store stores/dsrl-paper carrun-psec_a73a72f5 \\
         --reward-critics carrun-reward_lora8
 """
 
