@@ -32,6 +32,7 @@ is not repeated, and a unit that was interrupted resumes from its last checkpoin
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -193,21 +194,44 @@ class StreamSummary:
 
 
 @ray.remote(num_cpus=1, max_retries=0)
-def make_dataset(task_json: dict[str, Any], name: str, store: StoreHandle,
-                 imported: pa.Table | None) -> tuple[float, str | None]:
-    """Generate or take the imported dataset of a task and store it; returns seconds and,
-    when generated data differ from those stored items were fitted on, a note saying so
+def make_dataset(task_json: dict[str, Any], names: list[str], store: StoreHandle,
+                 imported: pa.Table | None) -> tuple[float, list[str]]:
+    """Generate or take the imported dataset of a task and store it under each of `names`
+    (tasks whose data are the same table: `same_data_groups`); returns seconds and, where
+    generated data differ from those stored items were fitted on, notes saying so
     (`regenerated_note`)."""
     from tasks.generators import generate
 
     started = time.perf_counter()
-    if store.has_dataset(name):
-        return 0.0, None
+    names = [name for name in names if not store.has_dataset(name)]
+    if not names:
+        return 0.0, []
     task = parse_task(task_json)
     table = imported if imported is not None else generate(task)
-    store.put_dataset(name, table)
-    note = regenerated_note(store.list(), name, table) if imported is None else None
-    return time.perf_counter() - started, note
+    notes = []
+    for name in names:
+        store.put_dataset(name, table)
+        note = regenerated_note(store.list(), name, table) if imported is None else None
+        notes += [note] if note is not None else []
+    return time.perf_counter() - started, notes
+
+
+def same_data_groups(task_plans: list[TaskPlan],
+                     imported: dict[str, pa.Table]) -> list[tuple[TaskPlan, list[str]]]:
+    """The datasets of `task_plans` grouped by the table they hold: tasks whose generated
+    data are one table (equal `generation_key`: Car Run's reward and safety tasks share
+    their 1000 episodes) are generated once and stored under each task's name. Each group
+    is (the task that makes it, its dataset names), in plan order; a task whose data are
+    imported is a group of its own."""
+    from tasks.generators.generator import generation_key
+
+    groups: dict[str, tuple[TaskPlan, list[str]]] = {}
+    for task_plan in task_plans:
+        task = task_plan.task
+        key = (f"imported:{task.name}" if task.name in imported
+               else json.dumps(generation_key(task), sort_keys=True))
+        groups.setdefault(key, (task_plan, []))[1].append(task_plan.dataset)
+    return list(groups.values())
 
 
 def regenerated_note(entries: list[ManifestEntry], name: str, table: pa.Table) -> str | None:
@@ -383,15 +407,14 @@ class Driver:
         # the plan makes waits for the same ref.
         data_refs: dict[str, ray.ObjectRef] = {}
         needed = {plan.units[u].dataset for u in plan.units if not unit_done[u]}
-        for task_plan in plan.tasks:
-            dataset = task_plan.dataset
-            if task_plan.task.data.source == "store" or dataset not in needed \
-                    or dataset in data_refs or store.has_dataset(dataset):
-                continue
-            ref = make_dataset.remote(dump(task_plan.task), dataset, store,
+        to_make = [task_plan for task_plan in plan.tasks
+                   if task_plan.task.data.source != "store" and task_plan.dataset in needed
+                   and not store.has_dataset(task_plan.dataset)]
+        for task_plan, names in same_data_groups(to_make, self.checked.imported):
+            ref = make_dataset.remote(dump(task_plan.task), names, store,
                                       self.checked.imported.get(task_plan.task.name))
-            data_refs[dataset] = ref
-            pending[ref] = ("data", dataset)
+            data_refs |= dict.fromkeys(names, ref)
+            pending[ref] = ("data", names)
         for name, unit in plan.units.items():
             if unit_done[name]:
                 self.summary.skipped.extend(unit.produces())
@@ -576,11 +599,12 @@ class Driver:
                 if kind == "fit":  # ended, however: a waiting driver reads how
                     self.claims.release(claim_key(self.plan.units[key].produces()))
                 value = _result(ref)
-                if kind == "data":
-                    seconds, note = value
-                    self.summary.dataset_seconds[key] = round(seconds, 3)
-                    view.event(f"dataset {key} stored ({seconds:.0f} s)")
-                    if note is not None:
+                if kind == "data":  # key: the names one table is stored under
+                    seconds, notes = value
+                    self.summary.dataset_seconds[key[0]] = round(seconds, 3)
+                    same = f"; {', '.join(key[1:])}: the same rows" if len(key) > 1 else ""
+                    view.event(f"dataset {key[0]} stored ({seconds:.0f} s){same}")
+                    for note in notes:
                         view.event(f"warning: {note}")
                 elif kind == "fit":
                     self._fit_done(view, value)

@@ -432,3 +432,25 @@ def test_cluster_yaml_starts_every_node_with_the_worker_limit():
         printed = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
                                  check=True).stdout
         assert printed.strip() == str(worker_limit())
+
+
+def test_tasks_whose_generated_data_are_one_table_make_it_once():
+    from pipeline.driver import same_data_groups
+
+    def generated(name, role="skill", **data):
+        return {"name": name, "suite": "dmc", "env": "walker-walk", "role": role,
+                **({} if role == "base" else {"base": "stand"}),
+                "data": {"source": "generate", "policy": "random", "episodes": 2, **data}}
+
+    stream = parse_stream({"name": "s", "tasks": [
+        generated("stand", role="base"), generated("walk"), generated("run", seed=1),
+        generated("hop", episodes=3), generated("jump")], "scales": {"smoke": {}, "paper": {}}})
+    plan = plan_stream(stream)
+    groups = same_data_groups(plan.tasks, imported={})
+    # stand, walk and jump: the same spec, one table; a data seed or size of its own is not.
+    assert [(maker.task.name, names) for maker, names in groups] == [
+        ("stand", ["stand", "walk", "jump"]), ("run", ["run"]), ("hop", ["hop"])]
+    # An imported table is its task's own, whatever its spec says.
+    imported = {"walk": pa.table({"x": [1]})}
+    assert [names for _, names in same_data_groups(plan.tasks, imported)] == [
+        ["stand", "jump"], ["walk"], ["run"], ["hop"]]

@@ -59,6 +59,20 @@ def test_store_actor_serialises_registrations_and_keeps_errors_one_line(ray_clus
         store.load("ghost")
 
 
+def test_tasks_on_one_generated_table_generate_it_once_and_each_stores_it(ray_cluster, tmp_path):
+    data = {"source": "generate", "policy": "random", "episodes": 2}  # the same spec twice
+    tasks = [{**tiny_task("stand", role="base", steps=10), "horizon": 20, "data": data},
+             {**tiny_task("walk", steps=10), "horizon": 20, "data": data}]
+    store_uri = str(tmp_path / "store")
+    plan = plan_stream(load_stream(write_stream(tmp_path / "s.yaml", tasks)))
+    summary = run_plan(plan, store_uri, DriverOptions(progress=False))
+    assert summary.fitted == ["stand", "walk"]
+    assert list(summary.dataset_seconds) == ["stand"]  # one generation, for both tasks
+    store = SkillStore(store_uri)
+    assert store.get_dataset("stand").num_rows == 40
+    assert store.get_dataset("walk").equals(store.get_dataset("stand"))
+
+
 @pytest.mark.parametrize("single_worker", ["task", "trainer"])
 def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tmp_path, single_worker):
     store_uri = str(tmp_path / "store")
