@@ -60,7 +60,7 @@ from pipeline.shipped_base import install
 from pipeline.stages import random_skill_name
 from pipeline.store_actor import StoreHandle
 from pipeline.tblog import RunLog, run_name
-from tasks.spec import dump, load_stream, parse_task
+from tasks.spec import TaskSpec, dump, load_stream, parse_task
 
 
 class DriverOptions(BaseModel):
@@ -216,21 +216,20 @@ def make_dataset(task_json: dict[str, Any], names: list[str], store: StoreHandle
     return time.perf_counter() - started, notes
 
 
-def same_data_groups(task_plans: list[TaskPlan],
-                     imported: dict[str, pa.Table]) -> list[tuple[TaskPlan, list[str]]]:
-    """The datasets of `task_plans` grouped by the table they hold: tasks whose generated
-    data are one table (equal `generation_key`: Car Run's reward and safety tasks share
-    their 1000 episodes) are generated once and stored under each task's name. Each group
-    is (the task that makes it, its dataset names), in plan order; a task whose data are
-    imported is a group of its own."""
+def same_data_groups(datasets: list[tuple[str, TaskSpec]], imported: dict[str, pa.Table]
+                     ) -> list[tuple[TaskSpec, list[str]]]:
+    """Datasets to make, (name, the task that makes it), grouped by the table they hold:
+    tasks whose generated data are one table (equal `generation_key`: Car Run's reward and
+    safety tasks share their 1000 episodes) generate it once and store it under each name.
+    Each group is (the task that makes it, its dataset names), in the given order; a task
+    whose data are imported (by task name) is a group of its own."""
     from tasks.generators.generator import generation_key
 
-    groups: dict[str, tuple[TaskPlan, list[str]]] = {}
-    for task_plan in task_plans:
-        task = task_plan.task
+    groups: dict[str, tuple[TaskSpec, list[str]]] = {}
+    for name, task in datasets:
         key = (f"imported:{task.name}" if task.name in imported
                else json.dumps(generation_key(task), sort_keys=True))
-        groups.setdefault(key, (task_plan, []))[1].append(task_plan.dataset)
+        groups.setdefault(key, (task, []))[1].append(name)
     return list(groups.values())
 
 
@@ -410,9 +409,10 @@ class Driver:
         to_make = [task_plan for task_plan in plan.tasks
                    if task_plan.task.data.source != "store" and task_plan.dataset in needed
                    and not store.has_dataset(task_plan.dataset)]
-        for task_plan, names in same_data_groups(to_make, self.checked.imported):
-            ref = make_dataset.remote(dump(task_plan.task), names, store,
-                                      self.checked.imported.get(task_plan.task.name))
+        groups = same_data_groups([(t.dataset, t.task) for t in to_make], self.checked.imported)
+        for task, names in groups:
+            ref = make_dataset.remote(dump(task), names, store,
+                                      self.checked.imported.get(task.name))
             data_refs |= dict.fromkeys(names, ref)
             pending[ref] = ("data", names)
         for name, unit in plan.units.items():

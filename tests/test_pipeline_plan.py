@@ -446,11 +446,12 @@ def test_tasks_whose_generated_data_are_one_table_make_it_once():
         generated("stand", role="base"), generated("walk"), generated("run", seed=1),
         generated("hop", episodes=3), generated("jump")], "scales": {"smoke": {}, "paper": {}}})
     plan = plan_stream(stream)
-    groups = same_data_groups(plan.tasks, imported={})
+    datasets = [(task_plan.dataset, task_plan.task) for task_plan in plan.tasks]
+    groups = same_data_groups(datasets, imported={})
     # stand, walk and jump: the same spec, one table; a data seed or size of its own is not.
-    assert [(maker.task.name, names) for maker, names in groups] == [
+    assert [(maker.name, names) for maker, names in groups] == [
         ("stand", ["stand", "walk", "jump"]), ("run", ["run"]), ("hop", ["hop"])]
     # An imported table is its task's own, whatever its spec says.
     imported = {"walk": pa.table({"x": [1]})}
-    assert [names for _, names in same_data_groups(plan.tasks, imported)] == [
+    assert [names for _, names in same_data_groups(datasets, imported)] == [
         ["stand", "jump"], ["walk"], ["run"], ["hop"]]

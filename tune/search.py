@@ -53,7 +53,7 @@ from library.errors import PsecError, StoreError
 from library.names import BASE
 from library.store import SkillStore
 from pipeline.checkpoints import filesystem
-from pipeline.driver import DriverOptions, make_dataset, run_plan
+from pipeline.driver import DriverOptions, make_dataset, run_plan, same_data_groups
 from pipeline.evaluation import EvalJob, launch_evaluation, summarise_job
 from pipeline.fit import psec_cause
 from pipeline.fit_job import FitOptions
@@ -319,10 +319,11 @@ def prepare(search: SearchSpec, stream: StreamSpec, points: list[TrialPoint], st
             from tasks.generators.generator import check_stored
 
             check_stored(task, name, dataset_meta(store.get_dataset_schema(name)))
-    refs = [make_dataset.remote(dump(task), name, handle, None)
-            for name, task in datasets.items() if not store.has_dataset(name)]
-    for _, note in ray.get(refs):
-        if note is not None:
+    to_make = [(name, task) for name, task in datasets.items() if not store.has_dataset(name)]
+    refs = [make_dataset.remote(dump(task), names, handle, None)
+            for task, names in same_data_groups(to_make, imported={})]
+    for _, notes in ray.get(refs):
+        for note in notes:
             print(f"psec tune: warning: {note}", file=sys.stderr, flush=True)
     tasks = base_tasks(search, stream, points) + library_tasks(search, stream, points)
     shared = parse_stream({"name": f"{search.name}_prepare", "continual": False,
