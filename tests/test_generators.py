@@ -252,3 +252,35 @@ def test_curve_takes_the_first_evaluation_past_each_multiple(tmp_path):
         json.dumps({"step": s, "return_mean": float(s), "return_std": 0.0}) + "\n" for s in steps))
     rows = experts.curve("Walker2d-v5", "mujoco", tmp_path, every=5000).splitlines()[2:]
     assert [int(r.split(" | ")[0].strip("| ")) for r in rows] == [5011, 10213, 15305, 16001]
+
+
+def test_medium_export_at_a_level_of_the_suites_score(tmp_path):
+    run_dir, store = tmp_path / "run", tmp_path / "experts"
+    config = SACConfig(env="walker-stand", horizon=HORIZON, hidden=16, batch_size=8, steps=100,
+                       learning_starts=40, eval_every=20, eval_episodes=1, checkpoint_every=100)
+    train(config, run_dir, log=lambda message: None)
+    rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    for row, value in zip(rows, [10.0, 30.0, 45.0, 70.0, 78.0]):
+        row["return_mean"] = value
+    (run_dir / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    experts.write_record("walker-stand", "expert", {"suite": "dmc", "return_mean": 100.0}, store)
+    # A DMC score is the return: level 75 ± 10% is [67.5, 82.5], first reached at step 80
+    # (70), where the band of the expert's return would have taken step 60 (45).
+    record = experts.export_medium("walker-stand", run_dir=run_dir, max_episodes=2,
+                                   directory=store, level=75.0)
+    assert record["steps"] == 80 and record["return_mean"] == 70.0
+    assert record["in_band"] and record["level"] == 75.0 and record["score"] == 70.0
+    assert record["command"].endswith("--level 75 --max-episodes 2")
+    with pytest.raises(DataError, match=r"score 95 ± 10%\); pick one with --step"):
+        experts.export_medium("walker-stand", run_dir=run_dir, directory=store, level=95.0)
+
+
+def test_d4rl_medium_levels_are_the_returns_of_d4rls_medium_data():
+    from tasks.suites import get_suite
+
+    mujoco = get_suite("mujoco")
+    # robomimic's table gives the returns beside the scores (4791, 3050; the scores rounded).
+    low, high = experts._returns_at(mujoco, "HalfCheetah-v5", 40.8, 40.8)
+    assert low == pytest.approx(high) and low == pytest.approx(4791, abs=10)
+    low, _ = experts._returns_at(mujoco, "Walker2d-v5", 66.4, 66.4)
+    assert low == pytest.approx(3050, abs=10)

@@ -181,6 +181,15 @@ def actor_policy(actor: Actor):
 # Medium policy and medium-replay data, picked from a finished (or running) SAC run
 
 MEDIUM_BAND = (1 / 3, 1 / 2)  # D4RL: a medium policy reaches about a third to half of expert
+# Where D4RL's own medium data lie, in the suite's score (D4RL-normalised on mujoco): BC
+# trained on halfcheetah-medium and walker2d-medium scores 40.8 and 66.4 (robomimic's D4RL
+# table, https://robomimic.github.io/docs/v0.2/datasets/d4rl.html), a BC policy scoring at
+# about its data's level. D4RL's Walker2d medium policy is far above a third to half of an
+# expert, so on these envs the medium actor is picked at this level instead of by the band
+# (docs/EXPERTS.md, "Medium and medium-replay").
+MEDIUM_LEVEL = {"HalfCheetah-v5": 40.8, "Walker2d-v5": 66.4}
+# An evaluation within this fraction of the level counts as reaching it.
+LEVEL_TOLERANCE = 0.1
 # Episodes of the replay buffer kept in the repository (1000-step DMC episodes: ~2.4 MB).
 MEDIUM_REPLAY_EPISODES = 10
 
@@ -215,22 +224,32 @@ def _replay_until(run: RunDir, step: int, max_episodes: int
 
 def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
                   max_episodes: int = MEDIUM_REPLAY_EPISODES, directory: Path = EXPERTS_DIR,
-                  step: int | None = None) -> dict:
-    """Export the run's first actor snapshot whose return reached MEDIUM_BAND of the
-    expert's as `<env>-medium` (D4RL stops training early there), and the replay buffer up
-    to that step — every episode, or `max_episodes` of them spread evenly over it — as
+                  step: int | None = None, level: float | None = None) -> dict:
+    """Export the run's first actor snapshot whose return reached the medium range as
+    `<env>-medium` (D4RL stops training early there), and the replay buffer up to that
+    step — every episode, or `max_episodes` of them spread evenly over it — as
     `<env>-medium-replay`. Returns the medium record.
 
-    `step` picks that evaluation's snapshot instead, for runs with no evaluation inside the
-    band yet; the record then says `in_band: false` and gives the ratio to the expert.
+    The medium range is `level` ± LEVEL_TOLERANCE in the suite's score where a level is
+    given or MEDIUM_LEVEL has one for `env` (D4RL's own medium data), else MEDIUM_BAND of
+    the expert's return. `step` picks that evaluation's snapshot instead, for runs with no
+    evaluation inside the range yet; the record then says `in_band: false`.
     """
-    get_suite(suite).check_env(env)  # an unknown env is not "an expert not trained yet"
+    scores = get_suite(suite)
+    scores.check_env(env)  # an unknown env is not "an expert not trained yet"
     run = RunDir(run_dir or default_run_dir(SACConfig(env=env, suite=suite)))
     expert = read_registry(directory).get(env, {}).get("expert")
     if expert is None:
         raise DataError(f"no expert for {env!r} yet: train it with `{train_command(env, suite)}`")
     reference = expert.get("check", expert)["return_mean"]
-    low, high = (f * reference for f in MEDIUM_BAND)
+    level = MEDIUM_LEVEL.get(env) if level is None else level
+    if level is None:
+        low, high = (f * reference for f in MEDIUM_BAND)
+        wanted = f"1/3..1/2 of the expert's {reference:.0f}"
+    else:
+        low, high = _returns_at(scores, env, level * (1 - LEVEL_TOLERANCE),
+                                level * (1 + LEVEL_TOLERANCE))
+        wanted = f"score {level:g} ± {LEVEL_TOLERANCE:.0%}"
     evaluations = read_jsonl(run.eval_log)
     if step is not None:
         rows = [r for r in evaluations if r["step"] == step]
@@ -240,7 +259,7 @@ def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
         rows = [r for r in evaluations if low <= r["return_mean"] <= high]
         if not rows:
             raise DataError(f"no evaluation of {run.path} has a return in [{low:.0f}, {high:.0f}] "
-                            f"(1/3..1/2 of the expert's {reference:.0f}); pick one with --step")
+                            f"({wanted}); pick one with --step")
     row = min(rows, key=lambda r: r["step"])
     tensors, returns, in_buffer = _replay_until(run, row["step"], max_episodes)
 
@@ -249,9 +268,12 @@ def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
               "measured": "SAC evaluation during training: deterministic actor, fixed-seed episodes",
               "expert_return": reference, "expert_fraction": row["return_mean"] / reference,
               "in_band": bool(low <= row["return_mean"] <= high),
+              **({} if level is None else {"level": level,
+                                           "score": scores.score(env, row["return_mean"])}),
               "command": f"python -m tasks.generators.experts export-medium --env {env}"
               + (f" --suite {suite}" if suite != "dmc" else "")
               + (f" --step {step}" if step is not None else "")
+              + (f" --level {level:g}" if level is not None and level != MEDIUM_LEVEL.get(env) else "")
               + (f" --max-episodes {max_episodes}" if max_episodes != MEDIUM_REPLAY_EPISODES else "")}
     replay_record = {"suite": suite, "steps": row["step"], "episodes_in_buffer": in_buffer,
                      "episodes": len(returns), "transitions": int(len(tensors["episode"])),
@@ -265,6 +287,13 @@ def export_medium(env: str, suite: str = "dmc", run_dir: Path | None = None,
         os.replace(tmp, path)
         write_record(env, "medium-replay", {"file": path.name, **replay_record}, directory)
     return record
+
+
+def _returns_at(suite, env: str, low: float, high: float) -> tuple[float, float]:
+    """The episode returns at which `suite` scores `low` and `high` on `env` (a score is an
+    increasing affine function of the return)."""
+    zero, one = suite.score(env, 0.0), suite.score(env, 1.0)
+    return (low - zero) / (one - zero), (high - zero) / (one - zero)
 
 
 def _display(path: Path) -> str:
@@ -378,7 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     medium.add_argument("--run-dir", type=Path, default=None)
     medium.add_argument("--max-episodes", type=int, default=MEDIUM_REPLAY_EPISODES)
     medium.add_argument("--step", type=int, default=None,
-                        help="use this evaluation's snapshot (when none lies in the band yet)")
+                        help="use this evaluation's snapshot (when none lies in the range yet)")
+    medium.add_argument("--level", type=float, default=None,
+                        help="pick the first snapshot at this score ± 10%% (default: D4RL's "
+                        "medium level where known, else 1/3..1/2 of the expert's return)")
     check = commands.add_parser("measure", help="evaluate a stored actor and record the result")
     check.add_argument("--env", required=True)
     check.add_argument("--kind", default="expert")
@@ -402,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "export-medium":
             print(json.dumps(export_medium(args.env, args.suite, args.run_dir, args.max_episodes,
-                                           step=args.step), indent=1))
+                                           step=args.step, level=args.level), indent=1))
         elif args.command == "measure":
             print(json.dumps(measure(args.env, args.kind, args.episodes), indent=1))
         elif args.command == "export-snapshot":
