@@ -150,6 +150,8 @@ def train_base(stream_path: str, task_name: str, folder: Path, scale: str | None
     _ensure_dataset(store, task, log)
     torch.set_num_threads(threads)
     context = UnitContext(store, unit, torch.device("cpu"))
+    if progress is not None:
+        _check_same_data(store, task.name, context.fingerprint, folder)
     torch.manual_seed(stage.seed)  # the initial weights of the stream's own fit
     learner = context.build(stage)
     if progress is None:
@@ -187,6 +189,20 @@ def train_base(stream_path: str, task_name: str, folder: Path, scale: str | None
         _save(store, progress, learner.state_dict(), optimizer_state)
         _store_base(store, learner, task, stage, progress, len(data.obs), context.fingerprint)
     return progress
+
+
+def _check_same_data(store: SkillStore, name: str, fingerprint: str, folder: Path) -> None:
+    """StoreError unless the base stored in the folder was trained on the table `fingerprint`
+    names. The folder's dataset is not committed with it (.gitignore), so a checkout
+    regenerates it, and the actors in tasks/experts may have changed since (a retrained
+    medium actor): the training must not go on on other data."""
+    if not store.exists(name):
+        return  # killed before its first piece was stored: nothing to compare
+    trained_on = store.entry(name).dataset_fingerprint
+    if trained_on is not None and trained_on != fingerprint:
+        raise StoreError(f"{folder} was trained on another table than the {name} dataset "
+                         "generated now (the actors in tasks/experts or the data spec changed): "
+                         "move it away to start afresh")
 
 
 def _resume(store: SkillStore, learner, progress: Progress) -> dict:

@@ -99,6 +99,37 @@ def test_training_refuses_a_folder_of_another_plan(tmp_path):
         train_base(other, "walk", tmp_path / "walk", scale=None, threads=1, log=quiet)
 
 
+def test_training_refuses_to_go_on_on_other_data(tmp_path, monkeypatch):
+    # The folder's dataset is not committed: a checkout generates it again, from the actors
+    # tasks/experts holds then. Other actors make another table, and the base must not go
+    # on training on it.
+    import shutil
+
+    import pyarrow.compute as pc
+
+    import tasks.generators.generator as generator
+
+    stream = stream_file(tmp_path)
+    train_base(stream, "stand", tmp_path / "base", scale=None, until=10, threads=1, log=quiet)
+    shutil.rmtree(tmp_path / "base" / "datasets")
+    real = generator.generate
+
+    def other_actors(task, *args, **kwargs):
+        table = real(task, *args, **kwargs)
+        column = table.schema.get_field_index("rewards")
+        return table.set_column(column, "rewards", pc.multiply(table["rewards"], 2.0))
+
+    monkeypatch.setattr(generator, "generate", other_actors)
+    with pytest.raises(StoreError, match="trained on another table .* move it away"):
+        train_base(stream, "stand", tmp_path / "base", scale=None, threads=1, log=quiet)
+    assert SkillStore(str(tmp_path / "base")).entry("stand").metrics["train_steps"] == 10
+    # The same actors again: it goes on.
+    monkeypatch.setattr(generator, "generate", real)
+    shutil.rmtree(tmp_path / "base" / "datasets")
+    assert train_base(stream, "stand", tmp_path / "base", scale=None, threads=1,
+                      log=quiet).steps == 60
+
+
 @pytest.mark.slow
 def test_a_stream_takes_the_shipped_base(ray_cluster, tmp_path, capsys):
     folder = tmp_path / "bases" / "stand"
