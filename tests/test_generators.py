@@ -284,3 +284,18 @@ def test_d4rl_medium_levels_are_the_returns_of_d4rls_medium_data():
     assert low == pytest.approx(high) and low == pytest.approx(4791, abs=10)
     low, _ = experts._returns_at(mujoco, "Walker2d-v5", 66.4, 66.4)
     assert low == pytest.approx(3050, abs=10)
+
+
+def test_medium_export_refuses_a_checkpoint_behind_the_medium_step(tmp_path):
+    run_dir, store = tmp_path / "run", tmp_path / "experts"
+    config = SACConfig(env="walker-stand", horizon=HORIZON, hidden=16, batch_size=8, steps=60,
+                       learning_starts=20, eval_every=20, eval_episodes=1, checkpoint_every=60)
+    train(config, run_dir, log=lambda message: None)
+    # An evaluation after the latest checkpoint (a run still going): its buffer is not saved.
+    rows = (run_dir / "eval.jsonl").read_text().splitlines()
+    later = {**json.loads(rows[-1]), "step": 80}
+    (run_dir / "eval.jsonl").write_text("\n".join(rows + [json.dumps(later)]) + "\n")
+    experts.write_record("walker-stand", "expert", {"suite": "dmc", "return_mean": 1e6}, store)
+    with pytest.raises(DataError, match="holds 60 transitions, fewer than the 80"):
+        experts.export_medium("walker-stand", run_dir=run_dir, directory=store, step=80)
+    assert not experts.actor_path("walker-stand", "medium", store).exists()

@@ -209,6 +209,11 @@ def _replay_until(run: RunDir, step: int, max_episodes: int
     with np.load(checkpoint / "replay.npz") as f:
         if int(f["added"]) > int(f["size"]):
             raise DataError(f"the replay buffer of {run.path} has wrapped: its first transitions are gone")
+        if int(f["added"]) < step:
+            raise DataError(f"the latest checkpoint of {run.path} holds {int(f['added'])} "
+                            f"transitions, fewer than the {step} up to the medium step: let the "
+                            "run go on to its next checkpoint (or stop it with SIGTERM, which "
+                            "writes one)")
         replay = {k: f[k][:step] for k in ("obs", "actions", "rewards", "costs", "next_obs",
                                            "terminals", "timeouts")}
     ends = np.flatnonzero(np.logical_or(replay["terminals"], replay["timeouts"]))
