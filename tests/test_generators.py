@@ -122,17 +122,24 @@ def test_unsupported_policy_names_the_field():
         generate(task("scripted"))
 
 
-def test_medium_export_and_medium_replay(tmp_path):
-    run_dir, store = tmp_path / "run", tmp_path / "experts"
+def run_with_returns(run_dir, returns: list[float]) -> list[dict]:
+    """A tiny walker-stand SAC run in `run_dir` (evaluations at steps 20, 40, ..., 100, one
+    checkpoint at its end) whose evaluations are given the known `returns`; its rows."""
     config = SACConfig(env="walker-stand", horizon=HORIZON, hidden=16, batch_size=8, steps=100,
                        learning_starts=40, eval_every=20, eval_episodes=1, checkpoint_every=100)
     train(config, run_dir, log=lambda message: None)
-    # Give the evaluations known returns: with an expert at 100 the band is [33.3, 50], and
-    # the first evaluation inside it (step 60) is the medium one, not the later 50 at 100.
     rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
-    for row, value in zip(rows, [10.0, 30.0, 45.0, 60.0, 50.0]):
+    for row, value in zip(rows, returns, strict=True):
         row["return_mean"] = value
     (run_dir / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def test_medium_export_and_medium_replay(tmp_path):
+    run_dir, store = tmp_path / "run", tmp_path / "experts"
+    # With an expert at 100 the band is [33.3, 50], and the first evaluation inside it
+    # (step 60) is the medium one, not the later 50 at 100.
+    rows = run_with_returns(run_dir, [10.0, 30.0, 45.0, 60.0, 50.0])
     experts.write_record("walker-stand", "expert", {"suite": "dmc", "return_mean": 100.0}, store)
     record = experts.export_medium("walker-stand", run_dir=run_dir, max_episodes=2, directory=store)
     chosen = rows[2]
@@ -256,13 +263,7 @@ def test_curve_takes_the_first_evaluation_past_each_multiple(tmp_path):
 
 def test_medium_export_at_a_level_of_the_suites_score(tmp_path):
     run_dir, store = tmp_path / "run", tmp_path / "experts"
-    config = SACConfig(env="walker-stand", horizon=HORIZON, hidden=16, batch_size=8, steps=100,
-                       learning_starts=40, eval_every=20, eval_episodes=1, checkpoint_every=100)
-    train(config, run_dir, log=lambda message: None)
-    rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
-    for row, value in zip(rows, [10.0, 30.0, 45.0, 70.0, 78.0]):
-        row["return_mean"] = value
-    (run_dir / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_with_returns(run_dir, [10.0, 30.0, 45.0, 70.0, 78.0])
     experts.write_record("walker-stand", "expert", {"suite": "dmc", "return_mean": 100.0}, store)
     # A DMC score is the return: level 75 ± 10% is [67.5, 82.5], first reached at step 80
     # (70), where the band of the expert's return would have taken step 60 (45).
