@@ -251,7 +251,7 @@ def test_table_8_layout_from_results_rows():
     assert controls["source base alone (thigh size)"] == {
         "walker2d-medium-expert": [7.0]}
     assert all(len(v) == 3 for v in controls["new LoRA skill alone (gravity)"].values())
-    text = shift_section(results, None, "psec tune configs/search_d4rl_shift.yaml")
+    text = shift_section(results, [], "psec tune configs/search_d4rl_shift.yaml")
     assert text.startswith("<!-- tune:d4rl_shift -->")
     # Results without a search record: a store whose Tune folder was not kept, not "not run".
     assert "Not run in this store yet" not in text and "but no search record" in text
@@ -271,8 +271,17 @@ def test_table_8_layout_from_results_rows():
            "one" in text
     # The paper's Table 8 beside ours, in the same columns.
     assert "| PSEC (friction) | 40.1 ± 1.2 | 31.1 ± 1.3 | 42.1 ± 1.0 | 61.7 ± 7.5 |" in text
+    # Per target, every row by training seed beside its own skill alone at that seed (one
+    # decimal: D4RL scores differ by a point or two). Here PSEC's value is its point's
+    # index and its skill's the negative of it, so each gap is twice the index.
+    gravity = [float(i) for i in by_choice["raw/newest+reg 1"]]
+    assert "By training seed, walker2d-medium/gravity" in text
+    assert ("| PSEC [raw/newest+reg 1] | " + " | ".join(f"{v:.1f}" for v in gravity) + " | "
+            + ", ".join(f"{2 * v:+.1f}" for v in gravity) + " |") in text
+    assert text.split("By training seed, walker2d-medium/gravity")[1].split(
+        "By training seed")[0].count("| new skill alone (rank 8) | ") == 1
     # The α(s) traces' plots and note close the section, before its end marker.
-    traced = shift_section(results, None, "psec tune", None,
+    traced = shift_section(results, [], "psec tune", None,
                            [("α(s) over one episode (walker2d-medium/gravity)", "a.png")],
                            "α(s) over one episode: composer x.")
     assert traced.endswith("![α(s) over one episode (walker2d-medium/gravity)](a.png)\n\n"

@@ -230,7 +230,7 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     assert cells["safety-skill"].reward == [0.2] * 3  # one skill per seed, not per method
     assert cells["fisor"].reward == pytest.approx([0.35, 0.36, 0.37])
     assert cells["fisor"].cost == pytest.approx([0.1] * 3)
-    text = safe_section(table, None, "psec tune configs/search_dsrl.yaml", [], None)
+    text = safe_section(table, [], "psec tune configs/search_dsrl.yaml", [], None)
     assert "### Search `dsrl` (Table 1 layout)" in text
     # Results without a search record: a store whose Tune folder was not kept, not "not run".
     assert "Not run in this store yet" not in text and "but no search record" in text
@@ -258,12 +258,12 @@ def test_the_table_1_section_from_results_rows(tmp_path):
     assert lines[paper_head + 3].startswith("| **average** (the paper's") and \
         lines[paper_head + 3].endswith("| 0.41 / 0.33 |")
     bare = safe_table(search.model_copy(update={"paper": {}}), _rows(search, reward, cost))
-    assert "`paper:` is empty" in safe_section(bare, None, "cmd", [], None)
+    assert "`paper:` is empty" in safe_section(bare, [], "cmd", [], None)
     # Unmeasured targets of another scale show dashes and no average.
     paper = safe_table(load_search(SEARCH, "paper"), [])
     assert all(not cell.measured for cells in paper.cells.values() for cell in cells.values())
     assert "| CarRun | " + " | ".join(["—"] * 8) + " |" in "\n".join(
-        safe_section(paper, None, "cmd", [], None).splitlines())
+        safe_section(paper, [], "cmd", [], None).splitlines())
 
 
 def test_the_paper_scale_takes_the_shipped_car_run_base_and_the_table_says_how_far(tmp_path):
@@ -283,7 +283,7 @@ def test_the_paper_scale_takes_the_shipped_car_run_base_and_the_table_says_how_f
     table = safe_table(search, [], store)
     line = (f"Bases (BC-All), as trained for these trials: carrun-base {steps:,} of "
             "1,000,000 steps at batch 2048 (shipped: bases/carrun-base).")
-    assert table.bases == line and line in safe_section(table, None, "cmd", [], None)
+    assert table.bases == line and line in safe_section(table, [], "cmd", [], None)
     assert safe_table(search, []).bases is None  # no store read: no line
     # Smaller scales fit their own base.
     assert load_search(SEARCH, "small").load_stream().task("carrun-base").train.steps == 2000

@@ -112,7 +112,6 @@ def test_a_tune_experiment_is_stored_under_the_store(s3_uri: str, tmp_path):
         SearchContext,
         _tuner,
         dump,
-        experiment_path,
     )
     from tune.spec import load_search
     from tune.trials import enumerate_points
@@ -121,8 +120,8 @@ def test_a_tune_experiment_is_stored_under_the_store(s3_uri: str, tmp_path):
     context = SearchContext(search=dump(search), stream=dump(search.load_stream()),
                             store_uri=s3_uri, concurrent_fits=1)
     # Making the Tuner (no Ray needed) resolves its storage and writes its first record.
-    _tuner(search, context, enumerate_points(search), experiment_path(s3_uri, search.name), False)
-    assert f"{TUNE_FOLDER}/{search.name}/tuner.pkl" in files(s3_uri)
+    _tuner(search, context, enumerate_points(search), f"{search.name}@smoke", False)
+    assert f"{TUNE_FOLDER}/{search.name}@smoke/tuner.pkl" in files(s3_uri)
 
 
 @pytest.mark.slow

@@ -163,6 +163,25 @@ def test_a_trace_follows_one_alpha_choice_and_goes_with_it(tmp_path):
     assert alpha_file_tag(AlphaSpec()) == "-raw-newest-reg1" and alpha_file_tag(None) == ""
 
 
+def test_every_trace_file_is_named_by_what_tells_it_apart(tmp_path):
+    """No trace takes a generic `<search>-alpha.png` (two scales of a search written into
+    one document would overwrite each other's): each is named by its target's composer,
+    then its method, seed and α choice where they are not the defaults."""
+    from tune.table import trace_file
+
+    zero = {"output": "raw", "init": "zero", "reg": 0}
+    search = load_search(write(tmp_path, changed(
+        alpha=[{"output": "raw", "init": "newest"}, zero],
+        targets=[{"label": "S→W", "composer": "s2w"}, {"label": "S+W→R", "composer": "sw2r"}],
+        alpha_trace=[{"target": "S→W"}, {"target": "S+W→R"}, {"target": "S→W", "method": "nsec"},
+                     {"target": "S→W", "seed": 1}, {"target": "S→W", "alpha": zero}])),
+        scale="paper")
+    names = [trace_file(search, trace) for trace in search.alpha_trace]
+    assert names == ["tiny_search-alpha-s2w.png", "tiny_search-alpha-sw2r.png",
+                     "tiny_search-alpha-s2w-nsec.png", "tiny_search-alpha-s2w-seed1.png",
+                     "tiny_search-alpha-s2w-raw-zero.png"]
+
+
 
 def test_a_scale_can_try_fewer_fixed_weight_start_points(tmp_path):
     search = changed(
@@ -358,7 +377,7 @@ def test_two_trials_run_on_two_cpus_resume_and_make_the_table(tmp_path, ray_clus
     controls = [r for r in rows if r["stream"] == "tiny_search_controls"]
     assert [(r["name"], r["eval_task"]) for r in controls] == [("stand", "walk")]
     assert (tmp_path / "store" / "runs").is_dir()
-    record = read_record(store, "tiny_search")
+    record = read_record(store, "tiny_search@smoke")
     assert record["completed"] == 2 and "2 CPU" in record["machine"]
 
     # Running it again needs --resume; resuming a finished search refits nothing.
@@ -377,7 +396,7 @@ def test_two_trials_run_on_two_cpus_resume_and_make_the_table(tmp_path, ray_clus
     assert text.startswith("# Results\n\nIntro kept.")
     assert "| PSEC | " in text and "| NSEC | " in text and "(n=1)" in text
     assert "base alone" in text and "new skill alone (rank 2)" in text
-    assert (tmp_path / "docs" / "tiny_search-alpha.png").stat().st_size > 0
+    assert (tmp_path / "docs" / "tiny_search-alpha-s2w.png").stat().st_size > 0
     write_section(path, "smoke", store, str(results), "psec tune search.yaml")
     assert results.read_text().count("<!-- tune:tiny_search -->") == 1
     print(f"first run {first:.0f} s, {summary.describe()}")
@@ -392,10 +411,10 @@ def test_resume_refuses_a_grid_edited_since_the_experiment_started(tmp_path):
     from tune.search import POINTS_FILE, _experiment_exists, experiment_path, run_search
 
     store = str(tmp_path / "store")
-    experiment = Path(experiment_path(store, "tiny_search"))
+    experiment = Path(experiment_path(store, "tiny_search@smoke"))
     # A run killed while preparing leaves only psec's points file: not an experiment yet.
     old = [p.tag() for p in enumerate_points(load_search(write(tmp_path), "smoke"))]
-    SkillStore(store).put_file("tune/tiny_search", POINTS_FILE,
+    SkillStore(store).put_file("tune/tiny_search@smoke", POINTS_FILE,
                                json.dumps({"scale": "smoke", "points": old}).encode())
     assert not _experiment_exists(str(experiment))
     (experiment / "experiment_state.json").write_text("{}")  # what Tune leaves
@@ -404,11 +423,48 @@ def test_resume_refuses_a_grid_edited_since_the_experiment_started(tmp_path):
     with pytest.raises(PsecError, match=r"^search 'tiny_search' has another grid now than "
                                         r"when its experiment started \(scale 'smoke' then, "
                                         r"'smoke' now; 2 point\(s\) added, 0 removed\): "
-                                        r"--resume runs only the old grid; remove .*tiny_search "
+                                        r"--resume runs only the old grid; remove .*tiny_search@smoke "
                                         r"and run without --resume"):
         run_search(str(path), store, resume=True, scale="smoke")
-    with pytest.raises(PsecError, match=r"already ran in this store .*\(trials stored already"):
+    with pytest.raises(PsecError, match=r"already ran at scale 'smoke' in this store .*"
+                                        r"\(trials stored already"):
         run_search(str(path), store, scale="smoke")
+
+
+def test_each_scale_of_a_search_keeps_its_own_experiment_and_record(tmp_path):
+    """A search run a scale (a table's column) at a time in one store: each scale has its
+    experiment folder, so the next is not refused as 'already ran'; an experiment from
+    before folders were per scale is found at its own scale; the section names every run."""
+    import json
+
+    from library.store import SkillStore
+    from tune.search import (
+        POINTS_FILE,
+        SCALE_MARK,
+        _write_record,
+        experiment_folder,
+        search_records,
+    )
+    from tune.table import measured_line
+
+    store = str(tmp_path / "store")
+    assert experiment_folder(store, "s", "paper-a") == f"s{SCALE_MARK}paper-a"
+    assert search_records(store, "s") == []
+    # The earlier layout: `tune/s` holds the experiment of the scale its points file names.
+    SkillStore(store).put_file("tune/s", POINTS_FILE,
+                               json.dumps({"scale": "paper-a", "points": []}).encode())
+    assert experiment_folder(store, "s", "paper-a") == "s"
+    assert experiment_folder(store, "s", "paper-b") == "s@paper-b"
+    run = {"machine": "m", "completed": 1, "trials": 1, "wall_seconds": 5.0,
+           "prepare_seconds": 1.0}
+    _write_record(store, "s@paper-b", {**run, "scale": "paper-b", "finished": "2026-12-02"})
+    _write_record(store, "s", {**run, "scale": "paper-a", "finished": "2026-12-01"})
+    _write_record(store, "s_other@paper-a", {**run, "scale": "x", "finished": "2026-12-03"})
+    records = search_records(store, "s")
+    assert [r["scale"] for r in records] == ["paper-a", "paper-b"]  # oldest first, own only
+    line = measured_line(records, "x", done=2)
+    assert line.startswith("Measured at scale `paper-a` on m: 1 of 1 trials completed")
+    assert "; at scale `paper-b` on m: 1 of 1" in line and line.endswith("2026-12-02.")
 
 
 def test_tables_and_plots_from_results_rows(tmp_path):
@@ -445,12 +501,13 @@ def test_tables_and_plots_from_results_rows(tmp_path):
 def test_a_store_without_its_search_record_is_not_called_unmeasured():
     from tune.table import measured_line
 
-    assert measured_line(None, "x", done=0).startswith("Not run in this store yet")
-    kept = measured_line(None, "x", done=21)
+    assert measured_line([], "x", done=0).startswith("Not run in this store yet")
+    kept = measured_line([], "x", done=21)
     assert "keeps results (21 measured) but no search record" in kept and "Not run" not in kept
     record = {"scale": "paper", "machine": "m", "completed": 3, "trials": 4,
               "wall_seconds": 10.0, "prepare_seconds": 1.0, "finished": "t"}
-    assert measured_line(record, "x", done=3).startswith("Measured at scale `paper` on m: 3 of 4")
+    assert measured_line([record], "x", done=3).startswith(
+        "Measured at scale `paper` on m: 3 of 4")
 
 
 def test_the_regenerate_line_names_a_store_a_reader_can_use(tmp_path, monkeypatch):

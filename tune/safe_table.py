@@ -24,7 +24,7 @@ and their averages over the tasks. Here a row is a target (one env of
 A cell is the mean over training seeds (n given when not every seed ran) of each trial's
 mean over evaluation episodes and seeds; the ± table below gives the std over training
 seeds. Unsafe cells carry †; the best reward among the safe cells of a row is bold.
-`<search>-alpha.png` shows α(s) over one episode with the safety critic's V_h(s) and the
+`<search>-alpha-<composer>….png` (`tune.table.trace_file`) shows α(s) over one episode with the safety critic's V_h(s) and the
 per-step cost beneath (Fig. 5; `tune.alpha_trace`).
 """
 
@@ -342,7 +342,7 @@ def _level(table: SafeTable, label: str) -> str:
     return f" (their own level: {reward:.2f} / {cost:.2f})"
 
 
-def safe_section(table: SafeTable, record: dict | None, command: str,
+def safe_section(table: SafeTable, records: Sequence[dict], command: str,
                  plots: list[tuple[str, str]], trace_note: str | None) -> str:
     """The search's section of the results file (between its `tune:` markers)."""
     search = table.search
@@ -352,7 +352,7 @@ def safe_section(table: SafeTable, record: dict | None, command: str,
              f"`{command}` on a fresh store (`--table-only` rewrites this section from the "
              "store as it is).", ""]
     measured = sum(cell.measured for cells in table.cells.values() for cell in cells.values())
-    lines.append(measured_line(record, "the datasets, base and reward skill", measured))
+    lines.append(measured_line(records, "the datasets, base and reward skill", measured))
     lines += ["", "Cells: normalised reward ↑ / normalised cost ↓ (DSRL: episode cost / "
               f"threshold {', '.join(f'{t:g}' for t in thresholds)}; † unsafe, cost > 1; bold: "
               "the best reward among the safe cells of the row), mean over training seeds "

@@ -29,8 +29,9 @@ trials would wait forever. So a trial reserves memory only (`resources.trial_mem
 other work. Concurrency is sized from `ray.cluster_resources()`: by default as many
 trials as CPUs, each trial's fits sized to its share (`FitOptions.concurrent_fits`).
 
-*Resuming.* Tune's records live in the store (`<store>/tune/<search>/`), so
-`--resume` restores the experiment with `Tuner.restore`; and since trial items are named
+*Resuming.* Tune's records live in the store, one experiment per scale
+(`<store>/tune/<search>@<scale>/`), so `--resume` restores the scale's experiment with
+`Tuner.restore`, and another scale of the search starts its own beside it; and since trial items are named
 by a hash of their point, a restored or repeated trial finds what it had registered and
 evaluated in the store, and a half-done fit resumes from its Ray Train checkpoint.
 """
@@ -80,9 +81,13 @@ from tune.trials import (
 )
 
 TUNE_FOLDER = "tune"
-"""Folder of the store that holds Tune experiments: `<store>/tune/<search>/`."""
+"""Folder of the store that holds Tune experiments: `<store>/tune/<search>@<scale>/`."""
 RECORD_FILE = "psec_search.json"
 """What `run_search` writes next to Tune's files: scale, machine, wall time."""
+SCALE_MARK = "@"
+"""Between a search's name and a scale in an experiment folder's name (`dsrl@paper-carrun`):
+a search keeps one experiment per scale, so it can run a scale at a time (a column of a
+table each) in one store. `@` is in no search's name."""
 POINTS_FILE = "psec_points.json"
 """The grid an experiment was started with (its points' tags), written before it runs:
 `--resume` restores that grid only, so a search edited since is refused."""
@@ -143,31 +148,54 @@ class SearchSummary:
 # --------------------------------------------------------------------------- helpers
 
 
-def experiment_path(store_uri: str, search: str) -> str:
-    """Tune's experiment folder (or URI) for `search` in the store."""
-    return SkillStore(store_uri).uri_of(TUNE_FOLDER, search)
+def experiment_folder(store_uri: str, search: str, scale: str) -> str:
+    """The folder under the store's tune/ that holds `search`'s experiment at `scale`:
+    `<search>@<scale>`, or `<search>` where the search ran at that scale before
+    experiments were kept per scale (its points file or record there names the scale)."""
+    for name in (POINTS_FILE, RECORD_FILE):
+        earlier = _read_search_file(store_uri, search, name)
+        if earlier is not None:
+            return search if earlier.get("scale") == scale else f"{search}{SCALE_MARK}{scale}"
+    return f"{search}{SCALE_MARK}{scale}"
 
 
-def read_record(store_uri: str, search: str) -> dict[str, Any] | None:
-    """The record `run_search` wrote for `search`, or None."""
-    return _read_search_file(store_uri, search, RECORD_FILE)
+def experiment_path(store_uri: str, folder: str) -> str:
+    """Tune's experiment folder (or URI) in the store: `folder` under tune/."""
+    return SkillStore(store_uri).uri_of(TUNE_FOLDER, folder)
 
 
-def _read_search_file(store_uri: str, search: str, name: str) -> dict[str, Any] | None:
-    """JSON file `name` that `run_search` wrote beside `search`'s experiment, or None."""
-    data = SkillStore(store_uri).get_file(f"{TUNE_FOLDER}/{search}", name)
+def read_record(store_uri: str, folder: str) -> dict[str, Any] | None:
+    """The record `run_search` wrote beside the experiment in `folder`, or None."""
+    return _read_search_file(store_uri, folder, RECORD_FILE)
+
+
+def search_records(store_uri: str, search: str) -> list[dict[str, Any]]:
+    """The records of every scale `search` ran at in the store, oldest finish first."""
+    fs, path = filesystem(SkillStore(store_uri).uri_of(TUNE_FOLDER))
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    folders = [info.base_name for info in fs.get_file_info(pafs.FileSelector(path))
+               if info.type == pafs.FileType.Directory and
+               info.base_name.split(SCALE_MARK, 1)[0] == search]
+    records = [read_record(store_uri, folder) for folder in folders]
+    return sorted((r for r in records if r is not None), key=lambda r: str(r.get("finished")))
+
+
+def _read_search_file(store_uri: str, folder: str, name: str) -> dict[str, Any] | None:
+    """JSON file `name` that `run_search` wrote beside the experiment in `folder`, or None."""
+    data = SkillStore(store_uri).get_file(f"{TUNE_FOLDER}/{folder}", name)
     if data is None:
         return None
     try:
         return json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise StoreError(f"search record {TUNE_FOLDER}/{search}/{name} in the store at "
+        raise StoreError(f"search record {TUNE_FOLDER}/{folder}/{name} in the store at "
                          f"{store_uri} is not valid JSON ({error}): delete it and run the "
                          "search again") from None
 
 
-def _write_record(store_uri: str, search: str, record: dict[str, Any]) -> None:
-    SkillStore(store_uri).put_file(f"{TUNE_FOLDER}/{search}", RECORD_FILE,
+def _write_record(store_uri: str, folder: str, record: dict[str, Any]) -> None:
+    SkillStore(store_uri).put_file(f"{TUNE_FOLDER}/{folder}", RECORD_FILE,
                                    json.dumps(record, indent=1).encode())
 
 
@@ -362,7 +390,7 @@ def _concurrency(search: SearchSpec) -> int:
 
 
 def _tuner(search: SearchSpec, context: SearchContext, points: list[TrialPoint],
-           experiment: str, resume: bool):
+           folder: str, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -370,7 +398,8 @@ def _tuner(search: SearchSpec, context: SearchContext, points: list[TrialPoint],
         tune.with_parameters(_trainable, context=context.model_dump(mode="json")),
         {"cpu": 0, "memory": search.resources.trial_memory_mb * 2**20})
     if resume:
-        return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
+        return tune.Tuner.restore(experiment_path(context.store_uri, folder),
+                                  trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
     space = [point.model_dump(mode="json") for point in start_order(points)]
     searcher = search.searcher
@@ -386,7 +415,7 @@ def _tuner(search: SearchSpec, context: SearchContext, points: list[TrialPoint],
         return f"{point.tag()}_{trial.trial_id}"
 
     # Not split from `experiment`: a remote store's URI ends in its query (endpoint, region).
-    root, name = SkillStore(context.store_uri).uri_of(TUNE_FOLDER), search.name
+    root, name = SkillStore(context.store_uri).uri_of(TUNE_FOLDER), folder
     return tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
@@ -407,11 +436,11 @@ def _experiment_exists(experiment: str) -> bool:
     return any(info.base_name not in ours for info in fs.get_file_info(pafs.FileSelector(path)))
 
 
-def _check_same_grid(store: SkillStore, search: str, scale: str, tags: list[str],
-                     experiment: str) -> None:
+def _check_same_grid(store: SkillStore, search: str, folder: str, scale: str,
+                     tags: list[str], experiment: str) -> None:
     """PsecError if the experiment was started with another grid than `tags` (Tune's
     restore would silently run the old one). Experiments from before POINTS_FILE pass."""
-    started = _read_search_file(store.uri, search, POINTS_FILE)
+    started = _read_search_file(store.uri, folder, POINTS_FILE)
     if started is None:
         return
     before, now = set(started["points"]), set(tags)
@@ -426,24 +455,25 @@ def _check_same_grid(store: SkillStore, search: str, scale: str, tags: list[str]
 
 def _open_experiment(search: SearchSpec, store: SkillStore, scale: str,
                      points: list[TrialPoint], resume: bool) -> str:
-    """The experiment's path: a fresh one (its grid recorded) or, with `resume`, the one
-    that ran before with the same grid."""
-    experiment = experiment_path(store.uri, search.name)
+    """The experiment's folder under tune/: a fresh one (its grid recorded) or, with
+    `resume`, the one that ran before at this scale with the same grid."""
+    folder = experiment_folder(store.uri, search.name, scale)
+    experiment = experiment_path(store.uri, folder)
     exists = _experiment_exists(experiment)
     if resume and not exists:
-        raise PsecError(f"search {search.name!r} has no Tune experiment at {experiment} to "
-                        "resume: run it without --resume")
+        raise PsecError(f"search {search.name!r} has no Tune experiment at scale {scale!r} "
+                        f"at {experiment} to resume: run it without --resume")
     if not resume and exists:
-        raise PsecError(f"search {search.name!r} already ran in this store ({experiment}): "
-                        "continue it with --resume, or remove that folder to start afresh "
-                        "(trials stored already are found, not refitted)")
+        raise PsecError(f"search {search.name!r} already ran at scale {scale!r} in this store "
+                        f"({experiment}): continue it with --resume, or remove that folder to "
+                        "start afresh (trials stored already are found, not refitted)")
     tags = sorted({point.tag() for point in points})
     if resume:
-        _check_same_grid(store, search.name, scale, tags, experiment)
+        _check_same_grid(store, search.name, folder, scale, tags, experiment)
     else:
-        store.put_file(f"{TUNE_FOLDER}/{search.name}", POINTS_FILE,
+        store.put_file(f"{TUNE_FOLDER}/{folder}", POINTS_FILE,
                        json.dumps({"scale": scale, "points": tags}).encode())
-    return experiment
+    return folder
 
 
 def _summarise(grid, search: SearchSpec, summary: SearchSummary) -> None:
@@ -488,7 +518,8 @@ def _run_search(path: str, store_uri: str, resume: bool, scale: str,
     points = enumerate_points(search)
     store = SkillStore(store_uri)
     store.check_writable()
-    experiment = _open_experiment(search, store, scale, points, resume)
+    folder = _open_experiment(search, store, scale, points, resume)
+    experiment = experiment_path(store.uri, folder)
     connect(address)
     concurrency = _concurrency(search)
     options = DriverOptions(fit=FitOptions(concurrent_fits=concurrency))
@@ -496,15 +527,15 @@ def _run_search(path: str, store_uri: str, resume: bool, scale: str,
     prepared = time.perf_counter() - started
     context = SearchContext(search=dump(search), stream=dump(stream), store_uri=store.uri,
                             concurrent_fits=concurrency)
-    grid = _tuner(search, context, points, experiment, resume).fit()
+    grid = _tuner(search, context, points, folder, resume).fit()
     summary = SearchSummary(search=search.name, scale=scale, store=store.uri,
                             experiment=experiment, trials=len(grid),
                             prepare_seconds=prepared)
     _summarise(grid, search, summary)
     summary.wall_seconds = time.perf_counter() - started
-    earlier = read_record(store.uri, search.name) if resume else None
+    earlier = read_record(store.uri, folder) if resume else None
     total = summary.wall_seconds + float((earlier or {}).get("wall_seconds") or 0.0)
-    _write_record(store.uri, search.name, {
+    _write_record(store.uri, folder, {
         "search": search.name, "scale": scale, "source": path, "machine": machine(),
         "wall_seconds": round(total, 1),
         "prepare_seconds": round(prepared, 1), "trials": summary.trials,

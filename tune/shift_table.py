@@ -18,7 +18,9 @@ base (or their extra data) comes from the shifted source domain. Here:
 
 A cell is the mean ± std over training seeds of each trial's D4RL-normalised score (mean
 over evaluation episodes and seeds). Controls below: the new LoRA skill alone and the
-source base alone (zero-shot transfer) on each target, per shift.
+source base alone (zero-shot transfer) on each target, per shift. Then, per target, each
+row's value by training seed beside its own new skill alone at that seed
+(`tune.table.seed_table`), which a reading of "PSEC above its skill" points at.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from tune.table import (
     measured_line,
     paper_table,
     section_tail,
+    seed_table,
     target_task,
 )
 from tune.trials import TrialPoint, alpha_label, enumerate_points, trial_task
@@ -229,7 +232,7 @@ def _table(first: str, columns: list[str], rows: dict[str, dict[str, list[float]
     return lines
 
 
-def shift_section(results: SearchResults, record: dict | None, command: str,
+def shift_section(results: SearchResults, records: Sequence[dict], command: str,
                   store: SkillStore | None = None,
                   plots: Sequence[tuple[str, str]] = (),
                   trace_note: str | None = None) -> str:
@@ -240,7 +243,7 @@ def shift_section(results: SearchResults, record: dict | None, command: str,
     lines = [f"<!-- tune:{search.name} -->", f"### Search `{search.name}` (Table 8 layout)", "",
              f"Regenerate: `{command}` on a fresh store (`--table-only` rewrites this section "
              "from the store as it is).", ""]
-    lines.append(measured_line(record, "data and bases", done))
+    lines.append(measured_line(records, "data and bases", done))
     lines += ["", f"{done} of {len(results.measured)} trial points have results. Cells: "
               f"D4RL-normalised `{search.metric}` (mean over evaluation episodes and seeds), "
               f"then mean ± std over training seeds {search.seeds} (n = seeds measured).", ""]
@@ -259,4 +262,5 @@ def shift_section(results: SearchResults, record: dict | None, command: str,
               for s in find_composer(results.stream, t.composer, "targets")[1].skills}
     if skills - {BASE}:
         lines += ["(Targets also compose stored skills; only the base is shown alone.)", ""]
+    lines += seed_table(results, gap_digits=1)
     return "\n".join(lines + section_tail(search.name, plots, trace_note)) + "\n"

@@ -20,7 +20,8 @@ The section holds, as the search's axes call for:
 * by training seed, per target: every configuration's value (each fixed start point
   too) and its gap to its own new skill alone at the same seed;
 * `<search>-ranks.png` (rank ablation, MLP as a reference line), `<search>-data.png`
-  (score against trajectories) and `<search>-alpha.png` (α(s) over one episode);
+  (score against trajectories) and `<search>-alpha-<composer>….png` (α(s) over one
+  episode, one per `alpha_trace` entry: `trace_file`);
 * the command that regenerates it, the machine and the wall time of the search.
 
 Sections are delimited by `<!-- tune:<search> -->` markers, so each search rewrites its
@@ -39,8 +40,15 @@ from library.errors import PsecError
 from library.names import BASE
 from library.store import SkillStore
 from tasks.spec import StreamSpec, TaskSpec
-from tune.search import read_record
-from tune.spec import FROM_SCRATCH, SearchSpec, TargetSpec, find_composer, load_search
+from tune.search import search_records
+from tune.spec import (
+    FROM_SCRATCH,
+    AlphaTraceSpec,
+    SearchSpec,
+    TargetSpec,
+    find_composer,
+    load_search,
+)
 from tune.trials import (
     TrialPoint,
     alpha_file_tag,
@@ -302,11 +310,12 @@ def controls_table(results: SearchResults) -> list[str]:
     return lines
 
 
-def seed_table(results: SearchResults) -> list[str]:
+def seed_table(results: SearchResults, gap_digits: int = 0) -> list[str]:
     """Per target, every configuration's value by training seed and, for a method that
-    composes a new skill, its difference from that skill alone at the same seed: a mean
-    ± std over three seeds hides whether a method is above its own skill at every seed.
-    Every fixed start point has its row here (the method table shows the best)."""
+    composes a new skill, its difference from that skill alone at the same seed (with
+    `gap_digits` decimals: none for returns, one for D4RL scores): a mean ± std over three
+    seeds hides whether a method is above its own skill at every seed. Every fixed start
+    point has its row here (the method table shows the best)."""
     search = results.search
     varying = _varying(search)
     seeds = list(search.seeds)
@@ -341,7 +350,8 @@ def seed_table(results: SearchResults) -> list[str]:
                 _cell(cells.get(s)) for s in seeds) + " | — |")
         for label, cells in rows.items():
             values = [cells.get(s, (None, None)) for s in seeds]
-            gaps = [f"{v - k:+.0f}" for v, k in values if v is not None and k is not None]
+            gaps = [f"{v - k:+.{gap_digits}f}" for v, k in values
+                    if v is not None and k is not None]
             lines.append(f"| {label} | " + " | ".join(_cell(v) for v, _ in values)
                          + f" | {', '.join(gaps) or '—'} |")
         lines.append("")
@@ -450,14 +460,14 @@ def plot_data(results: SearchResults, path: str) -> bool:
 # --------------------------------------------------------------------------- section
 
 
-def _section(results: SearchResults, record: dict | None, command: str,
+def _section(results: SearchResults, records: list[dict], command: str,
              plots: list[tuple[str, str]], trace_note: str | None) -> str:
     search = results.search
     done = sum(m.value is not None for m in results.measured)
     lines = [f"<!-- tune:{search.name} -->", f"## Search `{search.name}`", ""]
     lines += [f"Regenerate: `{command}` on a fresh store (`--table-only` rewrites this "
               "section from the store as it is).", ""]
-    lines.append(measured_line(record, "the shared base and skills", done))
+    lines.append(measured_line(records, "the shared base and skills", done))
     lines += ["", f"{done} of {len(results.measured)} trial points have results. Metric: "
               f"`{search.metric}` (mean over evaluation seeds), then mean ± std over "
               f"training seeds {search.seeds}.", ""]
@@ -470,22 +480,23 @@ def _section(results: SearchResults, record: dict | None, command: str,
     return "\n".join(lines + section_tail(search.name, plots, trace_note)) + "\n"
 
 
-def measured_line(record: dict | None, prepared: str, done: int) -> str:
+def measured_line(records: Sequence[dict], prepared: str, done: int) -> str:
     """Where, at what scale and in how much wall time the search ran (`prepared`: what
-    its preparation fitted), or that it has not run in this store. Without a record,
-    `done` (how many of the section's entries have results) tells a store whose Tune
-    folder was not kept with it (a committed store, stores/README.md) from one the search
-    never ran in."""
-    if record is None and done > 0:
+    its preparation fitted), each scale it ran at in the store (`records`, oldest first),
+    or that it has not run in this store. Without a record, `done` (how many of the
+    section's entries have results) tells a store whose Tune folder was not kept with it
+    (a committed store, stores/README.md) from one the search never ran in."""
+    if not records and done > 0:
         return (f"This store keeps results ({done} measured) but no search record "
                 "(its Tune folder was not kept with it), so where and how long it ran is "
                 "not known here; the numbers below are the stored results.")
-    if record is None:
+    if not records:
         return "Not run in this store yet: no numbers below are measured."
-    return (f"Measured at scale `{record['scale']}` on {record['machine']}: "
-            f"{record['completed']} of {record['trials']} trials completed, wall time "
-            f"{record['wall_seconds']:.0f} s (of which {record['prepare_seconds']:.0f} s "
-            f"preparing {prepared}), finished {record['finished']}.")
+    return "Measured " + "; ".join(
+        f"at scale `{record['scale']}` on {record['machine']}: {record['completed']} of "
+        f"{record['trials']} trials completed, wall time {record['wall_seconds']:.0f} s (of "
+        f"which {record['prepare_seconds']:.0f} s preparing {prepared}), finished "
+        f"{record['finished']}" for record in records) + "."
 
 
 def section_tail(name: str, plots: Sequence[tuple[str, str]],
@@ -509,6 +520,21 @@ def replace_section(text: str, name: str, section: str) -> str:
     return text.rstrip("\n") + "\n\n" + section
 
 
+def trace_file(search: SearchSpec, trace: AlphaTraceSpec) -> str:
+    """The file name of an α(s) trace: `<search>-alpha-<composer>` (the target's composer,
+    a store-safe name, unlike labels), then what else tells two traces of one target
+    apart: `-<method>` unless PSEC, `-seed<k>` unless seed 0, the α choice's tag, the
+    composer's objective and data. Every trace is named so, the first too: two scales of
+    one search written into one document name their traces apart."""
+    composer = next(t.composer for t in search.targets if t.label == trace.target)
+    parts = [composer, None if trace.method == "psec" else trace.method,
+             None if trace.seed == 0 else f"seed{trace.seed}"]
+    tag = "".join(f"-{part}" for part in parts if part is not None)
+    trained = "".join(f"-{part}" for part in (trace.objective, trace.composer_data)
+                      if part is not None).replace("+", "-")
+    return f"{search.name}-alpha{tag}{alpha_file_tag(trace.alpha)}{trained}.png"
+
+
 def write_section(search_path: str, scale: str, store_uri: str, results_path: str,
                   command: str, address: str | None = None) -> str:
     """Rewrite the search's section of `results_path` and its plots; returns the path."""
@@ -526,14 +552,8 @@ def write_section(search_path: str, scale: str, store_uri: str, results_path: st
     from tune.alpha_trace import plot_trace  # rollouts: imported only when a section is written
 
     notes = []
-    for index, trace in enumerate(search.alpha_trace):
-        # The first keeps the file name a single trace always had (links to it stay); the
-        # others are named by their target's composer (a store-safe name, unlike labels).
-        composer = next(t.composer for t in search.targets if t.label == trace.target)
-        trained = "".join(f"-{part}" for part in (trace.objective, trace.composer_data)
-                          if part is not None).replace("+", "-")
-        file = f"{search.name}-alpha.png" if index == 0 else \
-            f"{search.name}-alpha-{composer}{alpha_file_tag(trace.alpha)}{trained}.png"
+    for trace in search.alpha_trace:
+        file = trace_file(search, trace)
         try:
             notes.append(plot_trace(search, trace, results.stream, store,
                                     os.path.join(folder, file)))
@@ -552,18 +572,18 @@ def write_section(search_path: str, scale: str, store_uri: str, results_path: st
             text = f.read()
     else:
         text = "# Results\n"
-    record = read_record(store.uri, search.name)
+    records = search_records(store.uri, search.name)
     if search.layout == "dynamics_shift":
         from tune.shift_table import shift_section
 
-        section = shift_section(results, record, command, store, plots, trace_note)
+        section = shift_section(results, records, command, store, plots, trace_note)
     elif search.layout == "safe":
         from tune.safe_table import safe_section, safe_table
 
         table = safe_table(search, store.results().to_pylist(), store)
-        section = safe_section(table, record, command, plots, trace_note)
+        section = safe_section(table, records, command, plots, trace_note)
     else:
-        section = _section(results, record, command, plots, trace_note)
+        section = _section(results, records, command, plots, trace_note)
     with open(results_path, "w") as f:
         f.write(replace_section(text, search.name, section))
     return results_path
