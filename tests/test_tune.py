@@ -3,6 +3,7 @@ transformations, and a tiny search of two trials on a 2-CPU Ray that resumes and
 produces the results table."""
 
 import copy
+import shutil
 import time
 from pathlib import Path
 
@@ -386,6 +387,17 @@ def test_two_trials_run_on_two_cpus_resume_and_make_the_table(tmp_path, ray_clus
     items = {e.name for e in SkillStore(store).list()}
     resumed = run_search(path, store, resume=True, scale="smoke")
     assert resumed.completed == 2 and {e.name for e in SkillStore(store).list()} == items
+    after_resume = read_record(store, "tiny_search@smoke")
+    assert after_resume["resumed"] and after_resume["wall_seconds"] > record["wall_seconds"]
+    # A committed store keeps the record but not Tune's state (.gitignore): on another
+    # machine the search continues without --resume, and its earlier time still counts.
+    experiment = tmp_path / "store" / "tune" / "tiny_search@smoke"
+    for path_in in experiment.iterdir():
+        if path_in.name != "psec_search.json":
+            shutil.rmtree(path_in) if path_in.is_dir() else path_in.unlink()
+    run_search(path, store, scale="smoke")
+    continued = read_record(store, "tiny_search@smoke")
+    assert continued["wall_seconds"] > after_resume["wall_seconds"] and continued["completed"] == 2
     assert len(SkillStore(store).results().to_pylist()) == len(rows)
 
     results = tmp_path / "docs" / "RESULTS.md"

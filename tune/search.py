@@ -533,7 +533,9 @@ def _run_search(path: str, store_uri: str, resume: bool, scale: str,
                             prepare_seconds=prepared)
     _summarise(grid, search, summary)
     summary.wall_seconds = time.perf_counter() - started
-    earlier = read_record(store.uri, folder) if resume else None
+    # A record without Tune's state is a committed store continued on another machine
+    # (stores/README.md): its earlier runs' time counts, as a resumed one's does.
+    earlier = read_record(store.uri, folder)
     total = summary.wall_seconds + float((earlier or {}).get("wall_seconds") or 0.0)
     _write_record(store.uri, folder, {
         "search": search.name, "scale": scale, "source": path, "machine": machine(),
