@@ -31,9 +31,10 @@ trials as CPUs, each trial's fits sized to its share (`FitOptions.concurrent_fit
 
 *Resuming.* Tune's records live in the store, one experiment per scale
 (`<store>/tune/<search>@<scale>/`), so `--resume` restores the scale's experiment with
-`Tuner.restore`, and another scale of the search starts its own beside it; and since trial items are named
-by a hash of their point, a restored or repeated trial finds what it had registered and
-evaluated in the store, and a half-done fit resumes from its Ray Train checkpoint.
+`Tuner.restore`, and another scale of the search starts its own beside it; and since
+trial items are named by a hash of their point, a restored or repeated trial finds what
+it had registered and evaluated in the store, and a half-done fit resumes from its Ray
+Train checkpoint.
 """
 
 from __future__ import annotations
