@@ -142,7 +142,7 @@ def plot_trace(search: SearchSpec, spec: AlphaTraceSpec, stream: StreamSpec, sto
     """Plot the α(s) trace of one of the search's `alpha_trace` composers; a one-line
     note."""
     point = trace_point(search, spec)
-    target = next(t for t in search.targets if t.label == spec.target)
+    target = search.target(spec.target)
     task, composer_spec = find_composer(stream, target.composer, "alpha_trace")
     name = f"{composer_spec.name}_{point.tag()}"
     if not store.exists(name):

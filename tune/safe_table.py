@@ -24,8 +24,9 @@ and their averages over the tasks. Here a row is a target (one env of
 A cell is the mean over training seeds (n given when not every seed ran) of each trial's
 mean over evaluation episodes and seeds; the ± table below gives the std over training
 seeds. Unsafe cells carry †; the best reward among the safe cells of a row is bold.
-`<search>-alpha-<composer>….png` (`tune.table.trace_file`) shows α(s) over one episode with the safety critic's V_h(s) and the
-per-step cost beneath (Fig. 5; `tune.alpha_trace`).
+`<search>-alpha-<composer>….png` (`tune.table.trace_file`) shows α(s) over one episode
+with the safety critic's V_h(s) and the per-step cost beneath (Fig. 5;
+`tune.alpha_trace`).
 """
 
 from __future__ import annotations

@@ -295,7 +295,7 @@ def _control_jobs(search: SearchSpec, stream: StreamSpec, points: list[TrialPoin
     for point in points:
         if point.variant is None:
             continue
-        target = next(t for t in search.targets if t.label == point.target)
+        target = search.target(point.target)
         task = next(t for t in stream.tasks if any(c.name == target.composer
                                                    for c in t.composers))
         composer = next(c for c in task.composers if c.name == target.composer)

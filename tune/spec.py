@@ -367,6 +367,11 @@ class SearchSpec(_Spec):
 
     # ---------------------------------------------------------------- scales
 
+    def target(self, label: str) -> TargetSpec:
+        """The target labelled `label` (labels are checked unique and every trace's and
+        point's label is one of them)."""
+        return next(t for t in self.targets if t.label == label)
+
     def target_methods(self, target: TargetSpec) -> list[str]:
         """The methods run on `target`: the search's, narrowed to the target's own list
         when it has one (a scale may have left some of those out), in the search's order."""

@@ -128,9 +128,7 @@ def collect(search: SearchSpec, rows: Iterable[dict]) -> SearchResults:
     for point in enumerate_points(search):
         tag = point.tag()
         trial_rows = by_trial.get(tag, []) + by_stream.get(stream_name(search, point), [])
-        task, composer = find_composer(
-            stream, next(t.composer for t in search.targets if t.label == point.target),
-            "targets")
+        task, composer = find_composer(stream, search.target(point.target).composer, "targets")
         task_name = skill_item(task.name, point)
         item = task_name if point.method in FROM_SCRATCH else f"{composer.name}_{tag}"
         own = [r for r in trial_rows if r["eval_task"] == task_name]
@@ -460,7 +458,7 @@ def plot_data(results: SearchResults, path: str) -> bool:
 # --------------------------------------------------------------------------- section
 
 
-def _section(results: SearchResults, records: list[dict], command: str,
+def _section(results: SearchResults, records: Sequence[dict], command: str,
              plots: list[tuple[str, str]], trace_note: str | None) -> str:
     search = results.search
     done = sum(m.value is not None for m in results.measured)
@@ -526,7 +524,7 @@ def trace_file(search: SearchSpec, trace: AlphaTraceSpec) -> str:
     apart: `-<method>` unless PSEC, `-seed<k>` unless seed 0, the α choice's tag, the
     composer's objective and data. Every trace is named so, the first too: two scales of
     one search written into one document name their traces apart."""
-    composer = next(t.composer for t in search.targets if t.label == trace.target)
+    composer = search.target(trace.target).composer
     parts = [composer, None if trace.method == "psec" else trace.method,
              None if trace.seed == 0 else f"seed{trace.seed}"]
     tag = "".join(f"-{part}" for part in parts if part is not None)

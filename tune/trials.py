@@ -243,8 +243,7 @@ def skill_item(task: str, point: TrialPoint, rung: int | None = None) -> str:
 
 
 def _target(search: SearchSpec, stream: StreamSpec, label: str) -> tuple[TaskSpec, ComposerSpec]:
-    target = next(t for t in search.targets if t.label == label)
-    return find_composer(stream, target.composer, "targets")
+    return find_composer(stream, search.target(label).composer, "targets")
 
 
 def variant_name(skill: str, variant: str) -> str:
