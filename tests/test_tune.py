@@ -590,6 +590,25 @@ def test_an_interrupted_trial_is_not_counted_as_completed(tmp_path):
         summary.describe())
 
 
+def test_an_interrupted_resume_counts_restored_and_uncreated_trials_as_unfinished(tmp_path):
+    """A `--resume` stopped before a restored trial starts again leaves results without a
+    config (this crashed the summary, so no record was written); trials Tune never
+    created are not in the grid at all. Both are unfinished out of the search's points."""
+    from types import SimpleNamespace
+
+    from tune.search import SearchSummary, _summarise
+
+    search = load_search(write(tmp_path), "smoke")
+    point = enumerate_points(search)[0].model_dump(mode="json")
+    grid = [SimpleNamespace(config={"point": point}, error=None, metrics={"score": 1.5}),
+            SimpleNamespace(config={"point": point}, error=RuntimeError("boom"), metrics={}),
+            SimpleNamespace(config=None, error=None, metrics=None)]
+    summary = SearchSummary(search="s", scale="smoke", store="x", experiment="y", trials=5)
+    _summarise(grid, search, summary)
+    assert (summary.completed, len(summary.errored), summary.unfinished) == (1, 1, 3)
+    assert summary.describe().startswith("search s (smoke) into x: 1 of 5 trial(s) completed")
+
+
 def test_the_new_skill_alone_counts_each_training_seed_once():
     """Trials with the advantage objective refit the new skill with critics (another
     item, the same skill for its seed): the control is one value per seed, not per item."""

@@ -478,10 +478,14 @@ def _open_experiment(search: SearchSpec, store: SkillStore, scale: str,
 
 
 def _summarise(grid, search: SearchSpec, summary: SearchSummary) -> None:
-    """Count the grid's completed, unfinished and errored trials into `summary`, and name
-    the best."""
+    """Count the grid's completed and errored trials into `summary`, and name the best.
+    Every other trial of the search (`summary.trials`) is unfinished: one that neither
+    reported nor failed, one restored by `--resume` that never started again (Tune gives
+    it no config), or one Tune never created before an interrupt."""
     best_value = None
     for result in grid:
+        if not result.config:
+            continue
         point = TrialPoint.model_validate(result.config["point"])
         if result.error is not None:
             cause = psec_cause(result.error)
@@ -490,7 +494,6 @@ def _summarise(grid, search: SearchSpec, summary: SearchSummary) -> None:
             continue
         value = (result.metrics or {}).get(search.metric)
         if value is None:  # every finished trial reports it (run_point): this one did not
-            summary.unfinished += 1
             continue
         summary.completed += 1
         better = best_value is None or (value > best_value if search.mode == "max"
@@ -498,6 +501,7 @@ def _summarise(grid, search: SearchSpec, summary: SearchSummary) -> None:
         if better:
             best_value = value
             summary.best = f"{point.describe()}: {search.metric} {value:.4g}"
+    summary.unfinished = max(0, summary.trials - summary.completed - len(summary.errored))
 
 
 def run_search(path: str, store_uri: str, resume: bool = False, scale: str = "smoke",
@@ -530,7 +534,7 @@ def _run_search(path: str, store_uri: str, resume: bool, scale: str,
                             concurrent_fits=concurrency)
     grid = _tuner(search, context, points, folder, resume).fit()
     summary = SearchSummary(search=search.name, scale=scale, store=store.uri,
-                            experiment=experiment, trials=len(grid),
+                            experiment=experiment, trials=len(points),
                             prepare_seconds=prepared)
     _summarise(grid, search, summary)
     summary.wall_seconds = time.perf_counter() - started
