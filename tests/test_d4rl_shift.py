@@ -280,6 +280,16 @@ def test_table_8_layout_from_results_rows():
             + ", ".join(f"{2 * v:+.1f}" for v in gravity) + " |") in text
     assert text.split("By training seed, walker2d-medium/gravity")[1].split(
         "By training seed")[0].count("| new skill alone (rank 8) | ") == 1
+    # Then each method's gaps pooled over a column's shifts and seeds: 9 PSEC trials per
+    # column and α choice (gaps twice the index here), std as in the cells.
+    gaps = [2.0 * i for i, p in enumerate(enumerate_points(search)) if p.method == "psec"
+            and p.target.startswith("walker2d-medium/") and alpha_label(p.alpha) == ours[2:]]
+    mean = sum(gaps) / len(gaps)
+    std = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5
+    assert len(gaps) == 9 and (f"| walker2d-medium | PSEC [{ours[2:]}] | 9 | {mean:+.1f} | "
+                               f"{std:.1f} | {min(gaps):+.1f} | {max(gaps):+.1f} |") in text
+    pooled = text.split("every trial of a column pooled")[1]
+    assert pooled.count("| halfcheetah-medium-replay | PSEC [") == 2 and "| BC |" not in pooled
     # The α(s) traces' plots and note close the section, before its end marker.
     traced = shift_section(results, [], "psec tune", None,
                            [("α(s) over one episode (walker2d-medium/gravity)", "a.png")],

@@ -38,6 +38,7 @@ from tune.table import (
     SearchResults,
     _fmt,
     base_budgets,
+    gap_summary,
     measured_line,
     paper_table,
     section_tail,
@@ -263,4 +264,6 @@ def shift_section(results: SearchResults, records: Sequence[dict], command: str,
     if skills - {BASE}:
         lines += ["(Targets also compose stored skills; only the base is shown alone.)", ""]
     lines += seed_table(results, gap_digits=1)
+    lines += gap_summary(results, lambda label: dataset_column(
+        target_task(results.stream, search.target(label))), gap_digits=1)
     return "\n".join(lines + section_tail(search.name, plots, trace_note)) + "\n"

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from library.errors import PsecError
@@ -308,38 +308,53 @@ def controls_table(results: SearchResults) -> list[str]:
     return lines
 
 
+SeedRows = dict[str, dict[int, tuple[float | None, float | None]]]
+"""Row label -> training seed -> (the trial's value, its own new skill alone's)."""
+
+
+def _seed_rows(results: SearchResults, target: str) -> tuple[SeedRows, dict[str, dict[int, float]]]:
+    """One target's configurations by training seed, and its new skills alone by seed."""
+    varying = _varying(results.search)
+    order = list(ROW_LABELS)
+    rows: SeedRows = {}
+    skills: dict[str, dict[int, float]] = {}
+    for m in sorted((m for m in results.measured if m.point.target == target),
+                    key=lambda m: order.index(m.point.method)):
+        point = m.point
+        alpha = None if point.alpha is None else alpha_label(point.alpha)
+        label = _row_label(point.method, point.rank, point.episodes, alpha, varying,
+                           point.composer_label())
+        if point.method == "fixed":
+            label = f"{label} [{alpha}]"
+        rows.setdefault(label, {})[point.seed] = (m.value, m.skill_value)
+        if m.skill_value is not None:
+            skill = _new_skill_label(point, varying)
+            if point.objective is not None:
+                skill = f"{skill[:-1]}, for composer {point.objective})"
+            skills.setdefault(skill, {})[point.seed] = m.skill_value
+    return rows, skills
+
+
+def _gaps(cells: dict[int, tuple[float | None, float | None]], seeds: Sequence[int]
+          ) -> list[float]:
+    return [v - k for v, k in (cells.get(s, (None, None)) for s in seeds)
+            if v is not None and k is not None]
+
+
 def seed_table(results: SearchResults, gap_digits: int = 0) -> list[str]:
     """Per target, every configuration's value by training seed and, for a method that
     composes a new skill, its difference from that skill alone at the same seed (with
     `gap_digits` decimals: none for returns, one for D4RL scores): a mean ± std over three
     seeds hides whether a method is above its own skill at every seed. Every fixed start
     point has its row here (the method table shows the best)."""
-    search = results.search
-    varying = _varying(search)
-    seeds = list(search.seeds)
-    order = list(ROW_LABELS)
+    seeds = list(results.search.seeds)
     lines: list[str] = []
-    for target in [t.label for t in search.targets]:
-        rows: dict[str, dict[int, tuple[float | None, float | None]]] = {}
-        skills: dict[str, dict[int, float]] = {}
-        for m in sorted((m for m in results.measured if m.point.target == target),
-                        key=lambda m: order.index(m.point.method)):
-            point = m.point
-            alpha = None if point.alpha is None else alpha_label(point.alpha)
-            label = _row_label(point.method, point.rank, point.episodes, alpha, varying,
-                               point.composer_label())
-            if point.method == "fixed":
-                label = f"{label} [{alpha}]"
-            rows.setdefault(label, {})[point.seed] = (m.value, m.skill_value)
-            if m.skill_value is not None:
-                skill = _new_skill_label(point, varying)
-                if point.objective is not None:
-                    skill = f"{skill[:-1]}, for composer {point.objective})"
-                skills.setdefault(skill, {})[point.seed] = m.skill_value
+    for target in [t.label for t in results.search.targets]:
+        rows, skills = _seed_rows(results, target)
         if not any(v is not None for cells in rows.values() for v, _ in cells.values()):
             continue
-        lines += [f"By training seed, {target} (`{search.metric}`; the last column: the "
-                  "trial minus its own new skill alone, seed by seed):", "",
+        lines += [f"By training seed, {target} (`{results.search.metric}`; the last column: "
+                  "the trial minus its own new skill alone, seed by seed):", "",
                   "| method | " + " | ".join(f"seed {s}" for s in seeds)
                   + " | minus its new skill alone |",
                   "| --- |" + " ---: |" * len(seeds) + " --- |"]
@@ -347,13 +362,41 @@ def seed_table(results: SearchResults, gap_digits: int = 0) -> list[str]:
             lines.append(f"| {label} | " + " | ".join(
                 _cell(cells.get(s)) for s in seeds) + " | — |")
         for label, cells in rows.items():
-            values = [cells.get(s, (None, None)) for s in seeds]
-            gaps = [f"{v - k:+.{gap_digits}f}" for v, k in values
-                    if v is not None and k is not None]
-            lines.append(f"| {label} | " + " | ".join(_cell(v) for v, _ in values)
+            values = [cells.get(s, (None, None))[0] for s in seeds]
+            gaps = [f"{g:+.{gap_digits}f}" for g in _gaps(cells, seeds)]
+            lines.append(f"| {label} | " + " | ".join(_cell(v) for v in values)
                          + f" | {', '.join(gaps) or '—'} |")
         lines.append("")
     return lines
+
+
+def gap_summary(results: SearchResults, group: Callable[[str], str],
+                gap_digits: int = 0) -> list[str]:
+    """Each configuration's trials minus their own new skill alone, pooled over the
+    targets `group` puts together (a column of the shift table: its three shifts) and
+    their training seeds: how many, the mean, the spread (std as in the tables' cells) and
+    the range. Whether a method
+    adds anything to its skill is read here, not from one seed's gap."""
+    seeds = list(results.search.seeds)
+    pooled: dict[tuple[str, str], list[float]] = {}
+    for target in [t.label for t in results.search.targets]:
+        rows, _ = _seed_rows(results, target)
+        for label, cells in rows.items():
+            gaps = _gaps(cells, seeds)
+            if gaps:
+                pooled.setdefault((group(target), label), []).extend(gaps)
+    if not pooled:
+        return []
+    lines = [f"Each method minus its own new skill alone (`{results.search.metric}`), every "
+             "trial of a column pooled (its targets × training seeds):", "",
+             "| column | method | trials | mean | std | min | max |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for (column, label), gaps in pooled.items():
+        mean, std = _mean_std(gaps)
+        lines.append(f"| {column} | {label} | {len(gaps)} | {mean:+.{gap_digits}f} | "
+                     f"{std:.{gap_digits}f} | {min(gaps):+.{gap_digits}f} | "
+                     f"{max(gaps):+.{gap_digits}f} |")
+    return lines + [""]
 
 
 def _cell(value: float | None) -> str:
