@@ -95,6 +95,32 @@ for attempt in 1 2 3; do
     echo "job_submit_smoke: the head node did not start; starting it again" >&2
 done
 
-ray job submit --address "$ADDRESS" --working-dir . \
-    -- psec run "$STREAM" --scale "$SCALE" --store "$STORE"
+# On a busy machine the job server now and then drops the submission request without an
+# answer (RemoteDisconnected) though it lists jobs. The submission carries an id of its
+# own: a job the dropped request did not create is submitted again; one it did create is
+# followed to its end instead of being submitted twice.
+ID="psec-smoke-$$-$RANDOM"
+for attempt in 1 2 3; do
+    if ray job submit --address "$ADDRESS" --submission-id "$ID" --working-dir . \
+        -- psec run "$STREAM" --scale "$SCALE" --store "$STORE"; then
+        break
+    fi
+    if STATUS=$(ray job status --address "$ADDRESS" "$ID" 2>/dev/null); then
+        case "$STATUS" in
+            *SUCCEEDED*) ;;
+            *FAILED*|*STOPPED*) echo "$STATUS" >&2; exit 1 ;;
+            *) ray job logs --address "$ADDRESS" --follow "$ID"
+               STATUS=$(ray job status --address "$ADDRESS" "$ID")
+               case "$STATUS" in *SUCCEEDED*) ;; *) echo "$STATUS" >&2; exit 1 ;; esac ;;
+        esac
+        echo "job_submit_smoke: job '$ID' succeeded"
+        break
+    fi
+    if [ "$attempt" = 3 ]; then
+        echo "job_submit_smoke: the job server did not take the submission (3 attempts)" >&2
+        exit 1
+    fi
+    echo "job_submit_smoke: the submission did not reach the job server; submitting again" >&2
+    sleep 5
+done
 psec skills list --store "$STORE"

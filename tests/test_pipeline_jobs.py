@@ -45,14 +45,19 @@ def test_a_stream_runs_as_a_ray_job(tmp_path):
     # No venv on PATH (as in a shell where it is not activated): the script finds its tools
     # through PSEC_VENV, here a folder of wrappers around the venv running the tests whose
     # `ray start` fails the first time, as a head node does that misses Ray's startup wait
-    # on a busy machine: the script starts it again.
+    # on a busy machine: the script starts it again; and whose first `ray job submit` is
+    # cut before the job is created, as the job server does now and then on a busy
+    # machine: the script submits it again.
     venv_bin = os.path.dirname(sys.executable)
     tools = tmp_path / "venv" / "bin"
     tools.mkdir(parents=True)
     first = tmp_path / "ray-started-once"
+    submitted = tmp_path / "ray-submitted-once"
     wrappers = {name: f'exec "{venv_bin}/{name}" "$@"\n' for name in ("python", "psec")}
     wrappers["ray"] = (f'if [ "$1" = start ] && [ ! -e "{first}" ]; then\n'
                        f'  touch "{first}"; echo "simulated: node timed out" >&2; exit 1\n'
+                       f'fi\nif [ "$1 $2" = "job submit" ] && [ ! -e "{submitted}" ]; then\n'
+                       f'  touch "{submitted}"; echo "simulated: connection cut" >&2; exit 1\n'
                        f'fi\nexec "{venv_bin}/ray" "$@"\n')
     for name, body in wrappers.items():
         (tools / name).write_text("#!/usr/bin/env bash\n" + body)
@@ -64,6 +69,8 @@ def test_a_stream_runs_as_a_ray_job(tmp_path):
     returncode, output = run_in_own_group(["bash", SCRIPT, stream, store_uri], env, timeout=500)
     assert returncode == 0, output[-4000:]
     assert "the head node did not start; starting it again" in output, output[-4000:]
+    assert "the submission did not reach the job server; submitting again" in output, (
+        output[-4000:])
     assert "succeeded" in output and "fitted 1 (stand)" in output, output[-4000:]
     store = SkillStore(store_uri)
     assert store.entry("stand").kind == "base" and store.results().num_rows == 1
