@@ -375,8 +375,8 @@ def gap_summary(results: SearchResults, group: Callable[[str], str],
     """Each configuration's trials minus their own new skill alone, pooled over the
     targets `group` puts together (a column of the shift table: its three shifts) and
     their training seeds: how many, the mean, the spread (std as in the tables' cells) and
-    the range. Whether a method
-    adds anything to its skill is read here, not from one seed's gap."""
+    the range. Whether a method adds anything to its skill is read here, not from one
+    seed's gap."""
     seeds = list(results.search.seeds)
     pooled: dict[tuple[str, str], list[float]] = {}
     for target in [t.label for t in results.search.targets]:
@@ -393,6 +393,7 @@ def gap_summary(results: SearchResults, group: Callable[[str], str],
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for (column, label), gaps in pooled.items():
         mean, std = _mean_std(gaps)
+        mean = round(mean, gap_digits) + 0.0  # a mean that rounds to zero prints +0, not -0
         lines.append(f"| {column} | {label} | {len(gaps)} | {mean:+.{gap_digits}f} | "
                      f"{std:.{gap_digits}f} | {min(gaps):+.{gap_digits}f} | "
                      f"{max(gaps):+.{gap_digits}f} |")
