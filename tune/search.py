@@ -65,7 +65,7 @@ from pipeline.runtime import connect
 from pipeline.store_actor import StoreHandle
 from pipeline.tblog import RunLog, run_name
 from tasks.spec import StreamSpec, dump, parse_stream
-from tune.spec import SearchSpec, load_search, parse_search
+from tune.spec import SearchSpec, find_composer, load_search, parse_search
 from tune.trials import (
     TrialPoint,
     base_tasks,
@@ -295,10 +295,7 @@ def _control_jobs(search: SearchSpec, stream: StreamSpec, points: list[TrialPoin
     for point in points:
         if point.variant is None:
             continue
-        target = search.target(point.target)
-        task = next(t for t in stream.tasks if any(c.name == target.composer
-                                                   for c in t.composers))
-        composer = next(c for c in task.composers if c.name == target.composer)
+        task, composer = find_composer(stream, search.target(point.target).composer, "targets")
         items = [task.base if s == BASE else variant_name(s, point.variant)
                  for s in composer.skills]
         for item in items:
